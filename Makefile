@@ -1,0 +1,37 @@
+# Everything a fresh machine needs: `make demo` and `make test` create .venv and install into it.
+PYTHON ?= python3
+VENV   ?= .venv
+# torch/torchvision are installed first so that the versions below are used; override for another
+# platform, e.g. `make test TORCH="torch torchvision --index-url https://download.pytorch.org/whl/cpu"`.
+TORCH  ?= torch==2.14.1 torchvision==0.29.1
+PY      = $(VENV)/bin/python
+DEMO_OUT ?= runs/demo
+
+.PHONY: demo test lint bench clean
+
+$(VENV)/.base: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e .
+	touch $@
+
+$(VENV)/.dev: $(VENV)/.base
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+demo: $(VENV)/.base
+	$(VENV)/bin/rld demo --out $(DEMO_OUT)
+
+test: $(VENV)/.dev
+	$(PY) -m pytest -q -n 2
+
+lint: $(VENV)/.dev
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+
+bench: $(VENV)/.dev
+	$(PY) benchmarks/losses.py --json benchmarks/losses.json
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache

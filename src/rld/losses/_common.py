@@ -1,0 +1,119 @@
+"""Shared pieces of the logit losses: input checks, compute dtype, and log-space helpers.
+
+Every loss works on log-probabilities (``log_softmax`` / ``logsumexp``) and never forms
+``log(1 - p)`` from ``p``. Classes are *removed* from a softmax by pushing their logits
+``_GAP`` nats below the smallest logit of the row: ``exp(-_GAP)`` underflows to exactly 0 in
+float32 and float64, so a removed class has probability exactly 0 and leaves the normaliser
+exactly unchanged, while everything stays finite (no ``-inf``, hence no NaN gradients), and
+a row whose classes are all removed becomes uniform.
+"""
+
+from __future__ import annotations
+
+from numbers import Real
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from rld.errors import UserError
+
+_GAP = 1000.0
+
+
+class LossInputError(UserError):
+    """A loss was called with inputs that do not fit its definition."""
+
+
+def compute_dtype(*tensors: Tensor) -> torch.dtype:
+    """float64 if any input is float64, else float32 (float16/bfloat16 are computed in float32)."""
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def _values_checkable(t: Tensor) -> bool:
+    # Value checks read the tensor on the host; skip them while tracing or capturing a CUDA graph.
+    if torch.compiler.is_compiling():
+        return False
+    return not (t.is_cuda and torch.cuda.is_current_stream_capturing())
+
+
+def check_logits(name: str, logits: Tensor) -> None:
+    if not isinstance(logits, Tensor):
+        raise LossInputError(f"{name} must be a torch.Tensor of shape (B, C), got {type(logits).__name__}")
+    if logits.dim() != 2:
+        raise LossInputError(f"{name} must have shape (B, C), got {tuple(logits.shape)}")
+    if not logits.is_floating_point():
+        raise LossInputError(f"{name} must be a floating-point tensor, got {logits.dtype}")
+    if logits.shape[1] < 2:
+        raise LossInputError(f"{name} needs at least 2 classes, got shape {tuple(logits.shape)}")
+
+
+def check_pair(student_logits: Tensor, teacher_logits: Tensor) -> None:
+    check_logits("student_logits", student_logits)
+    check_logits("teacher_logits", teacher_logits)
+    if student_logits.shape != teacher_logits.shape:
+        raise LossInputError(
+            "student_logits and teacher_logits must have the same shape (B, C), got "
+            f"{tuple(student_logits.shape)} and {tuple(teacher_logits.shape)}"
+        )
+
+
+def check_target(target: Tensor, logits: Tensor) -> None:
+    if not isinstance(target, Tensor):
+        raise LossInputError(f"target must be a torch.Tensor of class indices, got {type(target).__name__}")
+    if target.dim() != 1 or target.shape[0] != logits.shape[0]:
+        raise LossInputError(f"target must have shape (B,) = ({logits.shape[0]},), got {tuple(target.shape)}")
+    if target.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
+        raise LossInputError(f"target must hold integer class indices, got dtype {target.dtype}")
+    if target.numel() and _values_checkable(target):
+        lo, hi = int(target.min()), int(target.max())
+        if lo < 0 or hi >= logits.shape[1]:
+            raise LossInputError(
+                f"target holds class indices in [{lo}, {hi}] but the logits have {logits.shape[1]} "
+                f"classes (valid: 0..{logits.shape[1] - 1})"
+            )
+
+
+def check_positive(name: str, value: float | Tensor) -> None:
+    if isinstance(value, Tensor):
+        return  # a learned temperature (CTKD) is positive by construction
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise LossInputError(f"{name} must be a number, got {value!r}")
+    if not value > 0:
+        raise LossInputError(f"{name} must be > 0, got {value}")
+
+
+def check_weight(name: str, value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, Real) or value != value or value < 0:
+        raise LossInputError(f"{name} must be a number >= 0, got {value!r}")
+
+
+def prepare(
+    student_logits: Tensor, teacher_logits: Tensor, target: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Check a (student, teacher[, target]) triple and cast the logits to the compute dtype."""
+    check_pair(student_logits, teacher_logits)
+    if target is not None:
+        check_target(target, student_logits)
+        target = target.long()
+    dtype = compute_dtype(student_logits, teacher_logits)
+    return student_logits.to(dtype), teacher_logits.to(dtype), target
+
+
+def remove_classes(logits: Tensor, removed: Tensor) -> Tensor:
+    """Logits with the ``removed`` classes (bool, (B, C)) pushed out of the softmax (see module doc)."""
+    floor = logits.detach().amin(dim=1, keepdim=True) - _GAP
+    return torch.where(removed, floor, logits)
+
+
+def kl_rows(log_p: Tensor, log_q: Tensor) -> Tensor:
+    """KL(p ‖ q) per row from log-probabilities: (B, K) → (B,)."""
+    return F.kl_div(log_q, log_p, reduction="none", log_target=True).sum(dim=1)
+
+
+def binary_log_probs(log_p: Tensor, index: Tensor) -> Tensor:
+    """[log p_k, log(1 − p_k)] per row for class ``index`` (B,), from log-probabilities (B, C) → (B, 2)."""
+    one_hot = F.one_hot(index, log_p.shape[1]).bool()
+    log_pk = log_p.gather(1, index[:, None])
+    log_rest = torch.logsumexp(remove_classes(log_p, one_hot), dim=1, keepdim=True)
+    return torch.cat([log_pk, log_rest], dim=1)

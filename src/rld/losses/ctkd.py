@@ -1,0 +1,46 @@
+"""CTKD (Li et al. 2023): a learnable global temperature trained adversarially through a
+gradient-reversal layer, with a cosine curriculum on the reversal strength."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+
+class _ScaleGradient(torch.autograd.Function):
+    """Identity forward; the backward multiplies the gradient by ``scale`` (λ ≤ 0 reverses it)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, scale: float) -> Tensor:  # noqa: D102
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # noqa: D102
+        return grad * ctx.scale, None
+
+
+def ctkd_lambda(epoch: float, ramp_epochs: int = 10) -> float:
+    """λ(epoch) = −(1 − cos(π·min(epoch, R)/R)) / 2: 0 at the start, −1 from epoch R on."""
+    progress = min(max(float(epoch), 0.0), ramp_epochs) / ramp_epochs
+    return -(1.0 - math.cos(math.pi * progress)) / 2.0
+
+
+class CTKDTemperature(nn.Module):
+    """τ = t_start + t_range·sigmoid(θ), θ a learnable scalar initialised to ``init``.
+
+    ``forward(epoch)`` returns τ as a 0-d tensor whose gradient towards θ passes a gradient
+    reversal with factor :func:`ctkd_lambda` (epoch); the student minimises the KD loss while
+    the temperature maximises it.
+    """
+
+    def __init__(self, t_start: float = 1.0, t_range: float = 20.0, init: float = 1.0, ramp_epochs: int = 10):
+        super().__init__()
+        self.t_start, self.t_range, self.ramp_epochs = t_start, t_range, ramp_epochs
+        self.theta = nn.Parameter(torch.tensor(float(init)))
+
+    def forward(self, epoch: float) -> Tensor:
+        theta = _ScaleGradient.apply(self.theta, ctkd_lambda(epoch, self.ramp_epochs))
+        return self.t_start + self.t_range * torch.sigmoid(theta)

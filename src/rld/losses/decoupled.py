@@ -1,0 +1,135 @@
+"""Decoupled logit losses: DKD (Zhao et al. 2022) and RLD (Sun et al., arXiv 2408.07703).
+
+Both split the KD term into a *binary* part (one class against the rest) and a *masked* part
+(a softmax over the classes that are not removed). They differ in which classes:
+
+* DKD:  binary on the true class for both models (TCKD); the true class removed (NCKD).
+* RLD:  teacher's binary on its own argmax, student's on the true class (SCD, Eqs. 4–6);
+        every class whose teacher logit is ≥ the true class's removed (MCD with M_ge, Eqs. 7–9).
+
+When the teacher predicts the true class, the two coincide (M_ge = {true}).
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from rld.losses._common import (
+    LossInputError,
+    binary_log_probs,
+    check_positive,
+    check_weight,
+    kl_rows,
+    prepare,
+    remove_classes,
+)
+
+MASKS = ("ge", "g")
+
+
+def _binary_kl(
+    student_logits: Tensor, teacher_logits: Tensor, student_index: Tensor, teacher_index: Tensor, t: float
+) -> Tensor:
+    """t²·KL([p_T(k_T), 1 − p_T(k_T)] ‖ [p_S(k_S), 1 − p_S(k_S)]), batch mean."""
+    b_t = binary_log_probs(F.log_softmax(teacher_logits / t, dim=1), teacher_index)
+    b_s = binary_log_probs(F.log_softmax(student_logits / t, dim=1), student_index)
+    return kl_rows(b_t, b_s).mean() * t**2
+
+
+def _masked_kl(student_logits: Tensor, teacher_logits: Tensor, removed: Tensor, t: float) -> Tensor:
+    """t²·KL(p̃_T ‖ p̃_S) over the classes not in ``removed`` (B, C) bool, batch mean (Eq. 8–9).
+
+    A row with every class removed contributes 0.
+    """
+    log_p_t = F.log_softmax(remove_classes(teacher_logits / t, removed), dim=1)
+    log_p_s = F.log_softmax(remove_classes(student_logits / t, removed), dim=1)
+    return kl_rows(log_p_t, log_p_s).mean() * t**2
+
+
+def mask_ge(teacher_logits: Tensor, target: Tensor, mask: str = "ge") -> Tensor:
+    """The classes MCD removes, (B, C) bool (Eq. 7).
+
+    ``"ge"``: {i : z_T,i ≥ z_T,true}, which always holds the true class and its ties;
+    ``"g"``: {i : z_T,i > z_T,true}, the ablation of Table 1 (the true class stays in).
+    """
+    if mask not in MASKS:
+        raise LossInputError(f"mask must be one of {', '.join(repr(m) for m in MASKS)}, got {mask!r}")
+    z_true = teacher_logits.gather(1, target[:, None])
+    return teacher_logits >= z_true if mask == "ge" else teacher_logits > z_true
+
+
+def dkd_terms(
+    student_logits: Tensor, teacher_logits: Tensor, target: Tensor, temperature: float = 4.0
+) -> tuple[Tensor, Tensor]:
+    """(TCKD, NCKD) of DKD, each at temperature T and ×T², batch means."""
+    z_s, z_t, target = prepare(student_logits, teacher_logits, target)
+    check_positive("temperature", temperature)
+    tckd = _binary_kl(z_s, z_t, target, target, temperature)
+    nckd = _masked_kl(z_s, z_t, F.one_hot(target, z_s.shape[1]).bool(), temperature)
+    return tckd, nckd
+
+
+def dkd_loss(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    target: Tensor,
+    alpha: float = 1.0,
+    beta: float = 8.0,
+    temperature: float = 4.0,
+) -> Tensor:
+    """α·TCKD + β·NCKD (Zhao et al. 2022), both at temperature T and ×T², batch mean.
+
+    TCKD: KL between the binary [p_true, 1 − p_true] of teacher and student; NCKD: KL between the
+    softmaxes over the non-target classes. student_logits, teacher_logits: (B, C); target: (B,).
+    """
+    check_weight("alpha", alpha)
+    check_weight("beta", beta)
+    tckd, nckd = dkd_terms(student_logits, teacher_logits, target, temperature)
+    return alpha * tckd + beta * nckd
+
+
+def rld_terms(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    target: Tensor,
+    temperature: float = 4.0,
+    scd_temperature: float | None = None,
+    mask: str = "ge",
+) -> tuple[Tensor, Tensor]:
+    """(L_SCD, L_MCD) of RLD, batch means.
+
+    L_SCD = T_scd²·KL(b_T ‖ b_S) with b_T = [p_T(argmax_T), 1 − p_T(argmax_T)] and
+    b_S = [p_S(true), 1 − p_S(true)] (Eqs. 4–6); L_MCD = T²·KL(p̃_T ‖ p̃_S) over the classes
+    outside the mask (Eqs. 7–9), 0 for a row whose classes are all masked.
+    """
+    z_s, z_t, target = prepare(student_logits, teacher_logits, target)
+    check_positive("temperature", temperature)
+    t_scd = temperature if scd_temperature is None else scd_temperature
+    check_positive("scd_temperature", t_scd)
+    removed = mask_ge(z_t, target, mask)
+    scd = _binary_kl(z_s, z_t, target, z_t.argmax(dim=1), t_scd)
+    mcd = _masked_kl(z_s, z_t, removed, temperature)
+    return scd, mcd
+
+
+def rld_loss(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    target: Tensor,
+    alpha: float = 1.0,
+    beta: float = 8.0,
+    temperature: float = 4.0,
+    scd_temperature: float | None = None,
+    mask: str = "ge",
+) -> Tensor:
+    """α·L_SCD + β·L_MCD (paper Eq. 10 without the CE term and without warm-up).
+
+    student_logits, teacher_logits: (B, C); target: (B,) class indices. ``scd_temperature``
+    (None: ``temperature``) is the temperature of the SCD term; ``mask`` is ``"ge"`` (the paper's
+    M_ge) or ``"g"`` (the Table 1 ablation). See :func:`rld_terms`.
+    """
+    check_weight("alpha", alpha)
+    check_weight("beta", beta)
+    scd, mcd = rld_terms(student_logits, teacher_logits, target, temperature, scd_temperature, mask)
+    return alpha * scd + beta * mcd

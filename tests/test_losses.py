@@ -1,0 +1,405 @@
+"""rld.losses against an independent brute-force float64 implementation (plain Python loops and math)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from rld.losses import (
+    CTKDLoss,
+    DKDLoss,
+    KDLoss,
+    LALoss,
+    LossInputError,
+    LRLoss,
+    RCLoss,
+    RLDLoss,
+    ctkd_lambda,
+    dkd_loss,
+    kd_loss,
+    label_revision_loss,
+    mask_ge,
+    rc_loss,
+    rld_loss,
+    rld_terms,
+    standardize_logits,
+    swap_teacher_logits,
+)
+
+# ----------------------------------------------------------------------------- brute force (float64)
+
+
+def _log_softmax(row, t, keep=None):
+    keep = range(len(row)) if keep is None else keep
+    m = max(row[i] / t for i in keep)
+    lse = m + math.log(sum(math.exp(row[i] / t - m) for i in keep))
+    return {i: row[i] / t - lse for i in keep}
+
+
+def _kl(log_p, log_q):
+    return sum(math.exp(log_p[i]) * (log_p[i] - log_q[i]) for i in log_p)
+
+
+def _binary(row, t, k):
+    """[p_k, 1 - p_k] as a dict of logs, with 1 - p_k summed over the other classes (no cancellation)."""
+    lp = _log_softmax(row, t)
+    rest = [lp[i] for i in lp if i != k]
+    m = max(rest)
+    return {0: lp[k], 1: m + math.log(sum(math.exp(v - m) for v in rest))}
+
+
+def ref_kd(zs, zt, t):
+    return sum(t * t * _kl(_log_softmax(a, t), _log_softmax(b, t)) for b, a in zip(zs, zt)) / len(zs)
+
+
+def ref_dkd(zs, zt, y, alpha, beta, t):
+    total = 0.0
+    for s, te, c in zip(zs, zt, y):
+        tckd = _kl(_binary(te, t, c), _binary(s, t, c))
+        keep = [i for i in range(len(s)) if i != c]
+        nckd = _kl(_log_softmax(te, t, keep), _log_softmax(s, t, keep))
+        total += t * t * (alpha * tckd + beta * nckd)
+    return total / len(zs)
+
+
+def ref_rld(zs, zt, y, alpha, beta, t, t_scd=None, mask="ge"):
+    t_scd = t if t_scd is None else t_scd
+    total = 0.0
+    for s, te, c in zip(zs, zt, y):
+        top = max(range(len(te)), key=lambda i: te[i])
+        scd = t_scd * t_scd * _kl(_binary(te, t_scd, top), _binary(s, t_scd, c))
+        if mask == "ge":
+            keep = [i for i in range(len(te)) if not te[i] >= te[c]]
+        else:
+            keep = [i for i in range(len(te)) if not te[i] > te[c]]
+        mcd = t * t * _kl(_log_softmax(te, t, keep), _log_softmax(s, t, keep)) if keep else 0.0
+        total += alpha * scd + beta * mcd
+    return total / len(zs)
+
+
+def ref_swap(zt, y):
+    out = []
+    for row, c in zip(zt, y):
+        row = list(row)
+        top = max(range(len(row)), key=lambda i: row[i])
+        row[top], row[c] = row[c], row[top]
+        out.append(row)
+    return out
+
+
+def ref_rc(zs, y, t):
+    target = []
+    for row, c in zip(zs, y):
+        row = list(row)
+        row[c] = row[c] + max(row)
+        target.append(row)
+    return ref_kd(zs, target, t)
+
+
+def ref_lr(zs, zt, y, lambda1, lambda2, eta):
+    right, wrong = [], []
+    for s, te, c in zip(zs, zt, y):
+        top = max(range(len(te)), key=lambda i: te[i])
+        if top == c:
+            ce = -_log_softmax(s, 1.0)[c]
+            mse = sum((a - b) ** 2 for a, b in zip(s, te)) / len(s)
+            right.append(ce + lambda1 * mse)
+        else:
+            ps = [math.exp(v) for v in _log_softmax(s, 1.0).values()]
+            pt = [math.exp(v) for v in _log_softmax(te, 1.0).values()]
+            rho = eta / (max(pt) - pt[c] + 1.0)
+            revised = [rho * p + (1 - rho) * (1.0 if i == c else 0.0) for i, p in enumerate(pt)]
+            wrong.append(lambda2 * sum((a - b) ** 2 for a, b in zip(ps, revised)) / len(s))
+    return (sum(right) / len(right) if right else 0.0) + (sum(wrong) / len(wrong) if wrong else 0.0)
+
+
+def ref_standardize(z, eps):
+    out = []
+    for row in z:
+        n = len(row)
+        mean = sum(row) / n
+        std = math.sqrt(sum((v - mean) ** 2 for v in row) / (n - 1))
+        out.append([(v - mean) / (eps + std) for v in row])
+    return out
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _inputs(b, c, scale, seed, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    zs = torch.randn(b, c, generator=g, dtype=torch.float64) * scale
+    zt = torch.randn(b, c, generator=g, dtype=torch.float64) * scale
+    y = torch.randint(0, c, (b,), generator=g)
+    return zs.to(dtype), zt.to(dtype), y
+
+
+CASES = [
+    (b, c, scale, seed)
+    for seed, (b, c) in enumerate([(1, 2), (3, 5), (16, 10), (8, 100)])
+    for scale in (0.1, 1, 10, 50)
+]
+
+
+def _close(actual: torch.Tensor, expected: float, rel=1e-6):
+    assert actual.dtype == torch.float64
+    assert actual.item() == pytest.approx(expected, rel=rel, abs=1e-12)
+
+
+# ----------------------------------------------------------------------------- golden values
+
+
+@pytest.mark.parametrize("b,c,scale,seed", CASES)
+def test_golden_values_float64(b, c, scale, seed):
+    zs, zt, y = _inputs(b, c, scale, seed)
+    ls, lt, ly = zs.tolist(), zt.tolist(), y.tolist()
+    for t in (1.0, 4.0):
+        _close(kd_loss(zs, zt, temperature=t), ref_kd(ls, lt, t))
+        _close(dkd_loss(zs, zt, y, alpha=0.7, beta=3.0, temperature=t), ref_dkd(ls, lt, ly, 0.7, 3.0, t))
+        _close(rld_loss(zs, zt, y, alpha=1.5, beta=8.0, temperature=t), ref_rld(ls, lt, ly, 1.5, 8.0, t))
+        _close(rld_loss(zs, zt, y, temperature=t, mask="g"), ref_rld(ls, lt, ly, 1.0, 8.0, t, mask="g"))
+        _close(rld_loss(zs, zt, y, temperature=t, scd_temperature=2.0), ref_rld(ls, lt, ly, 1.0, 8.0, t, 2.0))
+        _close(rc_loss(zs, y, temperature=t), ref_rc(ls, ly, t))
+    _close(label_revision_loss(zs, zt, y, lambda1=4.0, lambda2=1.0, eta=0.8), ref_lr(ls, lt, ly, 4.0, 1.0, 0.8))
+    assert swap_teacher_logits(zt, y).tolist() == ref_swap(lt, ly)
+    assert torch.allclose(standardize_logits(zs), torch.tensor(ref_standardize(ls, 1e-7), dtype=torch.float64))
+
+
+def test_label_revision_with_all_right_or_all_wrong_teacher():
+    zs, zt, _ = _inputs(6, 7, 2.0, 11)
+    right = zt.argmax(dim=1)
+    wrong = (right + 1) % 7
+    for y in (right, wrong):
+        _close(label_revision_loss(zs, zt, y), ref_lr(zs.tolist(), zt.tolist(), y.tolist(), 4.0, 1.0, 0.8))
+
+
+def test_ties_in_teacher_logits_are_masked_with_the_true_class():
+    zt = torch.tensor([[2.0, 2.0, 1.0, 0.0], [0.5, 0.5, 0.5, 0.5]], dtype=torch.float64)
+    y = torch.tensor([1, 2])
+    assert mask_ge(zt, y).tolist() == [[True, True, False, False], [True, True, True, True]]
+    assert mask_ge(zt, y, "g").tolist() == [[False, False, False, False], [False] * 4]
+    zs, _, _ = _inputs(2, 4, 1.0, 3)
+    _close(rld_loss(zs, zt, y), ref_rld(zs.tolist(), zt.tolist(), y.tolist(), 1.0, 8.0, 4.0))
+
+
+# ----------------------------------------------------------------------------- properties
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("alpha,beta,t", [(1.0, 8.0, 4.0), (0.5, 2.0, 1.0), (2.0, 6.0, 3.0)])
+def test_rld_equals_dkd_when_the_teacher_is_always_right(dtype, alpha, beta, t):
+    zs, zt, _ = _inputs(32, 100, 3.0, 5, dtype)
+    y = zt.argmax(dim=1)
+    r = rld_loss(zs, zt, y, alpha=alpha, beta=beta, temperature=t)
+    d = dkd_loss(zs, zt, y, alpha=alpha, beta=beta, temperature=t)
+    assert torch.allclose(r, d, rtol=1e-6 if dtype == torch.float32 else 1e-12)
+
+
+def test_rld_differs_from_dkd_when_the_teacher_is_wrong():
+    zs, zt, _ = _inputs(16, 10, 3.0, 6)
+    y = (zt.argmax(dim=1) + 1) % 10
+    assert not torch.allclose(rld_loss(zs, zt, y), dkd_loss(zs, zt, y))
+
+
+def test_identical_logits_give_zero_kd_and_rld_with_a_right_teacher():
+    z, _, _ = _inputs(8, 10, 2.0, 7)
+    y = z.argmax(dim=1)
+    assert kd_loss(z, z).item() == pytest.approx(0.0, abs=1e-12)
+    assert rld_loss(z, z, y).item() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_swap_is_identity_when_the_teacher_is_right_and_moves_the_max_otherwise():
+    zt, _, _ = _inputs(4, 6, 1.0, 8)
+    right = zt.argmax(dim=1)
+    assert torch.equal(swap_teacher_logits(zt, right), zt)
+    y = (right + 2) % 6
+    swapped = swap_teacher_logits(zt, y)
+    assert torch.equal(swapped.argmax(dim=1), y)
+    assert torch.equal(swapped.sort(dim=1).values, zt.sort(dim=1).values)
+
+
+def test_rc_target_is_detached():
+    zs, _, y = _inputs(4, 5, 1.0, 9)
+    zs.requires_grad_(True)
+    (g_rc,) = torch.autograd.grad(rc_loss(zs, y, temperature=2.0), zs)
+    # Gradient of T²·KL(q ‖ softmax(z/T)) w.r.t. z with q fixed: T·(softmax(z/T) − q) / B.
+    target = zs.detach().clone()
+    target[torch.arange(4), y] += zs.detach().amax(dim=1)
+    expected = 2.0 * (torch.softmax(zs.detach() / 2.0, 1) - torch.softmax(target / 2.0, 1)) / 4
+    assert torch.allclose(g_rc, expected, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------- gradients
+
+
+def test_gradcheck_float64():
+    # rc_loss is left out on purpose: its target is the detached student (see test_rc_target_is_detached).
+    zs, zt, y = _inputs(4, 6, 1.5, 10)
+    zs.requires_grad_(True)
+    zt.requires_grad_(True)
+    checks = {
+        "kd": lambda a, b: kd_loss(a, b, 3.0),
+        "dkd": lambda a, b: dkd_loss(a, b, y, 1.0, 8.0, 3.0),
+        "rld": lambda a, b: rld_loss(a, b, y, 1.0, 8.0, 3.0),
+        "rld_g": lambda a, b: rld_loss(a, b, y, mask="g"),
+        "rld_scd_t": lambda a, b: rld_loss(a, b, y, scd_temperature=2.0),
+        "lr": lambda a, b: label_revision_loss(a, b, y),
+        "la": lambda a, b: kd_loss(a, swap_teacher_logits(b, y)),
+        "standardize": lambda a, b: (standardize_logits(a) * b).sum(),
+    }
+    for name, fn in checks.items():
+        assert torch.autograd.gradcheck(fn, (zs, zt)), name
+
+
+def _all_losses(zs, zt, y):
+    return {
+        "kd": kd_loss(zs, zt),
+        "dkd": dkd_loss(zs, zt, y),
+        "rld": rld_loss(zs, zt, y),
+        "rld_g": rld_loss(zs, zt, y, mask="g"),
+        "la": kd_loss(zs, swap_teacher_logits(zt, y)),
+        "rc": rc_loss(zs, y),
+        "lr": label_revision_loss(zs, zt, y),
+        "ls": kd_loss(standardize_logits(zs), standardize_logits(zt), 2.0),
+        "ctkd": CTKDLoss()(zs, zt, y, epoch=5)[0],
+    }
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize("c", [2, 10, 100])
+def test_extreme_logits_give_finite_losses_and_gradients(dtype, c):
+    g = torch.Generator().manual_seed(c)
+    # ±1e4 as required; for float16 ±1e3, since the true LR gradient at 1e4 (λ1·2·Δz/C ≈ 8e4) exceeds
+    # float16's range (6.5e4) and so cannot be stored in a float16 .grad at all.
+    big = 1e3 if dtype == torch.float16 else 1e4
+    signs = torch.randint(0, 2, (8, c), generator=g) * 2 - 1
+    zs = (signs * big).to(dtype).requires_grad_(True)
+    zt = (torch.randn(8, c, generator=g) * big).clamp(-big, big).to(dtype)
+    y = torch.randint(0, c, (8,), generator=g)
+    for name, loss in _all_losses(zs, zt, y).items():
+        if name == "ls" and dtype == torch.float16:
+            continue  # at a constant row the true gradient of standardization is 1/eps = 1e7: beyond float16
+        assert loss.dtype == (torch.float64 if dtype == torch.float64 else torch.float32), name
+        assert torch.isfinite(loss), name
+        (grad,) = torch.autograd.grad(loss, zs)
+        assert torch.isfinite(grad).all(), name
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_every_class_masked_gives_zero_mcd_and_finite_gradients(dtype):
+    # The true class carries the teacher's smallest logit: M_ge holds every class.
+    zt = torch.tensor([[3.0, 2.0, 1.0, -1e4], [1e4, 0.0, 5.0, -2.0]], dtype=dtype)
+    y = torch.tensor([3, 3])
+    assert mask_ge(zt, y).all()
+    zs = torch.randn(2, 4, dtype=dtype).requires_grad_(True)
+    scd, mcd = rld_terms(zs, zt, y)
+    assert mcd.item() == 0.0
+    (grad,) = torch.autograd.grad(rld_loss(zs, zt, y), zs)
+    assert torch.isfinite(grad).all()
+    # Constant teacher rows (all tied) are fully masked too.
+    flat = torch.zeros(2, 4, dtype=dtype)
+    assert rld_terms(zs, flat, torch.tensor([0, 1]))[1].item() == 0.0
+
+
+def test_standardize_constant_row_is_finite():
+    z = torch.full((2, 5), 3.0, requires_grad=True)
+    out = standardize_logits(z)
+    assert torch.equal(out, torch.zeros(2, 5))
+    (grad,) = torch.autograd.grad(out.sum(), z)
+    assert torch.isfinite(grad).all()
+
+
+def test_low_precision_inputs_are_computed_in_float32():
+    zs, zt, y = _inputs(16, 10, 3.0, 12)
+    exact = rld_loss(zs, zt, y).item()
+    for dtype in (torch.float16, torch.bfloat16):
+        got = rld_loss(zs.to(dtype), zt.to(dtype), y)
+        assert got.dtype == torch.float32
+        assert got.item() == pytest.approx(exact, rel=0.05)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    "call,message",
+    [
+        (lambda zs, zt, y: kd_loss(zs, zt[:, :5]), r"same shape \(B, C\), got \(4, 6\) and \(4, 5\)"),
+        (lambda zs, zt, y: kd_loss(zs[0], zt[0]), r"student_logits must have shape \(B, C\), got \(6,\)"),
+        (lambda zs, zt, y: kd_loss(zs, zt, temperature=0), "temperature must be > 0, got 0"),
+        (lambda zs, zt, y: kd_loss(zs, zt, temperature=-1.0), "temperature must be > 0, got -1.0"),
+        (lambda zs, zt, y: dkd_loss(zs, zt, y + 6), r"class indices in \[6, \d+\] but the logits have 6 classes"),
+        (lambda zs, zt, y: rld_loss(zs, zt, y - 10), r"class indices in \[-\d+, -\d+\]"),
+        (lambda zs, zt, y: rld_loss(zs, zt, y[:2]), r"target must have shape \(B,\) = \(4,\), got \(2,\)"),
+        (lambda zs, zt, y: rld_loss(zs, zt, y.float()), "target must hold integer class indices"),
+        (lambda zs, zt, y: rld_loss(zs, zt, y, mask="gt"), "mask must be one of 'ge', 'g', got 'gt'"),
+        (lambda zs, zt, y: rld_loss(zs, zt, y, scd_temperature=0.0), "scd_temperature must be > 0"),
+        (lambda zs, zt, y: rld_loss(zs, zt, y, alpha=-1.0), "alpha must be a number >= 0"),
+        (lambda zs, zt, y: kd_loss(zs[:, :1], zt[:, :1]), "needs at least 2 classes"),
+        (lambda zs, zt, y: kd_loss(zs.long(), zt), "must be a floating-point tensor"),
+        (lambda zs, zt, y: swap_teacher_logits(zt, y + 100), "but the logits have 6 classes"),
+        (lambda zs, zt, y: rc_loss(zs, y, temperature=0.0), "temperature must be > 0"),
+        (lambda zs, zt, y: label_revision_loss(zs, zt, y, eta=float("nan")), "eta must be a number >= 0"),
+        (lambda zs, zt, y: RLDLoss(mask="x"), "mask must be one of"),
+        (lambda zs, zt, y: DKDLoss(temperature=0), "temperature must be > 0"),
+    ],
+)
+def test_bad_input_raises_value_error_saying_what_is_wrong(call, message):
+    zs, zt, y = _inputs(4, 6, 1.0, 13)
+    with pytest.raises(ValueError, match=message) as info:
+        call(zs, zt, y)
+    assert isinstance(info.value, LossInputError)
+
+
+# ----------------------------------------------------------------------------- modules
+
+
+def test_rld_module_is_ce_plus_warmed_up_rld_loss():
+    zs, zt, y = _inputs(8, 10, 2.0, 14)
+    ce = torch.nn.functional.cross_entropy(zs, y)
+    module = RLDLoss(alpha=1.0, beta=8.0, temperature=4.0, warmup_epochs=20)
+    for epoch, w in ((1, 0.05), (10, 0.5), (20, 1.0), (200, 1.0)):
+        total, parts = module(zs, zt, y, epoch=epoch)
+        assert set(parts) == {"ce", "scd", "mcd"}
+        assert torch.allclose(total, ce + w * rld_loss(zs, zt, y), rtol=1e-12)
+        assert torch.allclose(sum(parts.values()), total, rtol=1e-12)
+    total_t, _ = module(zs, zt, y, epoch=torch.tensor(10.0, dtype=torch.float64))
+    assert torch.allclose(total_t, ce + 0.5 * rld_loss(zs, zt, y), rtol=1e-12)
+
+
+def test_module_family_matches_the_functions():
+    zs, zt, y = _inputs(8, 10, 2.0, 15)
+    ce = torch.nn.functional.cross_entropy(zs, y)
+    assert torch.allclose(KDLoss()(zs, zt, y)[0], 0.1 * ce + 0.9 * kd_loss(zs, zt, 4.0))
+    assert torch.allclose(DKDLoss(beta=2.0)(zs, zt, y, epoch=40)[0], ce + dkd_loss(zs, zt, y, beta=2.0))
+    la_total, la_parts = LALoss()(zs, zt, y)
+    assert set(la_parts) == {"kd"} and torch.allclose(la_total, kd_loss(zs, swap_teacher_logits(zt, y)))
+    assert torch.allclose(RCLoss()(zs, zt, y)[0], ce + kd_loss(zs, zt) + 0.1 * rc_loss(zs, y))
+    assert torch.allclose(LRLoss()(zs, zt, y)[0], label_revision_loss(zs, zt, y))
+    std = KDLoss(temperature=2.0, ce_weight=1.0, kd_weight=9.0, logit_standardization=True)(zs, zt, y)[0]
+    expected = ce + 9.0 * kd_loss(standardize_logits(zs), standardize_logits(zt), 2.0)
+    assert torch.allclose(std, expected)
+
+
+def test_ctkd_curriculum_and_gradient_reversal():
+    assert ctkd_lambda(0) == 0.0
+    assert ctkd_lambda(5) == pytest.approx(-0.5)
+    assert ctkd_lambda(10) == pytest.approx(-1.0) and ctkd_lambda(30) == pytest.approx(-1.0)
+    zs, zt, y = _inputs(8, 10, 2.0, 16)
+    loss = CTKDLoss()
+    theta = loss.temperature.theta
+    assert theta.item() == 1.0
+    total, parts = loss(zs, zt, y, epoch=5)
+    tau = 1 + 20 * torch.sigmoid(torch.tensor(1.0))
+    assert parts["temperature"].item() == pytest.approx(tau.item())
+    expected = 0.1 * torch.nn.functional.cross_entropy(zs, y) + 0.9 * kd_loss(zs, zt, tau.double())
+    assert total.item() == pytest.approx(expected.item(), rel=1e-6)
+    (g_rev,) = torch.autograd.grad(total, theta)
+    # The same loss with a plain (not reversed) temperature: the reversed gradient is λ(5) = −0.5 times it.
+    theta_plain = torch.tensor(1.0, requires_grad=True)
+    plain = 0.9 * kd_loss(zs, zt, 1 + 20 * torch.sigmoid(theta_plain))
+    (g_plain,) = torch.autograd.grad(plain, theta_plain)
+    assert g_rev.item() == pytest.approx(-0.5 * g_plain.item(), rel=1e-5)
+    assert list(loss.parameters()) == [theta]
