@@ -253,6 +253,28 @@ def test_gradcheck_float64():
         assert torch.autograd.gradcheck(fn, (zs, zt)), name
 
 
+def test_fused_path_equals_the_composite_path():
+    """A teacher without gradient takes the fused closed-form path; one with gradient the composite path."""
+    zs, zt, y = _inputs(12, 9, 2.0, 21)
+    zt[0] = zt[0].clamp(max=zt[0, y[0]].item())  # ties with the true class
+    zt[1, y[1]] = zt[1].min() - 1.0  # every class masked
+    calls = {
+        "dkd": lambda a, b: dkd_loss(a, b, y, 1.0, 8.0, 3.0),
+        "rld": lambda a, b: rld_loss(a, b, y, 1.0, 8.0, 4.0),
+        "rld_g": lambda a, b: rld_loss(a, b, y, 2.0, 1.0, 2.0, mask="g"),
+        "rld_scd_t": lambda a, b: rld_loss(a, b, y, temperature=4.0, scd_temperature=1.5),
+    }
+    for name, fn in calls.items():
+        s1, s2 = zs.clone().requires_grad_(True), zs.clone().requires_grad_(True)
+        fused = fn(s1, zt)
+        composite = fn(s2, zt.clone().requires_grad_(True))
+        assert torch.allclose(fused, composite, rtol=1e-12), name
+        (g1,) = torch.autograd.grad(fused, s1)
+        (g2,) = torch.autograd.grad(composite, s2)
+        assert torch.allclose(g1, g2, rtol=1e-10, atol=1e-14), name
+        assert torch.autograd.gradcheck(lambda a, fn=fn: fn(a, zt), (zs.clone().requires_grad_(True),)), name
+
+
 def _all_losses(zs, zt, y):
     return {
         "kd": kd_loss(zs, zt),

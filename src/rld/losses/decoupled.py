@@ -12,6 +12,9 @@ When the teacher predicts the true class, the two coincide (M_ge = {true}).
 
 from __future__ import annotations
 
+from numbers import Real
+
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -24,6 +27,7 @@ from rld.losses._common import (
     prepare,
     remove_classes,
 )
+from rld.losses._fused import DecoupledKL
 
 MASKS = ("ge", "g")
 
@@ -47,14 +51,38 @@ def _masked_kl(student_logits: Tensor, teacher_logits: Tensor, removed: Tensor, 
     return kl_rows(log_p_t, log_p_s).mean() * t**2
 
 
+def _decoupled_terms(
+    z_s: Tensor, z_t: Tensor, s_idx: Tensor, t_idx: Tensor, removed: Tensor, t_bin: float, t_mask: float
+) -> tuple[Tensor, Tensor]:
+    """(binary KL, masked KL), each ×T² and averaged over the batch; ``removed``: (B, C) float, 1 = removed.
+
+    The fused function (closed-form student gradient) serves the usual case of a teacher without
+    gradient; the composite form serves the rest (a teacher that needs gradients, tensor temperatures).
+    """
+    if not z_t.requires_grad and isinstance(t_bin, Real) and isinstance(t_mask, Real):
+        return DecoupledKL.apply(z_s, z_t, s_idx, t_idx, removed.to(z_s.dtype), float(t_bin), float(t_mask))
+    removed = removed.bool()
+    return _binary_kl(z_s, z_t, s_idx, t_idx, t_bin), _masked_kl(z_s, z_t, removed, t_mask)
+
+
+def _removed_float(z_t: Tensor, target: Tensor, mask: str) -> Tensor:
+    """The mask of :func:`mask_ge` as floats (1 = removed), from sign arithmetic (fast on CPU)."""
+    sign = (z_t - z_t.gather(1, target[:, None])).sign()
+    return sign.add(1.0).clamp(max=1.0) if mask == "ge" else sign.clamp(min=0.0)
+
+
+def _check_mask(mask: str) -> None:
+    if mask not in MASKS:
+        raise LossInputError(f"mask must be one of {', '.join(repr(m) for m in MASKS)}, got {mask!r}")
+
+
 def mask_ge(teacher_logits: Tensor, target: Tensor, mask: str = "ge") -> Tensor:
     """The classes MCD removes, (B, C) bool (Eq. 7).
 
     ``"ge"``: {i : z_T,i ≥ z_T,true}, which always holds the true class and its ties;
     ``"g"``: {i : z_T,i > z_T,true}, the ablation of Table 1 (the true class stays in).
     """
-    if mask not in MASKS:
-        raise LossInputError(f"mask must be one of {', '.join(repr(m) for m in MASKS)}, got {mask!r}")
+    _check_mask(mask)
     z_true = teacher_logits.gather(1, target[:, None])
     return teacher_logits >= z_true if mask == "ge" else teacher_logits > z_true
 
@@ -65,9 +93,8 @@ def dkd_terms(
     """(TCKD, NCKD) of DKD, each at temperature T and ×T², batch means."""
     z_s, z_t, target = prepare(student_logits, teacher_logits, target)
     check_positive("temperature", temperature)
-    tckd = _binary_kl(z_s, z_t, target, target, temperature)
-    nckd = _masked_kl(z_s, z_t, F.one_hot(target, z_s.shape[1]).bool(), temperature)
-    return tckd, nckd
+    removed = torch.zeros_like(z_s).scatter_(1, target[:, None], 1.0)
+    return _decoupled_terms(z_s, z_t, target, target, removed, temperature, temperature)
 
 
 def dkd_loss(
@@ -107,10 +134,9 @@ def rld_terms(
     check_positive("temperature", temperature)
     t_scd = temperature if scd_temperature is None else scd_temperature
     check_positive("scd_temperature", t_scd)
-    removed = mask_ge(z_t, target, mask)
-    scd = _binary_kl(z_s, z_t, target, z_t.argmax(dim=1), t_scd)
-    mcd = _masked_kl(z_s, z_t, removed, temperature)
-    return scd, mcd
+    _check_mask(mask)
+    removed = _removed_float(z_t, target, mask)
+    return _decoupled_terms(z_s, z_t, target, z_t.argmax(dim=1), removed, t_scd, temperature)
 
 
 def rld_loss(

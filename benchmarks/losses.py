@@ -1,0 +1,100 @@
+"""Forward+backward time of every rld loss against kd_loss, on (64, 100) and (512, 1000) logits.
+
+    python benchmarks/losses.py [--device cpu|cuda] [--json PATH] [--repeats N]
+
+The student logits require grad, the teacher's do not (as in training). Each measurement is the
+median over ``--repeats`` rounds of a timed loop (CUDA: synchronised before reading the clock).
+Prints a table and writes JSON: {"device": ..., "torch": ..., "results": {shape: {loss: {...}}}}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from rld.losses import (
+    dkd_loss,
+    kd_loss,
+    label_revision_loss,
+    rc_loss,
+    rld_loss,
+    standardize_logits,
+    swap_teacher_logits,
+)
+
+SHAPES = [(64, 100), (512, 1000)]
+
+
+def losses(zs: torch.Tensor, zt: torch.Tensor, y: torch.Tensor) -> dict:
+    return {
+        "kd_loss": lambda: kd_loss(zs, zt, 4.0),
+        "dkd_loss": lambda: dkd_loss(zs, zt, y),
+        "rld_loss": lambda: rld_loss(zs, zt, y),
+        "rld_loss (scd_temperature=2)": lambda: rld_loss(zs, zt, y, scd_temperature=2.0),
+        "la (kd on swapped)": lambda: kd_loss(zs, swap_teacher_logits(zt, y)),
+        "rc_loss": lambda: rc_loss(zs, y),
+        "label_revision_loss": lambda: label_revision_loss(zs, zt, y),
+        "kd on standardized": lambda: kd_loss(standardize_logits(zs), standardize_logits(zt), 2.0),
+    }
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+def time_call(fn, zs: torch.Tensor, device: torch.device, repeats: int, inner: int) -> float:
+    """Median milliseconds of one forward+backward."""
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    for _ in range(3):
+        fn().backward()
+    samples = []
+    for _ in range(repeats):
+        sync()
+        start = time.perf_counter()
+        for _ in range(inner):
+            zs.grad = None
+            fn().backward()
+        sync()
+        samples.append((time.perf_counter() - start) * 1e3 / inner)
+    return statistics.median(samples)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--json", default=None, help="write the results here")
+    parser.add_argument("--repeats", type=int, default=15)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    report = {"device": device_name(device), "torch": torch.__version__, "results": {}}
+    g = torch.Generator().manual_seed(0)
+    for b, c in SHAPES:
+        zs = (torch.randn(b, c, generator=g) * 3).to(device).requires_grad_(True)
+        zt = (torch.randn(b, c, generator=g) * 3).to(device)
+        y = torch.randint(0, c, (b,), generator=g).to(device)
+        inner = 50 if b * c <= 10_000 else 10
+        rows = {name: time_call(fn, zs, device, args.repeats, inner) for name, fn in losses(zs, zt, y).items()}
+        base = rows["kd_loss"]
+        key = f"{b}x{c}"
+        report["results"][key] = {n: {"ms": round(ms, 4), "vs_kd": round(ms / base, 3)} for n, ms in rows.items()}
+        print(f"\n{key} on {report['device']}  (forward+backward, median ms)")
+        for name, ms in rows.items():
+            print(f"  {name:30s} {ms:8.4f} ms  {ms / base:5.2f}x kd_loss")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
