@@ -1,0 +1,161 @@
+"""``build_data``: the one entry point the engine uses to get its training and evaluation loaders."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from rld.data.arrays import load_cifar100
+from rld.data.device_loader import DeviceLoader
+from rld.data.digits import load_digits
+from rld.data.folder import load_image_folders
+from rld.data.pil import ArrayImageDataset, array_transform
+from rld.data.torch_loader import IndexedDataset, TorchLoader
+from rld.data.types import ArrayDataset, Loader
+from rld.errors import UserError
+
+DATASETS = ("digits", "cifar100", "imagefolder", "imagenet")
+"""Names accepted by :func:`build_data` (``imagenet`` is an alias of ``imagefolder``)."""
+PIPELINES = ("device", "pil")
+
+
+@dataclass
+class DataBundle:
+    """Loaders and label information of one data set.
+
+    ``train`` and ``test`` implement :class:`~rld.data.types.Loader` (``set_epoch``, ``len``,
+    iteration yielding :class:`~rld.data.types.Batch`).
+    """
+
+    train: Loader
+    test: Loader
+    num_classes: int
+    classes: list[str]
+    name: str
+
+
+def _world(distributed: bool) -> tuple[int, int]:
+    """(rank, world size) if ``distributed`` and torch.distributed is initialised, else (0, 1)."""
+    if distributed and torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _array_loaders(
+    data: ArrayDataset,
+    pipeline: str,
+    *,
+    batch_size: int,
+    eval_batch_size: int,
+    device: torch.device | str,
+    seed: int,
+    num_workers: int,
+    channels_last: bool,
+    rank: int,
+    world_size: int,
+) -> tuple[Loader, Loader]:
+    common = dict(device=device, seed=seed, channels_last=channels_last, rank=rank, world_size=world_size)
+    if pipeline == "device":
+        stats = dict(mean=data.mean, std=data.std, flip=data.flip)
+        return (
+            DeviceLoader(data.train, batch_size, train=True, **stats, **common),
+            DeviceLoader(data.test, eval_batch_size, train=False, **stats, **common),
+        )
+    size = (int(data.train.x.shape[1]), int(data.train.x.shape[2]))
+    loaders = []
+    for split, train, bs in ((data.train, True, batch_size), (data.test, False, eval_batch_size)):
+        transform = array_transform(data.mean, data.std, train=train, flip=data.flip, size=size)
+        dataset = ArrayImageDataset(split, transform)
+        loaders.append(TorchLoader(dataset, bs, train=train, num_workers=num_workers, **common))
+    return loaders[0], loaders[1]
+
+
+def build_data(
+    name: str,
+    path: str | None,
+    *,
+    batch_size: int,
+    eval_batch_size: int | None = None,
+    device: torch.device | str,
+    seed: int,
+    num_workers: int = 4,
+    channels_last: bool = False,
+    distributed: bool = False,
+    pipeline: Literal["device", "pil"] = "device",
+) -> DataBundle:
+    """Build the training and evaluation loaders of data set ``name``.
+
+    Args:
+        name: ``"digits"`` (embedded, ``path`` ignored), ``"cifar100"`` (``path``: the official
+            folder or archive, or an .npz; see :func:`rld.data.load_cifar100`), ``"imagefolder"``
+            or its alias ``"imagenet"`` (``path``: ``ROOT`` with ``train/`` and ``val/``).
+        batch_size: training batch size per process.
+        eval_batch_size: evaluation batch size per process (default: ``batch_size``).
+        device: where batches are delivered.
+        seed: the training order and augmentation of epoch ``e`` follow from ``(seed, e)``.
+        num_workers: DataLoader workers (image folders and the ``pil`` pipeline only).
+        channels_last: deliver images in ``torch.channels_last`` memory format.
+        distributed: when True and torch.distributed is initialised, each rank iterates over its
+            shard: training takes positions ``rank::world_size`` of the epoch's permutation padded
+            to a multiple of the world size by repeating its start (as ``DistributedSampler``);
+            evaluation takes ``rank::world_size`` of ``0..N-1`` without padding, so that summing
+            the per-rank counts covers every test sample once. ``set_epoch`` is forwarded to the
+            sampler; iterating without it advances the epoch by one each time.
+        pipeline: for the array data sets, ``"device"`` (:class:`DeviceLoader`, augmentation on
+            the device) or ``"pil"`` (the conventional DataLoader + torchvision transforms).
+    """
+    key = str(name).lower()
+    if key not in DATASETS:
+        raise UserError(f"unknown data set {name!r}: choose one of {', '.join(DATASETS)}")
+    if pipeline not in PIPELINES:
+        raise UserError(f"unknown data pipeline {pipeline!r}: choose one of {', '.join(PIPELINES)}")
+    eval_batch_size = batch_size if eval_batch_size is None else eval_batch_size
+    for what, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UserError(f"{what} must be a positive integer, got {value!r}")
+    rank, world_size = _world(distributed)
+
+    if key in ("digits", "cifar100"):
+        if key == "digits":
+            data = load_digits()
+        else:
+            if not path:
+                raise UserError(
+                    "cifar100 needs a data path: the 'cifar-100-python' folder, "
+                    "'cifar-100-python.tar.gz', or an .npz with train_x, train_y, test_x, test_y"
+                )
+            data = load_cifar100(path)
+        train, test = _array_loaders(
+            data,
+            pipeline,
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            device=device,
+            seed=seed,
+            num_workers=num_workers,
+            channels_last=channels_last,
+            rank=rank,
+            world_size=world_size,
+        )
+        return DataBundle(train, test, data.num_classes, list(data.classes), data.name)
+
+    if not path:
+        raise UserError(f"{key} needs a data path: a folder with train/<class>/ and val/<class>/ image folders")
+    train_set, test_set = load_image_folders(path)
+    common = dict(
+        device=device,
+        seed=seed,
+        num_workers=num_workers,
+        channels_last=channels_last,
+        rank=rank,
+        world_size=world_size,
+    )
+    return DataBundle(
+        TorchLoader(IndexedDataset(train_set), batch_size, train=True, **common),
+        TorchLoader(IndexedDataset(test_set), eval_batch_size, train=False, **common),
+        len(train_set.classes),
+        list(train_set.classes),
+        key,
+    )

@@ -1,0 +1,105 @@
+"""A ``torch.utils.data.DataLoader`` (worker processes, pinned memory) that yields :class:`Batch`.
+
+Used for data that does not fit the device (image folders such as ImageNet) and for the
+conventional CPU/PIL pipeline of the array data sets. The sample order comes from
+:class:`~rld.data.sampling.EpochSampler`: the same permutation per ``(seed, epoch)`` as the device
+loader, sharded across ranks like ``DistributedSampler``. The augmentation draws happen in the
+workers with torch's random generator, which the DataLoader seeds from ``seed``; unlike the order,
+they are not a pure function of ``(seed, epoch)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from rld.data.device_loader import as_device
+from rld.data.sampling import EpochSampler, check_seed
+from rld.data.types import Batch
+from rld.errors import UserError
+
+
+class IndexedDataset(Dataset):
+    """Wrap a dataset of ``(image, target)`` so that items are ``(image, target, index)``."""
+
+    def __init__(self, base: Any):
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int) -> tuple[Any, Any, int]:
+        image, target = self.base[index]
+        return image, target, index
+
+
+class TorchLoader:
+    """Batches of a map-style dataset whose items are ``(image (3,H,W) float, target, index)``.
+
+    Args:
+        dataset: the items; wrap an ``(image, target)`` dataset in :class:`IndexedDataset`.
+        batch_size: samples per batch (per rank under data parallelism).
+        train: shuffle (a fresh permutation per epoch, padded across ranks) or keep the order.
+        device: batches are moved there (asynchronously from pinned memory on CUDA).
+        seed: seeds the order (per epoch) and the workers' random generators.
+        num_workers: worker processes; 0 loads in the main process. Workers are persistent.
+        channels_last: deliver images in ``torch.channels_last`` memory format.
+        rank, world_size: this process's shard under data parallelism.
+
+    Each ``iter(loader)`` uses the current epoch and then advances it; :meth:`set_epoch` sets it
+    explicitly (it is forwarded to the sampler, so callers need no access to the sampler).
+    Yields :class:`Batch` with ``indices`` (B,) int64 and ``views=None``.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        *,
+        train: bool,
+        device: torch.device | str,
+        seed: int = 0,
+        num_workers: int = 4,
+        channels_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise UserError(f"batch size must be a positive integer, got {batch_size!r}")
+        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+            raise UserError(f"num_workers must be a non-negative integer, got {num_workers!r}")
+        seed = check_seed(seed)
+        self.device = as_device(device)
+        self.channels_last = bool(channels_last)
+        self.sampler = EpochSampler(len(dataset), shuffle=train, seed=seed, rank=rank, world_size=world_size)
+        self._pin = self.device.type == "cuda"
+        self.loader = DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=self.sampler,
+            num_workers=num_workers,
+            pin_memory=self._pin,
+            persistent_workers=num_workers > 0,
+            drop_last=False,
+            generator=torch.Generator().manual_seed(seed),
+        )
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next iteration produce epoch ``epoch``'s order."""
+        self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[Batch]:
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        for images, targets, indices in self.loader:
+            yield Batch(
+                images.to(self.device, non_blocking=self._pin, memory_format=fmt),
+                targets.to(self.device, non_blocking=self._pin),
+                indices.to(self.device, non_blocking=self._pin),
+                None,
+            )
