@@ -1,0 +1,69 @@
+"""The feature interface shared by every rld model.
+
+A model returns logits from ``model(x)`` and, from the same single pass, its intermediate
+features from ``model.forward_features(x)``. Distillation methods read what they need from the
+returned :class:`Features`; the classifier is reachable through ``model.get_classifier()``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+
+
+@dataclass
+class Features:
+    """Everything a distillation method may read from one forward pass.
+
+    Attributes:
+        logits: ``(B, num_classes)``, equal to ``model(x)``.
+        feats: the output of each stage, ``(B, C_i, H_i, W_i)``; the first entry is the stem
+            (the output of the first convolution layer or block), then one entry per stage.
+            Empty for ``torchvision:`` / ``timm:`` models.
+        preact_feats: for each entry of ``feats``, the tensor that the ReLU consuming it acts on,
+            same shape as ``feats[i]``:
+
+            * post-activation networks (ResNets, VGG, ShuffleNets, MobileNetV1, the stems): the
+              stage output before its final ReLU, so ``relu(preact_feats[i]) == feats[i]``;
+            * pre-activation WRN, whose stages end in a residual sum with no ReLU: the output of
+              the BatchNorm that the following ReLU acts on (the next block's ``bn1``, or the
+              final ``bn1``), as used by OFD and ReviewKD;
+            * MobileNetV2 stages end in a linear bottleneck followed by a convolution, not by a
+              ReLU: there ``preact_feats[i] is feats[i]``.
+
+            Empty for ``torchvision:`` / ``timm:`` models.
+        pooled: ``(B, D)``, the input of the final linear classifier (after global pooling), so
+            ``model.get_classifier()(pooled) == logits``.
+    """
+
+    logits: Tensor
+    feats: list[Tensor]
+    preact_feats: list[Tensor]
+    pooled: Tensor
+
+
+class FeatureModel(nn.Module):
+    """Base class of rld models: ``forward`` gives logits, ``forward_features`` everything.
+
+    Subclasses implement :meth:`forward_features` and set ``classifier_name`` to the dotted path
+    of their final ``nn.Linear``. ``forward`` returns ``forward_features(x).logits``, so both
+    always agree exactly; the forward code has no data-dependent Python control flow, so
+    models work with ``torch.compile``, ``channels_last`` inputs and autocast.
+    """
+
+    classifier_name: str = "fc"
+    # Set by ``create_model`` to the registered name; used in error messages.
+    model_name: str = ""
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x: (B, 3, H, W)`` -> logits ``(B, num_classes)``."""
+        return self.forward_features(x).logits
+
+    def forward_features(self, x: Tensor) -> Features:
+        """``x: (B, 3, H, W)`` -> :class:`Features` of one forward pass."""
+        raise NotImplementedError
+
+    def get_classifier(self) -> nn.Linear:
+        """The final linear layer, mapping ``Features.pooled`` ``(B, D)`` to logits ``(B, C)``."""
+        return self.get_submodule(self.classifier_name)
