@@ -1,0 +1,365 @@
+"""The training engine: one run = one student trained with one method, evaluated every epoch.
+
+``train(cfg, out_dir)`` is the whole life of a run folder::
+
+    out_dir/config.yaml            the resolved configuration
+    out_dir/metrics.csv            one row per finished epoch
+    out_dir/checkpoints/last.pt    everything an exact resume needs, rewritten atomically each epoch
+    out_dir/checkpoints/best.pt    the student at its best test top-1 so far
+    out_dir/tb/                    TensorBoard events, when tensorboard is installed
+
+The engine only asks the method what it needs (``needs_teacher``, its trainable parameters) and
+never branches on a method's name.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import os
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from rld.config import RunConfig, from_dict, to_yaml
+from rld.data import build_data
+from rld.engine import checkpoint as ckpt
+from rld.engine.distributed import World, all_sum, barrier, init_world, shutdown
+from rld.errors import UserError
+from rld.methods import build_method
+from rld.models import create_model, load_checkpoint
+
+log = logging.getLogger("rld")
+
+METRIC_COLUMNS = ["epoch", "train_loss", "train_top1", "test_loss", "test_top1", "test_top5", "lr", "epoch_time"]
+TIME_COLUMNS = ("epoch_time",)
+
+
+def lr_at(cfg: RunConfig, epoch: int) -> float:
+    """Learning rate of ``epoch`` (counted from 1): decayed after each milestone (or every lr_step)."""
+    t = cfg.train
+    if t.lr_step:
+        decays = (epoch - 1) // t.lr_step
+    else:
+        decays = sum(epoch > m for m in t.lr_milestones)
+    return t.lr * t.lr_decay**decays
+
+
+def resolve_device(name: str, world: World) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise UserError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N") from err
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError("train.device is cuda but no CUDA device is available; use --device cpu")
+        if world.distributed:
+            device = torch.device("cuda", world.local_rank)
+        torch.cuda.set_device(device)
+    return device
+
+
+def prepare_out_dir(out: Path, resume: bool) -> Path | None:
+    """Create the run folder; return the checkpoint to resume from, if any. Never destroys a run."""
+    last = out / "checkpoints" / "last.pt"
+    if last.exists() and not resume:
+        raise UserError(f"{out} already holds a run; add --resume to continue it or choose another --out")
+    if not resume and out.exists() and (out / "metrics.csv").exists():
+        raise UserError(f"{out} already holds a run; add --resume to continue it or choose another --out")
+    try:
+        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        raise UserError(f"cannot write to the output folder {out}: {err.strerror}; choose another --out") from err
+    return last if (resume and last.exists()) else None
+
+
+def _build_teacher(cfg: RunConfig, num_classes: int, device: torch.device) -> nn.Module:
+    m = cfg.model
+    if not m.teacher:
+        raise UserError(f"method {cfg.method.name!r} needs a teacher: set model.teacher (or use a preset)")
+    if not m.teacher_checkpoint:
+        raise UserError(
+            f"method {cfg.method.name!r} needs a trained {m.teacher} teacher: pass --teacher CKPT "
+            f"(train one with `rld train` and a vanilla preset, then use its checkpoints/best.pt)"
+        )
+    teacher = create_model(m.teacher, num_classes=num_classes, dataset=m.dataset)
+    load_checkpoint(teacher, m.teacher_checkpoint)
+    teacher.eval().requires_grad_(False)
+    return teacher.to(device)
+
+
+def _progress(iterable, total: int, world: World, desc: str):
+    if world.is_main and sys.stderr.isatty():
+        from tqdm import tqdm
+
+        return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True)
+    return iterable
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, device: torch.device, world: World, amp: bool = False) -> dict[str, float]:
+    """Test loss, top-1 and top-5 (%), summed over every process."""
+    model.eval()
+    sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top1, top5, n
+    for batch in loader:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = model(batch.images)
+        logits = logits.float()
+        k = min(5, logits.shape[1])
+        top = logits.topk(k, dim=1).indices
+        hit = top == batch.targets[:, None]
+        sums += torch.stack(
+            [
+                nn.functional.cross_entropy(logits, batch.targets, reduction="sum").double(),
+                hit[:, 0].sum().double(),
+                hit.any(dim=1).sum().double(),
+                torch.tensor(float(len(batch.targets)), dtype=torch.float64, device=device),
+            ]
+        )
+    loss, top1, top5, n = all_sum(sums, world).tolist()
+    return {"test_loss": loss / n, "test_top1": 100 * top1 / n, "test_top5": 100 * top5 / n}
+
+
+def _write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
+    columns = list(METRIC_COLUMNS)
+    for row in history:
+        columns += [k for k in row if k not in columns]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    ckpt.write_text_atomic(path, buf.getvalue())
+
+
+def _tensorboard(out: Path, world: World):
+    if not world.is_main:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(out / "tb"))
+
+
+def _check_same_config(saved: RunConfig, cfg: RunConfig, where: Path) -> None:
+    a, b = asdict(saved), asdict(cfg)
+    a["train"].pop("device", None), b["train"].pop("device", None)
+    a["model"].pop("teacher_checkpoint", None), b["model"].pop("teacher_checkpoint", None)
+    if a != b:
+        diff = [
+            f"{s}.{k}" if isinstance(a[s], dict) else s
+            for s in a
+            for k in (a[s] if isinstance(a[s], dict) else [None])
+            if (a[s][k] if k else a[s]) != (b[s][k] if k else b[s])
+        ]
+        raise UserError(
+            f"--resume: {where} was trained with another configuration (differs in {', '.join(diff)}); "
+            "resume with the same settings or choose another --out"
+        )
+
+
+def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False) -> dict[str, Any]:
+    """Train (or resume) the run described by ``cfg`` in ``out_dir``; returns the final summary."""
+    out = Path(out_dir)
+    device_kind = (
+        "cuda"
+        if cfg.train.device.startswith("cuda") or (cfg.train.device == "auto" and torch.cuda.is_available())
+        else "cpu"
+    )
+    world = init_world(device_kind)
+    try:
+        return _train(cfg, out, resume, world)
+    finally:
+        shutdown(world)
+
+
+def _train(cfg: RunConfig, out: Path, resume: bool, world: World) -> dict[str, Any]:
+    t = cfg.train
+    device = resolve_device(t.device, world)
+    if t.batch_size % world.size:
+        raise UserError(f"train.batch_size {t.batch_size} must be divisible by the {world.size} processes")
+    if t.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    resume_from = prepare_out_dir(out, resume) if world.is_main else None
+    barrier(world)
+    torch.manual_seed(cfg.seed)
+
+    data = build_data(
+        cfg.data.name,
+        cfg.data.path,
+        batch_size=t.batch_size // world.size,
+        eval_batch_size=cfg.data.eval_batch_size,
+        device=device,
+        seed=cfg.seed,
+        num_workers=cfg.data.num_workers,
+        channels_last=t.channels_last,
+        distributed=world.distributed,
+        pipeline=cfg.data.pipeline,
+    )
+    method = build_method(cfg.method).to(device)
+    student = create_model(cfg.model.student, num_classes=data.num_classes, dataset=cfg.model.dataset)
+    teacher = _build_teacher(cfg, data.num_classes, device) if method.needs_teacher else None
+    if world.distributed and t.sync_bn:
+        student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
+    student = student.to(device)
+    if t.channels_last:
+        student = student.to(memory_format=torch.channels_last)
+        if teacher is not None:
+            teacher = teacher.to(memory_format=torch.channels_last)
+    params = [p for p in [*student.parameters(), *method.parameters()] if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay, nesterov=t.nesterov)
+
+    history: list[dict[str, Any]] = []
+    best = {"test_top1": -math.inf, "epoch": 0}
+    start = 1
+    if world.is_main:
+        (out / "config.yaml").write_text(to_yaml(cfg))
+    if resume_from is not None or (world.distributed and resume):
+        state = ckpt.load_run(out / "checkpoints" / "last.pt")
+        _check_same_config(from_dict(state["config"]), cfg, out)
+        student.load_state_dict(state["model"])
+        method.load_state_dict(state["method"])
+        optimizer.load_state_dict(state["optimizer"])
+        history, best, start = state["history"], state["best"], state["epoch"] + 1
+        ckpt.set_rng_state(state["rng"])
+        torch.manual_seed(cfg.seed + 1000 * state["epoch"] + world.rank) if world.distributed else None
+        if world.is_main:
+            _write_metrics(out / "metrics.csv", history)
+            log.info("resuming %s from epoch %d", out, state["epoch"])
+    model = (
+        DistributedDataParallel(student, device_ids=[device] if device.type == "cuda" else None)
+        if (world.distributed)
+        else student
+    )
+    tb = _tensorboard(out, world)
+    amp = t.amp and device.type == "cuda"
+
+    for epoch in range(start, t.epochs + 1):
+        lr = lr_at(cfg, epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        tic = time.perf_counter()
+        model.train()
+        method.train()
+        data.train.set_epoch(epoch)
+        sums: dict[str, torch.Tensor] = {}
+        seen = torch.zeros((), dtype=torch.float64, device=device)
+        correct = torch.zeros((), dtype=torch.float64, device=device)
+        for batch in _progress(data.train, len(data.train), world, f"epoch {epoch}/{t.epochs}"):
+            x, y = batch.images, batch.targets
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                logits = model(x)
+                if teacher is not None:
+                    with torch.no_grad():
+                        teacher_logits = teacher(x).float()
+                else:
+                    teacher_logits = None
+            loss, parts = method(logits.float(), teacher_logits, y, epoch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            n = float(len(y))
+            seen += n
+            correct += (logits.detach().argmax(dim=1) == y).sum()
+            for key, value in {"loss": loss, **parts}.items():
+                sums[key] = sums.get(key, 0.0) + value.detach().double() * n
+        keys = list(sums)
+        totals = all_sum(torch.stack([*(sums[k] for k in keys), correct, seen]), world).tolist()
+        n_seen = totals[-1]
+        row: dict[str, Any] = {
+            "epoch": epoch,
+            "train_loss": totals[0] / n_seen,
+            "train_top1": 100 * totals[-2] / n_seen,
+        }
+        row.update(evaluate(model, data.test, device, world, amp))
+        row["lr"] = lr
+        row["epoch_time"] = time.perf_counter() - tic
+        row.update({f"loss_{k}": totals[i] / n_seen for i, k in enumerate(keys) if k != "loss"})
+        history.append(row)
+        improved = row["test_top1"] > best["test_top1"]
+        if improved:
+            best = {"test_top1": row["test_top1"], "epoch": epoch}
+        if world.is_main:
+            state = {
+                "format": ckpt.FORMAT,
+                "config": asdict(cfg),
+                "epoch": epoch,
+                "model": student.state_dict(),
+                "method": method.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "history": history,
+                "best": best,
+                "rng": ckpt.rng_state(),
+                "num_classes": data.num_classes,
+            }
+            if improved:
+                ckpt.save_atomic({**state, "optimizer": None}, out / "checkpoints" / "best.pt")
+            ckpt.save_atomic(state, out / "checkpoints" / "last.pt")
+            _write_metrics(out / "metrics.csv", history)
+            if tb is not None:
+                for key, value in row.items():
+                    if key != "epoch":
+                        tb.add_scalar(key, value, epoch)
+            log.info(
+                "epoch %d/%d  loss %.4f  test top-1 %.2f  top-5 %.2f  (best %.2f @ %d)  lr %.4g  %.1fs",
+                epoch,
+                t.epochs,
+                row["train_loss"],
+                row["test_top1"],
+                row["test_top5"],
+                best["test_top1"],
+                best["epoch"],
+                lr,
+                row["epoch_time"],
+            )
+        barrier(world)
+    if tb is not None:
+        tb.close()
+    last = history[-1] if history else {}
+    return {
+        "out": str(out),
+        "epochs": t.epochs,
+        "best_top1": best["test_top1"],
+        "best_epoch": best["epoch"],
+        "last_top1": last.get("test_top1"),
+        "last_top5": last.get("test_top5"),
+        "train_time": sum(r["epoch_time"] for r in history),
+    }
+
+
+def evaluate_checkpoint(path: str | Path, data_path: str | None = None, device: str = "auto") -> dict[str, Any]:
+    """Evaluate a run checkpoint (``last.pt`` / ``best.pt``) on its data set's test split."""
+    state = ckpt.load_run(Path(path))
+    cfg = from_dict(state["config"])
+    world = World()
+    dev = resolve_device(device, world)
+    data = build_data(
+        cfg.data.name,
+        data_path or cfg.data.path,
+        batch_size=cfg.train.batch_size,
+        eval_batch_size=cfg.data.eval_batch_size,
+        device=dev,
+        seed=cfg.seed,
+        num_workers=cfg.data.num_workers,
+        pipeline=cfg.data.pipeline,
+    )
+    model = create_model(cfg.model.student, num_classes=data.num_classes, dataset=cfg.model.dataset)
+    load_checkpoint(model, path)
+    metrics = evaluate(model.to(dev), data.test, dev, world)
+    return {"checkpoint": str(path), "model": cfg.model.student, "epoch": state["epoch"], **metrics}
