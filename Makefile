@@ -31,7 +31,7 @@ lint: $(VENV)/.dev
 	$(VENV)/bin/ruff format --check src tests benchmarks
 
 bench: $(VENV)/.dev
-	$(PY) benchmarks/losses.py --json benchmarks/losses.json
+	$(PY) benchmarks/losses.py --json benchmarks/losses-cpu.json
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache
