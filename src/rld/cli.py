@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -42,6 +43,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
     cfg = resolve(args.preset, _overrides(args))
     summary = train(cfg, args.out or _default_out(args.preset), resume=args.resume)
+    if os.environ.get("RANK", "0") != "0":
+        return  # under torchrun only rank 0 reports
     print(
         f"done: best test top-1 {summary['best_top1']:.2f}% (epoch {summary['best_epoch']}), "
         f"last {summary['last_top1']:.2f}%  →  {summary['out']}"

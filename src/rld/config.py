@@ -78,7 +78,7 @@ class TrainConfig:
     amp: bool = False  # bf16 autocast on CUDA (losses stay in float32)
     channels_last: bool = False
     deterministic: bool = True
-    sync_bn: bool = True  # SyncBatchNorm under torchrun
+    sync_bn: bool = True  # SyncBatchNorm under torchrun on CUDA (CPU/gloo: per-process statistics)
 
 
 @dataclass

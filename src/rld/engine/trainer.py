@@ -215,7 +215,7 @@ def _train(cfg: RunConfig, out: Path, resume: bool, world: World) -> dict[str, A
     method = build_method(cfg.method).to(device)
     student = create_model(cfg.model.student, num_classes=data.num_classes, dataset=cfg.model.dataset)
     teacher = _build_teacher(cfg, data.num_classes, device) if method.needs_teacher else None
-    if world.distributed and t.sync_bn:
+    if world.distributed and t.sync_bn and device.type == "cuda":  # SyncBatchNorm is CUDA-only
         student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
     student = student.to(device)
     if t.channels_last:
