@@ -51,7 +51,7 @@ def teacher_ckpt(tmp_path_factory) -> Path:
 
 def _rows(path: Path) -> list[dict[str, str]]:
     with open(path) as f:
-        return [{k: v for k, v in row.items() if k != "epoch_time"} for row in csv.DictReader(f)]
+        return [{k: v for k, v in row.items() if k not in ("epoch_time", "train_time")} for row in csv.DictReader(f)]
 
 
 # ----------------------------------------------------------------------------- configuration

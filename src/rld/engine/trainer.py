@@ -39,8 +39,19 @@ from rld.models import create_model, load_checkpoint
 
 log = logging.getLogger("rld")
 
-METRIC_COLUMNS = ["epoch", "train_loss", "train_top1", "test_loss", "test_top1", "test_top5", "lr", "epoch_time"]
-TIME_COLUMNS = ("epoch_time",)
+METRIC_COLUMNS = [
+    "epoch",
+    "train_loss",
+    "train_top1",
+    "test_loss",
+    "test_top1",
+    "test_top5",
+    "lr",
+    "epoch_time",
+    "train_time",
+    "steps",
+]
+TIME_COLUMNS = ("epoch_time", "train_time")
 
 
 def lr_at(cfg: RunConfig, epoch: int) -> float:
@@ -187,160 +198,239 @@ def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False) -> dict[
         shutdown(world)
 
 
-def _train(cfg: RunConfig, out: Path, resume: bool, world: World) -> dict[str, Any]:
-    t = cfg.train
-    device = resolve_device(t.device, world)
-    if t.batch_size % world.size:
-        raise UserError(f"train.batch_size {t.batch_size} must be divisible by the {world.size} processes")
-    if t.deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-    resume_from = prepare_out_dir(out, resume) if world.is_main else None
-    barrier(world)
-    torch.manual_seed(cfg.seed)
+class TeacherForward:
+    """Teacher logits of a batch by a forward pass of the frozen, eval-mode teacher (float32)."""
 
-    data = build_data(
-        cfg.data.name,
-        cfg.data.path,
-        batch_size=t.batch_size // world.size,
-        eval_batch_size=cfg.data.eval_batch_size,
-        device=device,
-        seed=cfg.seed,
-        num_workers=cfg.data.num_workers,
-        channels_last=t.channels_last,
-        distributed=world.distributed,
-        pipeline=cfg.data.pipeline,
-    )
-    method = build_method(cfg.method).to(device)
-    student = create_model(cfg.model.student, num_classes=data.num_classes, dataset=cfg.model.dataset)
-    teacher = _build_teacher(cfg, data.num_classes, device) if method.needs_teacher else None
-    if world.distributed and t.sync_bn and device.type == "cuda":  # SyncBatchNorm is CUDA-only
-        student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
-    student = student.to(device)
-    if t.channels_last:
-        student = student.to(memory_format=torch.channels_last)
-        if teacher is not None:
-            teacher = teacher.to(memory_format=torch.channels_last)
-    params = [p for p in [*student.parameters(), *method.parameters()] if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay, nesterov=t.nesterov)
+    def __init__(self, teacher: nn.Module, amp: bool):
+        self.teacher, self.amp = teacher, amp
 
-    history: list[dict[str, Any]] = []
-    best = {"test_top1": -math.inf, "epoch": 0}
-    start = 1
-    if world.is_main:
-        (out / "config.yaml").write_text(to_yaml(cfg))
-    if resume_from is not None or (world.distributed and resume):
-        state = ckpt.load_run(out / "checkpoints" / "last.pt")
-        _check_same_config(from_dict(state["config"]), cfg, out)
-        student.load_state_dict(state["model"])
-        method.load_state_dict(state["method"])
-        optimizer.load_state_dict(state["optimizer"])
-        history, best, start = state["history"], state["best"], state["epoch"] + 1
-        ckpt.set_rng_state(state["rng"])
-        torch.manual_seed(cfg.seed + 1000 * state["epoch"] + world.rank) if world.distributed else None
+    @torch.no_grad()
+    def __call__(self, batch) -> torch.Tensor:
+        x = batch.images
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            return self.teacher(x).float()
+
+
+class Run:
+    """One student trained with one method in one run folder.
+
+    The loop that drives it (:func:`train`, or a sweep driving several runs on the same batches)
+    calls :meth:`begin_epoch`, :meth:`step` for every batch, and :meth:`end_epoch`.
+    """
+
+    def __init__(
+        self,
+        cfg: RunConfig,
+        out: Path,
+        *,
+        world: World,
+        device: torch.device,
+        num_classes: int,
+        resume_from: Path | None,
+        resume: bool,
+    ):
+        t = cfg.train
+        self.cfg, self.out, self.world, self.device = cfg, out, world, device
+        self.num_classes = num_classes
+        self.amp = t.amp and device.type == "cuda"
+        torch.manual_seed(cfg.seed)
+        self.method = build_method(cfg.method).to(device)
+        student = create_model(cfg.model.student, num_classes=num_classes, dataset=cfg.model.dataset)
+        if world.distributed and t.sync_bn and device.type == "cuda":  # SyncBatchNorm is CUDA-only
+            student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
+        self.student = student.to(device)
+        if t.channels_last:
+            self.student = self.student.to(memory_format=torch.channels_last)
+        params = [p for p in [*self.student.parameters(), *self.method.parameters()] if p.requires_grad]
+        self.optimizer = torch.optim.SGD(
+            params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay, nesterov=t.nesterov
+        )
+        self.history: list[dict[str, Any]] = []
+        self.best: dict[str, Any] = {"test_top1": -math.inf, "epoch": 0}
+        self.start_epoch = 1
         if world.is_main:
-            _write_metrics(out / "metrics.csv", history)
-            log.info("resuming %s from epoch %d", out, state["epoch"])
-    model = (
-        DistributedDataParallel(student, device_ids=[device] if device.type == "cuda" else None)
-        if (world.distributed)
-        else student
-    )
-    tb = _tensorboard(out, world)
-    amp = t.amp and device.type == "cuda"
+            (out / "config.yaml").write_text(to_yaml(cfg))
+        if resume_from is not None or (world.distributed and resume):
+            self._load(out / "checkpoints" / "last.pt")
+        self.model = (
+            DistributedDataParallel(self.student, device_ids=[device] if device.type == "cuda" else None)
+            if world.distributed
+            else self.student
+        )
+        self.tb = _tensorboard(out, world)
 
-    for epoch in range(start, t.epochs + 1):
-        lr = lr_at(cfg, epoch)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        tic = time.perf_counter()
-        model.train()
-        method.train()
-        data.train.set_epoch(epoch)
-        sums: dict[str, torch.Tensor] = {}
-        seen = torch.zeros((), dtype=torch.float64, device=device)
-        correct = torch.zeros((), dtype=torch.float64, device=device)
-        for batch in _progress(data.train, len(data.train), world, f"epoch {epoch}/{t.epochs}"):
-            x, y = batch.images, batch.targets
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                logits = model(x)
-                if teacher is not None:
-                    with torch.no_grad():
-                        teacher_logits = teacher(x).float()
-                else:
-                    teacher_logits = None
-            loss, parts = method(logits.float(), teacher_logits, y, epoch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            n = float(len(y))
-            seen += n
-            correct += (logits.detach().argmax(dim=1) == y).sum()
-            for key, value in {"loss": loss, **parts}.items():
-                sums[key] = sums.get(key, 0.0) + value.detach().double() * n
-        keys = list(sums)
-        totals = all_sum(torch.stack([*(sums[k] for k in keys), correct, seen]), world).tolist()
+    def _load(self, path: Path) -> None:
+        state = ckpt.load_run(path)
+        _check_same_config(from_dict(state["config"]), self.cfg, self.out)
+        self.student.load_state_dict(state["model"])
+        self.method.load_state_dict(state["method"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.history, self.best, self.start_epoch = state["history"], state["best"], state["epoch"] + 1
+        ckpt.set_rng_state(state["rng"])
+        if self.world.is_main:
+            _write_metrics(self.out / "metrics.csv", self.history)
+            log.info("resuming %s from epoch %d", self.out, state["epoch"])
+
+    @property
+    def needs_teacher(self) -> bool:
+        return self.method.needs_teacher
+
+    def begin_epoch(self, epoch: int) -> None:
+        self.lr = lr_at(self.cfg, epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr
+        self.model.train()
+        self.method.train()
+        self._sums: dict[str, torch.Tensor] = {}
+        self._seen = torch.zeros((), dtype=torch.float64, device=self.device)
+        self._correct = torch.zeros((), dtype=torch.float64, device=self.device)
+        self._steps = 0
+        self._tic = time.perf_counter()
+
+    def step(self, batch, teacher_logits: torch.Tensor | None, epoch: int) -> None:
+        """One optimisation step on ``batch``; metrics accumulate on the device (no host sync)."""
+        x, y = batch.images, batch.targets
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            logits = self.model(x)
+        loss, parts = self.method(logits.float(), teacher_logits, y, epoch)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        n = float(len(y))
+        self._seen += n
+        self._correct += (logits.detach().argmax(dim=1) == y).sum()
+        for key, value in {"loss": loss, **parts}.items():
+            self._sums[key] = self._sums.get(key, 0.0) + value.detach().double() * n
+        self._steps += 1
+
+    def end_epoch(self, epoch: int, test_loader) -> dict[str, Any]:
+        """Reduce the epoch's metrics, evaluate, checkpoint, write metrics.csv; returns the row."""
+        keys = list(self._sums)
+        totals = all_sum(torch.stack([*(self._sums[k] for k in keys), self._correct, self._seen]), self.world)
+        totals = totals.tolist()  # the one host sync of the epoch's training part
+        train_time = time.perf_counter() - self._tic
         n_seen = totals[-1]
         row: dict[str, Any] = {
             "epoch": epoch,
             "train_loss": totals[0] / n_seen,
             "train_top1": 100 * totals[-2] / n_seen,
         }
-        row.update(evaluate(model, data.test, device, world, amp))
-        row["lr"] = lr
-        row["epoch_time"] = time.perf_counter() - tic
+        row.update(evaluate(self.model, test_loader, self.device, self.world, self.amp))
+        row["lr"] = self.lr
+        row["epoch_time"] = time.perf_counter() - self._tic
+        row["train_time"] = train_time
+        row["steps"] = self._steps
         row.update({f"loss_{k}": totals[i] / n_seen for i, k in enumerate(keys) if k != "loss"})
-        history.append(row)
-        improved = row["test_top1"] > best["test_top1"]
+        self.history.append(row)
+        improved = row["test_top1"] > self.best["test_top1"]
         if improved:
-            best = {"test_top1": row["test_top1"], "epoch": epoch}
-        if world.is_main:
-            state = {
-                "format": ckpt.FORMAT,
-                "config": asdict(cfg),
-                "epoch": epoch,
-                "model": student.state_dict(),
-                "method": method.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "history": history,
-                "best": best,
-                "rng": ckpt.rng_state(),
-                "num_classes": data.num_classes,
-            }
-            if improved:
-                ckpt.save_atomic({**state, "optimizer": None}, out / "checkpoints" / "best.pt")
-            ckpt.save_atomic(state, out / "checkpoints" / "last.pt")
-            _write_metrics(out / "metrics.csv", history)
-            if tb is not None:
+            self.best = {"test_top1": row["test_top1"], "epoch": epoch}
+        if self.world.is_main:
+            self._save(epoch, improved)
+            if self.tb is not None:
                 for key, value in row.items():
                     if key != "epoch":
-                        tb.add_scalar(key, value, epoch)
+                        self.tb.add_scalar(key, value, epoch)
             log.info(
-                "epoch %d/%d  loss %.4f  test top-1 %.2f  top-5 %.2f  (best %.2f @ %d)  lr %.4g  %.1fs",
+                "%sepoch %d/%d  loss %.4f  test top-1 %.2f  top-5 %.2f  (best %.2f @ %d)  lr %.4g  %.1fs",
+                f"[{self.out.name}] " if self.out.name else "",
                 epoch,
-                t.epochs,
+                self.cfg.train.epochs,
                 row["train_loss"],
                 row["test_top1"],
                 row["test_top5"],
-                best["test_top1"],
-                best["epoch"],
-                lr,
+                self.best["test_top1"],
+                self.best["epoch"],
+                self.lr,
                 row["epoch_time"],
             )
+        return row
+
+    def _save(self, epoch: int, improved: bool) -> None:
+        state = {
+            "format": ckpt.FORMAT,
+            "config": asdict(self.cfg),
+            "epoch": epoch,
+            "model": self.student.state_dict(),
+            "method": self.method.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "history": self.history,
+            "best": self.best,
+            "rng": ckpt.rng_state(),
+            "num_classes": self.num_classes,
+        }
+        if improved:
+            ckpt.save_atomic({**state, "optimizer": None}, self.out / "checkpoints" / "best.pt")
+        ckpt.save_atomic(state, self.out / "checkpoints" / "last.pt")
+        _write_metrics(self.out / "metrics.csv", self.history)
+
+    def close(self) -> dict[str, Any]:
+        if self.tb is not None:
+            self.tb.close()
+        last = self.history[-1] if self.history else {}
+        return {
+            "out": str(self.out),
+            "epochs": self.cfg.train.epochs,
+            "best_top1": self.best["test_top1"],
+            "best_epoch": self.best["epoch"],
+            "last_top1": last.get("test_top1"),
+            "last_top5": last.get("test_top5"),
+            "train_time": sum(r["epoch_time"] for r in self.history),
+        }
+
+
+def setup(cfg: RunConfig, world: World) -> torch.device:
+    """Device and determinism settings of a process."""
+    device = resolve_device(cfg.train.device, world)
+    if cfg.train.batch_size % world.size:
+        raise UserError(f"train.batch_size {cfg.train.batch_size} must be divisible by the {world.size} processes")
+    if cfg.train.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    return device
+
+
+def build_run_data(cfg: RunConfig, device: torch.device, world: World):
+    return build_data(
+        cfg.data.name,
+        cfg.data.path,
+        batch_size=cfg.train.batch_size // world.size,
+        eval_batch_size=cfg.data.eval_batch_size,
+        device=device,
+        seed=cfg.seed,
+        num_workers=cfg.data.num_workers,
+        channels_last=cfg.train.channels_last,
+        distributed=world.distributed,
+        pipeline=cfg.data.pipeline,
+    )
+
+
+def build_teacher_fn(cfg: RunConfig, num_classes: int, device: torch.device):
+    """The teacher-logit provider of a run: a forward pass of the frozen teacher."""
+    teacher = _build_teacher(cfg, num_classes, device)
+    if cfg.train.channels_last:
+        teacher = teacher.to(memory_format=torch.channels_last)
+    return TeacherForward(teacher, cfg.train.amp and device.type == "cuda")
+
+
+def _train(cfg: RunConfig, out: Path, resume: bool, world: World) -> dict[str, Any]:
+    device = setup(cfg, world)
+    resume_from = prepare_out_dir(out, resume) if world.is_main else None
+    barrier(world)
+    data = build_run_data(cfg, device, world)
+    run = Run(
+        cfg, out, world=world, device=device, num_classes=data.num_classes, resume_from=resume_from, resume=resume
+    )
+    teacher_fn = build_teacher_fn(cfg, data.num_classes, device) if run.needs_teacher else None
+    for epoch in range(run.start_epoch, cfg.train.epochs + 1):
+        run.begin_epoch(epoch)
+        data.train.set_epoch(epoch)
+        for batch in _progress(data.train, len(data.train), world, f"epoch {epoch}/{cfg.train.epochs}"):
+            run.step(batch, teacher_fn(batch) if teacher_fn else None, epoch)
+        run.end_epoch(epoch, data.test)
         barrier(world)
-    if tb is not None:
-        tb.close()
-    last = history[-1] if history else {}
-    return {
-        "out": str(out),
-        "epochs": t.epochs,
-        "best_top1": best["test_top1"],
-        "best_epoch": best["epoch"],
-        "last_top1": last.get("test_top1"),
-        "last_top5": last.get("test_top5"),
-        "train_time": sum(r["epoch_time"] for r in history),
-    }
+    return run.close()
 
 
 def evaluate_checkpoint(path: str | Path, data_path: str | None = None, device: str = "auto") -> dict[str, Any]:
