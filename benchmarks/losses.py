@@ -3,7 +3,8 @@
     python benchmarks/losses.py [--device cpu|cuda] [--json PATH] [--repeats N]
 
 The student logits require grad, the teacher's do not (as in training). Each measurement is the
-median over ``--repeats`` rounds of a timed loop (CUDA: synchronised before reading the clock).
+median over ``--repeats`` interleaved rounds of a timed loop (CUDA: synchronised before reading
+the clock).
 Prints a table and writes JSON: {"device": ..., "torch": ..., "results": {shape: {loss: {...}}}}.
 """
 
@@ -50,25 +51,31 @@ def device_name(device: torch.device) -> str:
     return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
 
 
-def time_call(fn, zs: torch.Tensor, device: torch.device, repeats: int, inner: int) -> float:
-    """Median milliseconds of one forward+backward."""
+def time_losses(fns: dict, zs: torch.Tensor, device: torch.device, repeats: int, inner: int) -> dict[str, float]:
+    """Median milliseconds of one forward+backward per loss.
+
+    Rounds are interleaved (every loss once per round), so a burst of load on the machine hits all
+    losses alike instead of one loss's whole measurement.
+    """
 
     def sync():
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    for _ in range(3):
-        fn().backward()
-    samples = []
-    for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
-        for _ in range(inner):
-            zs.grad = None
+    for fn in fns.values():
+        for _ in range(3):
             fn().backward()
-        sync()
-        samples.append((time.perf_counter() - start) * 1e3 / inner)
-    return statistics.median(samples)
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            sync()
+            start = time.perf_counter()
+            for _ in range(inner):
+                zs.grad = None
+                fn().backward()
+            sync()
+            samples[name].append((time.perf_counter() - start) * 1e3 / inner)
+    return {name: statistics.median(ms) for name, ms in samples.items()}
 
 
 def main() -> None:
@@ -85,7 +92,7 @@ def main() -> None:
         zt = (torch.randn(b, c, generator=g) * 3).to(device)
         y = torch.randint(0, c, (b,), generator=g).to(device)
         inner = 50 if b * c <= 10_000 else 10
-        rows = {name: time_call(fn, zs, device, args.repeats, inner) for name, fn in losses(zs, zt, y).items()}
+        rows = time_losses(losses(zs, zt, y), zs, device, args.repeats, inner)
         base = rows["kd_loss"]
         key = f"{b}x{c}"
         report["results"][key] = {n: {"ms": round(ms, 4), "vs_kd": round(ms / base, 3)} for n, ms in rows.items()}

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from numbers import Real
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -52,23 +51,33 @@ def _masked_kl(student_logits: Tensor, teacher_logits: Tensor, removed: Tensor, 
 
 
 def _decoupled_terms(
-    z_s: Tensor, z_t: Tensor, s_idx: Tensor, t_idx: Tensor, removed: Tensor, t_bin: float, t_mask: float
+    z_s: Tensor,
+    z_t: Tensor,
+    target: Tensor,
+    keep: Tensor | None,
+    teacher_on_target: bool,
+    t_bin: float,
+    t_mask: float,
 ) -> tuple[Tensor, Tensor]:
-    """(binary KL, masked KL), each ×T² and averaged over the batch; ``removed``: (B, C) float, 1 = removed.
+    """(binary KL, masked KL), each ×T² and averaged over the batch.
 
-    The fused function (closed-form student gradient) serves the usual case of a teacher without
-    gradient; the composite form serves the rest (a teacher that needs gradients, tensor temperatures).
+    ``keep``: (B, C) float (1 = kept, 0 = removed by the mask) or None for "all but the target";
+    ``teacher_on_target``: the
+    teacher's binary is on the target (DKD) instead of its argmax (RLD). The fused function
+    (closed-form student gradient) serves the usual case of a teacher without gradient; the
+    composite form serves the rest (a teacher that needs gradients, tensor temperatures).
     """
     if not z_t.requires_grad and isinstance(t_bin, Real) and isinstance(t_mask, Real):
-        return DecoupledKL.apply(z_s, z_t, s_idx, t_idx, removed.to(z_s.dtype), float(t_bin), float(t_mask))
-    removed = removed.bool()
-    return _binary_kl(z_s, z_t, s_idx, t_idx, t_bin), _masked_kl(z_s, z_t, removed, t_mask)
+        return DecoupledKL.apply(z_s, z_t, target, keep, teacher_on_target, float(t_bin), float(t_mask))
+    drop = F.one_hot(target, z_s.shape[1]).bool() if keep is None else keep == 0
+    t_idx = target if teacher_on_target else z_t.argmax(dim=1)
+    return _binary_kl(z_s, z_t, target, t_idx, t_bin), _masked_kl(z_s, z_t, drop, t_mask)
 
 
-def _removed_float(z_t: Tensor, target: Tensor, mask: str) -> Tensor:
-    """The mask of :func:`mask_ge` as floats (1 = removed), from sign arithmetic (fast on CPU)."""
-    sign = (z_t - z_t.gather(1, target[:, None])).sign()
-    return sign.add(1.0).clamp(max=1.0) if mask == "ge" else sign.clamp(min=0.0)
+def _kept_float(z_t: Tensor, target: Tensor, mask: str) -> Tensor:
+    """The complement of :func:`mask_ge` as floats (1 = kept), from in-place sign arithmetic (fast on CPU)."""
+    sign = (z_t.gather(1, target[:, None]) - z_t).sign_()  # +1 below the true class, 0 tied, −1 above
+    return sign.clamp_(min=0.0) if mask == "ge" else sign.add_(1.0).clamp_(max=1.0)
 
 
 def _check_mask(mask: str) -> None:
@@ -93,8 +102,7 @@ def dkd_terms(
     """(TCKD, NCKD) of DKD, each at temperature T and ×T², batch means."""
     z_s, z_t, target = prepare(student_logits, teacher_logits, target)
     check_positive("temperature", temperature)
-    removed = torch.zeros_like(z_s).scatter_(1, target[:, None], 1.0)
-    return _decoupled_terms(z_s, z_t, target, target, removed, temperature, temperature)
+    return _decoupled_terms(z_s, z_t, target, None, True, temperature, temperature)
 
 
 def dkd_loss(
@@ -135,8 +143,7 @@ def rld_terms(
     t_scd = temperature if scd_temperature is None else scd_temperature
     check_positive("scd_temperature", t_scd)
     _check_mask(mask)
-    removed = _removed_float(z_t, target, mask)
-    return _decoupled_terms(z_s, z_t, target, z_t.argmax(dim=1), removed, t_scd, temperature)
+    return _decoupled_terms(z_s, z_t, target, _kept_float(z_t, target, mask), False, t_scd, temperature)
 
 
 def rld_loss(
