@@ -425,3 +425,24 @@ def test_ctkd_curriculum_and_gradient_reversal():
     (g_plain,) = torch.autograd.grad(plain, theta_plain)
     assert g_rev.item() == pytest.approx(-0.5 * g_plain.item(), rel=1e-5)
     assert list(loss.parameters()) == [theta]
+
+
+def test_both_fused_forwards_agree_and_the_fast_one_declines_on_underflow():
+    from rld.losses._fused import _fast_forward, _robust_forward
+    from rld.losses.decoupled import _kept_float
+
+    zs, zt, y = _inputs(10, 7, 2.0, 31)
+    keep = _kept_float(zt, y, "ge")
+    for args in [(keep, False, 4.0, 4.0), (keep, False, 2.0, 4.0), (None, True, 3.0, 3.0)]:
+        fast = _fast_forward(zs.clone(), zt.clone(), y, *args)
+        removed = None if args[0] is None else 1.0 - args[0]
+        robust = _robust_forward(zs.clone(), zt.clone(), y, removed, *args[1:])
+        assert fast is not None
+        for a, b in zip(fast[:2], robust[:2]):
+            assert torch.allclose(a, b, rtol=1e-12)
+    # A student so sure of the target that 1 − p_y underflows even in float64: the log-space path takes over.
+    zs_sure = zs.clone()
+    zs_sure[torch.arange(10), y] = 1e5
+    assert _fast_forward(zs_sure, zt, y, keep, False, 4.0, 4.0) is None
+    loss = rld_loss(zs_sure, zt, y)
+    _close(loss, ref_rld(zs_sure.tolist(), zt.tolist(), y.tolist(), 1.0, 8.0, 4.0), rel=1e-9)

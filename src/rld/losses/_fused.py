@@ -1,23 +1,29 @@
-"""One fused pass for the decoupled losses (DKD, RLD) with a closed-form backward.
+"""The decoupled losses (DKD, RLD) in one autograd function with a closed-form student gradient.
 
-Both losses are a *binary* KL (class k_T of the teacher against the rest, class k_S of the
-student against the rest) and a *masked* KL (softmaxes without the removed classes). Autograd
-through the composite form records ~40 small operations; this function builds both from three
-softmaxes of the stacked (student, teacher) logits — full, without class k, without the mask —
-and returns the student's gradient in closed form:
+Both losses are a *binary* KL (class k_T of the teacher against the rest, class k_S = target of
+the student against the rest) and a *masked* KL (softmaxes without the removed classes). Autograd
+through the composite form records ~40 small operations; here the forward computes both terms
+directly and the backward is
 
     ∂(T_b²·KL_bin)/∂z_S,j  = T_b·(p_j − b_T,0·[j = y] − b_T,1·r_j),  r = softmax without class y
-    ∂(T_m²·KL_mask)/∂z_S,j = T_m·(q_S,j − q_T,j),                     q = softmax without the mask
+    ∂(T_m²·KL_mask)/∂z_S,j = T_m·(q_S,j − q_T,j),                     q = softmax over the kept classes
 
 (p = softmax(z_S/T_b), b_T = [p_T(k_T), 1 − p_T(k_T)] the teacher's binary distribution).
 
+Two forwards:
+
+* fast (CPU): one softmax per model and temperature; 1 − p_k and the kept mass are *sums of the
+  other probabilities* (never 1 − p_k by subtraction), q = p·keep / mass. Valid while those sums
+  do not underflow — one number read on the host decides — else:
+* log space (CUDA, and CPU rows that underflow): three softmaxes of the stacked (student,
+  teacher) logits — full, without class k, without the mask — with removed classes pushed
+  ``GAP`` nats below the row's minimum (probability exactly 0, everything finite).
+
 Log-normalisers come without a logsumexp pass: for q = softmax(x), log Σ exp(x) =
-max(x) − log(max(q)), which is exact and well conditioned (max q ≥ 1/C). Removed classes are
-pushed ``GAP`` nats below the row's minimum (probability exactly 0, everything finite), and masks
-are floats built with in-place arithmetic: on CPU both are several times faster than boolean
-masking. The teacher's "class k_T" for RLD is its argmax; with tied maxima the others of the tie
-stay in 1 − p_max. Used when the teacher's logits need no gradient; otherwise the composite form
-in :mod:`rld.losses.decoupled`, which is also the reference the tests compare it with.
+max(x) − log(max(q)), exact and well conditioned (max q ≥ 1/C). The teacher's class k_T for RLD
+is its argmax; other maxima tied with it stay in 1 − p_max. The function serves a teacher whose
+logits need no gradient; otherwise the composite form in :mod:`rld.losses.decoupled` — also the
+reference the tests compare both forwards with.
 """
 
 from __future__ import annotations
@@ -191,7 +197,9 @@ class DecoupledKL(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, z_s, z_t, target, keep, teacher_on_target, t_bin, t_mask):
-        out = _fast_forward(z_s, z_t, target, keep, teacher_on_target, t_bin, t_mask)
+        # The fast path reads one number on the host to choose; on CUDA that would be a sync per
+        # step (and cannot be captured in a graph), so CUDA tensors take the log-space path.
+        out = None if z_s.is_cuda else _fast_forward(z_s, z_t, target, keep, teacher_on_target, t_bin, t_mask)
         ctx.fast = out is not None
         if out is None:
             removed = None if keep is None else 1.0 - keep
