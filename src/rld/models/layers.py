@@ -30,6 +30,20 @@ def run_stage(stage: nn.Sequential, x: Tensor) -> tuple[Tensor, Tensor]:
     return last.forward_with_preact(x)
 
 
+def stem_and_stages(stem_preact: Tensor, stages) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+    """ReLU of the stem's pre-activation, then each stage (see :func:`run_stage`).
+
+    Returns ``(last output, feats, preact_feats)`` with the stem first in both lists.
+    """
+    out = F.relu(stem_preact)
+    feats, preacts = [out], [stem_preact]
+    for stage in stages:
+        out, preact = run_stage(stage, out)
+        feats.append(out)
+        preacts.append(preact)
+    return out, feats, preacts
+
+
 def global_pool(x: Tensor) -> Tensor:
     """Global average pooling: ``(B, C, H, W)`` -> ``(B, C)``."""
     return F.adaptive_avg_pool2d(x, 1).flatten(1)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rld.models.features import FeatureModel, Features
-from rld.models.layers import global_pool, run_stage
+from rld.models.layers import global_pool, stem_and_stages
 from rld.models.registry import register_model
 
 
@@ -110,13 +110,8 @@ class ShuffleNetV2(FeatureModel):
         self.linear = nn.Linear(out_channels[3], num_classes)
 
     def forward_features(self, x: Tensor) -> Features:
-        preact = self.bn1(self.conv1(x))
-        out = F.relu(preact)
-        feats, preacts = [out], [preact]
-        for stage in (self.layer1, self.layer2, self.layer3):
-            out, preact = run_stage(stage, out)
-            feats.append(out)
-            preacts.append(preact)
+        stages = (self.layer1, self.layer2, self.layer3)
+        out, feats, preacts = stem_and_stages(self.bn1(self.conv1(x)), stages)
         pooled = global_pool(F.relu(self.bn2(self.conv2(out))))
         return Features(logits=self.linear(pooled), feats=feats, preact_feats=preacts, pooled=pooled)
 
