@@ -263,3 +263,25 @@ def test_console_script_exit_status(tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr.strip() == "rld: error: method 'rld': beta must be a number >= 0, got -1.0"
+
+
+def test_two_process_torchrun_on_cpu(tmp_path):
+    """torchrun with 2 gloo processes: the run completes, rank 0 writes it, and the test metrics
+    reduced over both ranks equal a single-process evaluation of the saved model."""
+    out = tmp_path / "ddp"
+    torchrun = Path(sys.executable).with_name("torchrun")
+    cmd = [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "rld.cli", "train", "demo/vanilla"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [*cmd, "--epochs", "1", "--out", str(out), "train.batch_size=256"], env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("done: best test top-1") == 1  # only rank 0 reports
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    # 1347 images padded to 1348: 674 per rank in batches of 256 / 2 = 128 -> 6 steps
+    assert len(rows) == 1 and int(rows[0]["steps"]) == 6
+    from rld.engine import evaluate_checkpoint
+
+    single = evaluate_checkpoint(out / "checkpoints" / "best.pt")
+    assert float(rows[0]["test_top1"]) == pytest.approx(single["test_top1"], abs=1e-3)
+    assert float(rows[0]["test_loss"]) == pytest.approx(single["test_loss"], rel=1e-4)
