@@ -114,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     p.add_argument("--device")
     p.set_defaults(func=_cmd_demo)
+    from rld.experiments.cli import add_commands as _add_experiment_commands
+
+    _add_experiment_commands(sub)
     return parser
 
 

@@ -1,0 +1,163 @@
+"""``rld reproduce``, ``rld plot`` and ``rld report``: argument parsing and printing only."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rld.errors import UserError
+
+
+def _csv_list(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    return items or None
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        return [int(s) for s in _csv_list(text) or []]
+    except ValueError:
+        raise UserError(f"--seeds takes comma-separated integers (e.g. 0,1,2), got {text!r}") from None
+
+
+def _cmd_reproduce(args: argparse.Namespace) -> None:
+    from rld.experiments.plan import parse_teacher_checkpoints, plan_table
+    from rld.experiments.reproduce import reproduce
+
+    overrides = list(args.overrides) + ([f"train.device={args.device}"] if args.device else [])
+    plan = plan_table(
+        args.table,
+        args.out,
+        seeds=_seeds(args.seeds),
+        data=args.data,
+        epochs=args.epochs,
+        pairs=_csv_list(args.pairs),
+        methods=_csv_list(args.methods),
+        overrides=overrides,
+        teachers=parse_teacher_checkpoints(args.teacher),
+    )
+    if args.json:
+        try:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(plan.to_json())
+        except OSError as err:
+            raise UserError(f"cannot write the plan {args.json}: {err.strerror}") from err
+    roles: dict[str, int] = {}
+    for run in plan.runs:
+        key = "+".join(run.roles)
+        roles[key] = roles.get(key, 0) + 1
+    by_status = ", ".join(f"{n} {s}" for s, n in plan.counts().items())
+    by_role = ", ".join(f"{n} {r}" for r, n in roles.items())
+    print(f"{plan.table.name}: {len(plan.runs)} runs ({by_role}); {by_status}; folder {plan.root}")
+    if args.dry_run:
+        for run in plan.runs:
+            print(f"  {run.status:8s} {run.name}")
+        if args.json:
+            print(f"plan written to {args.json}")
+        return
+    result = reproduce(plan, metric=args.metric)
+    print()
+    print(result.files["markdown"].read_text())
+    print("written: " + ", ".join(str(p) for p in result.files.values()))
+
+
+def _cmd_plot(args: argparse.Namespace) -> None:
+    from rld import viz
+
+    if args.kind == "tsne":
+        out = viz.plot_tsne(args.runs, args.out, data_path=args.data, max_samples=args.max_samples, device=args.device)
+    elif args.kind == "logit-diff":
+        out = viz.plot_logit_difference(args.runs, args.out, data_path=args.data, device=args.device)
+    elif args.kind == "time-vs-acc":
+        out = viz.plot_time_vs_accuracy(args.runs, args.out, metric=args.metric)
+    else:
+        out = viz.plot_class_correlation(
+            args.run,
+            args.out,
+            classes=_csv_list(args.classes),
+            k=args.k,
+            sample=args.sample,
+            model=args.model,
+            data_path=args.data,
+            device=args.device,
+        )
+    print(f"figure written to {out}")
+
+
+def _cmd_report(args: argparse.Namespace) -> None:
+    from rld.experiments.report import write_report
+
+    out = write_report(args.dir, args.out, title=args.title)
+    print(f"report written to {out}")
+
+
+def _data_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", metavar="PATH", help="the data set, if it has moved since the run was trained")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+
+
+def add_commands(sub) -> None:
+    """Register ``reproduce``, ``plot`` and ``report`` on the ``rld`` command's subparsers."""
+    from rld.experiments.tables import TABLES
+
+    p = sub.add_parser(
+        "reproduce",
+        help="train and tabulate the runs of a table of the paper",
+        description=(
+            "Plan every run of a table (teachers first, seed 0; students with every seed), train what is "
+            "missing, resume what is unfinished, and write the table beside the paper's numbers to "
+            "OUT/tables/TABLE.md and .csv."
+        ),
+    )
+    p.add_argument("table", metavar="TABLE", help=f"one of {', '.join(TABLES)}")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="applied to every run, e.g. train.batch_size=256")
+    p.add_argument("--data", metavar="PATH", help="the data set (CIFAR-100 folder/archive/.npz, ImageNet root)")
+    p.add_argument("--seeds", default="0,1,2", help="student seeds, comma-separated (default: 0,1,2)")
+    p.add_argument("--out", default="runs/reproduce", help="folder of the runs and tables (default: runs/reproduce)")
+    p.add_argument("--dry-run", action="store_true", help="only plan: list the runs and their status")
+    p.add_argument("--json", metavar="PLAN", help="write the plan as JSON to this file")
+    p.add_argument("--metric", choices=["best", "last"], default="best", help="epoch the table reports (default: best)")
+    p.add_argument("--epochs", type=int, help="shorter runs: N epochs, lr schedule and warm-up scaled to match")
+    p.add_argument("--pairs", metavar="T-S,…", help="only these teacher-student pairs, e.g. resnet56-resnet20")
+    p.add_argument("--methods", metavar="M,…", help="only these methods (registry names; vanilla = plain student)")
+    p.add_argument(
+        "--teacher",
+        action="append",
+        metavar="MODEL=CKPT",
+        help="use this checkpoint as the MODEL teacher instead of training one (repeatable)",
+    )
+    p.add_argument("--device", help="cpu, cuda or cuda:N")
+    p.set_defaults(func=_cmd_reproduce)
+
+    p = sub.add_parser("plot", help="figures of the paper from run folders (PNG)")
+    kinds = p.add_subparsers(dest="kind", required=True, metavar="KIND")
+    k = kinds.add_parser("tsne", help="t-SNE of the students' pooled test features (Fig. 4)")
+    k.add_argument("runs", nargs="+", metavar="RUN", help="run folders, side by side (e.g. a KD and an RLD run)")
+    k.add_argument("--out", required=True, metavar="PNG")
+    k.add_argument("--max-samples", type=int, default=2000, help="test samples embedded (default: 2000)")
+    _data_device(k)
+    k = kinds.add_parser("logit-diff", help="per-class mean |teacher - student| logit difference (Fig. 5)")
+    k.add_argument("runs", nargs="+", metavar="RUN", help="distilled run folders (e.g. a DKD and an RLD run)")
+    k.add_argument("--out", required=True, metavar="PNG")
+    _data_device(k)
+    k = kinds.add_parser("time-vs-acc", help="training time per batch vs top-1, bubble = extra parameters (Fig. 6)")
+    k.add_argument("runs", nargs="+", metavar="RUN")
+    k.add_argument("--out", required=True, metavar="PNG")
+    k.add_argument("--metric", choices=["best", "last"], default="best", help="epoch of the top-1 (default: best)")
+    k = kinds.add_parser("class-corr", help="top-10 logits per class and of one sample (Fig. 7)")
+    k.add_argument("run", metavar="RUN")
+    k.add_argument("--out", required=True, metavar="PNG")
+    k.add_argument("--classes", help="class names or indices, comma-separated (default: leopard,television,dinosaur)")
+    k.add_argument("--sample", type=int, help="test index of the single sample (default: first of the last class)")
+    k.add_argument("--k", type=int, default=10, help="logits shown per panel (default: 10)")
+    k.add_argument("--model", choices=["student", "teacher"], default="student", help="whose logits (default: student)")
+    _data_device(k)
+    p.set_defaults(func=_cmd_plot)
+
+    p = sub.add_parser("report", help="one self-contained HTML page of the runs, tables and figures under a folder")
+    p.add_argument("dir", metavar="DIR")
+    p.add_argument("--out", default="report.html", help="the HTML file (default: report.html)")
+    p.add_argument("--title")
+    p.set_defaults(func=_cmd_report)

@@ -1,0 +1,184 @@
+"""Reading finished (or unfinished) run folders: configuration, metrics, a summary.
+
+A run folder is what :func:`rld.engine.train` writes: ``config.yaml``, ``metrics.csv`` (one row
+per finished epoch) and ``checkpoints/``. Everything here reads files only; nothing is trained.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import re
+from dataclasses import asdict, dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from rld.config import RunConfig, from_dict
+from rld.errors import UserError
+
+RUN_FILES = ("config.yaml", "metrics.csv")
+# Settings that may differ between two runs without making them different experiments.
+INCIDENTAL_KEYS = (("train", "device"), ("model", "teacher_checkpoint"), ("data", "path"), ("data", "num_workers"))
+
+
+def is_run_dir(path: Path) -> bool:
+    return all((path / name).is_file() for name in RUN_FILES)
+
+
+def find_runs(root: str | Path) -> list[Path]:
+    """Every run folder at or below ``root`` (folders holding config.yaml and metrics.csv), sorted."""
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"{root} is not a folder")
+    found = {p.parent for p in root.rglob("metrics.csv") if is_run_dir(p.parent)}
+    return sorted(found)
+
+
+def read_config(run_dir: Path) -> RunConfig:
+    path = Path(run_dir) / "config.yaml"
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as err:
+        raise UserError(f"cannot read {path}: {err.strerror}") from err
+    except yaml.YAMLError as err:
+        raise UserError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from err
+    if not isinstance(data, dict):
+        raise UserError(f"{path} does not hold a run configuration")
+    return from_dict(data)
+
+
+def _number(text: str | None) -> float | int | str | None:
+    if text is None or text == "":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """The rows of ``metrics.csv`` with numbers converted (``epoch``, ``steps`` as int)."""
+    path = Path(run_dir) / "metrics.csv"
+    try:
+        with open(path, newline="") as f:
+            return [{k: _number(v) for k, v in row.items() if k is not None} for row in csv.DictReader(f)]
+    except OSError as err:
+        raise UserError(f"cannot read {path}: {err.strerror}") from err
+
+
+def checkpoint_epoch(path: Path) -> int | None:
+    """The ``epoch`` stored in a run checkpoint, or None when it is missing or unreadable."""
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # unreadable: the trainer reports it properly when the run is resumed
+        return None
+    epoch = state.get("epoch") if isinstance(state, dict) else None
+    return int(epoch) if isinstance(epoch, int) else None
+
+
+def config_differences(a: RunConfig, b: RunConfig) -> list[str]:
+    """Dotted keys whose values differ between two configurations, ignoring incidental settings."""
+    da, db = asdict(a), asdict(b)
+    for section, key in INCIDENTAL_KEYS:
+        da[section].pop(key, None), db[section].pop(key, None)
+    out = []
+    for section in da:
+        if isinstance(da[section], dict):
+            out += [f"{section}.{k}" for k in da[section] if da[section][k] != db[section].get(k)]
+        elif da[section] != db[section]:
+            out.append(section)
+    return out
+
+
+@dataclass
+class RunRecord:
+    """A run folder read from disk.
+
+    ``best`` is the row with the highest test top-1 (the first one on ties, as the engine keeps
+    ``best.pt``); ``last`` the last finished epoch.
+    """
+
+    path: Path
+    config: RunConfig
+    metrics: list[dict[str, Any]]
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> RunRecord:
+        path = Path(run_dir)
+        if not path.is_dir():
+            raise UserError(f"run folder {path} does not exist")
+        missing = [name for name in RUN_FILES if not (path / name).is_file()]
+        if missing:
+            raise UserError(
+                f"{path} is not a run folder: it lacks {' and '.join(missing)} (a run folder is made by `rld train`)"
+            )
+        return cls(path, read_config(path), read_metrics(path))
+
+    @property
+    def name(self) -> str:
+        """The folder name; ``VARIANT/seedK`` for the per-seed folders of ``rld reproduce``."""
+        if re.fullmatch(r"seed\d+", self.path.name) and self.path.parent.name:
+            return f"{self.path.parent.name}/{self.path.name}"
+        return self.path.name
+
+    @property
+    def epochs_done(self) -> int:
+        return len(self.metrics)
+
+    @property
+    def finished(self) -> bool:
+        return self.epochs_done >= self.config.train.epochs
+
+    @cached_property
+    def best(self) -> dict[str, Any] | None:
+        best = None
+        for row in self.metrics:
+            if best is None or row["test_top1"] > best["test_top1"]:
+                best = row
+        return best
+
+    @property
+    def last(self) -> dict[str, Any] | None:
+        return self.metrics[-1] if self.metrics else None
+
+    def top(self, metric: str = "best", k: int = 1) -> float | None:
+        """Test top-k (k = 1 or 5) at the best epoch (``metric="best"``) or the last one."""
+        if metric not in ("best", "last"):
+            raise UserError(f"metric must be 'best' or 'last', got {metric!r}")
+        row = self.best if metric == "best" else self.last
+        return None if row is None else float(row[f"test_top{k}"])
+
+    @property
+    def total_time(self) -> float:
+        """Wall-clock seconds of all finished epochs (training and evaluation)."""
+        return float(sum(row.get("epoch_time", 0.0) for row in self.metrics))
+
+    @property
+    def ms_per_batch(self) -> float:
+        """Training time per batch in ms: ``train_time / steps`` of each epoch, averaged over epochs."""
+        per_epoch = [
+            1000.0 * row["train_time"] / row["steps"]
+            for row in self.metrics
+            if isinstance(row.get("train_time"), (int, float)) and isinstance(row.get("steps"), int) and row["steps"]
+        ]
+        if not per_epoch:
+            raise UserError(f"{self.path}/metrics.csv has no train_time and steps columns to time the run by")
+        return float(sum(per_epoch) / len(per_epoch))
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (n − 1; 0 for a single value)."""
+    n = len(values)
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    return mean, std

@@ -1,0 +1,245 @@
+"""What each table of the paper is made of: its rows, columns, and the runs behind every cell.
+
+A cell names a teacher→student pair, what kind of result it shows (the teacher, the plain
+student, a distilled student, or a method rld does not implement) and, for trained cells, a
+:class:`Variant`: the registry method plus the overrides that make the table's setting (e.g.
+``method.alpha=0`` for "without L_SCD"). Cells of different tables that describe the same
+training (Table 1's "M_ge with SCD", Table 3's RLD and Table 5's "CE+SCD+MCD" on
+resnet32x4→resnet8x4) share one variant key, hence one set of run folders.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from rld.errors import UserError
+
+TEACHER, STUDENT, DISTILL, UNAVAILABLE = "teacher", "student", "distill", "unavailable"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """How a cell's students are trained: ``key`` is also the folder name of its runs."""
+
+    key: str
+    method: str
+    overrides: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Cell:
+    pair: str  # "TEACHER-STUDENT", model names of the zoo
+    kind: str  # teacher | student | distill | unavailable
+    paper_row: str
+    paper_column: str | None = None
+    variant: Variant | None = None
+    top: int = 1  # top-1 or top-5 accuracy
+
+    @property
+    def teacher(self) -> str:
+        return self.pair.split("-", 1)[0]
+
+    @property
+    def student(self) -> str:
+        return self.pair.split("-", 1)[1]
+
+    @property
+    def method(self) -> str | None:
+        """Registry method of the cell's runs (``vanilla`` for teacher and plain student)."""
+        if self.kind in (TEACHER, STUDENT):
+            return "vanilla"
+        return self.variant.method if self.variant else None
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    name: str
+    title: str
+    family: str  # preset family: cifar100 | imagenet
+    rows: tuple[str, ...]
+    columns: tuple[str, ...]
+    cells: dict[tuple[str, str], Cell]
+    groups: dict[str, str] = field(default_factory=dict)  # row → "Feature" / "Logit" (the paper's Type column)
+    note: str = ""
+    row_header: str = "Method"
+
+    @property
+    def pairs(self) -> list[str]:
+        return list(dict.fromkeys(c.pair for c in self.cells.values()))
+
+    @property
+    def methods(self) -> list[str]:
+        """Registry methods the table trains, in row order."""
+        return list(dict.fromkeys(c.method for c in self.cells.values() if c.method and c.kind != TEACHER))
+
+
+def _arrow(pair: str) -> str:
+    return pair.replace("-", "->", 1)
+
+
+def pair_label(pair: str) -> str:
+    return pair.replace("-", " → ", 1)
+
+
+FEATURE_METHODS = ("FitNet", "AT", "RKD", "CRD", "OFD", "ReviewKD", "SimKD", "CAT-KD")
+IMAGENET_FEATURE_METHODS = ("AT", "OFD", "CRD", "ReviewKD", "SimKD", "CAT-KD")
+# Row label (= the paper's row key) → registry method, in the paper's order.
+LOGIT_METHODS = {"KD": "kd", "CTKD": "ctkd", "DKD": "dkd", "LA": "la", "RC": "rc", "LR": "lr", "RLD": "rld"}
+
+TABLE2_PAIRS = (
+    "resnet32x4-ShuffleV2",
+    "resnet32x4-wrn_16_2",
+    "resnet32x4-wrn_40_2",
+    "wrn_40_2-resnet8x4",
+    "wrn_40_2-MobileNetV2",
+    "vgg13-MobileNetV2",
+    "ResNet50-MobileNetV2",
+)
+TABLE3_PAIRS = (
+    "resnet32x4-resnet8x4",
+    "vgg13-vgg8",
+    "wrn_40_2-wrn_40_1",
+    "wrn_40_2-wrn_16_2",
+    "resnet56-resnet20",
+    "resnet110-resnet32",
+    "resnet110-resnet20",
+)
+TABLE4_PAIRS = ("ResNet34-ResNet18", "ResNet50-MobileNetV1")
+TABLE6_PAIRS = ("wrn_40_2-MobileNetV2", "vgg13-MobileNetV2", "ResNet50-MobileNetV2")
+ABLATION_PAIR = "resnet32x4-resnet8x4"
+
+RLD = Variant("rld", "rld")
+RLD_NO_SCD = Variant("rld_no-scd", "rld", ("method.alpha=0",))
+RLD_NO_MCD = Variant("rld_no-mcd", "rld", ("method.beta=0",))
+RLD_MASK_G = Variant("rld_mask-g", "rld", ("method.mask=g",))
+RLD_MASK_G_NO_SCD = Variant("rld_mask-g_no-scd", "rld", ("method.mask=g", "method.alpha=0"))
+
+
+def _comparison(name: str, title: str, family: str, pairs, feature_methods, tops=(1,)) -> TableSpec:
+    """Tables 2–4: teacher, student, feature methods (not available), logit methods × pairs."""
+    rows = ("Teacher", "Student", *feature_methods, *LOGIT_METHODS)
+    columns, cells = [], {}
+    for pair in pairs:
+        for top in tops:
+            column = pair_label(pair) + (f" top-{top}" if len(tops) > 1 else "")
+            paper_column = _arrow(pair) + (f" top{top}" if len(tops) > 1 else "")
+            columns.append(column)
+            cells[("Teacher", column)] = Cell(pair, TEACHER, "teacher", paper_column, top=top)
+            cells[("Student", column)] = Cell(pair, STUDENT, "student", paper_column, top=top)
+            for row in feature_methods:
+                cells[(row, column)] = Cell(pair, UNAVAILABLE, row, paper_column, top=top)
+            for row, method in LOGIT_METHODS.items():
+                cells[(row, column)] = Cell(pair, DISTILL, row, paper_column, Variant(method, method), top=top)
+    groups = {**{r: "Feature" for r in feature_methods}, **{r: "Logit" for r in LOGIT_METHODS}}
+    return TableSpec(name, title, family, rows, tuple(columns), cells, groups)
+
+
+def _table1() -> TableSpec:
+    rows, columns = ("without L_SCD", "with L_SCD"), ("M_g", "M_ge")
+    variants = {
+        ("without L_SCD", "M_g"): ("M_g without SCD", RLD_MASK_G_NO_SCD),
+        ("without L_SCD", "M_ge"): ("M_ge without SCD", RLD_NO_SCD),
+        ("with L_SCD", "M_g"): ("M_g with SCD", RLD_MASK_G),
+        ("with L_SCD", "M_ge"): ("M_ge with SCD", RLD),
+    }
+    cells = {key: Cell(ABLATION_PAIR, DISTILL, paper, None, v) for key, (paper, v) in variants.items()}
+    return TableSpec(
+        "table1",
+        "Table 1: masking strategy M_g vs M_ge, with and without L_SCD (resnet32x4 → resnet8x4, CIFAR-100)",
+        "cifar100",
+        rows,
+        columns,
+        cells,
+        note="L_CE and L_MCD are always on; 'without L_SCD' trains RLD with method.alpha=0.",
+        row_header="L_SCD / mask",
+    )
+
+
+def _table5() -> TableSpec:
+    column = pair_label(ABLATION_PAIR)
+    cells = {
+        ("CE", column): Cell(ABLATION_PAIR, STUDENT, "CE"),
+        ("CE+SCD", column): Cell(ABLATION_PAIR, DISTILL, "CE+SCD", None, RLD_NO_MCD),
+        ("CE+MCD", column): Cell(ABLATION_PAIR, DISTILL, "CE+MCD", None, RLD_NO_SCD),
+        ("CE+SCD+MCD", column): Cell(ABLATION_PAIR, DISTILL, "CE+SCD+MCD", None, RLD),
+    }
+    return TableSpec(
+        "table5",
+        "Table 5: ablation of RLD's components (resnet32x4 → resnet8x4, CIFAR-100)",
+        "cifar100",
+        ("CE", "CE+SCD", "CE+MCD", "CE+SCD+MCD"),
+        (column,),
+        cells,
+        note=(
+            "CE is the plain student (vanilla); CE+SCD is RLD with method.beta=0, CE+MCD RLD with method.alpha=0; "
+            "all at RLD's default temperature (the paper tuned rows 2 and 3 separately)."
+        ),
+        row_header="Losses",
+    )
+
+
+def _table6() -> TableSpec:
+    rows = {"KD": "kd", "CTKD": "ctkd", "DKD": "dkd", "RLD": "rld"}
+    columns = tuple(pair_label(p) for p in TABLE6_PAIRS)
+    cells = {
+        (row, pair_label(pair)): Cell(
+            pair, DISTILL, f"{row}+LS", _arrow(pair), Variant(f"{m}_ls", m, ("method.logit_standardization=true",))
+        )
+        for row, m in rows.items()
+        for pair in TABLE6_PAIRS
+    }
+    return TableSpec(
+        "table6",
+        "Table 6: logit methods with logit standardization (MobileNetV2 students, CIFAR-100)",
+        "cifar100",
+        tuple(rows),
+        columns,
+        cells,
+        note=(
+            "method.logit_standardization=true on the CIFAR-100 presets: logits z-scored, base temperature 2 "
+            "and distillation weights ×9, as in the published code of logit standardization."
+        ),
+        row_header="Method + LS",
+    )
+
+
+def _build() -> dict[str, TableSpec]:
+    return {
+        "table1": _table1(),
+        "table2": _comparison(
+            "table2",
+            "Table 2: heterogeneous teacher/student pairs (CIFAR-100)",
+            "cifar100",
+            TABLE2_PAIRS,
+            FEATURE_METHODS,
+        ),
+        "table3": _comparison(
+            "table3",
+            "Table 3: homogeneous teacher/student pairs (CIFAR-100)",
+            "cifar100",
+            TABLE3_PAIRS,
+            FEATURE_METHODS,
+        ),
+        "table4": _comparison(
+            "table4",
+            "Table 4: ImageNet, top-1 and top-5",
+            "imagenet",
+            TABLE4_PAIRS,
+            IMAGENET_FEATURE_METHODS,
+            tops=(1, 5),
+        ),
+        "table5": _table5(),
+        "table6": _table6(),
+    }
+
+
+TABLES: dict[str, TableSpec] = _build()
+
+
+def get_table(name: str) -> TableSpec:
+    key = name.lower().replace(" ", "")
+    if key.isdigit():
+        key = f"table{key}"
+    if key not in TABLES:
+        raise UserError(f"unknown table {name!r}; choose one of {', '.join(TABLES)}")
+    return TABLES[key]
