@@ -117,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     from rld.experiments.cli import add_commands as _add_experiment_commands
 
     _add_experiment_commands(sub)
+    from rld.fast.cli import add_commands as _add_fast_commands
+
+    _add_fast_commands(sub)
     return parser
 
 

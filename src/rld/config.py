@@ -79,6 +79,10 @@ class TrainConfig:
     channels_last: bool = False
     deterministic: bool = True
     sync_bn: bool = True  # SyncBatchNorm under torchrun on CUDA (CPU/gloo: per-process statistics)
+    # Teacher-logit cache (rld.fast.cache): the eval-mode teacher's logits per (image, augmentation view).
+    teacher_cache: str = "off"  # off (teacher forward every step) | lazy (fill on first use) | full (build up front)
+    cache_dir: str | None = None  # default: $XDG_CACHE_HOME/rld/teacher-logits (~/.cache/rld/teacher-logits)
+    cache_precision: str = "float16"  # float16 | float32 storage of the cached logits
 
 
 @dataclass
@@ -267,6 +271,13 @@ def validate(cfg: RunConfig) -> None:
         (cfg.seed >= 0, "seed must be >= 0", cfg.seed),
         (cfg.data.eval_batch_size > 0, "data.eval_batch_size must be > 0", cfg.data.eval_batch_size),
         (cfg.data.num_workers >= 0, "data.num_workers must be >= 0", cfg.data.num_workers),
+        # teacher-logit cache (rld.fast.cache)
+        (t.teacher_cache in ("off", "lazy", "full"), "train.teacher_cache must be off, lazy or full", t.teacher_cache),
+        (
+            t.cache_precision in ("float16", "float32"),
+            "train.cache_precision must be float16 or float32",
+            t.cache_precision,
+        ),
     ]
     for ok, what, value in checks:
         if not ok:

@@ -170,6 +170,7 @@ def _check_same_config(saved: RunConfig, cfg: RunConfig, where: Path) -> None:
     a, b = asdict(saved), asdict(cfg)
     a["train"].pop("device", None), b["train"].pop("device", None)
     a["model"].pop("teacher_checkpoint", None), b["model"].pop("teacher_checkpoint", None)
+    a["train"].pop("cache_dir", None), b["train"].pop("cache_dir", None)
     if a != b:
         diff = [
             f"{s}.{k}" if isinstance(a[s], dict) else s
@@ -406,12 +407,21 @@ def build_run_data(cfg: RunConfig, device: torch.device, world: World):
     )
 
 
-def build_teacher_fn(cfg: RunConfig, num_classes: int, device: torch.device):
-    """The teacher-logit provider of a run: a forward pass of the frozen teacher."""
+def build_teacher_fn(cfg: RunConfig, num_classes: int, device: torch.device, train_loader=None):
+    """The teacher-logit provider of a run: ``provider(batch) -> (B, C)`` float32 teacher logits.
+
+    A forward pass of the frozen teacher, or, with ``train.teacher_cache`` lazy/full, lookups in the
+    teacher-logit cache of ``train_loader`` (:mod:`rld.fast.cache`; device-resident loader only).
+    """
     teacher = _build_teacher(cfg, num_classes, device)
     if cfg.train.channels_last:
         teacher = teacher.to(memory_format=torch.channels_last)
-    return TeacherForward(teacher, cfg.train.amp and device.type == "cuda")
+    forward = TeacherForward(teacher, cfg.train.amp and device.type == "cuda")
+    if cfg.train.teacher_cache == "off":
+        return forward
+    from rld.fast.cache import open_teacher_cache
+
+    return open_teacher_cache(cfg, forward, train_loader, num_classes)
 
 
 def _train(cfg: RunConfig, out: Path, resume: bool, world: World) -> dict[str, Any]:
@@ -422,7 +432,7 @@ def _train(cfg: RunConfig, out: Path, resume: bool, world: World) -> dict[str, A
     run = Run(
         cfg, out, world=world, device=device, num_classes=data.num_classes, resume_from=resume_from, resume=resume
     )
-    teacher_fn = build_teacher_fn(cfg, data.num_classes, device) if run.needs_teacher else None
+    teacher_fn = build_teacher_fn(cfg, data.num_classes, device, data.train) if run.needs_teacher else None
     for epoch in range(run.start_epoch, cfg.train.epochs + 1):
         run.begin_epoch(epoch)
         data.train.set_epoch(epoch)

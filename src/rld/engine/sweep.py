@@ -1,0 +1,288 @@
+"""Lockstep sweeps: several students trained in one process on one data stream.
+
+``sweep("demo/rld", ["method.beta=2,8"], seeds=[0, 1], out="runs/sweep")`` plans one run per point of
+the grid (every ``KEY=V1,V2,…`` override is an axis; single values apply to all runs) and per seed.
+Each run is a :class:`~rld.engine.trainer.Run` with its own configuration, student, optimizer state,
+method state, global-RNG stream and run folder — ``config.yaml``, ``metrics.csv``, ``checkpoints/`` —
+exactly as if it were trained alone by ``rld train`` with the same configuration.
+
+Groups. Runs that would see the same batches share one data stream: same seed (the data order and
+augmentation are a function of seed and epoch), data set, batch size, device and teacher (with its
+cache settings). Different seeds cannot share a stream, so the runs are grouped by this stream
+signature and the groups run one after another. Within a group every batch is produced once and
+the teacher forward (or cache lookup) runs once; then the students step in turn on it
+(:func:`group_step`, grouped execution). Students of one architecture could instead be stacked
+with ``torch.func.stack_module_state`` + ``vmap`` into one batched forward — the GPU route; on
+the CPU stepping them in turn costs the same arithmetic. :func:`group_step` is also the unit a
+whole-step CUDA graph would capture (static batch buffers, one graph per group; not done yet).
+
+Folders: ``OUT/<key>=<value>,…,seed=<S>`` (e.g. ``runs/sweep/method.beta=8,seed=0``) and
+``OUT/sweep.csv``, one summary row per run. The time columns of ``metrics.csv`` (``epoch_time``,
+``train_time``) measure the group's wall time: the students of a group share each epoch.
+
+Resume (``resume=True`` / ``--resume``): every run continues from its own ``last.pt`` (or starts
+fresh). Runs of a group may stand at different epochs (a sweep killed while checkpointing, a run
+added to the grid): epoch ``e`` is stepped for the runs that have not finished it yet, so the
+laggards catch up on their own and the group continues in lockstep from the common point. Each run
+ends with exactly the metrics of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rld.config import RunConfig, resolve
+from rld.data.types import Batch
+from rld.engine import checkpoint as ckpt
+from rld.engine.distributed import World
+from rld.engine.trainer import Run, _progress, build_run_data, build_teacher_fn, prepare_out_dir, setup
+from rld.errors import UserError
+from rld.methods import get_spec
+from rld.models import create_model
+
+log = logging.getLogger("rld")
+
+
+@dataclass
+class SweepRun:
+    """One point of the grid: its folder name, the swept values, the resolved config, the folder."""
+
+    name: str
+    values: dict[str, str]
+    cfg: RunConfig
+    out: Path
+
+
+# ----------------------------------------------------------------------------- planning
+
+
+def split_values(text: str) -> list[str]:
+    """``"2,8"`` -> ``["2", "8"]``; commas inside brackets, braces or quotes do not split.
+
+    ``"[3,5],[4,6]"`` -> ``["[3,5]", "[4,6]"]``.
+    """
+    parts, depth, quote, start = [], 0, "", 0
+    for i, c in enumerate(text):
+        if quote:
+            quote = "" if c == quote else quote
+        elif c in "'\"":
+            quote = c
+        elif c in "[{(":
+            depth += 1
+        elif c in "]})":
+            depth -= 1
+        elif c == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    return [p.strip() for p in parts]
+
+
+def parse_grid(overrides: list[str]) -> tuple[list[str], list[tuple[str, list[str]]]]:
+    """Split overrides into fixed ``KEY=VALUE`` ones and axes ``(KEY, [V1, V2, …])``."""
+    fixed: list[str] = []
+    axes: list[tuple[str, list[str]]] = []
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(
+                f"sweep overrides must look like KEY=V1,V2 or KEY=VALUE (e.g. method.beta=2,8), got {item!r}"
+            )
+        values = split_values(value)
+        if len(values) == 1:
+            fixed.append(item)
+            continue
+        if any(not v for v in values):
+            raise UserError(f"empty value in {item!r}: write KEY=V1,V2 without stray commas")
+        if any(key.strip() == k for k, _ in axes):
+            raise UserError(f"{key.strip()} is swept twice; give all its values in one KEY=V1,V2")
+        axes.append((key.strip(), values))
+    return fixed, axes
+
+
+def _folder_part(value: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_.=+[]" else "_" for c in value)
+
+
+def plan_sweep(
+    source: str,
+    overrides: list[str],
+    *,
+    seeds: list[int] | None,
+    out: str | Path,
+    extra: list[str] | tuple[str, ...] = (),
+) -> list[SweepRun]:
+    """The runs of a sweep, seed-major, each with its resolved (and validated) configuration.
+
+    ``extra`` overrides (e.g. from ``--epochs``) apply to every run after the grid's.
+    """
+    fixed, axes = parse_grid(list(overrides))
+    seed_axis = [k for k, _ in axes if k == "seed"]
+    if seed_axis and seeds:
+        raise UserError("give the seeds either as --seeds or as seed=V1,V2, not both")
+    if seed_axis:
+        seeds = [int(v) for k, vs in axes if k == "seed" for v in vs]
+        axes = [(k, vs) for k, vs in axes if k != "seed"]
+    keys = [k for k, _ in axes]
+    runs: list[SweepRun] = []
+    for seed in seeds or [None]:
+        for combo in itertools.product(*(vs for _, vs in axes)):
+            chosen = [f"{k}={v}" for k, v in zip(keys, combo)]
+            cfg = resolve(source, [*fixed, *chosen, *extra, *([f"seed={seed}"] if seed is not None else [])])
+            name = ",".join([*(f"{k}={_folder_part(v)}" for k, v in zip(keys, combo)), f"seed={cfg.seed}"])
+            runs.append(SweepRun(name, dict(zip(keys, combo)), cfg, Path(out) / name))
+    names = [r.name for r in runs]
+    if len(set(names)) != len(names):
+        raise UserError("two runs of the sweep would share a folder: the grid repeats a value")
+    return runs
+
+
+def stream_signature(cfg: RunConfig) -> tuple:
+    """Runs with equal signatures see identical batches and teacher logits: they can share a stream."""
+    d, m, t = cfg.data, cfg.model, cfg.train
+    return (
+        cfg.seed,
+        (d.name, d.path, d.pipeline, d.num_workers, d.eval_batch_size),
+        (t.batch_size, t.device, t.deterministic, t.channels_last, t.amp),
+        (m.teacher, m.teacher_checkpoint, m.dataset),
+        (t.teacher_cache, t.cache_dir, t.cache_precision),
+    )
+
+
+def group_runs(runs: list[SweepRun]) -> list[list[SweepRun]]:
+    """Runs grouped by :func:`stream_signature`, in order of first appearance."""
+    groups: dict[tuple, list[SweepRun]] = {}
+    for run in runs:
+        groups.setdefault(stream_signature(run.cfg), []).append(run)
+    return list(groups.values())
+
+
+# ----------------------------------------------------------------------------- execution
+
+
+@dataclass
+class Member:
+    """A run of a group and its own global-RNG state, swapped in around its work (``enter``/``leave``)."""
+
+    run: Run
+    rng: torch.Tensor
+    cuda_rng: torch.Tensor | None = None
+    sweep_run: SweepRun | None = field(default=None, repr=False)
+
+    def enter(self) -> None:
+        torch.set_rng_state(self.rng)
+        if self.cuda_rng is not None:
+            torch.cuda.set_rng_state(self.cuda_rng, self.run.device)
+
+    def leave(self) -> None:
+        self.rng = torch.get_rng_state()
+        if self.cuda_rng is not None:
+            self.cuda_rng = torch.cuda.get_rng_state(self.run.device)
+
+
+def group_step(members: list[Member], batch: Batch, teacher_fn: Any, epoch: int) -> None:
+    """One training step of every member on ``batch``: one teacher forward (or cache lookup),
+    then each student's step in turn. The teacher logits are shared, read-only, by the students."""
+    needs = any(m.run.needs_teacher for m in members)
+    teacher_logits = teacher_fn(batch) if needs and teacher_fn is not None else None
+    for m in members:
+        m.enter()
+        m.run.step(batch, teacher_logits if m.run.needs_teacher else None, epoch)
+        m.leave()
+
+
+def _run_group(group: list[SweepRun], resume_from: dict[Path, Path | None], resume: bool) -> list[dict[str, Any]]:
+    cfg0 = group[0].cfg
+    world = World()
+    device = setup(cfg0, world)
+    data = build_run_data(cfg0, device, world)
+    needs_teacher = any(get_spec(r.cfg.method.name).needs_teacher for r in group)
+    teacher_fn = build_teacher_fn(cfg0, data.num_classes, device, data.train) if needs_teacher else None
+    members: list[Member] = []
+    for r in group:
+        run = Run(
+            r.cfg,
+            r.out,
+            world=world,
+            device=device,
+            num_classes=data.num_classes,
+            resume_from=resume_from[r.out],
+            resume=resume,
+        )
+        if run.needs_teacher:  # a single run draws its teacher's initial weights here: keep the RNG in step
+            create_model(r.cfg.model.teacher, num_classes=data.num_classes, dataset=r.cfg.model.dataset)
+        cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+        members.append(Member(run, torch.get_rng_state(), cuda_rng, r))
+
+    first = min(m.run.start_epoch for m in members)
+    last = max(m.run.cfg.train.epochs for m in members)
+    for epoch in range(first, last + 1):
+        active = [m for m in members if m.run.start_epoch <= epoch <= m.run.cfg.train.epochs]
+        if not active:
+            continue
+        for m in active:
+            m.enter()
+            m.run.begin_epoch(epoch)
+            m.leave()
+        data.train.set_epoch(epoch)
+        desc = f"epoch {epoch}/{last} ({len(active)} runs)"
+        for batch in _progress(data.train, len(data.train), world, desc):
+            group_step(active, batch, teacher_fn, epoch)
+        for m in active:
+            m.enter()
+            m.run.end_epoch(epoch, data.test)
+            m.leave()
+    if hasattr(teacher_fn, "close"):
+        teacher_fn.close()
+    return [{"run": m.sweep_run.name, "seed": m.run.cfg.seed, **m.sweep_run.values, **m.run.close()} for m in members]
+
+
+def _write_summary(path: Path, rows: list[dict[str, Any]]) -> None:
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns and k not in ("out", "epochs")]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=[*columns, "out"], extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    ckpt.write_text_atomic(path, buf.getvalue())
+
+
+def sweep(
+    source: str,
+    overrides: list[str],
+    *,
+    out: str | Path,
+    seeds: list[int] | None = None,
+    resume: bool = False,
+    extra: list[str] | tuple[str, ...] = (),
+) -> list[dict[str, Any]]:
+    """Plan and train a lockstep sweep (see the module docstring); returns one summary per run."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UserError("rld sweep runs in one process: start it without torchrun")
+    out = Path(out)
+    runs = plan_sweep(source, overrides, seeds=seeds, out=out, extra=extra)
+    groups = group_runs(runs)
+    resume_from = {r.out: prepare_out_dir(r.out, resume) for r in runs}  # refuses existing runs up front
+    log.info(
+        "sweep: %d runs in %d group(s) of one data stream each (%s) -> %s",
+        len(runs),
+        len(groups),
+        ", ".join(f"seed {g[0].cfg.seed}: {len(g)}" for g in groups),
+        out,
+    )
+    rows: list[dict[str, Any]] = []
+    for group in groups:
+        rows += _run_group(group, resume_from, resume)
+        _write_summary(out / "sweep.csv", rows)
+    return rows

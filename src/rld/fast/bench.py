@@ -1,0 +1,375 @@
+"""``rld bench``: milliseconds per training step of the three training paths, in one process.
+
+* ``conventional`` — the way the common CIFAR KD code bases train: a ``torch.utils.data.DataLoader``
+  over PIL images with torchvision ``RandomCrop(32, padding=4)``, ``RandomHorizontalFlip``,
+  ``ToTensor``, ``Normalize`` (``workers`` processes, shuffled), eager float32, a teacher forward every
+  step and a host synchronisation per step (``loss.item()``).
+* ``default`` — the project's default path on the device: :class:`~rld.data.DeviceLoader` (uint8 data
+  on the device, crop/flip there) and :meth:`Run.step <rld.engine.trainer.Run.step>` with the teacher
+  forward (:class:`~rld.engine.trainer.TeacherForward`); no host synchronisation inside the epoch.
+* ``cached`` — as ``default``, with the teacher logits looked up in the teacher-logit cache
+  (:mod:`rld.fast.cache`). Filling the entries those steps use (their teacher forwards) is timed
+  apart as ``cache_build_s``, opening the cache (key hashing, file creation) as ``cache_open_s``.
+* ``sweep_M`` — M students of the same configuration stepped in lockstep on one stream with cached
+  teacher logits (:func:`rld.engine.sweep.group_step`); measured on CUDA only by default.
+
+Each path runs ``warmup`` untimed steps, then ``steps`` timed ones; with ``rounds > 1`` the paths
+take turns, round after round, so that a change of background load hits all of them. Reported:
+the median over all timed steps (and each round's median). Step times come from
+``time.perf_counter`` on the CPU (where every step is synchronous) and from CUDA events on a GPU
+(the interval between the ends of consecutive steps, without synchronising inside the loop).
+The teacher and students have random weights: step times do not depend on the values.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from rld.config import RunConfig, list_presets, resolve
+from rld.data import CIFAR100_MEAN, CIFAR100_STD, ArrayDataset, ArraySplit, DeviceLoader, load_cifar100
+from rld.data.device_loader import as_device
+from rld.data.pil import ArrayImageDataset, array_transform
+from rld.data.types import Batch
+from rld.engine.distributed import World
+from rld.engine.sweep import Member, group_step
+from rld.engine.trainer import Run, TeacherForward
+from rld.errors import UserError
+from rld.fast.cache import CachedTeacher, LogitStore, open_teacher_cache
+from rld.methods import build_method
+from rld.models import create_model
+
+SYNTHETIC_TRAIN = 50_000
+SYNTHETIC_CLASSES = 100
+
+
+@dataclass
+class BenchOptions:
+    device: str = "cpu"
+    pair: str = "resnet32x4:resnet8x4"
+    method: str = "rld"
+    steps: int = 40
+    warmup: int = 5
+    rounds: int = 3
+    batch_size: int = 64
+    workers: int = 2
+    data: str | None = None
+    synthetic_size: int = SYNTHETIC_TRAIN
+    sweep_sizes: tuple[int, ...] | None = None  # None: (4, 16) on CUDA, none on the CPU
+    seed: int = 0
+
+
+# ----------------------------------------------------------------------------- set-up
+
+
+def synthetic_cifar(n: int = SYNTHETIC_TRAIN, num_classes: int = SYNTHETIC_CLASSES, seed: int = 0) -> ArrayDataset:
+    """CIFAR-shaped random data: train x (n, 32, 32, 3) uint8, y (n,); a tiny test split."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8)
+    y = rng.integers(0, num_classes, size=n).astype(np.int64)
+    test = ArraySplit(x[:256].copy(), y[:256].copy())
+    classes = [str(c) for c in range(num_classes)]
+    return ArrayDataset("synthetic", ArraySplit(x, y), test, classes, CIFAR100_MEAN, CIFAR100_STD, flip=True)
+
+
+def _config(opts: BenchOptions) -> RunConfig:
+    try:
+        teacher, student = opts.pair.split(":")
+    except ValueError:
+        raise UserError(
+            f"--pair must look like TEACHER:STUDENT (e.g. resnet32x4:resnet8x4), got {opts.pair!r}"
+        ) from None
+    over = [f"train.batch_size={opts.batch_size}", f"train.device={opts.device}", f"seed={opts.seed}"]
+    name = f"cifar100/{teacher}-{student}/{opts.method}"
+    if name in list_presets():
+        return resolve(name, over)
+    return resolve(
+        f"cifar100/{student}/vanilla"
+        if f"cifar100/{student}/vanilla" in list_presets()
+        else "cifar100/resnet8/vanilla",
+        [*over, f"model.student={student}", f"model.teacher={teacher}", f"method.name={opts.method}"],
+    )
+
+
+def device_name(device: torch.device) -> str:
+    """A readable name of the device: the GPU model, or the CPU model and core count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{model}, {cores} cores, {torch.get_num_threads()} torch threads"
+
+
+class _Clock:
+    """Per-step durations: perf_counter on the CPU, CUDA events (no synchronisation) on a GPU."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.marks: list[Any] = []
+
+    def tick(self) -> None:
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self.marks.append(event)
+        else:
+            self.marks.append(time.perf_counter())
+
+    def intervals_ms(self) -> list[float]:
+        if self.cuda:
+            torch.cuda.synchronize()
+            return [a.elapsed_time(b) for a, b in zip(self.marks, self.marks[1:])]
+        return [1000 * (b - a) for a, b in zip(self.marks, self.marks[1:])]
+
+
+# ----------------------------------------------------------------------------- the paths
+
+
+class ConventionalPath:
+    """DataLoader + PIL transforms, teacher forward each step, ``loss.item()`` each step."""
+
+    def __init__(
+        self, data: ArrayDataset, cfg: RunConfig, teacher: torch.nn.Module, device: torch.device, workers: int
+    ):
+        transform = array_transform(data.mean, data.std, train=True, flip=data.flip)
+        self.loader = DataLoader(
+            ArrayImageDataset(data.train, transform),
+            batch_size=cfg.train.batch_size,
+            shuffle=True,
+            num_workers=workers,
+            pin_memory=device.type == "cuda",
+            drop_last=True,
+            persistent_workers=workers > 0,
+            generator=torch.Generator().manual_seed(cfg.seed),
+        )
+        self.device, self.teacher = device, teacher
+        torch.manual_seed(cfg.seed)
+        self.student = create_model(cfg.model.student, num_classes=data.num_classes).to(device).train()
+        self.method = build_method(cfg.method).to(device)
+        t = cfg.train
+        params = [*self.student.parameters(), *self.method.parameters()]
+        self.optimizer = torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+        self._it = iter(self.loader)
+
+    def step(self) -> None:
+        try:
+            x, y, _ = next(self._it)
+        except StopIteration:
+            self._it = iter(self.loader)
+            x, y, _ = next(self._it)
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        with torch.no_grad():
+            t = self.teacher(x)
+        loss, _ = self.method(self.student(x), t, y, 1)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        loss.item()
+
+
+class DevicePath:
+    """DeviceLoader batches and ``Run.step`` with a teacher-logit provider (forward or cache)."""
+
+    def __init__(self, loader: DeviceLoader, runs: list[Run], teacher_fn: Any):
+        self.loader, self.teacher_fn = loader, teacher_fn
+        self.members = [Member(run, torch.get_rng_state()) for run in runs]
+        for run in runs:
+            run.begin_epoch(1)
+        self._it = self._batches()
+
+    def _batches(self) -> Iterator[Batch]:
+        while True:
+            for batch in self.loader:  # each pass is the next epoch of the loader
+                if len(batch.targets) == self.loader.batch_size:  # full batches only: one shape
+                    yield batch
+
+    def step(self) -> None:
+        group_step(self.members, next(self._it), self.teacher_fn, 1)
+
+
+def planned_entries(loader: DeviceLoader, batches: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(indices, views) (M,) of the first ``batches`` full batches the loader will give from epoch 0."""
+    idx_parts, view_parts, left, epoch = [], [], batches, 0
+    while left > 0:
+        idx, views = loader.epoch_plan(epoch)
+        full = (idx.numel() // loader.batch_size) * loader.batch_size
+        take = min(left, full // loader.batch_size) * loader.batch_size
+        idx_parts.append(idx[:take])
+        view_parts.append(views[:take])
+        left -= take // loader.batch_size
+        epoch += 1
+    return torch.cat(idx_parts), torch.cat(view_parts)
+
+
+def _time_steps(path: Any, warmup: int, steps: int, device: torch.device) -> list[float]:
+    for _ in range(warmup):
+        path.step()
+    clock = _Clock(device)
+    clock.tick()
+    for _ in range(steps):
+        path.step()
+        clock.tick()
+    return clock.intervals_ms()
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+def run_bench(opts: BenchOptions) -> dict[str, Any]:
+    """Measure the paths; returns the JSON-ready report (see the module docstring)."""
+    if opts.steps < 1 or opts.warmup < 0 or opts.rounds < 1 or opts.batch_size < 1 or opts.workers < 0:
+        raise UserError("--steps, --rounds and --batch-size must be >= 1, --warmup and --workers >= 0")
+    device = as_device(opts.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda but no CUDA device is available; use --device cpu")
+    cfg = _config(opts)
+    if opts.data:
+        data = load_cifar100(opts.data)
+        data_desc = f"cifar100 arrays from {opts.data} ({len(data.train)} training images, {data.num_classes} classes)"
+    else:
+        data = synthetic_cifar(opts.synthetic_size, seed=opts.seed)
+        data_desc = (
+            f"synthetic CIFAR-shaped random uint8 ({len(data.train)} images 32x32x3, {data.num_classes} classes)"
+        )
+    sweep_sizes = opts.sweep_sizes if opts.sweep_sizes is not None else ((4, 16) if device.type == "cuda" else ())
+    per_path = opts.warmup + opts.steps
+
+    torch.manual_seed(opts.seed)
+    teacher = create_model(cfg.model.teacher, num_classes=data.num_classes).to(device).eval().requires_grad_(False)
+    forward = TeacherForward(teacher, amp=False)
+    loader = DeviceLoader(
+        data.train, opts.batch_size, device=device, mean=data.mean, std=data.std, train=True, flip=data.flip
+    )
+    with tempfile.TemporaryDirectory(prefix="rld-bench-") as tmp:
+        cache_cfg = resolve_cache_cfg(cfg, Path(tmp) / "cache")
+        t0 = time.perf_counter()
+        store_provider = open_teacher_cache(cache_cfg, forward, loader, data.num_classes)
+        cache_open_s = time.perf_counter() - t0
+        idx, views = planned_entries(loader, per_path * opts.rounds)  # every path replays this plan
+        t0 = time.perf_counter()
+        entries = store_provider.fill(idx, views)
+        _sync(device)
+        cache_build_s = time.perf_counter() - t0
+        store: LogitStore = store_provider.store
+        store.to_device(device)
+        lookup = CachedTeacher(store, None, loader, lazy=False)
+
+        def runs(count: int, tag: str) -> list[Run]:
+            made = []
+            for k in range(count):
+                out = Path(tmp) / f"{tag}{k}"
+                (out / "checkpoints").mkdir(parents=True)
+                made.append(
+                    Run(
+                        cfg,
+                        out,
+                        world=World(),
+                        device=device,
+                        num_classes=data.num_classes,
+                        resume_from=None,
+                        resume=False,
+                    )
+                )
+            return made
+
+        def fresh_loader() -> DeviceLoader:
+            return DeviceLoader(
+                data.train, opts.batch_size, device=device, mean=data.mean, std=data.std, train=True, flip=data.flip
+            )
+
+        paths: dict[str, Any] = {
+            "conventional": ConventionalPath(data, cfg, teacher, device, opts.workers),
+            "default": DevicePath(fresh_loader(), runs(1, "default"), forward),
+            "cached": DevicePath(fresh_loader(), runs(1, "cached"), lookup),
+        }
+        for m in sweep_sizes:
+            paths[f"sweep_{m}"] = DevicePath(fresh_loader(), runs(m, f"sweep{m}-"), lookup)
+        times: dict[str, list[list[float]]] = {name: [] for name in paths}
+        for _ in range(opts.rounds):
+            for name, path in paths.items():
+                times[name].append(_time_steps(path, opts.warmup, opts.steps, device))
+
+    results: dict[str, Any] = {}
+    for name, rounds in times.items():
+        pooled = [t for r in rounds for t in r]
+        results[name] = {
+            "ms_per_step": statistics.median(pooled),
+            "round_medians_ms": [statistics.median(r) for r in rounds],
+        }
+    conv = results["conventional"]["ms_per_step"]
+    for name in ("default", "cached"):
+        results[name]["speedup_vs_conventional"] = conv / results[name]["ms_per_step"]
+    results["cached"].update(cache_build_s=cache_build_s, cache_entries=entries, cache_open_s=cache_open_s)
+    for m in (4, 16):
+        if m not in sweep_sizes:
+            results[f"sweep_{m}"] = {"measured": False, "reason": "measured on CUDA only (see rld.fast.bench)"}
+    for m in sweep_sizes:
+        r = results[f"sweep_{m}"]
+        r["students"] = m
+        r["ms_per_student_step"] = r["ms_per_step"] / m
+        r["speedup_vs_separate_cached"] = results["cached"]["ms_per_step"] * m / r["ms_per_step"]
+    return {
+        "device": device.type,
+        "device_name": device_name(device),
+        "torch": torch.__version__,
+        "data": data_desc,
+        "config": {
+            "pair": opts.pair,
+            "method": opts.method,
+            "batch_size": opts.batch_size,
+            "steps": opts.steps,
+            "warmup": opts.warmup,
+            "rounds": opts.rounds,
+            "conventional_workers": opts.workers,
+            "cache_precision": cache_cfg.train.cache_precision,
+            "weights": "random initialisation (step times do not depend on the values)",
+        },
+        "results": results,
+    }
+
+
+def resolve_cache_cfg(cfg: RunConfig, cache_dir: Path) -> RunConfig:
+    """``cfg`` with a lazy float16 teacher-logit cache in ``cache_dir`` (filled by the bench itself)."""
+    from dataclasses import replace
+
+    train = replace(cfg.train, teacher_cache="lazy", cache_dir=str(cache_dir), cache_precision="float16")
+    return replace(cfg, train=train, data=replace(cfg.data, name="bench"))
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """A small table of the report for the terminal."""
+    lines = [f"{report['device_name']} · torch {report['torch']} · {report['data']}"]
+    lines.append(f"{'path':14s} {'ms/step':>9s} {'x conventional':>15s}")
+    for name, r in report["results"].items():
+        if not r.get("measured", True):
+            lines.append(f"{name:14s} {'—':>9s}  ({r['reason']})")
+            continue
+        speed = r.get("speedup_vs_conventional")
+        lines.append(f"{name:14s} {r['ms_per_step']:9.1f} {'' if speed is None else f'{speed:14.2f}x'}")
+    cached = report["results"]["cached"]
+    lines.append(
+        f"cache: {cached['cache_entries']} entries built in {cached['cache_build_s']:.1f}s "
+        f"(opened in {cached['cache_open_s']:.1f}s)"
+    )
+    return "\n".join(lines)

@@ -1,0 +1,474 @@
+"""The exact teacher-logit cache: the frozen teacher's logits per (image, augmentation view).
+
+The CIFAR augmentation has exactly ``NUM_VIEWS = 162`` views per image (9 x 9 crop offsets x 2
+flips, see :mod:`rld.data.device_loader`), and a logit-based method needs nothing from the eval-mode
+teacher but its logits. So they can be computed once per (image, view) and looked up by the
+``(indices, views)`` the device-resident loader puts in every batch: the training step runs no
+teacher forward at all.
+
+Modes (``train.teacher_cache``):
+
+* ``lazy`` — an entry is computed the first time a batch needs it (from that batch's own images)
+  and reused afterwards; a filled mask (N, V) says which entries hold logits. For CPUs and short
+  runs, where computing all 162 views up front would cost more than the run itself; an epoch visits
+  N of the 162 x N entries, so early epochs still run the teacher for most samples.
+* ``full`` — every view the loader can produce is computed up front (``rld cache`` does it ahead
+  of training); the step is then one gather. On CUDA the whole table is loaded into device memory
+  and the lookup involves no host synchronisation.
+
+When it pays. Each entry costs one teacher forward of one image. Plain training runs E x N of them;
+a table holds at most 162 x N, and it serves every student, method, hyper-parameter and seed that
+distils from the same teacher on the same data (the key does not involve them). A single lazy run of
+E epochs computes 162 x N x (1 - (161/162)^E) entries: 52 % of the plain forwards over 240 epochs,
+99.7 % over 2 — lazy filling pays across runs and long schedules, not within a short one.
+
+Storage. One folder per key under ``train.cache_dir`` (default :func:`default_cache_dir`)::
+
+    <teacher>-<data>-<key[:16]>/logits.npy   (N, V, C) float16 (or float32), memory-mapped
+    <teacher>-<data>-<key[:16]>/filled.npy   (N, V) bool
+    <teacher>-<data>-<key[:16]>/meta.json    the full key and what it covers
+
+``logits.npy`` is created sparse at full size and memory-mapped with numpy, so its 1.6 GB (CIFAR-100,
+float16) need not sit in RAM on the CPU. The folder is created complete under a temporary name and
+renamed into place (a concurrent creator loses the rename and uses the winner's folder). Lookups
+only ever read entries of the in-memory mask; that mask is written to ``filled.npy`` atomically
+(temporary file, fsync, rename) only after the logits it covers were written back (``msync``), at
+most every ``FLUSH_INTERVAL_S`` seconds and when the provider is closed or collected. A crash loses at
+most the entries filled since the last flush; they are computed again. Several processes may share
+a folder (torchrun ranks, concurrent runs): each writes the entries it computes and the masks are
+merged on flush. Under torchrun every rank would build a ``full`` table itself: run ``rld cache`` first.
+
+Precision. float16 keeps 11 significant bits (relative rounding <= 2**-11 ~ 4.9e-4 on each logit);
+the RLD, DKD and KD losses change by less than 1e-3 relative (``tests/test_fast.py``). The one
+discontinuity: a class whose teacher logit ties the true class's within that rounding can cross
+RLD's M_ge boundary, which changes that sample's gradient. float32 storage
+(``train.cache_precision=float32``) gives exactly the logits of the teacher forward.
+
+Exactness. A cached entry is the teacher's output for that view computed within some batch. On the
+CPU that output does not depend on the other samples of the batch, except that a batch of one takes
+another convolution path; the cache therefore never runs the teacher on a single image (it pads to
+two). With float32 storage, cached logits are then bit-identical to a teacher forward of the same
+views, whichever batches filled them; on CUDA they agree to the rounding of the convolution algorithms.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rld.data.device_loader import NUM_VIEWS, DeviceLoader
+from rld.data.types import Batch
+from rld.errors import UserError
+from rld.fast.key import CACHE_FORMAT, VIEW_DEFINITION, cache_key
+
+log = logging.getLogger("rld")
+
+PRECISIONS = {"float16": torch.float16, "float32": torch.float32}
+FLUSH_INTERVAL_S = 60.0
+"""Lazy mode: the filled mask is written to disk at most this often (and on close)."""
+COPY_CHUNK = 1 << 26
+"""Bytes per chunk when a complete table is copied to device memory."""
+FILL_BATCH = {"cpu": 64, "cuda": 1024}
+"""Views per teacher forward when filling: on the 2-core CPU, resnet32x4 takes 12.3 ms per image in
+batches of 64 and 19.6 ms in batches of 256 (the activations of larger batches leave the caches)."""
+
+
+def fill_batch_size(device: torch.device) -> int:
+    return FILL_BATCH.get(device.type, FILL_BATCH["cuda"])
+
+
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/rld/teacher-logits``, or ``~/.cache/rld/teacher-logits``."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "rld" / "teacher-logits"
+
+
+def usable_views(loader: DeviceLoader) -> torch.Tensor:
+    """The views the loader's training augmentation can produce: all 162, or the 81 unflipped ones."""
+    return torch.arange(NUM_VIEWS) if loader.flip else torch.arange(0, NUM_VIEWS, 2)
+
+
+@dataclass
+class _Files:
+    """What must reach the disk on a flush; kept apart from the store so a finalizer can hold it."""
+
+    folder: Path
+    values: np.memmap  # (N, V, C)
+    filled: np.ndarray  # (N, V) bool, shared with the store's mask tensor
+    dirty: bool = False
+    writable: bool = True
+    last_flush: float = field(default_factory=time.monotonic)
+
+    def flush(self) -> None:
+        if not (self.dirty and self.writable):
+            return
+        self.values.flush()  # the logits first: a mask entry never reaches the disk before its logits
+        path = self.folder / "filled.npy"
+        try:
+            merged = np.load(path) | self.filled  # keep entries another process filled meanwhile
+        except (OSError, ValueError):
+            merged = self.filled
+        tmp = self.folder / f".filled.npy.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        with open(tmp, "wb") as f:
+            np.save(f, merged)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        self.dirty = False
+        self.last_flush = time.monotonic()
+
+
+class LogitStore:
+    """Teacher logits per (image, view) — values (N, V, C), mask (N, V) — in a cache folder.
+
+    Use :meth:`open`. ``get`` reads rows, ``put`` writes them, ``missing`` finds unfilled entries,
+    ``flush`` persists. After :meth:`to_device` (complete stores only) the values live on the device.
+    """
+
+    def __init__(self, files: _Files, key: str, dtype: torch.dtype):
+        self.key, self.dtype, self.folder = key, dtype, files.folder
+        self._files = files
+        self._values = torch.from_numpy(files.values)  # (N, V, C), shares the memory map
+        self._filled = torch.from_numpy(files.filled)  # (N, V) bool
+        self._finalizer = weakref.finalize(self, files.flush)
+
+    # ------------------------------------------------------------------ creation
+
+    @classmethod
+    def open(
+        cls, root: Path, name: str, *, key: str, shape: tuple[int, int, int], precision: str, meta: dict[str, Any]
+    ) -> LogitStore:
+        """Open the store ``root/name`` of ``key``, creating it (empty) if needed.
+
+        Raises UserError when the folder holds another key or shape, is unreadable, or when the
+        file system lacks the space the unfilled entries will need.
+        """
+        dtype = PRECISIONS[precision]
+        folder = Path(root).expanduser() / name
+        try:
+            if not folder.is_dir():
+                _check_space(folder.parent, shape, dtype, fraction=1.0)
+                _create(folder, shape, dtype, {**meta, "key": key, "shape": list(shape), "precision": precision})
+            on_disk = json.loads((folder / "meta.json").read_text())
+            if on_disk.get("key") != key or tuple(on_disk.get("shape", ())) != tuple(shape):
+                raise UserError(
+                    f"the teacher-logit cache {folder} belongs to another teacher or data set; delete the folder"
+                )
+            filled = np.load(folder / "filled.npy")
+            complete = bool(filled.all())
+            if not complete:
+                _check_space(folder, shape, dtype, fraction=1.0 - float(filled.mean()))
+            # A complete table is only read: copy-on-write mapping, so a read-only cache folder works.
+            values = np.load(folder / "logits.npy", mmap_mode="c" if complete else "r+")
+        except UserError:
+            raise
+        except (OSError, ValueError) as err:
+            reason = getattr(err, "strerror", None) or str(err).splitlines()[0]
+            raise UserError(
+                f"cannot use the teacher-logit cache in {folder}: {reason}; set train.cache_dir to a writable "
+                "folder or delete this one"
+            ) from err
+        if values.shape != tuple(shape) or values.dtype != np.dtype(str(dtype).removeprefix("torch.")):
+            raise UserError(f"the teacher-logit cache {folder} is damaged (unexpected array); delete the folder")
+        return cls(_Files(folder, values, filled, writable=not complete), key, dtype)
+
+    # ------------------------------------------------------------------ access
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self._values.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self._values.numel() * self._values.element_size()
+
+    def filled_count(self) -> int:
+        return int(self._filled.sum())
+
+    def complete(self, views: torch.Tensor | None = None) -> bool:
+        """Whether every entry (of every image, for ``views`` or all views) is filled."""
+        filled = self._filled if views is None else self._filled[:, views]
+        return bool(filled.all())
+
+    def missing(self, indices: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
+        """Positions (K,) int64 (CPU) of the entries ``(indices[k], views[k])`` not filled yet."""
+        return (~self._filled[indices.cpu(), views.cpu()]).nonzero().squeeze(1)
+
+    def get(self, indices: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
+        """Logits of entries ``(indices, views)`` (B,) -> (B, C) float32 on ``indices.device``."""
+        if self._values.device == indices.device:
+            return self._values[indices, views].float()
+        rows = self._values[indices.cpu(), views.cpu()]
+        return rows.to(indices.device, non_blocking=True).float()
+
+    def put(self, indices: torch.Tensor, views: torch.Tensor, logits: torch.Tensor) -> None:
+        """Store ``logits`` (B, C) for entries ``(indices, views)`` (B,) and mark them filled."""
+        if self._values.device.type != "cpu":
+            raise RuntimeError("a store loaded into device memory is complete and read-only")
+        rows = logits.detach().to("cpu", self.dtype)
+        if not torch.isfinite(rows).all():
+            raise UserError(
+                f"teacher logits do not fit {self.dtype} (non-finite after conversion); "
+                "use train.cache_precision=float32"
+            )
+        i, v = indices.cpu(), views.cpu()
+        self._values[i, v] = rows
+        self._filled[i, v] = True
+        self._files.dirty = True
+
+    def flush(self) -> None:
+        """Write filled logits and then the mask to disk (no-op when nothing changed)."""
+        self._files.flush()
+
+    def flush_if_due(self) -> None:
+        if self._files.dirty and time.monotonic() - self._files.last_flush > FLUSH_INTERVAL_S:
+            self._files.flush()
+
+    def to_device(self, device: torch.device) -> None:
+        """Load the table into ``device`` memory: lookups then stay on the device (no host sync).
+
+        Only for a table complete for every entry that will be looked up (no ``put`` afterwards).
+        """
+        if device.type == "cpu" or self._values.device == device:
+            return
+        table = torch.empty(self._values.shape, dtype=self.dtype, device=device)
+        rows = max(1, COPY_CHUNK // max(1, self._values[0].numel() * self._values.element_size()))
+        for start in range(0, self._values.shape[0], rows):
+            table[start : start + rows].copy_(self._values[start : start + rows])
+        self._values = table
+
+
+def _check_space(folder: Path, shape: tuple[int, int, int], dtype: torch.dtype, fraction: float) -> None:
+    """UserError unless the file system of ``folder`` has room for ``fraction`` of the table."""
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    need = int(np.prod(shape)) * torch.empty((), dtype=dtype).element_size() * fraction
+    free = shutil.disk_usage(probe).free
+    if need > free:
+        raise UserError(
+            f"the teacher-logit cache needs {need / 2**30:.2f} GiB more in {folder} but only "
+            f"{free / 2**30:.2f} GiB are free; set train.cache_dir to another folder"
+        )
+
+
+def _create(folder: Path, shape: tuple[int, int, int], dtype: torch.dtype, meta: dict[str, Any]) -> None:
+    """Create an empty store folder atomically (built under a temporary name, then renamed)."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        np_dtype = np.float16 if dtype == torch.float16 else np.float32
+        table = np.lib.format.open_memmap(tmp / "logits.npy", mode="w+", dtype=np_dtype, shape=shape)  # sparse
+        table.flush()
+        del table
+        np.save(tmp / "filled.npy", np.zeros(shape[:2], dtype=bool))
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+        os.rename(tmp, folder)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not folder.is_dir():  # not merely another process creating the same folder first
+            raise
+
+
+class CachedTeacher:
+    """Teacher-logit provider that looks logits up in a :class:`LogitStore`.
+
+    ``provider(batch) -> (B, C) float32`` for a batch of the device-resident loader (it needs
+    ``batch.indices`` and ``batch.views``). With ``lazy``, entries not filled yet are computed by
+    ``forward`` on the batch's own images and stored first (a host synchronisation per step on
+    CUDA); otherwise the store must be complete and a call is one gather.
+    """
+
+    def __init__(
+        self,
+        store: LogitStore,
+        forward: Callable[[Batch], torch.Tensor] | None,
+        loader: DeviceLoader,
+        *,
+        lazy: bool,
+    ):
+        self.store, self.forward, self.loader, self.lazy = store, forward, loader, lazy
+        self.computed = 0  # entries this provider computed with the teacher
+
+    def __call__(self, batch: Batch) -> torch.Tensor:
+        idx, views = batch.indices, batch.views
+        if self.lazy:
+            miss = self.store.missing(idx, views)
+            if miss.numel():
+                at = miss.to(idx.device)
+                self.store.put(idx[at], views[at], self._teacher(batch.images[at]))
+                self.computed += int(miss.numel())
+                self.store.flush_if_due()
+        return self.store.get(idx, views)
+
+    def _teacher(self, images: torch.Tensor) -> torch.Tensor:
+        """Teacher logits (B, C) float32 of images (B, 3, H, W); never a batch of one (see module doc)."""
+        if self.forward is None:
+            raise RuntimeError("this provider has no teacher: its store is complete")
+        single = images.shape[0] == 1
+        if single:
+            images = images.expand(2, *images.shape[1:]).contiguous(
+                memory_format=torch.channels_last if self.loader.channels_last else torch.contiguous_format
+            )
+        logits = self.forward(Batch(images, None, None, None))
+        return logits[:1] if single else logits
+
+    @torch.no_grad()
+    def fill(
+        self,
+        indices: torch.Tensor,
+        views: torch.Tensor,
+        batch_size: int | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> int:
+        """Compute the missing entries among ``(indices, views)`` (M,) by rendering their views.
+
+        ``batch_size`` views per teacher forward (default :func:`fill_batch_size`). Returns the
+        number of entries computed; ``progress(done, total)`` is called per batch.
+        """
+        flat = torch.unique(indices.cpu().long() * NUM_VIEWS + views.cpu().long())  # sorted: image-major
+        i, v = flat // NUM_VIEWS, flat % NUM_VIEWS
+        miss = self.store.missing(i, v)
+        i, v = i[miss], v[miss]
+        total = int(i.numel())
+        device = self.loader.device
+        batch_size = batch_size or fill_batch_size(device)
+        for start in range(0, total, batch_size):
+            bi = i[start : start + batch_size].to(device)
+            bv = v[start : start + batch_size].to(device)
+            self.store.put(bi, bv, self._teacher(self.loader.render_views(bi, bv)))
+            self.store.flush_if_due()
+            if progress is not None:
+                progress(min(start + batch_size, total), total)
+        self.computed += total
+        self.store.flush()
+        return total
+
+    def build(self, batch_size: int | None = None, progress: Callable[[int, int], None] | None = None) -> int:
+        """Fill every entry the loader's augmentation can produce; returns the number computed."""
+        views = usable_views(self.loader)
+        indices = torch.arange(self.loader.n).repeat_interleave(views.numel())
+        return self.fill(indices, views.repeat(self.loader.n), batch_size, progress)
+
+    def close(self) -> None:
+        self.store.flush()
+
+
+def human_size(nbytes: float) -> str:
+    """``1.51 GiB``, ``25.4 KiB``, ``812 B``."""
+    units, k = ("B", "KiB", "MiB", "GiB"), 0
+    while nbytes >= 1024 and k < len(units) - 1:
+        nbytes, k = nbytes / 1024, k + 1
+    return f"{nbytes:.3g} {units[k]}"
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def open_teacher_cache(
+    cfg: Any,
+    teacher_fn: Any,
+    loader: Any,
+    num_classes: int,
+    progress: Callable[[int, int], None] | None = None,
+) -> CachedTeacher:
+    """The cached teacher-logit provider of a run (``cfg.train.teacher_cache`` lazy or full).
+
+    Args:
+        cfg: the run's RunConfig.
+        teacher_fn: the teacher forward (:class:`rld.engine.trainer.TeacherForward`: ``.teacher``, ``.amp``).
+        loader: the run's training loader; must be a :class:`DeviceLoader`.
+        num_classes: C, the teacher's number of outputs.
+        progress: ``progress(done, total)`` while a full build runs.
+    """
+    mode = cfg.train.teacher_cache
+    if not isinstance(loader, DeviceLoader):
+        raise UserError(
+            f"train.teacher_cache={mode} needs the device-resident loader (data.pipeline=device with digits or "
+            "cifar100): only it gives each sample's (image, view); use train.teacher_cache=off here"
+        )
+    precision = cfg.train.cache_precision
+    key = cache_key(
+        teacher_name=cfg.model.teacher,
+        teacher=teacher_fn.teacher,
+        num_classes=num_classes,
+        loader=loader,
+        precision=precision,
+        amp=teacher_fn.amp,
+    )
+    name = f"{_safe(cfg.model.teacher)}-{_safe(cfg.data.name)}-{key[:16]}"
+    meta = {
+        "format": CACHE_FORMAT,
+        "teacher": cfg.model.teacher,
+        "teacher_checkpoint": cfg.model.teacher_checkpoint,
+        "data": cfg.data.name,
+        "views": VIEW_DEFINITION,
+        "autocast": "bf16" if teacher_fn.amp else "off",
+    }
+    root = Path(cfg.train.cache_dir).expanduser() if cfg.train.cache_dir else default_cache_dir()
+    shape = (loader.n, NUM_VIEWS, num_classes)
+    store = LogitStore.open(root, name, key=key, shape=shape, precision=precision, meta=meta)
+    log.info(
+        "teacher-logit cache %s: %s of %s entries filled (%s, %s)",
+        store.folder,
+        f"{store.filled_count():,}",
+        f"{shape[0] * shape[1]:,}",
+        precision,
+        human_size(store.nbytes),
+    )
+    provider = CachedTeacher(store, teacher_fn, loader, lazy=mode == "lazy")
+    if mode == "full":
+        t0 = time.perf_counter()
+        computed = provider.build(progress=progress)
+        if computed:
+            log.info("teacher-logit cache built: %s entries in %.1fs", f"{computed:,}", time.perf_counter() - t0)
+        provider.forward = None  # every usable view is cached: the teacher is not needed any more
+        store.to_device(loader.device)
+    return provider
+
+
+def build_cache(cfg: Any, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Build the complete teacher-logit cache of run configuration ``cfg`` (what ``rld cache`` does).
+
+    Returns ``{"path", "entries", "computed", "seconds", "bytes"}``. Raises UserError when the
+    method needs no teacher or the data pipeline has no views.
+    """
+    from dataclasses import replace
+
+    from rld.engine.distributed import World
+    from rld.engine.trainer import build_run_data, build_teacher_fn, setup
+    from rld.methods import get_spec
+
+    if not get_spec(cfg.method.name).needs_teacher:
+        raise UserError(f"method {cfg.method.name!r} trains without a teacher: there are no teacher logits to cache")
+    cfg = replace(cfg, train=replace(cfg.train, teacher_cache="lazy"))  # opened lazily, built below with progress
+    world = World()
+    device = setup(cfg, world)
+    data = build_run_data(cfg, device, world)
+    provider = build_teacher_fn(cfg, data.num_classes, device, data.train)
+    t0 = time.perf_counter()
+    computed = provider.build(progress=progress)
+    seconds = time.perf_counter() - t0
+    provider.close()
+    views = usable_views(provider.loader)
+    return {
+        "path": str(provider.store.folder),
+        "entries": provider.loader.n * int(views.numel()),
+        "computed": computed,
+        "seconds": seconds,
+        "bytes": provider.store.nbytes,
+    }

@@ -1,0 +1,148 @@
+"""The ``cache``, ``sweep`` and ``bench`` commands of ``rld``: thin, they parse and call the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from rld.errors import UserError
+
+SWEEP_EPILOG = """\
+Every KEY=V1,V2 override is an axis of the grid (commas inside [...] do not split: \
+train.lr_milestones=[3,5],[4,6]); single values apply to every run. Runs that share the seed, data, \
+batch size, device and teacher train in lockstep on one data stream (one teacher forward or cache \
+lookup per step); different seeds cannot share a stream, so each seed's group runs after the \
+previous one. Each run gets its own folder OUT/KEY=VALUE,...,seed=S with config.yaml, metrics.csv and \
+checkpoints, exactly as `rld train` would write it; OUT/sweep.csv summarises them. --resume continues \
+every run from its last.pt; runs that are behind catch up with the group."""
+
+
+def _ints(text: str, what: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"{what} must be comma-separated integers (e.g. 0,1,2), got {text!r}") from None
+    if not values:
+        raise UserError(f"{what} must list at least one integer, got {text!r}")
+    return values
+
+
+def _flags(args: argparse.Namespace) -> list[str]:
+    flags = {
+        "train.epochs": getattr(args, "epochs", None),
+        "model.teacher_checkpoint": args.teacher,
+        "data.path": args.data,
+        "train.device": args.device,
+    }
+    return [f"{k}={v}" for k, v in flags.items() if v is not None]
+
+
+def _cmd_cache(args: argparse.Namespace) -> None:
+    from rld.config import resolve
+    from rld.fast.cache import build_cache, human_size
+
+    extra = [f"train.cache_dir={args.cache_dir}"] if args.cache_dir else []
+    extra += [f"train.cache_precision={args.precision}"] if args.precision else []
+    cfg = resolve(args.preset, [*args.overrides, *_flags(args), *extra])
+    bar = None
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(desc="teacher logits", unit=" views", dynamic_ncols=True, leave=False)
+
+    def progress(done: int, total: int) -> None:
+        if bar is not None:
+            bar.total = total
+            bar.n = done
+            bar.refresh()
+
+    r = build_cache(cfg, progress)
+    if bar is not None:
+        bar.close()
+    print(
+        f"teacher-logit cache: {r['entries']:,} entries ({r['computed']:,} computed now in {r['seconds']:.1f}s, "
+        f"{human_size(r['bytes'])}) → {r['path']}"
+    )
+
+
+def _cmd_sweep(args: argparse.Namespace) -> None:
+    from rld.engine.sweep import sweep
+
+    seeds = _ints(args.seeds, "--seeds") if args.seeds else None
+    name = Path(args.preset).stem if args.preset.endswith((".yaml", ".yml")) else args.preset
+    out = args.out or Path("runs") / "sweeps" / name
+    rows = sweep(args.preset, args.overrides, out=out, seeds=seeds, resume=args.resume, extra=_flags(args))
+    print(f"{'run':40s} {'best top-1':>10s} {'last top-1':>10s}")
+    for r in rows:
+        last = r["last_top1"]
+        print(f"{r['run']:40s} {r['best_top1']:9.2f}% {'—' if last is None else f'{last:9.2f}%':>10s}")
+    print(f"summary → {Path(out) / 'sweep.csv'}")
+
+
+def _cmd_bench(args: argparse.Namespace) -> None:
+    from rld.fast.bench import BenchOptions, format_report, run_bench
+
+    opts = BenchOptions(
+        device=args.device,
+        pair=args.pair,
+        method=args.method,
+        steps=args.steps,
+        warmup=args.warmup,
+        rounds=args.rounds,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        data=args.data,
+        synthetic_size=args.synthetic_size,
+        sweep_sizes=None if args.sweep is None else tuple(_ints(args.sweep, "--sweep")) if args.sweep else (),
+    )
+    report = run_bench(opts)
+    print(format_report(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        print(f"→ {args.json}")
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """Register ``cache``, ``sweep`` and ``bench`` on the ``rld`` sub-command parser."""
+    p = sub.add_parser("cache", help="compute and store the teacher's logits for every augmentation view")
+    p.add_argument("preset", metavar="PRESET_OR_YAML", help="the distillation preset the cache is for")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    p.add_argument("--teacher", metavar="CKPT", help="teacher checkpoint")
+    p.add_argument("--data", metavar="PATH", help="data set location")
+    p.add_argument("--device", help="cpu, cuda or cuda:N")
+    p.add_argument("--cache-dir", metavar="DIR", help="where caches live (default ~/.cache/rld/teacher-logits)")
+    p.add_argument("--precision", choices=("float16", "float32"), help="storage precision (default float16)")
+    p.set_defaults(func=_cmd_cache)
+
+    p = sub.add_parser(
+        "sweep",
+        help="train several students in lockstep on one data stream",
+        epilog=SWEEP_EPILOG,
+    )
+    p.add_argument("preset", metavar="PRESET_OR_YAML")
+    p.add_argument("overrides", nargs="*", metavar="KEY=V1,V2", help="e.g. method.beta=2,8 train.lr=0.05")
+    p.add_argument("--seeds", metavar="S1,S2", help="comma-separated seeds (default: the config's seed)")
+    p.add_argument("--teacher", metavar="CKPT", help="teacher checkpoint")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--out", type=Path, help="sweep folder (default: runs/sweeps/PRESET)")
+    p.add_argument("--resume", action="store_true", help="continue the runs in --out")
+    p.add_argument("--data", metavar="PATH", help="data set location")
+    p.add_argument("--device", help="cpu, cuda or cuda:N")
+    p.set_defaults(func=_cmd_sweep)
+
+    p = sub.add_parser("bench", help="ms per training step: conventional vs default vs cached teacher logits")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    p.add_argument("--pair", default="resnet32x4:resnet8x4", metavar="TEACHER:STUDENT")
+    p.add_argument("--method", default="rld")
+    p.add_argument("--steps", type=int, default=40, help="timed steps per path and round (default 40)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps per path and round (default 5)")
+    p.add_argument("--rounds", type=int, default=3, help="rounds; the paths take turns (default 3)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the conventional path")
+    p.add_argument("--data", metavar="PATH", help="CIFAR-100 folder/archive/.npz (default: synthetic data)")
+    p.add_argument("--synthetic-size", type=int, default=50_000, help=argparse.SUPPRESS)
+    p.add_argument("--sweep", metavar="M1,M2", help="students per lockstep sweep (default: 4,16 on CUDA only)")
+    p.add_argument("--json", metavar="PATH", help="write the report as JSON")
+    p.set_defaults(func=_cmd_bench)

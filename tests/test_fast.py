@@ -1,0 +1,327 @@
+"""The fast paths: teacher-logit cache (key, exactness, precision, lazy filling), lockstep sweeps, bench."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rld.cli import main
+from rld.config import resolve
+from rld.data import ArraySplit, Batch, DeviceLoader
+from rld.engine import train
+from rld.engine.sweep import group_runs, parse_grid, plan_sweep, split_values
+from rld.engine.trainer import TeacherForward
+from rld.errors import UserError
+from rld.fast.cache import LogitStore, open_teacher_cache
+from rld.fast.key import cache_key
+from rld.losses import dkd_loss, kd_loss, mask_ge, rld_loss
+from rld.models import create_model
+
+FAST = ["train.batch_size=256", "data.eval_batch_size=512", "train.epochs=2"]
+TIME_COLUMNS = ("epoch_time", "train_time")
+
+
+@pytest.fixture(scope="module")
+def teacher_ckpt(tmp_path_factory) -> Path:
+    torch.manual_seed(123)
+    path = tmp_path_factory.mktemp("teacher") / "teacher.pth"
+    torch.save({"model": create_model("resnet20", num_classes=10).state_dict()}, path)
+    return path
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path) as f:
+        return [{k: v for k, v in row.items() if k not in TIME_COLUMNS} for row in csv.DictReader(f)]
+
+
+def _tiny_loader(n: int = 3, seed: int = 0, flip: bool = True) -> DeviceLoader:
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8)
+    split = ArraySplit(x, rng.integers(0, 10, size=n).astype(np.int64))
+    return DeviceLoader(split, 4, device="cpu", mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), train=True, flip=flip)
+
+
+def _tiny_teacher() -> TeacherForward:
+    torch.manual_seed(7)
+    return TeacherForward(create_model("resnet8", num_classes=10).eval().requires_grad_(False), amp=False)
+
+
+def _cache_cfg(tmp_path: Path, mode: str, precision: str = "float16"):
+    return resolve(
+        "demo/rld",
+        [f"train.teacher_cache={mode}", f"train.cache_dir={tmp_path}", f"train.cache_precision={precision}"],
+    )
+
+
+# ----------------------------------------------------------------------------- cache key
+
+
+def test_cache_key_changes_with_one_teacher_weight_one_pixel_or_the_precision():
+    loader, forward = _tiny_loader(), _tiny_teacher()
+
+    def key(teacher=forward.teacher, data=loader, precision="float16"):
+        return cache_key(
+            teacher_name="resnet8", teacher=teacher, num_classes=10, loader=data, precision=precision, amp=False
+        )
+
+    base = key()
+    assert key() == base and len(base) == 64
+    assert key(precision="float32") != base
+    with torch.no_grad():
+        next(forward.teacher.parameters()).view(-1)[0] += 1e-3
+    assert key() != base
+    with torch.no_grad():
+        next(forward.teacher.parameters()).view(-1)[0] -= 1e-3
+    assert key() == base  # same weights again: same key
+    buffer = dict(forward.teacher.named_buffers())
+    running_var = next(v for k, v in buffer.items() if k.endswith("running_var"))
+    running_var[0] += 0.5  # BatchNorm statistics count: an eval-mode forward uses them
+    assert key() != base
+    running_var[0] -= 0.5
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(3, 32, 32, 3), dtype=np.uint8)
+    x[2, 31, 0, 1] ^= 1  # one bit of one pixel
+    changed = DeviceLoader(
+        ArraySplit(x, np.zeros(3, dtype=np.int64)),
+        4,
+        device="cpu",
+        mean=(0.5,) * 3,
+        std=(0.25,) * 3,
+        train=True,
+        flip=True,
+    )
+    assert key(data=changed) != base
+
+
+# ----------------------------------------------------------------------------- exactness and precision
+
+
+def _on_the_fly(loader: DeviceLoader, forward: TeacherForward, idx: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
+    return forward(Batch(loader.render_views(idx, views), None, idx, views))
+
+
+def test_full_cache_equals_the_teacher_forward_exactly_in_float32_and_to_rounding_in_float16(tmp_path):
+    loader, forward = _tiny_loader(), _tiny_teacher()
+    g = torch.Generator().manual_seed(1)
+    idx, views = torch.randint(0, 3, (64,), generator=g), torch.randint(0, 162, (64,), generator=g)
+    ref = _on_the_fly(loader, forward, idx, views)
+    exact = open_teacher_cache(_cache_cfg(tmp_path, "full", "float32"), forward, loader, 10)
+    assert exact.computed == 3 * 162 and exact.forward is None  # built up front; the teacher is released
+    assert torch.equal(exact(Batch(None, None, idx, views)), ref)
+    half = open_teacher_cache(_cache_cfg(tmp_path, "full", "float16"), forward, loader, 10)
+    got = half(Batch(None, None, idx, views))
+    assert got.dtype == torch.float32 and torch.equal(got, ref.half().float())  # round-to-nearest float16
+    assert torch.allclose(got, ref, rtol=2**-11, atol=0)
+    assert half.store.folder != exact.store.folder  # the precision is part of the key
+
+
+def test_float16_storage_changes_the_distillation_losses_by_less_than_1e_3_relative():
+    g = torch.Generator().manual_seed(0)
+    for b, c in ((64, 100), (256, 1000)):
+        target = torch.randint(0, c, (b,), generator=g)
+        teacher = 3 * torch.randn(b, c, generator=g)
+        teacher[torch.arange(b), target] += 12  # a confident teacher, logits up to ~25
+        teacher[: b // 4] += 40  # and some large offsets: float16 rounds them coarsest
+        student = torch.randn(b, c, generator=g, requires_grad=True)
+        cached = teacher.half().float()
+        for name, exact, approx in (
+            ("rld", rld_loss(student, teacher, target), rld_loss(student, cached, target)),
+            ("dkd", dkd_loss(student, teacher, target), dkd_loss(student, cached, target)),
+            ("kd", kd_loss(student, teacher), kd_loss(student, cached)),
+        ):
+            assert abs(approx.item() - exact.item()) <= 1e-3 * abs(exact.item()), name
+            (g_exact,) = torch.autograd.grad(exact, student)
+            (g_approx,) = torch.autograd.grad(approx, student)
+            rows = (g_approx - g_exact).norm(dim=1) / g_exact.norm(dim=1)  # (B,)
+            # Only a class whose teacher logit ties the true one within float16 rounding can move
+            # across RLD's M_ge boundary; every other sample's gradient changes by well under 1 %.
+            moved = (mask_ge(teacher, target) != mask_ge(cached, target)).any(dim=1)
+            if name != "rld":
+                moved = torch.zeros_like(moved)
+            assert (rows[~moved] < 1e-2).all(), name
+
+
+def _epoch(loader: DeviceLoader, epoch: int):
+    loader.set_epoch(epoch)
+    return list(loader)
+
+
+def test_lazy_cache_fills_on_first_use_reuses_and_persists(tmp_path):
+    loader, forward = _tiny_loader(n=10), _tiny_teacher()
+    calls = []
+
+    def counting(batch):
+        calls.append(len(batch.images))
+        return forward(batch)
+
+    counting.teacher, counting.amp = forward.teacher, forward.amp
+    cfg = _cache_cfg(tmp_path, "lazy")
+    lazy = open_teacher_cache(cfg, counting, loader, 10)
+    loader.set_epoch(3)
+    first = [lazy(b) for b in loader]
+    assert lazy.computed == 10 and sorted(calls) == [2, 4, 4]
+    for b, got in zip(_epoch(loader, 3), first):
+        assert torch.equal(got, forward(b).half().float())
+    calls.clear()
+    again = [lazy(b) for b in _epoch(loader, 3)]  # the same epoch: every entry is cached
+    assert calls == [] and all(torch.equal(a, b) for a, b in zip(first, again))
+    lazy.close()
+    reopened = open_teacher_cache(cfg, counting, loader, 10)
+    assert reopened.store.filled_count() == 10 and reopened.store.folder == lazy.store.folder
+    assert all(torch.equal(reopened(b), a) for b, a in zip(_epoch(loader, 3), first))
+    assert calls == []
+
+
+def test_a_cache_folder_of_another_key_is_refused(tmp_path):
+    loader, forward = _tiny_loader(), _tiny_teacher()
+    folder = open_teacher_cache(_cache_cfg(tmp_path, "lazy"), forward, loader, 10).store.folder
+    meta = json.loads((folder / "meta.json").read_text())
+    (folder / "meta.json").write_text(json.dumps({**meta, "key": "0" * 64}))
+    with pytest.raises(UserError, match="belongs to another teacher or data set; delete the folder"):
+        open_teacher_cache(_cache_cfg(tmp_path, "lazy"), forward, loader, 10)
+    store = LogitStore.open(tmp_path, "other", key="k", shape=(2, 162, 3), precision="float32", meta={})
+    assert store.shape == (2, 162, 3) and store.filled_count() == 0
+
+
+def test_the_cache_needs_the_device_resident_loader(capsys, tmp_path, teacher_ckpt):
+    args = ["train", "demo/rld", "--teacher", str(teacher_ckpt), "--out", str(tmp_path / "o")]
+    code = main([*args, "data.pipeline=pil", "data.num_workers=0", "train.teacher_cache=lazy"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "train.teacher_cache=lazy needs the device-resident loader" in err
+    assert main(["cache", "demo/vanilla", "--cache-dir", str(tmp_path)]) == 2
+    assert "trains without a teacher" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- sweeps
+
+
+def test_sweep_planning_grid_folders_and_groups(tmp_path):
+    assert split_values("2,8") == ["2", "8"]
+    assert split_values("[3,5],[4,6]") == ["[3,5]", "[4,6]"]
+    assert parse_grid(["method.beta=2,8", "train.lr=0.1"]) == (["train.lr=0.1"], [("method.beta", ["2", "8"])])
+    runs = plan_sweep(
+        "demo/rld", ["method.beta=2,8", "method.temperature=2,4", "train.lr=0.1"], seeds=[0, 1], out=tmp_path
+    )
+    assert len(runs) == 8 and runs[0].name == "method.beta=2,method.temperature=2,seed=0"
+    assert runs[-1].out == tmp_path / "method.beta=8,method.temperature=4,seed=1"
+    assert {r.cfg.train.lr for r in runs} == {0.1} and runs[-1].cfg.method.temperature == 4.0
+    groups = group_runs(runs)
+    assert [len(g) for g in groups] == [4, 4] and [g[0].cfg.seed for g in groups] == [0, 1]
+    batch_sizes = plan_sweep("demo/rld", ["train.batch_size=64,128"], seeds=None, out=tmp_path)
+    assert len(group_runs(batch_sizes)) == 2  # another batch size is another data stream
+    with pytest.raises(UserError, match="either as --seeds or as seed=V1,V2"):
+        plan_sweep("demo/rld", ["seed=0,1"], seeds=[2], out=tmp_path)
+    with pytest.raises(UserError, match="sweep overrides must look like KEY=V1,V2"):
+        plan_sweep("demo/rld", ["beta"], seeds=None, out=tmp_path)
+
+
+def test_lockstep_sweep_reproduces_the_single_runs_and_the_cached_path_matches_them(tmp_path, teacher_ckpt):
+    # Trained alone: demo/rld with beta = 2 and 8 (2 epochs, seed 0), the plain teacher forward.
+    single = {}
+    for beta in ("2", "8"):
+        cfg = resolve("demo/rld", [*FAST, f"method.beta={beta}", f"model.teacher_checkpoint={teacher_ckpt}"])
+        train(cfg, tmp_path / "single" / beta)
+        single[beta] = _rows(tmp_path / "single" / beta / "metrics.csv")
+    # The same two runs in lockstep: identical metrics (deterministic CPU), own folders and checkpoints.
+    out = tmp_path / "sweep"
+    args = ["sweep", "demo/rld", "method.beta=2,8", "--teacher", str(teacher_ckpt), "--epochs", "2", "--out", str(out)]
+    assert main([*args, "train.batch_size=256", "data.eval_batch_size=512"]) == 0
+    for beta in ("2", "8"):
+        run = out / f"method.beta={beta},seed=0"
+        assert _rows(run / "metrics.csv") == single[beta]
+        assert (run / "checkpoints" / "last.pt").is_file() and (run / "checkpoints" / "best.pt").is_file()
+        assert resolve(str(run / "config.yaml")).method.beta == float(beta)
+    summary = list(csv.DictReader(open(out / "sweep.csv")))
+    assert [r["run"] for r in summary] == ["method.beta=2,seed=0", "method.beta=8,seed=0"]
+    assert main([*args, "train.batch_size=256"]) == 2  # never overwrites: --resume continues instead
+    # The cached path (lazy, float16 logits): the plain metrics within run-to-run noise.
+    over = [*FAST, f"model.teacher_checkpoint={teacher_ckpt}", f"train.cache_dir={tmp_path / 'cache'}"]
+    train(resolve("demo/rld", [*over, "train.teacher_cache=lazy"]), tmp_path / "cached")
+    cached = _rows(tmp_path / "cached" / "metrics.csv")
+    assert len(cached) == 2
+    for plain, c in zip(single["8"], cached):
+        assert abs(float(plain["test_top1"]) - float(c["test_top1"])) <= 2.0
+        assert float(c["train_loss"]) == pytest.approx(float(plain["train_loss"]), rel=0.01)
+
+
+@pytest.fixture()
+def tiny_cifar(tmp_path) -> Path:
+    """A CIFAR-format .npz: 128 training and 64 test images of random pixels, 10 classes."""
+    rng = np.random.default_rng(5)
+    path = tmp_path / "tiny.npz"
+    np.savez(
+        path,
+        train_x=rng.integers(0, 256, size=(128, 32, 32, 3), dtype=np.uint8),
+        train_y=rng.integers(0, 10, size=128),
+        test_x=rng.integers(0, 256, size=(64, 32, 32, 3), dtype=np.uint8),
+        test_y=rng.integers(0, 10, size=64),
+        classes=np.array([f"c{i}" for i in range(10)]),
+    )
+    return path
+
+
+def test_sweep_resume_lets_runs_behind_catch_up_with_the_cache(tmp_path, teacher_ckpt, tiny_cifar):
+    over = [
+        "data.name=cifar100",
+        f"data.path={tiny_cifar}",
+        "train.batch_size=64",
+        f"model.teacher_checkpoint={teacher_ckpt}",
+        "train.teacher_cache=lazy",  # the single runs fill the cache; the sweep reads the same float16 values
+        f"train.cache_dir={tmp_path / 'cache'}",
+    ]
+    single = {}
+    for beta in ("2", "8"):
+        train(resolve("demo/rld", [*over, "train.epochs=2", f"method.beta={beta}"]), tmp_path / beta)
+        single[beta] = _rows(tmp_path / beta / "metrics.csv")
+    # beta=8 stopped after epoch 1 (with the 2-epoch configuration); beta=2 not started at all.
+    out = tmp_path / "sweep"
+    behind = out / "method.beta=8,seed=0"
+    train(resolve("demo/rld", [*over, "method.beta=8", "train.epochs=1"]), behind)
+    state = torch.load(behind / "checkpoints" / "last.pt", weights_only=True)
+    state["config"]["train"]["epochs"] = 2
+    torch.save(state, behind / "checkpoints" / "last.pt")
+    from rld.engine.sweep import sweep
+
+    rows = sweep("demo/rld", ["method.beta=2,8"], out=out, resume=True, extra=[*over, "train.epochs=2"])
+    assert [r["run"] for r in rows] == ["method.beta=2,seed=0", "method.beta=8,seed=0"]
+    for beta in ("2", "8"):
+        assert _rows(out / f"method.beta={beta},seed=0" / "metrics.csv") == single[beta]
+
+
+# ----------------------------------------------------------------------------- bench
+
+
+def test_bench_reports_every_path(tmp_path):
+    path = tmp_path / "bench.json"
+    argv = ["bench", "--pair", "resnet8:resnet8", "--steps", "2", "--warmup", "1", "--rounds", "2"]
+    argv += ["--batch-size", "8", "--workers", "0", "--synthetic-size", "64", "--sweep", "2", "--json", str(path)]
+    assert main(argv) == 0
+    report = json.loads(path.read_text())
+    assert report["device"] == "cpu" and report["data"].startswith("synthetic")
+    res = report["results"]
+    for name in ("conventional", "default", "cached", "sweep_2"):
+        assert res[name]["ms_per_step"] > 0 and len(res[name]["round_medians_ms"]) == 2
+    assert res["cached"]["cache_entries"] == 2 * 3 * 8 and res["cached"]["cache_build_s"] > 0
+    assert res["sweep_4"] == {"measured": False, "reason": "measured on CUDA only (see rld.fast.bench)"}
+
+
+def test_rld_cache_builds_every_view_and_training_then_needs_no_teacher_forward(capsys, tmp_path, teacher_ckpt):
+    rng = np.random.default_rng(3)
+    data = tmp_path / "two.npz"
+    images = {k: rng.integers(0, 256, size=(2, 32, 32, 3), dtype=np.uint8) for k in ("train_x", "test_x")}
+    np.savez(data, **images, train_y=np.arange(2), test_y=np.arange(2), classes=np.array([str(i) for i in range(10)]))
+    common = ["data.name=cifar100", f"data.path={data}", "--teacher", str(teacher_ckpt)]
+    assert main(["cache", "demo/rld", *common, "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert "324 entries (324 computed now" in capsys.readouterr().out
+    (folder,) = (tmp_path / "cache").iterdir()
+    assert np.load(folder / "filled.npy").all()
+    # full mode finds the complete cache: the provider has no teacher left, so a forward would raise
+    args = ["train", "demo/rld", *common, "train.teacher_cache=full", f"train.cache_dir={tmp_path / 'cache'}"]
+    assert main([*args, "--epochs", "1", "train.batch_size=2", "--out", str(tmp_path / "run")]) == 0
+    assert "324 of 324 entries filled" in capsys.readouterr().out
