@@ -443,23 +443,30 @@ def _train(cfg: RunConfig, out: Path, resume: bool, world: World) -> dict[str, A
     return run.close()
 
 
-def evaluate_checkpoint(path: str | Path, data_path: str | None = None, device: str = "auto") -> dict[str, Any]:
-    """Evaluate a run checkpoint (``last.pt`` / ``best.pt``) on its data set's test split."""
-    state = ckpt.load_run(Path(path))
-    cfg = from_dict(state["config"])
+def evaluate_weights(
+    cfg: RunConfig, model_name: str, weights: str | Path, data_path: str | None = None, device: str = "auto"
+) -> dict[str, Any]:
+    """Test loss, top-1 and top-5 of ``model_name`` with ``weights`` on the test split of ``cfg``'s data."""
     world = World()
     dev = resolve_device(device, world)
     data = build_data(
         cfg.data.name,
         data_path or cfg.data.path,
-        batch_size=cfg.train.batch_size,
+        batch_size=cfg.data.eval_batch_size,
         eval_batch_size=cfg.data.eval_batch_size,
         device=dev,
         seed=cfg.seed,
         num_workers=cfg.data.num_workers,
         pipeline=cfg.data.pipeline,
     )
-    model = create_model(cfg.model.student, num_classes=data.num_classes, dataset=cfg.model.dataset)
-    load_checkpoint(model, path)
-    metrics = evaluate(model.to(dev), data.test, dev, world)
+    model = create_model(model_name, num_classes=data.num_classes, dataset=cfg.model.dataset)
+    load_checkpoint(model, weights)
+    return evaluate(model.to(dev), data.test, dev, world)
+
+
+def evaluate_checkpoint(path: str | Path, data_path: str | None = None, device: str = "auto") -> dict[str, Any]:
+    """Evaluate a run checkpoint (``last.pt`` / ``best.pt``) on its data set's test split."""
+    state = ckpt.load_run(Path(path))
+    cfg = from_dict(state["config"])
+    metrics = evaluate_weights(cfg, cfg.model.student, path, data_path, device)
     return {"checkpoint": str(path), "model": cfg.model.student, "epoch": state["epoch"], **metrics}

@@ -39,31 +39,10 @@ def _check_data(plan: Plan) -> None:
 
 def evaluate_teacher_checkpoint(run: PlannedRun) -> dict:
     """Test accuracy of a given teacher checkpoint on the table's data; written to ``result.json``."""
-    import torch
-
-    from rld.data import build_data
-    from rld.engine import evaluate
-    from rld.engine.distributed import World
-    from rld.models import create_model, load_checkpoint
+    from rld.engine import evaluate_weights
 
     cfg = run.config()
-    name = cfg.train.device
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    data = build_data(
-        cfg.data.name,
-        cfg.data.path,
-        batch_size=cfg.data.eval_batch_size,
-        eval_batch_size=cfg.data.eval_batch_size,
-        device=device,
-        seed=cfg.seed,
-        num_workers=cfg.data.num_workers,
-        pipeline=cfg.data.pipeline,
-    )
-    model = create_model(run.student, num_classes=data.num_classes, dataset=cfg.model.dataset)
-    load_checkpoint(model, run.checkpoint)
-    metrics = evaluate(model.to(device), data.test, device, World())
+    metrics = evaluate_weights(cfg, run.student, run.checkpoint, device=cfg.train.device)
     result = {"checkpoint": run.checkpoint, "model": run.student, "data": cfg.data.name, **metrics}
     out = Path(run.out)
     out.mkdir(parents=True, exist_ok=True)
