@@ -204,7 +204,8 @@ def _parse_overrides(overrides: list[str]) -> DictConfig:
         raise UserError(f"cannot parse overrides {overrides}: {str(err).splitlines()[0]}") from err
 
 
-def _load_yaml(path: Path) -> dict:
+def load_yaml(path: Path) -> dict:
+    """A YAML file holding a mapping (empty file: {}); UserError when unreadable or not a mapping."""
     try:
         data = yaml.safe_load(path.read_text())
     except OSError as err:
@@ -237,7 +238,7 @@ def resolve(source: str, overrides: list[str] | None = None) -> RunConfig:
     or the overrides win over that.
     """
     if source.endswith((".yaml", ".yml")) or Path(source).is_file():
-        user = _load_yaml(Path(source))
+        user = load_yaml(Path(source))
         base = preset(user.pop("preset")) if "preset" in user else {}
         where = str(source)
     else:

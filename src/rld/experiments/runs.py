@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
-from rld.config import RunConfig, from_dict
+from rld.config import RunConfig, from_dict, load_yaml
 from rld.errors import UserError
 
 RUN_FILES = ("config.yaml", "metrics.csv")
@@ -39,16 +38,7 @@ def find_runs(root: str | Path) -> list[Path]:
 
 
 def read_config(run_dir: Path) -> RunConfig:
-    path = Path(run_dir) / "config.yaml"
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as err:
-        raise UserError(f"cannot read {path}: {err.strerror}") from err
-    except yaml.YAMLError as err:
-        raise UserError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from err
-    if not isinstance(data, dict):
-        raise UserError(f"{path} does not hold a run configuration")
-    return from_dict(data)
+    return from_dict(load_yaml(Path(run_dir) / "config.yaml"))
 
 
 def _number(text: str | None) -> float | int | str | None:
