@@ -427,22 +427,78 @@ def test_ctkd_curriculum_and_gradient_reversal():
     assert list(loss.parameters()) == [theta]
 
 
-def test_both_fused_forwards_agree_and_the_fast_one_declines_on_underflow():
-    from rld.losses._fused import _fast_forward, _robust_forward
-    from rld.losses.decoupled import _kept_float
+@pytest.fixture
+def compiled_kernel():
+    """rld.losses._fused with compiling on, a compile counter as backend, and dynamo reset around."""
+    import torch._dynamo.testing
 
+    from rld.losses import _fused
+
+    torch._dynamo.reset()
+    counter = torch._dynamo.testing.CompileCounterWithBackend("inductor")
+    _fused.use_compiled(True)
+    _fused._Compiled.fn, _fused._Compiled.backend = None, counter
+    yield _fused, counter
+    _fused.use_compiled(None)
+    _fused._Compiled.fn, _fused._Compiled.backend = None, "inductor"
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_compiled_kernel_equals_the_eager_kernel_and_the_brute_force(compiled_kernel, dtype):
+    """torch.compile fuses the DKD/RLD kernel (C++ on the CPU) without changing values or gradients;
+    per mask, one compile for the first batch size and one (dynamic) for every other."""
+    fused, counter = compiled_kernel
+    rel = 1e-5 if dtype == torch.float32 else 1e-10
+    compiles = []
+    for i, (b, c, t) in enumerate([(12, 9, 3.0), (33, 9, 3.0), (20, 9, 3.0)]):
+        zs, zt, y = _inputs(b, c, 3.0, 40 + i)
+        zt[0] = zt[0].clamp(max=zt[0, y[0]].item())  # ties with the true class
+        zt[1, y[1]] = zt[1].min() - 1.0  # every class masked
+        zs, zt = zs.to(dtype), zt.to(dtype)
+        for mask in (None, "ge", "g"):
+            args = (zt, y, mask, t, 2.0 if mask == "g" else t, 1.0, 8.0)
+            got = fused.run_kernel(zs, *args)
+            want = fused.decoupled_kernel(zs, *args)
+            for g, w in zip(got, want):
+                assert g.dtype == dtype, (b, c, mask)
+                assert torch.allclose(g, w, rtol=rel, atol=rel * w.abs().max().item()), (b, c, mask)
+        s = zs.clone().requires_grad_(True)
+        loss = rld_loss(s, zt, y, temperature=t)
+        want = ref_rld(zs.double().tolist(), zt.double().tolist(), y.tolist(), 1.0, 8.0, t)
+        assert loss.item() == pytest.approx(want, rel=10 * rel)
+        (grad,) = torch.autograd.grad(loss, s)
+        s_ref = zs.clone().requires_grad_(True)
+        (grad_ref,) = torch.autograd.grad(rld_loss(s_ref, zt.clone().requires_grad_(True), y, temperature=t), s_ref)
+        assert torch.allclose(grad, grad_ref, rtol=10 * rel, atol=10 * rel * grad_ref.abs().max().item())
+        compiles.append(counter.frame_count)
+    assert compiles == [3, 6, 6]  # DKD, RLD "ge", RLD "g"; again with a dynamic batch; then no more
+
+
+def test_a_kernel_that_cannot_be_compiled_runs_eagerly_with_one_warning(compiled_kernel):
+    fused, _ = compiled_kernel
+
+    def broken_backend(gm, example_inputs):
+        raise RuntimeError("no C++ compiler found\nsecond line")
+
+    fused._Compiled.backend = broken_backend
+    zs, zt, y = _inputs(6, 5, 2.0, 50)
+    expected = r"could not compile the DKD/RLD loss kernel for cpu \(RuntimeError: no C\+\+ compiler found\)"
+    with pytest.warns(RuntimeWarning, match=expected):
+        loss = rld_loss(zs, zt, y)
+    _close(loss, ref_rld(zs.tolist(), zt.tolist(), y.tolist(), 1.0, 8.0, 4.0))
+    assert "cpu" in fused._Compiled.failed
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no second warning, no second try
+        _close(rld_loss(zs, zt, y), ref_rld(zs.tolist(), zt.tolist(), y.tolist(), 1.0, 8.0, 4.0))
+    fused._Compiled.failed.clear()
+
+
+def test_a_student_sure_of_the_target_keeps_an_exact_binary_term():
+    """1 − p_y underflows even in float64 here; the kernel takes it from a log-normaliser instead."""
     zs, zt, y = _inputs(10, 7, 2.0, 31)
-    keep = _kept_float(zt, y, "ge")
-    for args in [(keep, False, 4.0, 4.0), (keep, False, 2.0, 4.0), (None, True, 3.0, 3.0)]:
-        fast = _fast_forward(zs.clone(), zt.clone(), y, *args)
-        removed = None if args[0] is None else 1.0 - args[0]
-        robust = _robust_forward(zs.clone(), zt.clone(), y, removed, *args[1:])
-        assert fast is not None
-        for a, b in zip(fast[:2], robust[:2]):
-            assert torch.allclose(a, b, rtol=1e-12)
-    # A student so sure of the target that 1 − p_y underflows even in float64: the log-space path takes over.
-    zs_sure = zs.clone()
-    zs_sure[torch.arange(10), y] = 1e5
-    assert _fast_forward(zs_sure, zt, y, keep, False, 4.0, 4.0) is None
-    loss = rld_loss(zs_sure, zt, y)
-    _close(loss, ref_rld(zs_sure.tolist(), zt.tolist(), y.tolist(), 1.0, 8.0, 4.0), rel=1e-9)
+    zs[torch.arange(10), y] = 1e5
+    loss = rld_loss(zs, zt, y)
+    _close(loss, ref_rld(zs.tolist(), zt.tolist(), y.tolist(), 1.0, 8.0, 4.0), rel=1e-9)

@@ -66,7 +66,7 @@ def check_target(target: Tensor, logits: Tensor) -> None:
     if target.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
         raise LossInputError(f"target must hold integer class indices, got dtype {target.dtype}")
     if target.numel() and _values_checkable(target):
-        lo, hi = int(target.min()), int(target.max())
+        lo, hi = map(int, torch.aminmax(target))
         if lo < 0 or hi >= logits.shape[1]:
             raise LossInputError(
                 f"target holds class indices in [{lo}, {hi}] but the logits have {logits.shape[1]} "
@@ -74,17 +74,22 @@ def check_target(target: Tensor, logits: Tensor) -> None:
             )
 
 
+def is_number(value) -> bool:
+    """A real number that is not a bool (float and int first: the ABC check is slow per call)."""
+    return type(value) in (float, int) or (not isinstance(value, bool) and isinstance(value, Real))
+
+
 def check_positive(name: str, value: float | Tensor) -> None:
     if isinstance(value, Tensor):
         return  # a learned temperature (CTKD) is positive by construction
-    if isinstance(value, bool) or not isinstance(value, Real):
+    if not is_number(value):
         raise LossInputError(f"{name} must be a number, got {value!r}")
     if not value > 0:
         raise LossInputError(f"{name} must be > 0, got {value}")
 
 
 def check_weight(name: str, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, Real) or value != value or value < 0:
+    if not is_number(value) or value != value or value < 0:
         raise LossInputError(f"{name} must be a number >= 0, got {value!r}")
 
 

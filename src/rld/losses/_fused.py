@@ -1,222 +1,189 @@
-"""The decoupled losses (DKD, RLD) in one autograd function with a closed-form student gradient.
+"""DKD and RLD as one closed-form kernel: both KL terms and the student's gradient in one pass.
 
-Both losses are a *binary* KL (class k_T of the teacher against the rest, class k_S = target of
-the student against the rest) and a *masked* KL (softmaxes without the removed classes). Autograd
-through the composite form records ~40 small operations; here the forward computes both terms
-directly and the backward is
+Both losses are a *binary* KL (class k_T of the teacher against the rest, the true class y of the
+student against the rest) and a *masked* KL (the softmaxes over the kept classes). Autograd through
+the composite form (:mod:`rld.losses.decoupled`, the reference) records ~40 small operations and as
+many passes over the logits. Here everything comes from four log-normalisers per row — for each
+model, over all classes but k and over the kept classes (the one over all classes follows) — and
+the gradient is
 
-    ∂(T_b²·KL_bin)/∂z_S,j  = T_b·(p_j − b_T,0·[j = y] − b_T,1·r_j),  r = softmax without class y
-    ∂(T_m²·KL_mask)/∂z_S,j = T_m·(q_S,j − q_T,j),                     q = softmax over the kept classes
+    ∂(T_b²·KL_bin)/∂z_S,j  = T_b·(b_S,0 − b_T,0)        for j = y,
+                           = T_b·(b_S,1 − b_T,1)·r_j    for j ≠ y,   r = softmax without y,
+    ∂(T_m²·KL_mask)/∂z_S,j = T_m·(q_S,j − q_T,j)·[j kept],          q = softmax over the kept
 
-(p = softmax(z_S/T_b), b_T = [p_T(k_T), 1 − p_T(k_T)] the teacher's binary distribution).
+(b_S = [p_S(y), 1 − p_S(y)], b_T = [p_T(k_T), 1 − p_T(k_T)]; p_S,j = b_S,1·r_j off the target).
+Every probability is the exponential of a difference of log-normalisers: nothing is formed as
+1 − p, nothing underflows into a log, and an empty kept set gives a log-normaliser of −∞ that only
+ever meets ``where`` (its row contributes 0).
 
-Two forwards:
+:func:`decoupled_kernel` is plain tensor code with no host synchronisation. It runs through
+``torch.compile``, which fuses it into a few loops per row — C++ on the CPU, Triton on a GPU — and
+is safe inside a CUDA graph. The first call compiles for its exact shapes; a second batch size (a
+last partial batch) compiles once more with the batch dimension dynamic (dynamo's automatic
+dynamic shapes), and that version serves every batch size after. Where compiling fails (no C++
+compiler, no Triton) it warns once and runs eagerly: the same numbers, more time.
+``RLD_COMPILE_LOSSES=0`` or :func:`use_compiled` turns compiling off.
 
-* fast (CPU): one softmax per model and temperature; 1 − p_k and the kept mass are *sums of the
-  other probabilities* (never 1 − p_k by subtraction), q = p·keep / mass. Valid while those sums
-  do not underflow — one number read on the host decides — else:
-* log space (CUDA, and CPU rows that underflow): three softmaxes of the stacked (student,
-  teacher) logits — full, without class k, without the mask — with removed classes pushed
-  ``GAP`` nats below the row's minimum (probability exactly 0, everything finite).
-
-Log-normalisers come without a logsumexp pass: for q = softmax(x), log Σ exp(x) =
-max(x) − log(max(q)), exact and well conditioned (max q ≥ 1/C). The teacher's class k_T for RLD
-is its argmax; other maxima tied with it stay in 1 − p_max. The function serves a teacher whose
-logits need no gradient; otherwise the composite form in :mod:`rld.losses.decoupled` — also the
-reference the tests compare both forwards with.
+The kernel serves a teacher whose logits need no gradient; otherwise the composite form is used.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import warnings
+
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from rld.losses._common import _GAP
+_NEG_INF = float("-inf")
 
 
-def _softmax_without(x: Tensor, drop: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Softmax over the classes not dropped: (q, log-normaliser (…, 1), the shifted logits)."""
-    floor = x.amin(dim=-1, keepdim=True) - _GAP
-    xd = torch.lerp(x, floor.expand_as(x), drop)
-    q = F.softmax(xd, dim=-1)
-    return q, _log_norm(xd, q), xd
+def _logsumexp_over(x: Tensor, chosen: Tensor) -> Tensor:
+    """log Σ_{j chosen} exp(x_j) per row, keepdim; −∞ for a row with nothing chosen."""
+    return torch.logsumexp(torch.where(chosen, x, _NEG_INF), dim=1, keepdim=True)
 
 
-def _log_norm(x: Tensor, q: Tensor) -> Tensor:
-    """log Σ exp(x) over the last axis from q = softmax(x), keepdim."""
-    return x.amax(dim=-1, keepdim=True) - q.amax(dim=-1, keepdim=True).log()
+def decoupled_kernel(
+    z_s: Tensor,
+    z_t: Tensor,
+    target: Tensor,
+    mask: str | None,
+    t_bin: float,
+    t_mask: float,
+    alpha: float = 1.0,
+    beta: float = 1.0,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(α·binary + β·masked, T_b²·mean binary KL, T_m²·mean masked KL, and the gradients of the
+    three w.r.t. z_s stacked (3, B, C)).
 
-
-def _tiny(dtype: torch.dtype) -> float:
-    return 1e-30 if dtype == torch.float32 else 1e-300
-
-
-def _dot(a: Tensor, b: Tensor, scratch: Tensor) -> Tensor:
-    """Row-wise Σ_j a_j·b_j, (B, C) × (B, C) → (B, 1), through a reused (B, C) scratch buffer."""
-    return torch.mul(a, b, out=scratch).sum(dim=1, keepdim=True)
-
-
-def _rest_mass(p: Tensor, k: Tensor, p_k: Tensor) -> Tensor:
-    """Σ_{j≠k} p_j per row, (B, 1): summed over the other classes (never 1 − p_k), by zeroing
-    p_k in place for the sum and restoring it — no (B, C) temporary."""
-    rest = p.scatter_(1, k, 0.0).sum(dim=1, keepdim=True)
-    p.scatter_(1, k, p_k)
-    return rest
-
-
-def _fast_forward(z_s, z_t, target, keep, teacher_on_target, t_bin, t_mask):
-    """One softmax per model and temperature; row sums of probabilities instead of extra softmaxes.
-
-    ``keep``: (B, C) float, 1 = kept by the mask, or None for "all but the target" (DKD).
-    Valid while the probability sums it takes logs of (the rest 1 − p_k, summed over the other
-    classes, and the kept mass) do not underflow; returns None otherwise, and the caller falls back
-    to :func:`_robust_forward`. Written with few (B, C) temporaries and in-place updates: allocating
-    large temporaries costs as much as the arithmetic on CPU.
+    ``mask=None``: DKD — the teacher's binary is on the target and only the target is removed.
+    ``"ge"`` / ``"g"``: RLD — the teacher's binary is on its argmax (other maxima tied with it stay
+    in the rest), and the classes with z_T ≥ (resp. >) z_T,true are removed.
     """
+    batch = z_s.shape[0]
     y = target[:, None]
-    xs_b, xt_b = z_s / t_bin, z_t / t_bin
-    ps_b, pt_b = F.softmax(xs_b, dim=1), F.softmax(xt_b, dim=1)
-    scratch = torch.empty_like(ps_b)
-    # Binary part. Student: k = target; teacher: k = target (DKD) or its argmax (RLD; other maxima
-    # tied with it stay in the rest).
-    p_y = ps_b.gather(1, y)
-    rest_s = _rest_mass(ps_b, y, p_y)
-    log_pk_s = xs_b.gather(1, y) - _log_norm(xs_b, ps_b)
-    if teacher_on_target:
-        pk_t = pt_b.gather(1, y)
-        rest_t = _rest_mass(pt_b, y, pk_t)
+    classes = torch.arange(z_s.shape[1], device=z_s.device)
+    is_y = classes == y
+    if mask is None:
+        k, is_k, keep = y, is_y, ~is_y
     else:
-        pk_t, top = pt_b.max(dim=1, keepdim=True)
-        rest_t = _rest_mass(pt_b, top, pk_t)
-    # Masked part at t_mask: kept mass P and q = p·keep / P.
-    if t_mask == t_bin:
-        xs_m, xt_m, ps_m, pt_m = xs_b, xt_b, ps_b, pt_b
-    else:
-        xs_m, xt_m = z_s / t_mask, z_t / t_mask
-        ps_m, pt_m = F.softmax(xs_m, dim=1), F.softmax(xt_m, dim=1)
-    if keep is None:  # DKD: everything but the target is kept
-        keep = torch.ones_like(z_s).scatter_(1, y, 0.0)
-        same = t_mask == t_bin
-        mass_s = rest_s if same else _rest_mass(ps_m, y, ps_m.gather(1, y))
-        mass_t = rest_t if same and teacher_on_target else _rest_mass(pt_m, y, pt_m.gather(1, y))
-        kept_any = torch.ones_like(mass_s)
-    else:
-        mass_s, mass_t = _dot(ps_m, keep, scratch), _dot(pt_m, keep, scratch)
-        kept_any = keep.amax(dim=1, keepdim=True)  # 0 for a row with every class masked
-        mass_s = torch.where(kept_any > 0, mass_s, 1.0)
-        mass_t = torch.where(kept_any > 0, mass_t, 1.0)
-    if float(torch.cat([rest_s, rest_t, mass_s, mass_t]).min()) < (1e-30 if z_s.dtype == torch.float32 else 1e-300):
-        return None
-    b_t = torch.cat([pk_t, rest_t], dim=1)
-    log_b_s = torch.cat([log_pk_s, rest_s.log()], dim=1)
-    binary = (torch.xlogy(b_t, b_t) - b_t * log_b_s).sum(dim=1)  # 0·log 0 = 0 for an underflowed p_T(k)
-    log_norm_s = _log_norm(xs_m, ps_m) + mass_s.log()
-    log_norm_t = _log_norm(xt_m, pt_m) + mass_t.log()
-    q_t = pt_m.mul_(keep).div_(mass_t)  # in place: the teacher's softmax is not needed any more
-    masked = (_dot(q_t, xt_m, scratch) - _dot(q_t, xs_m, scratch) - log_norm_t + log_norm_s) * kept_any
-    saved = (ps_b, ps_m, keep, q_t, target, b_t, rest_s, mass_s)
-    return binary.mean() * t_bin**2, masked.mean() * t_mask**2, saved
+        k = z_t.argmax(dim=1, keepdim=True)
+        is_k = classes == k
+        z_t_true = z_t.gather(1, y)
+        keep = z_t < z_t_true if mask == "ge" else z_t <= z_t_true
+
+    # Binary part: log b = [x_k, lse(x without k)] − lse(x), lse(x) = logaddexp(x_k, lse(x without k)).
+    xs, xt = z_s / t_bin, z_t / t_bin
+    xs_y, xt_k = xs.gather(1, y), xt.gather(1, k)
+    rest_s, rest_t = _logsumexp_over(xs, ~is_y), _logsumexp_over(xt, ~is_k)
+    lse_s, lse_t = torch.logaddexp(xs_y, rest_s), torch.logaddexp(xt_k, rest_t)
+    log_bs0, log_bs1 = xs_y - lse_s, rest_s - lse_s
+    log_bt0, log_bt1 = xt_k - lse_t, rest_t - lse_t
+    bs0, bs1, bt0, bt1 = log_bs0.exp(), log_bs1.exp(), log_bt0.exp(), log_bt1.exp()
+    binary = (bt0 * (log_bt0 - log_bs0) + bt1 * (log_bt1 - log_bs1)).mean() * t_bin**2
+    # p_j = b_S,1·r_j off the target, so the gradient is (b_S − b_T) spread over [y, the rest]
+    grad_bin = torch.where(is_y, bs0 - bt0, (bs1 - bt1) * (xs - rest_s).exp())
+
+    # Masked part: log q = x − lse(x over the kept classes), for the kept classes only.
+    ms, mt = z_s / t_mask, z_t / t_mask
+    log_qs, log_qt = ms - _logsumexp_over(ms, keep), mt - _logsumexp_over(mt, keep)
+    q_t = torch.where(keep, log_qt.exp(), 0.0)
+    masked = torch.where(keep, q_t * (log_qt - log_qs), 0.0).sum(dim=1).mean() * t_mask**2
+    grad_mask = torch.where(keep, log_qs.exp() - q_t, 0.0)
+
+    grad_bin, grad_mask = grad_bin * (t_bin / batch), grad_mask * (t_mask / batch)
+    grads = torch.stack((grad_bin, grad_mask, alpha * grad_bin + beta * grad_mask))
+    return alpha * binary + beta * masked, binary, masked, grads
 
 
-def _fast_backward(saved, g_bin, g_mask, t_bin, t_mask):
-    ps_b, ps_m, keep, q_t, target, b_t, rest_s, mass_s = saved
-    y = target[:, None]
-    batch = ps_b.shape[0]
-    c_b, c_m = g_bin * t_bin / batch, g_mask * t_mask / batch
-    b0, b1 = b_t[:, :1], b_t[:, 1:]
-    # d_bin = p − b1·p·[j≠y]/rest − b0·[j=y];  d_mask = keep·p_m/mass − q_t
-    row = c_b * (1.0 - b1 / rest_s)
-    if ps_m is ps_b:
-        grad = (keep * (c_m / mass_s)).add_(row).mul_(ps_b)
-    else:
-        grad = (keep * (c_m / mass_s)).mul_(ps_m).add_(ps_b * row)
-    grad.addcmul_(q_t, c_m, value=-1.0)
-    # at j = y the binary term is p_y − b0, not p_y·(1 − b1/rest)
-    p_y = ps_b.gather(1, y)
-    return grad.scatter_add_(1, y, c_b * (b1 * p_y / rest_s - b0))
+class _Compiled:
+    """The compiled kernel, built on first use; compiling is given up per device type on failure."""
+
+    enabled: bool | None = None  # None: follow RLD_COMPILE_LOSSES (default on)
+    failed: set[str] = set()
+    fn = None
+    backend = "inductor"
 
 
-def _robust_forward(z_s, z_t, target, removed, teacher_on_target, t_bin, t_mask):
-    """Log-space version: three softmaxes of the stacked logits (full, without k, without the mask)."""
-    y = target[:, None]
-    x = torch.stack([z_s, z_t]) / t_bin  # (2, B, C): row 0 student, row 1 teacher
-    p = F.softmax(x, dim=-1)
-    log_norm = _log_norm(x, p)
-    one_hot = torch.zeros_like(z_s).scatter_(1, y, 1.0)
-
-    # Binary part: [log p_k, log(1 − p_k)], k = target for the student (and DKD's teacher),
-    # k = argmax for RLD's teacher. log(1 − p_k) = lse(x without k) − lse(x).
-    if teacher_on_target:
-        drop_k = one_hot
-        log_pk = torch.stack([z_s, z_t]).gather(2, y.expand(2, -1, -1)) / t_bin - log_norm
-    else:
-        is_max = (x[1] - x[1].amax(dim=-1, keepdim=True)).sign_().add_(1.0)  # 1 at the max (and ties)
-        drop_k = torch.stack([one_hot, is_max])
-        log_pk = torch.stack([x[0].gather(1, y), x[1].amax(dim=-1, keepdim=True)]) - log_norm
-    rest, log_norm_rest, _ = _softmax_without(x, drop_k)
-    log_rest = log_norm_rest - log_norm
-    if not teacher_on_target:  # other maxima tied with the teacher's argmax belong to 1 − p_max
-        ties = is_max.sum(dim=-1, keepdim=True) - 1.0
-        log_rest = torch.stack([log_rest[0], torch.logaddexp(log_rest[1], ties.log() + log_pk[1])])
-    b = torch.cat([log_pk, log_rest], dim=-1)  # (2, B, 2)
-    b_t = b[1].exp()
-    binary = (b_t * (b[1] - b[0])).sum(dim=-1)
-
-    # Masked part: softmaxes over the kept classes; a row with nothing kept contributes 0.
-    if removed is None and teacher_on_target and t_mask == t_bin:
-        q, log_norm_q, xq = rest, log_norm_rest, None  # DKD: the mask is {target}: reuse
-    else:
-        xm = x if t_mask == t_bin else torch.stack([z_s, z_t]) / t_mask
-        q, log_norm_q, xq = _softmax_without(xm, one_hot if removed is None else removed)
-    if xq is None:
-        floor = x.amin(dim=-1, keepdim=True) - _GAP
-        xq = torch.lerp(x, floor.expand_as(x), one_hot)
-    kept_any = (one_hot if removed is None else removed).sum(dim=-1) < z_s.shape[1]
-    masked = (q[1] * (xq[1] - xq[0])).sum(dim=-1) - log_norm_q[1, :, 0] + log_norm_q[0, :, 0]
-    masked = masked * kept_any
-
-    saved = (p[0], rest[0], b_t, one_hot, q[0], q[1])
-    return binary.mean() * t_bin**2, masked.mean() * t_mask**2, saved
+def use_compiled(enabled: bool | None) -> None:
+    """Compile the DKD/RLD kernel with ``torch.compile`` (True), run it eagerly (False), or follow
+    the environment variable ``RLD_COMPILE_LOSSES`` (None; compiled unless it is ``0``)."""
+    _Compiled.enabled = enabled
 
 
-def _robust_backward(saved, g_bin, g_mask, t_bin, t_mask):
-    p_s, rest_s, b_t, one_hot, q_s, q_t = saved
-    batch = p_s.shape[0]
-    d_bin = p_s - b_t[:, 1:] * rest_s - b_t[:, :1] * one_hot
-    return d_bin * (g_bin * t_bin / batch) + (q_s - q_t) * (g_mask * t_mask / batch)
+def _compiling_wanted(device: torch.device) -> bool:
+    if torch.compiler.is_compiling():
+        return False  # inside a caller's torch.compile: let it trace the plain kernel
+    enabled = _Compiled.enabled
+    if enabled is None:
+        enabled = os.environ.get("RLD_COMPILE_LOSSES", "1") != "0"
+    return enabled and device.type not in _Compiled.failed
+
+
+def _import_cpp_extension_quietly() -> None:
+    """Compiling imports torch.utils.cpp_extension, which logs a warning on every machine without
+    CUDA; import it first with that logger silenced."""
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        import torch.utils.cpp_extension  # noqa: F401
+    finally:
+        logger.setLevel(level)
+
+
+def run_kernel(
+    z_s: Tensor,
+    z_t: Tensor,
+    target: Tensor,
+    mask: str | None,
+    t_bin: float,
+    t_mask: float,
+    alpha: float = 1.0,
+    beta: float = 1.0,
+):
+    """:func:`decoupled_kernel`, compiled where possible (see the module doc)."""
+    args = (z_s.detach(), z_t.detach(), target, mask, t_bin, t_mask, alpha, beta)
+    if _compiling_wanted(z_s.device):
+        if _Compiled.fn is None:
+            _import_cpp_extension_quietly()
+            _Compiled.fn = torch.compile(decoupled_kernel, backend=_Compiled.backend, fullgraph=True)
+        try:
+            with torch.no_grad():  # as inside the autograd function: one compiled variant, not two
+                return _Compiled.fn(*args)
+        except Exception as exc:  # no C++ compiler, no Triton, an unsupported device, ...
+            _Compiled.failed.add(z_s.device.type)
+            cause = getattr(exc, "inner_exception", None) or exc  # dynamo wraps the backend's error
+            reason = f"{type(cause).__name__}: {(str(cause).strip().splitlines() or [''])[0]}"
+            warnings.warn(
+                f"rld: could not compile the DKD/RLD loss kernel for {z_s.device.type} ({reason}); "
+                "running it eagerly (same values, slower). Set RLD_COMPILE_LOSSES=0 to skip compiling.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+    return decoupled_kernel(*args)
 
 
 class DecoupledKL(torch.autograd.Function):
-    """(T_b²·mean binary KL, T_m²·mean masked KL) with the student's gradient in closed form.
+    """(α·binary + β·masked, T_b²·mean binary KL, T_m²·mean masked KL) with the student's gradient
+    from the kernel.
 
-    z_s, z_t: (B, C); target: (B,); keep: (B, C) float (1 = kept by the mask, 0 = removed) or None
-    for "all but the target";
-    teacher_on_target: the teacher's binary is on the target (DKD) rather than its argmax (RLD).
+    z_s, z_t: (B, C) of one dtype; target: (B,) int64; mask: None (DKD), "ge" or "g" (RLD).
     """
 
     @staticmethod
-    def forward(ctx, z_s, z_t, target, keep, teacher_on_target, t_bin, t_mask):
-        # The fast path reads one number on the host to choose; on CUDA that would be a sync per
-        # step (and cannot be captured in a graph), so CUDA tensors take the log-space path.
-        out = None if z_s.is_cuda else _fast_forward(z_s, z_t, target, keep, teacher_on_target, t_bin, t_mask)
-        ctx.fast = out is not None
-        if out is None:
-            removed = None if keep is None else 1.0 - keep
-            out = _robust_forward(z_s, z_t, target, removed, teacher_on_target, t_bin, t_mask)
-        binary, masked, saved = out
-        ctx.save_for_backward(*saved)
-        ctx.t_bin, ctx.t_mask = t_bin, t_mask
-        ctx.same_t = t_bin == t_mask
-        return binary, masked
+    def forward(ctx, z_s, z_t, target, mask, t_bin, t_mask, alpha, beta):
+        total, binary, masked, grads = run_kernel(z_s, z_t, target, mask, t_bin, t_mask, alpha, beta)
+        ctx.save_for_backward(grads)
+        ctx.set_materialize_grads(False)  # an unused output's gradient comes as None, not zeros
+        return total, binary, masked
 
     @staticmethod
-    def backward(ctx, g_bin, g_mask):
-        saved = list(ctx.saved_tensors)
-        if ctx.fast:
-            if ctx.same_t:
-                saved[1] = saved[0]  # the same softmax at both temperatures (identity lost in saving)
-            grad = _fast_backward(saved, g_bin, g_mask, ctx.t_bin, ctx.t_mask)
-        else:
-            grad = _robust_backward(saved, g_bin, g_mask, ctx.t_bin, ctx.t_mask)
-        return grad, None, None, None, None, None, None
+    def backward(ctx, g_total, g_bin, g_mask):
+        (grads,) = ctx.saved_tensors
+        grad = None
+        for g, term_grad in zip((g_total, g_bin, g_mask), (grads[2], grads[0], grads[1])):
+            if g is not None:
+                grad = term_grad * g if grad is None else grad.add_(term_grad * g)
+        return grad, None, None, None, None, None, None, None

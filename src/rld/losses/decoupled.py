@@ -12,8 +12,6 @@ When the teacher predicts the true class, the two coincide (M_ge = {true}).
 
 from __future__ import annotations
 
-from numbers import Real
-
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -22,6 +20,7 @@ from rld.losses._common import (
     binary_log_probs,
     check_positive,
     check_weight,
+    is_number,
     kl_rows,
     prepare,
     remove_classes,
@@ -50,34 +49,30 @@ def _masked_kl(student_logits: Tensor, teacher_logits: Tensor, removed: Tensor, 
     return kl_rows(log_p_t, log_p_s).mean() * t**2
 
 
-def _decoupled_terms(
+def _decoupled(
     z_s: Tensor,
     z_t: Tensor,
     target: Tensor,
-    keep: Tensor | None,
-    teacher_on_target: bool,
+    mask: str | None,
     t_bin: float,
     t_mask: float,
-) -> tuple[Tensor, Tensor]:
-    """(binary KL, masked KL), each ×T² and averaged over the batch.
+    alpha: float = 1.0,
+    beta: float = 1.0,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(α·binary + β·masked, binary KL, masked KL), each KL ×T² and averaged over the batch.
 
-    ``keep``: (B, C) float (1 = kept, 0 = removed by the mask) or None for "all but the target";
-    ``teacher_on_target``: the
-    teacher's binary is on the target (DKD) instead of its argmax (RLD). The fused function
-    (closed-form student gradient) serves the usual case of a teacher without gradient; the
-    composite form serves the rest (a teacher that needs gradients, tensor temperatures).
+    ``mask=None``: DKD (binary on the target for both models, the target removed); ``"ge"`` /
+    ``"g"``: RLD. The closed-form kernel (:mod:`rld.losses._fused`) serves the usual case of a
+    teacher without gradient; the composite form serves the rest (a teacher that needs gradients,
+    tensor temperatures) and is the reference the tests compare the kernel with.
     """
-    if not z_t.requires_grad and isinstance(t_bin, Real) and isinstance(t_mask, Real):
-        return DecoupledKL.apply(z_s, z_t, target, keep, teacher_on_target, float(t_bin), float(t_mask))
-    drop = F.one_hot(target, z_s.shape[1]).bool() if keep is None else keep == 0
-    t_idx = target if teacher_on_target else z_t.argmax(dim=1)
-    return _binary_kl(z_s, z_t, target, t_idx, t_bin), _masked_kl(z_s, z_t, drop, t_mask)
-
-
-def _kept_float(z_t: Tensor, target: Tensor, mask: str) -> Tensor:
-    """The complement of :func:`mask_ge` as floats (1 = kept), from in-place sign arithmetic (fast on CPU)."""
-    sign = (z_t.gather(1, target[:, None]) - z_t).sign_()  # +1 below the true class, 0 tied, −1 above
-    return sign.clamp_(min=0.0) if mask == "ge" else sign.add_(1.0).clamp_(max=1.0)
+    if not z_t.requires_grad and is_number(t_bin) and is_number(t_mask):
+        return DecoupledKL.apply(z_s, z_t, target, mask, float(t_bin), float(t_mask), float(alpha), float(beta))
+    drop = F.one_hot(target, z_s.shape[1]).bool() if mask is None else mask_ge(z_t, target, mask)
+    t_idx = target if mask is None else z_t.argmax(dim=1)
+    binary = _binary_kl(z_s, z_t, target, t_idx, t_bin)
+    masked = _masked_kl(z_s, z_t, drop, t_mask)
+    return alpha * binary + beta * masked, binary, masked
 
 
 def _check_mask(mask: str) -> None:
@@ -96,13 +91,17 @@ def mask_ge(teacher_logits: Tensor, target: Tensor, mask: str = "ge") -> Tensor:
     return teacher_logits >= z_true if mask == "ge" else teacher_logits > z_true
 
 
+def _dkd(student_logits, teacher_logits, target, temperature, alpha=1.0, beta=1.0):
+    z_s, z_t, target = prepare(student_logits, teacher_logits, target)
+    check_positive("temperature", temperature)
+    return _decoupled(z_s, z_t, target, None, temperature, temperature, alpha, beta)
+
+
 def dkd_terms(
     student_logits: Tensor, teacher_logits: Tensor, target: Tensor, temperature: float = 4.0
 ) -> tuple[Tensor, Tensor]:
     """(TCKD, NCKD) of DKD, each at temperature T and ×T², batch means."""
-    z_s, z_t, target = prepare(student_logits, teacher_logits, target)
-    check_positive("temperature", temperature)
-    return _decoupled_terms(z_s, z_t, target, None, True, temperature, temperature)
+    return _dkd(student_logits, teacher_logits, target, temperature)[1:]
 
 
 def dkd_loss(
@@ -120,8 +119,16 @@ def dkd_loss(
     """
     check_weight("alpha", alpha)
     check_weight("beta", beta)
-    tckd, nckd = dkd_terms(student_logits, teacher_logits, target, temperature)
-    return alpha * tckd + beta * nckd
+    return _dkd(student_logits, teacher_logits, target, temperature, alpha, beta)[0]
+
+
+def _rld(student_logits, teacher_logits, target, temperature, scd_temperature, mask, alpha=1.0, beta=1.0):
+    z_s, z_t, target = prepare(student_logits, teacher_logits, target)
+    check_positive("temperature", temperature)
+    t_scd = temperature if scd_temperature is None else scd_temperature
+    check_positive("scd_temperature", t_scd)
+    _check_mask(mask)
+    return _decoupled(z_s, z_t, target, mask, t_scd, temperature, alpha, beta)
 
 
 def rld_terms(
@@ -138,12 +145,7 @@ def rld_terms(
     b_S = [p_S(true), 1 − p_S(true)] (Eqs. 4–6); L_MCD = T²·KL(p̃_T ‖ p̃_S) over the classes
     outside the mask (Eqs. 7–9), 0 for a row whose classes are all masked.
     """
-    z_s, z_t, target = prepare(student_logits, teacher_logits, target)
-    check_positive("temperature", temperature)
-    t_scd = temperature if scd_temperature is None else scd_temperature
-    check_positive("scd_temperature", t_scd)
-    _check_mask(mask)
-    return _decoupled_terms(z_s, z_t, target, _kept_float(z_t, target, mask), False, t_scd, temperature)
+    return _rld(student_logits, teacher_logits, target, temperature, scd_temperature, mask)[1:]
 
 
 def rld_loss(
@@ -164,5 +166,4 @@ def rld_loss(
     """
     check_weight("alpha", alpha)
     check_weight("beta", beta)
-    scd, mcd = rld_terms(student_logits, teacher_logits, target, temperature, scd_temperature, mask)
-    return alpha * scd + beta * mcd
+    return _rld(student_logits, teacher_logits, target, temperature, scd_temperature, mask, alpha, beta)[0]
