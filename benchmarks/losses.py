@@ -15,6 +15,7 @@ Prints a table and writes JSON: {"device": ..., "torch": ..., "compile_s": ...,
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import platform
 import statistics
@@ -47,6 +48,7 @@ def _eager_kernel(fn):
             return fn()
         finally:
             _fused.use_compiled(True)
+    _fused._import_cpp_extension_quietly()  # (its warning about a missing CUDA is noise here)
 
     return run
 
@@ -94,6 +96,8 @@ def time_losses(fns: dict, zs: torch.Tensor, device: torch.device, repeats: int,
         for _ in range(3):
             fn().backward()
     samples: dict[str, list[float]] = {name: [] for name in fns}
+    gc.collect()
+    gc.disable()  # as timeit does: a collection landing in one loss's loop is not that loss's cost
     for _ in range(repeats):
         for name, fn in fns.items():
             sync()
@@ -103,6 +107,8 @@ def time_losses(fns: dict, zs: torch.Tensor, device: torch.device, repeats: int,
                 fn().backward()
             sync()
             samples[name].append((time.perf_counter() - start) * 1e3 / inner)
+        gc.collect()  # between rounds, outside the timed loops
+    gc.enable()
     return {name: statistics.median(ms) for name, ms in samples.items()}
 
 
@@ -114,6 +120,7 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     _fused.use_compiled(True)
+    _fused._import_cpp_extension_quietly()  # (its warning about a missing CUDA is noise here)
     report = {"device": device_name(device), "torch": torch.__version__, "results": {}}
     start = time.perf_counter()  # the one-off compiles: DKD's and RLD's kernels, kd_loss's
     for fn in losses(*_example(8, 10, device)).values():

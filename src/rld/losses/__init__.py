@@ -8,10 +8,12 @@ Modules: :class:`KDLoss`, :class:`DKDLoss`, :class:`RLDLoss`, :class:`LALoss`, :
 :class:`LRLoss`, :class:`CTKDLoss` (with :class:`CTKDTemperature`).
 
 Inputs may be float16, bfloat16, float32 or float64; the work is done in float32 (float64 stays
-float64) and in log space. Bad inputs raise :class:`LossInputError` (a ``ValueError``).
+float64) and in log space. DKD and RLD run as one kernel compiled with torch.compile (see
+:func:`use_compiled`). Bad inputs raise :class:`LossInputError` (a ``ValueError``).
 """
 
 from rld.losses._common import LossInputError
+from rld.losses._fused import use_compiled
 from rld.losses.corrections import label_revision_loss, rc_loss, swap_teacher_logits
 from rld.losses.ctkd import CTKDTemperature, ctkd_lambda
 from rld.losses.decoupled import dkd_loss, dkd_terms, mask_ge, rld_loss, rld_terms
@@ -50,5 +52,6 @@ __all__ = [
     "rld_terms",
     "standardize_logits",
     "swap_teacher_logits",
+    "use_compiled",
     "warmup_factor",
 ]

@@ -150,7 +150,9 @@ def run_kernel(
             _import_cpp_extension_quietly()
             _Compiled.fn = torch.compile(decoupled_kernel, backend=_Compiled.backend, fullgraph=True)
         try:
-            with torch.no_grad():  # as inside the autograd function: one compiled variant, not two
+            if not torch.is_grad_enabled():  # as inside the autograd function
+                return _Compiled.fn(*args)
+            with torch.no_grad():  # a direct call: the same compiled variant as from the function
                 return _Compiled.fn(*args)
         except Exception as exc:  # no C++ compiler, no Triton, an unsupported device, ...
             _Compiled.failed.add(z_s.device.type)
