@@ -325,3 +325,72 @@ def test_rld_cache_builds_every_view_and_training_then_needs_no_teacher_forward(
     args = ["train", "demo/rld", *common, "train.teacher_cache=full", f"train.cache_dir={tmp_path / 'cache'}"]
     assert main([*args, "--epochs", "1", "train.batch_size=2", "--out", str(tmp_path / "run")]) == 0
     assert "324 of 324 entries filled" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- whole-step execution
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run / "checkpoints" / "last.pt", weights_only=True)["model"]
+
+
+def test_static_step_trains_exactly_like_the_plain_loop(tmp_path, teacher_ckpt):
+    """The step that CUDA graphs replay, run on the CPU: same metrics and weights as the plain loop.
+
+    1347 digits at batch 256: five full batches and a partial one of 67; the learning rate decays
+    after epoch 1 and the RLD warm-up (3 epochs) scales the distillation terms in both epochs.
+    """
+    over = [*FAST, f"model.teacher_checkpoint={teacher_ckpt}", "train.lr_milestones=[1]"]
+    train(resolve("demo/rld", [*over, "train.static_step=off"]), tmp_path / "plain")
+    train(resolve("demo/rld", [*over, "train.static_step=on"]), tmp_path / "static")
+    plain, static = _rows(tmp_path / "plain" / "metrics.csv"), _rows(tmp_path / "static" / "metrics.csv")
+    assert [r["steps"] for r in static] == ["6", "6"] and [r["lr"] for r in static] == ["0.05", "0.005"]
+    assert static == plain
+    a, b = _weights(tmp_path / "plain"), _weights(tmp_path / "static")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_static_step_in_a_sweep_and_where_it_is_chosen(tmp_path, teacher_ckpt):
+    from rld.data import build_data
+    from rld.engine.static import static_step_wanted
+    from rld.engine.sweep import sweep
+
+    over = [*FAST, f"model.teacher_checkpoint={teacher_ckpt}"]
+    train(resolve("demo/rld", [*over, "method.beta=2"]), tmp_path / "single")
+    rows = sweep("demo/rld", ["method.beta=2,8"], out=tmp_path / "sweep", extra=[*over, "train.static_step=on"])
+    assert len(rows) == 2
+    assert _rows(tmp_path / "sweep" / "method.beta=2,seed=0" / "metrics.csv") == _rows(
+        tmp_path / "single" / "metrics.csv"
+    )
+
+    device = build_data("digits", None, batch_size=64, eval_batch_size=64, device="cpu", seed=0).train
+    pil = build_data("digits", None, batch_size=64, device="cpu", seed=0, num_workers=0, pipeline="pil").train
+    assert not static_step_wanted("auto", device, None, distributed=False)  # CUDA only by default
+    assert static_step_wanted("on", device, None, distributed=False)
+    assert not static_step_wanted("off", device, None, distributed=False)
+    with pytest.raises(UserError, match=r"train.static_step=on needs the device-resident loader"):
+        static_step_wanted("on", pil, None, distributed=False)
+    with pytest.raises(UserError, match=r"train.static_step=on runs in one process"):
+        static_step_wanted("on", device, None, distributed=True)
+
+
+def test_bench_static_path_steps_like_the_plain_path_across_epochs(tmp_path):
+    """``rld bench``'s CUDA default (the static step) run on the CPU: five steps of two full batches
+    per epoch (10 images at batch 4, the partial batch left out) give the plain path's weights."""
+    from rld.engine.distributed import World
+    from rld.engine.trainer import Run
+    from rld.fast.bench import DevicePath
+
+    cfg = resolve("demo/vanilla", ["train.batch_size=4"])
+    weights = []
+    for static in (False, True):
+        torch.manual_seed(0)
+        out = tmp_path / str(static)
+        (out / "checkpoints").mkdir(parents=True)
+        run = Run(cfg, out, world=World(), device=torch.device("cpu"), num_classes=10, resume_from=None, resume=False)
+        path = DevicePath(_tiny_loader(n=10), [run], None, static=static)
+        for _ in range(5):
+            path.step()
+        assert run._steps == 5
+        weights.append(run.student.state_dict())
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

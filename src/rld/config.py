@@ -83,6 +83,9 @@ class TrainConfig:
     teacher_cache: str = "off"  # off (teacher forward every step) | lazy (fill on first use) | full (build up front)
     cache_dir: str | None = None  # default: $XDG_CACHE_HOME/rld/teacher-logits (~/.cache/rld/teacher-logits)
     cache_precision: str = "float16"  # float16 | float32 storage of the cached logits
+    # Whole-step execution (rld.engine.static): the step reads everything from device buffers and,
+    # on CUDA, is replayed as CUDA graphs. auto = on for CUDA with the device-resident loader.
+    static_step: str = "auto"  # auto | on | off
 
 
 @dataclass
@@ -260,6 +263,8 @@ def resolve(source: str, overrides: list[str] | None = None) -> RunConfig:
 def validate(cfg: RunConfig) -> None:
     """Value checks the types cannot express; raises UserError naming the key."""
     t = cfg.train
+    # YAML reads on/off as booleans (and OmegaConf may keep them as "True"/"False")
+    t.static_step = {"true": "on", "false": "off"}.get(str(t.static_step).lower(), t.static_step)
     checks = [
         (t.epochs > 0, "train.epochs must be > 0", t.epochs),
         (t.batch_size > 0, "train.batch_size must be > 0", t.batch_size),
@@ -274,6 +279,7 @@ def validate(cfg: RunConfig) -> None:
         (cfg.data.num_workers >= 0, "data.num_workers must be >= 0", cfg.data.num_workers),
         # teacher-logit cache (rld.fast.cache)
         (t.teacher_cache in ("off", "lazy", "full"), "train.teacher_cache must be off, lazy or full", t.teacher_cache),
+        (t.static_step in ("auto", "on", "off"), "train.static_step must be auto, on or off", t.static_step),
         (
             t.cache_precision in ("float16", "float32"),
             "train.cache_precision must be float16 or float32",

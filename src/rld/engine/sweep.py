@@ -11,10 +11,11 @@ augmentation are a function of seed and epoch), data set, batch size, device and
 cache settings). Different seeds cannot share a stream, so the runs are grouped by this stream
 signature and the groups run one after another. Within a group every batch is produced once and
 the teacher forward (or cache lookup) runs once; then the students step in turn on it
-(:func:`group_step`, grouped execution). Students of one architecture could instead be stacked
-with ``torch.func.stack_module_state`` + ``vmap`` into one batched forward — the GPU route; on
-the CPU stepping them in turn costs the same arithmetic. :func:`group_step` is also the unit a
-whole-step CUDA graph would capture (static batch buffers, one graph per group; not done yet).
+(:func:`group_step`, grouped execution). With ``train.static_step`` (the default on CUDA) the
+group's whole step — batch, teacher, every student's forward, backward and update — is one
+:class:`~rld.engine.static.StaticSteps` step, replayed as one CUDA graph per batch size. Students of
+one architecture could instead be stacked with ``torch.func.stack_module_state`` + ``vmap`` into
+one batched forward; on the CPU stepping them in turn costs the same arithmetic.
 
 Folders: ``OUT/<key>=<value>,…,seed=<S>`` (e.g. ``runs/sweep/method.beta=8,seed=0``) and
 ``OUT/sweep.csv``, one summary row per run. The time columns of ``metrics.csv`` (``epoch_time``,
@@ -44,6 +45,7 @@ from rld.config import RunConfig, resolve
 from rld.data.types import Batch
 from rld.engine import checkpoint as ckpt
 from rld.engine.distributed import World
+from rld.engine.static import StaticSteps, StepMember, static_step_wanted
 from rld.engine.trainer import Run, _progress, build_run_data, build_teacher_fn, prepare_out_dir, setup
 from rld.errors import UserError
 from rld.methods import get_spec
@@ -225,18 +227,31 @@ def _run_group(group: list[SweepRun], resume_from: dict[Path, Path | None], resu
 
     first = min(m.run.start_epoch for m in members)
     last = max(m.run.cfg.train.epochs for m in members)
+    static = static_step_wanted(cfg0.train.static_step, data.train, teacher_fn, world.distributed)
+    static_steps: dict[tuple[int, ...], StaticSteps] = {}  # per set of active runs (catch-up epochs)
     for epoch in range(first, last + 1):
         active = [m for m in members if m.run.start_epoch <= epoch <= m.run.cfg.train.epochs]
         if not active:
             continue
+        if static:
+            for m in active:
+                if m.run.device_scalars is None:
+                    m.run.use_device_scalars()
         for m in active:
             m.enter()
             m.run.begin_epoch(epoch)
             m.leave()
-        data.train.set_epoch(epoch)
         desc = f"epoch {epoch}/{last} ({len(active)} runs)"
-        for batch in _progress(data.train, len(data.train), world, desc):
-            group_step(active, batch, teacher_fn, epoch)
+        if static:
+            key = tuple(id(m) for m in active)
+            if key not in static_steps:
+                step_members = [StepMember(m.run, m.enter, m.leave) for m in active]
+                static_steps[key] = StaticSteps(step_members, data.train, teacher_fn)
+            static_steps[key].run_epoch(epoch, lambda sizes, desc=desc: _progress(sizes, len(sizes), world, desc))
+        else:
+            data.train.set_epoch(epoch)
+            for batch in _progress(data.train, len(data.train), world, desc):
+                group_step(active, batch, teacher_fn, epoch)
         for m in active:
             m.enter()
             m.run.end_epoch(epoch, data.test)

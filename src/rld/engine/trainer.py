@@ -33,6 +33,7 @@ from rld.config import RunConfig, from_dict, to_yaml
 from rld.data import build_data
 from rld.engine import checkpoint as ckpt
 from rld.engine.distributed import World, all_sum, barrier, init_world, shutdown
+from rld.engine.static import StaticSteps, StepMember, static_step_wanted
 from rld.errors import UserError
 from rld.methods import build_method
 from rld.models import create_model, load_checkpoint
@@ -171,6 +172,7 @@ def _check_same_config(saved: RunConfig, cfg: RunConfig, where: Path) -> None:
     a["train"].pop("device", None), b["train"].pop("device", None)
     a["model"].pop("teacher_checkpoint", None), b["model"].pop("teacher_checkpoint", None)
     a["train"].pop("cache_dir", None), b["train"].pop("cache_dir", None)
+    a["train"].pop("static_step", None), b["train"].pop("static_step", None)  # same training either way
     if a != b:
         diff = [
             f"{s}.{k}" if isinstance(a[s], dict) else s
@@ -208,7 +210,8 @@ class TeacherForward:
     @torch.no_grad()
     def __call__(self, batch) -> torch.Tensor:
         x = batch.images
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.amp):
+        # no autocast weight cache: it cannot live across CUDA-graph replays (rld.engine.static)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.amp, cache_enabled=False):
             return self.teacher(x).float()
 
 
@@ -248,6 +251,11 @@ class Run:
         )
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] = {"test_top1": -math.inf, "epoch": 0}
+        # Per-epoch metric accumulators, on the device, zeroed (never replaced) at each epoch start.
+        self._sums: dict[str, torch.Tensor] = {}
+        self._seen = torch.zeros((), dtype=torch.float64, device=device)
+        self._correct = torch.zeros((), dtype=torch.float64, device=device)
+        self.device_scalars: tuple[torch.Tensor, torch.Tensor] | None = None  # see use_device_scalars
         self.start_epoch = 1
         if world.is_main:
             (out / "config.yaml").write_text(to_yaml(cfg))
@@ -276,22 +284,47 @@ class Run:
     def needs_teacher(self) -> bool:
         return self.method.needs_teacher
 
+    def use_device_scalars(self) -> None:
+        """Hold the learning rate and the epoch in device scalars, filled at each epoch start.
+
+        For :mod:`rld.engine.static`: a step then reads no Python value that changes during
+        training, so it can be replayed as a CUDA graph. The optimizer reads its learning rate from
+        the tensor (on CUDA: float32 for the fused SGD kernel; on the CPU float64, which rounds as
+        the plain float does); the method gets the epoch as a tensor (for its warm-up).
+        """
+        lr_dtype = torch.float32 if self.device.type == "cuda" else torch.float64
+        self.device_scalars = (
+            torch.zeros((), dtype=lr_dtype, device=self.device),
+            torch.zeros((), dtype=torch.float32, device=self.device),
+        )
+
     def begin_epoch(self, epoch: int) -> None:
         self.lr = lr_at(self.cfg, epoch)
+        if self.device_scalars is None:
+            lr = self.lr
+        else:
+            lr, epoch_t = self.device_scalars
+            lr.fill_(self.lr)
+            epoch_t.fill_(epoch)
+        fused = self.device_scalars is not None and self.device.type == "cuda"
         for group in self.optimizer.param_groups:
-            group["lr"] = self.lr
+            group["lr"] = lr
+            group["fused"], group["foreach"] = (True, False) if fused else (None, None)
         self.model.train()
         self.method.train()
-        self._sums: dict[str, torch.Tensor] = {}
-        self._seen = torch.zeros((), dtype=torch.float64, device=self.device)
-        self._correct = torch.zeros((), dtype=torch.float64, device=self.device)
+        for acc in (*self._sums.values(), self._seen, self._correct):
+            acc.zero_()
         self._steps = 0
         self._tic = time.perf_counter()
 
     def step(self, batch, teacher_logits: torch.Tensor | None, epoch: int) -> None:
-        """One optimisation step on ``batch``; metrics accumulate on the device (no host sync)."""
+        """One optimisation step on ``batch``; metrics accumulate in place on the device (no host
+        sync). With :meth:`use_device_scalars` the method gets the epoch from its device scalar."""
         x, y = batch.images, batch.targets
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+        if self.device_scalars is not None:
+            epoch = self.device_scalars[1]
+        # no autocast weight cache: it cannot live across CUDA-graph replays (rld.engine.static)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp, cache_enabled=False):
             logits = self.model(x)
         loss, parts = self.method(logits.float(), teacher_logits, y, epoch)
         self.optimizer.zero_grad(set_to_none=True)
@@ -301,7 +334,9 @@ class Run:
         self._seen += n
         self._correct += (logits.detach().argmax(dim=1) == y).sum()
         for key, value in {"loss": loss, **parts}.items():
-            self._sums[key] = self._sums.get(key, 0.0) + value.detach().double() * n
+            if key not in self._sums:
+                self._sums[key] = torch.zeros((), dtype=torch.float64, device=self.device)
+            self._sums[key].add_(value.detach().double() * n)
         self._steps += 1
 
     def end_epoch(self, epoch: int, test_loader) -> dict[str, Any]:
@@ -433,11 +468,18 @@ def _train(cfg: RunConfig, out: Path, resume: bool, world: World) -> dict[str, A
         cfg, out, world=world, device=device, num_classes=data.num_classes, resume_from=resume_from, resume=resume
     )
     teacher_fn = build_teacher_fn(cfg, data.num_classes, device, data.train) if run.needs_teacher else None
+    static = None
+    if static_step_wanted(cfg.train.static_step, data.train, teacher_fn, world.distributed):
+        static = StaticSteps([StepMember(run)], data.train, teacher_fn)
     for epoch in range(run.start_epoch, cfg.train.epochs + 1):
         run.begin_epoch(epoch)
-        data.train.set_epoch(epoch)
-        for batch in _progress(data.train, len(data.train), world, f"epoch {epoch}/{cfg.train.epochs}"):
-            run.step(batch, teacher_fn(batch) if teacher_fn else None, epoch)
+        desc = f"epoch {epoch}/{cfg.train.epochs}"
+        if static is not None:
+            static.run_epoch(epoch, lambda sizes, desc=desc: _progress(sizes, len(sizes), world, desc))
+        else:
+            data.train.set_epoch(epoch)
+            for batch in _progress(data.train, len(data.train), world, desc):
+                run.step(batch, teacher_fn(batch) if teacher_fn else None, epoch)
         run.end_epoch(epoch, data.test)
         barrier(world)
     return run.close()

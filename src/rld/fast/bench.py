@@ -7,11 +7,12 @@
 * ``default`` — the project's default path on the device: :class:`~rld.data.DeviceLoader` (uint8 data
   on the device, crop/flip there) and :meth:`Run.step <rld.engine.trainer.Run.step>` with the teacher
   forward (:class:`~rld.engine.trainer.TeacherForward`); no host synchronisation inside the epoch.
+  On CUDA the whole step is replayed as a CUDA graph (:mod:`rld.engine.static`), as in training.
 * ``cached`` — as ``default``, with the teacher logits looked up in the teacher-logit cache
   (:mod:`rld.fast.cache`). Filling the entries those steps use (their teacher forwards) is timed
   apart as ``cache_build_s``, opening the cache (key hashing, file creation) as ``cache_open_s``.
 * ``sweep_M`` — M students of the same configuration stepped in lockstep on one stream with cached
-  teacher logits (:func:`rld.engine.sweep.group_step`); measured on CUDA only by default.
+  teacher logits (one CUDA graph for the whole group's step); measured on CUDA only by default.
 
 Each path runs ``warmup`` untimed steps, then ``steps`` timed ones; with ``rounds > 1`` the paths
 take turns, round after round, so that a change of background load hits all of them. Reported:
@@ -43,6 +44,7 @@ from rld.data.device_loader import as_device
 from rld.data.pil import ArrayImageDataset, array_transform
 from rld.data.types import Batch
 from rld.engine.distributed import World
+from rld.engine.static import StaticSteps, StepMember
 from rld.engine.sweep import Member, group_step
 from rld.engine.trainer import Run, TeacherForward
 from rld.errors import UserError
@@ -184,14 +186,20 @@ class ConventionalPath:
 
 
 class DevicePath:
-    """DeviceLoader batches and ``Run.step`` with a teacher-logit provider (forward or cache)."""
+    """DeviceLoader batches and ``Run.step`` with a teacher-logit provider (forward or cache).
 
-    def __init__(self, loader: DeviceLoader, runs: list[Run], teacher_fn: Any):
+    ``static``: the whole step of :mod:`rld.engine.static` (CUDA graphs on a GPU), else the plain
+    loop; full batches only (one shape), the epochs following one another.
+    """
+
+    def __init__(self, loader: DeviceLoader, runs: list[Run], teacher_fn: Any, static: bool = False):
         self.loader, self.teacher_fn = loader, teacher_fn
         self.members = [Member(run, torch.get_rng_state()) for run in runs]
+        self.static = StaticSteps([StepMember(run) for run in runs], loader, teacher_fn) if static else None
         for run in runs:
             run.begin_epoch(1)
-        self._it = self._batches()
+        self._it = self._batches() if self.static is None else None
+        self._epoch, self._left = 0, 0
 
     def _batches(self) -> Iterator[Batch]:
         while True:
@@ -200,7 +208,15 @@ class DevicePath:
                     yield batch
 
     def step(self) -> None:
-        group_step(self.members, next(self._it), self.teacher_fn, 1)
+        if self.static is None:
+            group_step(self.members, next(self._it), self.teacher_fn, 1)
+            return
+        if self._left == 0:
+            self.static.start_epoch(self._epoch)
+            self._epoch += 1
+            self._left = self.loader.num_samples // self.loader.batch_size
+        self.static.step(self.loader.batch_size)
+        self._left -= 1
 
 
 def planned_entries(loader: DeviceLoader, batches: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -293,13 +309,14 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
                 data.train, opts.batch_size, device=device, mean=data.mean, std=data.std, train=True, flip=data.flip
             )
 
+        static = device.type == "cuda"  # the default there: the whole step as CUDA graphs
         paths: dict[str, Any] = {
             "conventional": ConventionalPath(data, cfg, teacher, device, opts.workers),
-            "default": DevicePath(fresh_loader(), runs(1, "default"), forward),
-            "cached": DevicePath(fresh_loader(), runs(1, "cached"), lookup),
+            "default": DevicePath(fresh_loader(), runs(1, "default"), forward, static),
+            "cached": DevicePath(fresh_loader(), runs(1, "cached"), lookup, static),
         }
         for m in sweep_sizes:
-            paths[f"sweep_{m}"] = DevicePath(fresh_loader(), runs(m, f"sweep{m}-"), lookup)
+            paths[f"sweep_{m}"] = DevicePath(fresh_loader(), runs(m, f"sweep{m}-"), lookup, static)
         times: dict[str, list[list[float]]] = {name: [] for name in paths}
         for _ in range(opts.rounds):
             for name, path in paths.items():

@@ -1,0 +1,180 @@
+"""Whole-step execution on device-resident data: one epoch as a fixed sequence of device work.
+
+The plain loop slices each batch on the host and hands it to :meth:`Run.step
+<rld.engine.trainer.Run.step>`. Here the epoch's plan of the device-resident loader — its order
+and augmentation views, a pure function of (seed, epoch) — is copied into two static device buffers
+when the epoch begins, and one step is
+
+    read the batch at a device-side position  →  crop and flip  →  teacher forward (or cache
+    lookup)  →  for every student: forward, loss, backward, SGD update, metrics added in place  →
+    advance the position
+
+which reads no Python value that changes inside an epoch: the learning rate and the epoch (for the
+warm-up) are device scalars of each run (:meth:`Run.use_device_scalars
+<rld.engine.trainer.Run.use_device_scalars>`), filled when the epoch begins. So the step is a
+function of fixed buffers only. On CUDA it is captured once per batch size as a CUDA graph and
+replayed — the full batch and the last partial one (16 images for 50,000 CIFAR-100 images at 64) —
+after ``warmup`` eager runs of that size on a side stream (they are real training steps, and they
+make the autograd, optimizer and allocator state that the capture records). The metrics are read
+once per epoch, by :meth:`Run.end_epoch <rld.engine.trainer.Run.end_epoch>`.
+
+Everything a graph touches stays where it was captured: the parameters, gradients (allocated by
+the captured backward from the graph's pool), momentum buffers, the batch and metric buffers.
+
+On the CPU the same step runs without capture; the tests check that it trains exactly like the
+plain loop, partial last batch, learning-rate decay and warm-up included.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from rld.data.device_loader import DeviceLoader
+from rld.data.types import Batch
+from rld.errors import UserError
+
+log = logging.getLogger("rld")
+
+
+@dataclass
+class StepMember:
+    """A run stepped by :class:`StaticSteps`; ``enter``/``leave`` wrap its eager work (a sweep swaps
+    each run's RNG state in and out there)."""
+
+    run: Any
+    enter: Callable[[], None] = lambda: None
+    leave: Callable[[], None] = lambda: None
+
+
+def static_step_wanted(setting: str, loader: Any, teacher_fn: Any, distributed: bool) -> bool:
+    """Whether ``train.static_step`` = ``setting`` means the static step for this run or group.
+
+    ``on`` asks for it (and needs the device-resident loader); ``auto`` takes it on CUDA when the
+    data, the teacher provider and the process set allow a capture; ``off`` never.
+    """
+    if setting == "off":
+        return False
+    capturable = isinstance(loader, DeviceLoader) and not distributed and not getattr(teacher_fn, "lazy", False)
+    if setting == "on":
+        if not isinstance(loader, DeviceLoader):
+            raise UserError("train.static_step=on needs the device-resident loader (data.pipeline=device)")
+        if distributed:
+            raise UserError("train.static_step=on runs in one process; use train.static_step=off under torchrun")
+        return True
+    return capturable and loader.device.type == "cuda"
+
+
+class StaticSteps:
+    """The training steps of runs that share a device-resident loader and a teacher provider.
+
+    ``members`` are stepped in lockstep on the same batches (one run, or a sweep's group). Call
+    :meth:`run_epoch` between the runs' ``begin_epoch`` and ``end_epoch``.
+    """
+
+    def __init__(
+        self,
+        members: list[StepMember],
+        loader: DeviceLoader,
+        teacher_fn: Callable[[Batch], torch.Tensor] | None,
+        *,
+        capture: bool | None = None,
+        warmup: int = 2,
+    ):
+        self.members, self.loader, self.teacher_fn = members, loader, teacher_fn
+        device = loader.device
+        self.capture = device.type == "cuda" if capture is None else capture
+        self.warmup = warmup
+        for m in members:
+            if m.run.device_scalars is None:
+                m.run.use_device_scalars()
+        n = loader.num_samples
+        self._order = torch.zeros(n, dtype=torch.int64, device=device)
+        self._views = torch.zeros(n, dtype=torch.int64, device=device)
+        self._pos = torch.zeros((), dtype=torch.int64, device=device)
+        self._offsets = torch.arange(loader.batch_size, device=device)
+        self._graphs: dict[int, Any] = {}
+        self._eager_runs: Counter[int] = Counter()
+        self._side = torch.cuda.Stream(device) if self.capture else None
+
+    def batch_sizes(self) -> list[int]:
+        """The batch sizes of one epoch, in order: full batches, then the partial one if any."""
+        n, b = self.loader.num_samples, self.loader.batch_size
+        return [b] * (n // b) + ([n % b] if n % b else [])
+
+    def run_epoch(self, epoch: int, progress: Callable[[Iterable[int]], Iterable[int]] = iter) -> None:
+        """All training steps of ``epoch`` for every member."""
+        self.start_epoch(epoch)
+        for size in progress(self.batch_sizes()):
+            self.step(size)
+
+    def start_epoch(self, epoch: int) -> None:
+        """Load the loader's plan of ``epoch`` into the static buffers and rewind to its start."""
+        order, views = self.loader.epoch_plan(epoch)
+        self._order.copy_(order)
+        self._views.copy_(views)
+        self._pos.zero_()
+
+    def step(self, size: int) -> None:
+        """Step every member on the next ``size`` samples of the epoch's plan (captured on CUDA)."""
+        self._step(size)
+
+    def _body(self, size: int, swap_rng: bool = True) -> None:
+        """One step on the next ``size`` samples of the plan: device work only."""
+        at = self._pos + self._offsets[:size]
+        indices, views = self._order[at], self._views[at]
+        batch = Batch(self.loader.render_views(indices, views), self.loader.targets(indices), indices, views)
+        needs = any(m.run.needs_teacher for m in self.members)
+        teacher_logits = self.teacher_fn(batch) if needs and self.teacher_fn is not None else None
+        for m in self.members:
+            if swap_rng:
+                m.enter()
+            m.run.step(batch, teacher_logits if m.run.needs_teacher else None, 0)
+            if swap_rng:
+                m.leave()
+        self._pos += size
+
+    def _step(self, size: int) -> None:
+        if not self.capture:
+            self._body(size)
+            return
+        graph = self._graphs.get(size)
+        if graph is None and self._eager_runs[size] < self.warmup:
+            current = torch.cuda.current_stream(self.loader.device)
+            self._side.wait_stream(current)
+            with torch.cuda.stream(self._side):
+                self._body(size)
+            current.wait_stream(self._side)
+            self._eager_runs[size] += 1
+            return
+        if graph is None:
+            graph = self._capture(size)
+            if graph is None:
+                self._body(size)
+                return
+        graph.replay()
+        for m in self.members:
+            m.run._steps += 1  # a replay runs Run.step's device work, not its Python
+
+    def _capture(self, size: int):
+        """The CUDA graph of a step of ``size`` samples, or None (and no more capturing) if the step
+        cannot be captured. Capturing records the step without running it."""
+        steps = [m.run._steps for m in self.members]
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                self._body(size, swap_rng=False)  # no RNG in a step; a capture may not set RNG state
+        except RuntimeError as exc:  # something in the step reads the host (e.g. a method's own sync)
+            log.warning("could not capture the training step as a CUDA graph (%s); running it eagerly", exc)
+            self.capture, graph = False, None
+        finally:
+            for m, count in zip(self.members, steps):
+                m.run._steps = count
+        if graph is not None:
+            self._graphs[size] = graph
+        return graph
