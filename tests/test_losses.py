@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+import shutil
 
 import pytest
 import torch
@@ -425,6 +427,11 @@ def test_ctkd_curriculum_and_gradient_reversal():
     (g_plain,) = torch.autograd.grad(plain, theta_plain)
     assert g_rev.item() == pytest.approx(-0.5 * g_plain.item(), rel=1e-5)
     assert list(loss.parameters()) == [theta]
+    # The epoch as a 0-d tensor (the static training step): the same λ and gradient, no host read.
+    assert ctkd_lambda(torch.tensor(5.0)).item() == pytest.approx(-0.5)
+    assert ctkd_lambda(torch.tensor(30.0)).item() == pytest.approx(-1.0)
+    (g_tensor,) = torch.autograd.grad(loss(zs, zt, y, epoch=torch.tensor(5.0))[0], theta)
+    assert g_tensor.item() == pytest.approx(g_rev.item(), rel=1e-5)
 
 
 @pytest.fixture
@@ -444,6 +451,10 @@ def compiled_kernel():
     torch._dynamo.reset()
 
 
+@pytest.mark.skipif(
+    not any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "g++", "c++", "clang++")),
+    reason="torch.compile needs a C++ compiler on the CPU (without one the kernel runs eagerly: tested below)",
+)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_compiled_kernel_equals_the_eager_kernel_and_the_brute_force(compiled_kernel, dtype):
     """torch.compile fuses the DKD/RLD kernel (C++ on the CPU) without changing values or gradients;

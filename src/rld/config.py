@@ -75,8 +75,8 @@ class TrainConfig:
     momentum: float = 0.9
     nesterov: bool = False
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: bool = False  # bf16 autocast on CUDA (losses stay in float32)
-    channels_last: bool = False
+    amp: bool = True  # bf16 autocast on CUDA (losses stay in float32); no effect on the CPU
+    channels_last: bool = True  # channels-last activations and weights (faster convolutions on CPU and GPU)
     deterministic: bool = True
     sync_bn: bool = True  # SyncBatchNorm under torchrun on CUDA (CPU/gloo: per-process statistics)
     # Teacher-logit cache (rld.fast.cache): the eval-mode teacher's logits per (image, augmentation view).

@@ -24,6 +24,7 @@ The teacher and students have random weights: step times do not depend on the va
 
 from __future__ import annotations
 
+import copy
 import os
 import platform
 import statistics
@@ -268,10 +269,25 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
 
     torch.manual_seed(opts.seed)
     teacher = create_model(cfg.model.teacher, num_classes=data.num_classes).to(device).eval().requires_grad_(False)
-    forward = TeacherForward(teacher, amp=False)
-    loader = DeviceLoader(
-        data.train, opts.batch_size, device=device, mean=data.mean, std=data.std, train=True, flip=data.flip
-    )
+    layout = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+    # the project's defaults (train.channels_last, train.amp on CUDA) for its paths; the
+    # conventional path keeps its own model copies in float32 and the default layout
+    project_teacher = copy.deepcopy(teacher).to(memory_format=layout)
+    forward = TeacherForward(project_teacher, amp=cfg.train.amp and device.type == "cuda")
+
+    def fresh_loader() -> DeviceLoader:
+        return DeviceLoader(
+            data.train,
+            opts.batch_size,
+            device=device,
+            mean=data.mean,
+            std=data.std,
+            train=True,
+            flip=data.flip,
+            channels_last=cfg.train.channels_last,
+        )
+
+    loader = fresh_loader()
     with tempfile.TemporaryDirectory(prefix="rld-bench-") as tmp:
         cache_cfg = resolve_cache_cfg(cfg, Path(tmp) / "cache")
         t0 = time.perf_counter()
@@ -303,11 +319,6 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
                     )
                 )
             return made
-
-        def fresh_loader() -> DeviceLoader:
-            return DeviceLoader(
-                data.train, opts.batch_size, device=device, mean=data.mean, std=data.std, train=True, flip=data.flip
-            )
 
         static = device.type == "cuda"  # the default there: the whole step as CUDA graphs
         paths: dict[str, Any] = {

@@ -13,7 +13,7 @@ class _ScaleGradient(torch.autograd.Function):
     """Identity forward; the backward multiplies the gradient by ``scale`` (λ ≤ 0 reverses it)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, scale: float) -> Tensor:  # noqa: D102
+    def forward(ctx, x: Tensor, scale: float | Tensor) -> Tensor:  # noqa: D102
         ctx.scale = scale
         return x.view_as(x)
 
@@ -22,8 +22,13 @@ class _ScaleGradient(torch.autograd.Function):
         return grad * ctx.scale, None
 
 
-def ctkd_lambda(epoch: float, ramp_epochs: int = 10) -> float:
-    """λ(epoch) = −(1 − cos(π·min(epoch, R)/R)) / 2: 0 at the start, −1 from epoch R on."""
+def ctkd_lambda(epoch: float | Tensor, ramp_epochs: int = 10) -> float | Tensor:
+    """λ(epoch) = −(1 − cos(π·min(epoch, R)/R)) / 2: 0 at the start, −1 from epoch R on.
+
+    A 0-d tensor epoch gives a tensor (no host read: a training step can be a CUDA graph)."""
+    if isinstance(epoch, Tensor):
+        progress = epoch.clamp(0.0, ramp_epochs) / ramp_epochs
+        return -(1.0 - torch.cos(math.pi * progress)) / 2.0
     progress = min(max(float(epoch), 0.0), ramp_epochs) / ramp_epochs
     return -(1.0 - math.cos(math.pi * progress)) / 2.0
 
@@ -41,6 +46,6 @@ class CTKDTemperature(nn.Module):
         self.t_start, self.t_range, self.ramp_epochs = t_start, t_range, ramp_epochs
         self.theta = nn.Parameter(torch.tensor(float(init)))
 
-    def forward(self, epoch: float) -> Tensor:
+    def forward(self, epoch: float | Tensor) -> Tensor:
         theta = _ScaleGradient.apply(self.theta, ctkd_lambda(epoch, self.ramp_epochs))
         return self.t_start + self.t_range * torch.sigmoid(theta)

@@ -199,8 +199,6 @@ class CTKDLoss(DistillationLoss):
         self.temperature = CTKDTemperature(**temperature_kw)
 
     def forward(self, student_logits: Tensor, teacher_logits: Tensor, target: Tensor, epoch: float | Tensor = 1):
-        if isinstance(epoch, Tensor):
-            epoch = float(epoch)
         tau = self.temperature(epoch)
         z_s, z_t = self.distill_inputs(student_logits, teacher_logits)
         total, parts = self.total(
