@@ -48,6 +48,7 @@ def _eager_kernel(fn):
             return fn()
         finally:
             _fused.use_compiled(True)
+
     _fused._import_cpp_extension_quietly()  # (its warning about a missing CUDA is noise here)
 
     return run

@@ -167,12 +167,18 @@ def _tensorboard(out: Path, world: World):
     return SummaryWriter(str(out / "tb"))
 
 
+# How a run executes, not what it trains: these may change when a run is resumed.
+EXECUTION_KEYS = {
+    "model": ("teacher_checkpoint",),
+    "train": ("device", "cache_dir", "static_step", "amp", "channels_last"),
+}
+
+
 def _check_same_config(saved: RunConfig, cfg: RunConfig, where: Path) -> None:
     a, b = asdict(saved), asdict(cfg)
-    a["train"].pop("device", None), b["train"].pop("device", None)
-    a["model"].pop("teacher_checkpoint", None), b["model"].pop("teacher_checkpoint", None)
-    a["train"].pop("cache_dir", None), b["train"].pop("cache_dir", None)
-    a["train"].pop("static_step", None), b["train"].pop("static_step", None)  # same training either way
+    for section, keys in EXECUTION_KEYS.items():
+        for key in keys:
+            a[section].pop(key, None), b[section].pop(key, None)
     if a != b:
         diff = [
             f"{s}.{k}" if isinstance(a[s], dict) else s

@@ -133,18 +133,9 @@ def _import_cpp_extension_quietly() -> None:
         logger.setLevel(level)
 
 
-def run_kernel(
-    z_s: Tensor,
-    z_t: Tensor,
-    target: Tensor,
-    mask: str | None,
-    t_bin: float,
-    t_mask: float,
-    alpha: float = 1.0,
-    beta: float = 1.0,
-):
-    """:func:`decoupled_kernel`, compiled where possible (see the module doc)."""
-    args = (z_s.detach(), z_t.detach(), target, mask, t_bin, t_mask, alpha, beta)
+def run_kernel(z_s: Tensor, z_t: Tensor, *rest) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:func:`decoupled_kernel` (same arguments), compiled where possible (see the module doc)."""
+    args = (z_s.detach(), z_t.detach(), *rest)
     if _compiling_wanted(z_s.device):
         if _Compiled.fn is None:
             _import_cpp_extension_quietly()
