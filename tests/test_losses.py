@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import warnings
 
 import pytest
 import torch
@@ -448,6 +449,7 @@ def compiled_kernel():
     yield _fused, counter
     _fused.use_compiled(None)
     _fused._Compiled.fn, _fused._Compiled.backend = None, "inductor"
+    _fused._Compiled.failed.clear()
     torch._dynamo.reset()
 
 
@@ -499,17 +501,32 @@ def test_a_kernel_that_cannot_be_compiled_runs_eagerly_with_one_warning(compiled
         loss = rld_loss(zs, zt, y)
     _close(loss, ref_rld(zs.tolist(), zt.tolist(), y.tolist(), 1.0, 8.0, 4.0))
     assert "cpu" in fused._Compiled.failed
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no second warning, no second try
         _close(rld_loss(zs, zt, y), ref_rld(zs.tolist(), zt.tolist(), y.tolist(), 1.0, 8.0, 4.0))
-    fused._Compiled.failed.clear()
 
 
 def test_a_student_sure_of_the_target_keeps_an_exact_binary_term():
     """1 − p_y underflows even in float64 here; the kernel takes it from a log-normaliser instead."""
     zs, zt, y = _inputs(10, 7, 2.0, 31)
     zs[torch.arange(10), y] = 1e5
-    loss = rld_loss(zs, zt, y)
+    s1, s2 = zs.clone().requires_grad_(True), zs.clone().requires_grad_(True)
+    loss = rld_loss(s1, zt, y)
     _close(loss, ref_rld(zs.tolist(), zt.tolist(), y.tolist(), 1.0, 8.0, 4.0), rel=1e-9)
+    (grad,) = torch.autograd.grad(loss, s1)
+    (grad_ref,) = torch.autograd.grad(rld_loss(s2, zt.clone().requires_grad_(True), y), s2)  # composite form
+    assert torch.isfinite(grad).all() and torch.allclose(grad, grad_ref, rtol=1e-9, atol=1e-15)
+
+
+def test_losses_trace_inside_a_callers_torch_compile_without_graph_breaks():
+    """A user who compiles their whole step gets the kernel traced into their graph (fullgraph)."""
+    zs, zt, y = _inputs(8, 10, 2.0, 60)
+    s1, s2 = zs.clone().requires_grad_(True), zs.clone().requires_grad_(True)
+    step = torch.compile(lambda a, b, c: RLDLoss()(a, b, c, torch.tensor(5.0))[0], backend="aot_eager", fullgraph=True)
+    got = step(s1, zt, y)
+    want = RLDLoss()(s2, zt, y, torch.tensor(5.0))[0]
+    assert got.item() == pytest.approx(want.item(), rel=1e-12)
+    (g1,) = torch.autograd.grad(got, s1)
+    (g2,) = torch.autograd.grad(want, s2)
+    assert torch.allclose(g1, g2, rtol=1e-10, atol=1e-14)
+    torch._dynamo.reset()
