@@ -49,14 +49,11 @@ def _array_loaders(
     *,
     batch_size: int,
     eval_batch_size: int,
-    device: torch.device | str,
-    seed: int,
     num_workers: int,
-    channels_last: bool,
-    rank: int,
-    world_size: int,
+    common: dict,
 ) -> tuple[Loader, Loader]:
-    common = dict(device=device, seed=seed, channels_last=channels_last, rank=rank, world_size=world_size)
+    """Train and test loaders of an in-memory data set; ``common``: the loaders' shared keywords
+    (device, seed, channels_last, rank, world_size)."""
     if pipeline == "device":
         stats = dict(mean=data.mean, std=data.std, flip=data.flip)
         return (
@@ -116,6 +113,7 @@ def build_data(
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise UserError(f"{what} must be a positive integer, got {value!r}")
     rank, world_size = _world(distributed)
+    common = dict(device=device, seed=seed, channels_last=channels_last, rank=rank, world_size=world_size)
 
     if key in ("digits", "cifar100"):
         if key == "digits":
@@ -132,29 +130,17 @@ def build_data(
             pipeline,
             batch_size=batch_size,
             eval_batch_size=eval_batch_size,
-            device=device,
-            seed=seed,
             num_workers=num_workers,
-            channels_last=channels_last,
-            rank=rank,
-            world_size=world_size,
+            common=common,
         )
         return DataBundle(train, test, data.num_classes, list(data.classes), data.name)
 
     if not path:
         raise UserError(f"{key} needs a data path: a folder with train/<class>/ and val/<class>/ image folders")
     train_set, test_set = load_image_folders(path)
-    common = dict(
-        device=device,
-        seed=seed,
-        num_workers=num_workers,
-        channels_last=channels_last,
-        rank=rank,
-        world_size=world_size,
-    )
     return DataBundle(
-        TorchLoader(IndexedDataset(train_set), batch_size, train=True, **common),
-        TorchLoader(IndexedDataset(test_set), eval_batch_size, train=False, **common),
+        TorchLoader(IndexedDataset(train_set), batch_size, train=True, num_workers=num_workers, **common),
+        TorchLoader(IndexedDataset(test_set), eval_batch_size, train=False, num_workers=num_workers, **common),
         len(train_set.classes),
         list(train_set.classes),
         key,

@@ -91,8 +91,7 @@ class StaticSteps:
         self.capture = device.type == "cuda" if capture is None else capture
         self.warmup = warmup
         for m in members:
-            if m.run.device_scalars is None:
-                m.run.use_device_scalars()
+            m.run.use_device_scalars()  # (also inside an epoch already begun)
         n = loader.num_samples
         self._order = torch.zeros(n, dtype=torch.int64, device=device)
         self._views = torch.zeros(n, dtype=torch.int64, device=device)

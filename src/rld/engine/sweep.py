@@ -233,10 +233,6 @@ def _run_group(group: list[SweepRun], resume_from: dict[Path, Path | None], resu
         active = [m for m in members if m.run.start_epoch <= epoch <= m.run.cfg.train.epochs]
         if not active:
             continue
-        if static:
-            for m in active:
-                if m.run.device_scalars is None:
-                    m.run.use_device_scalars()
         for m in active:
             m.enter()
             m.run.begin_epoch(epoch)

@@ -262,6 +262,7 @@ class Run:
         self._seen = torch.zeros((), dtype=torch.float64, device=device)
         self._correct = torch.zeros((), dtype=torch.float64, device=device)
         self.device_scalars: tuple[torch.Tensor, torch.Tensor] | None = None  # see use_device_scalars
+        self.epoch: int | None = None  # the epoch begun last
         self.start_epoch = 1
         if world.is_main:
             (out / "config.yaml").write_text(to_yaml(cfg))
@@ -296,26 +297,35 @@ class Run:
         For :mod:`rld.engine.static`: a step then reads no Python value that changes during
         training, so it can be replayed as a CUDA graph. The optimizer reads its learning rate from
         the tensor (on CUDA: float32 for the fused SGD kernel; on the CPU float64, which rounds as
-        the plain float does); the method gets the epoch as a tensor (for its warm-up).
+        the plain float does); the method gets the epoch as a tensor (for its warm-up). Calling it
+        again does nothing; calling it inside an epoch fills the scalars with that epoch's values.
         """
+        if self.device_scalars is not None:
+            return
         lr_dtype = torch.float32 if self.device.type == "cuda" else torch.float64
         self.device_scalars = (
             torch.zeros((), dtype=lr_dtype, device=self.device),
             torch.zeros((), dtype=torch.float32, device=self.device),
         )
+        if self.epoch is not None:  # switched inside an epoch: its values go to the scalars now
+            self._apply_schedule()
 
-    def begin_epoch(self, epoch: int) -> None:
-        self.lr = lr_at(self.cfg, epoch)
+    def _apply_schedule(self) -> None:
+        """The current epoch's learning rate into the optimizer (and the device scalars, if used)."""
         if self.device_scalars is None:
             lr = self.lr
         else:
             lr, epoch_t = self.device_scalars
             lr.fill_(self.lr)
-            epoch_t.fill_(epoch)
+            epoch_t.fill_(self.epoch)
         fused = self.device_scalars is not None and self.device.type == "cuda"
         for group in self.optimizer.param_groups:
             group["lr"] = lr
             group["fused"], group["foreach"] = (True, False) if fused else (None, None)
+
+    def begin_epoch(self, epoch: int) -> None:
+        self.epoch, self.lr = epoch, lr_at(self.cfg, epoch)
+        self._apply_schedule()
         self.model.train()
         self.method.train()
         for acc in (*self._sums.values(), self._seen, self._correct):
