@@ -5,7 +5,8 @@ validated, saved beside the run as ``config.yaml`` and passed down; nothing read
 
 Presets live in ``rld/configs/*.yaml`` (package data). Each file describes one family
 (``cifar100``, ``imagenet``, ``demo``): a ``base`` configuration, per-method defaults
-(``methods``), per-model and per-teacher adjustments (``models``, ``teachers``), the
+(``methods``) and per-method training settings (``method_train``, for methods whose published
+protocol differs), per-model and per-teacher adjustments (``models``, ``teachers``), the
 teacher→student ``pairs`` and any explicitly named ``presets``. From them come the names
 ``FAMILY/MODEL/vanilla``, ``FAMILY/TEACHER-STUDENT/METHOD`` and ``FAMILY/NAME``.
 """
@@ -55,12 +56,17 @@ class MethodConfig:
     warmup_epochs: float | None = None
     mask: str | None = None
     logit_standardization: bool | None = None
+    ls_temperature: float | None = None  # base temperature b of logit standardization (default 2)
+    ls_weight: float | None = None  # its distillation weight w (default 9)
     ce_weight: float | None = None
     kd_weight: float | None = None
     rc_weight: float | None = None
     lambda1: float | None = None
     lambda2: float | None = None
     eta: float | None = None
+    t_min: float | None = None  # CTKD: τ = t_min + t_range·sigmoid(θ)
+    t_range: float | None = None
+    ramp_epochs: float | None = None  # CTKD: epochs of the gradient-reversal ramp
 
 
 @dataclass
@@ -145,6 +151,7 @@ def _presets_of(family: str) -> dict[str, dict]:
                 {"model": {"teacher": teacher, "student": student}},
                 (models.get(student) or {}).get("train_cfg"),
                 _method_part(fam, method, teachers.get(teacher), pair_adjust),
+                (fam.get("method_train") or {}).get(method),
             )
     for name, preset in (fam.get("presets") or {}).items():
         method = preset.get("method", {}).get("name", "vanilla")
@@ -237,8 +244,9 @@ def resolve(source: str, overrides: list[str] | None = None) -> RunConfig:
 
     A YAML file may name a preset to start from with a top-level ``preset: NAME`` key.
     With ``method.logit_standardization`` on, the preset's method values are first adjusted as
-    the published code does (:func:`rld.methods.ls_adjustments`); values set in the YAML file
-    or the overrides win over that.
+    the published code does (:func:`rld.methods.ls_adjustments`, with ``method.ls_temperature``
+    and ``method.ls_weight`` from any layer); values set in the YAML file or the overrides win
+    over that. The resolved base temperature and weight are stored in the configuration.
     """
     if source.endswith((".yaml", ".yml")) or Path(source).is_file():
         user = load_yaml(Path(source))
@@ -249,11 +257,14 @@ def resolve(source: str, overrides: list[str] | None = None) -> RunConfig:
     later = [(user, where), (_parse_overrides(list(overrides or [])), "the overrides")]
     cfg = _merged([(base, where), *later])
     if cfg.method.logit_standardization:
-        from rld.methods import ls_adjustments
+        from rld.methods import LS_TEMPERATURE, LS_WEIGHT, ls_adjustments
 
+        b = LS_TEMPERATURE if cfg.method.ls_temperature is None else cfg.method.ls_temperature
+        w = LS_WEIGHT if cfg.method.ls_weight is None else cfg.method.ls_weight
         base_method = _merged([(base, where)]).method
         base_method.name = cfg.method.name
-        adjusted = {"method": ls_adjustments(OmegaConf.to_container(base_method))}
+        values = ls_adjustments(OmegaConf.to_container(base_method), b, w)
+        adjusted = {"method": {**values, "ls_temperature": b, "ls_weight": w}}
         cfg = _merged([(base, where), (adjusted, "logit standardization"), *later])
     run = OmegaConf.to_object(cfg)
     validate(run)

@@ -9,7 +9,7 @@ distillation terms but never the CE term, and CTKD's curriculum.
 ``logit_standardization=True`` replaces the logits entering the distillation terms (not the CE
 term) by :func:`standardize_logits` of them (Sun et al. 2024). The published code of that paper
 also changes the base temperature to 2 and multiplies the KD-family weights by 9; those are
-hyper-parameters, set by the training presets, not by these modules.
+hyper-parameters, set by the training presets (:mod:`rld.methods`), not by these modules.
 """
 
 from __future__ import annotations
@@ -187,7 +187,8 @@ class LRLoss(DistillationLoss):
 class CTKDLoss(DistillationLoss):
     """CTKD (Li et al. 2023): ce_weight·CE + kd_weight·kd_loss at the learned temperature τ.
 
-    Owns a trainable :class:`CTKDTemperature`; give ``loss.parameters()`` to the optimizer.
+    Owns a trainable :class:`CTKDTemperature` (keywords ``t_min``, ``t_range``, ``ramp_epochs``,
+    ``init``: τ = t_min + t_range·sigmoid(θ)); give ``loss.parameters()`` to the optimizer.
     ``parts`` also reports ``temperature`` (detached, not part of the sum).
     """
 

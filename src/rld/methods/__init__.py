@@ -19,10 +19,21 @@ lr         label revision: CE + 4·MSE on right samples, 1·MSE to revised targe
 ctkd       0.1·CE + 0.9·KD at a learned temperature with gradient reversal (Li et al. 2023)
 =========  =====================================================================================
 
-``logit_standardization`` (every method): the logits entering the distillation terms are
-z-scored per sample (Sun et al. 2024). As in the published code of that paper, switching it on
-also sets the base temperature to 2 and multiplies the distillation weights by 9 — applied to
-the preset's values, while values you set explicitly are kept (see :func:`ls_adjustments`).
+``logit_standardization``: the logits entering the distillation terms are z-scored per sample
+(Sun et al. 2024). Switching it on also changes the method's hyper-parameters exactly as the
+published training script of that paper does, with a base temperature b (``ls_temperature``,
+default 2) and a weight w (``ls_weight``, default 9); values you set explicitly are kept (see
+:func:`ls_adjustments` and each method's :class:`LSRule`):
+
+=========  ===================================================================================
+kd         kd_weight = w (set, not scaled), temperature = b; CE weight unchanged
+ctkd       kd_weight = w; CE weight unchanged; the learned temperature keeps its range
+la         temperature = b; its weight is unchanged (the published LA loss never reads it)
+dkd        alpha·w, beta·w, temperature = b
+rld        alpha·w, beta·w, temperature = b, scd_temperature = b
+rc         kd_weight·w, rc_weight·w, temperature = b
+lr         not defined by the published code: refused
+=========  ===================================================================================
 """
 
 from __future__ import annotations
@@ -45,29 +56,46 @@ class CELoss(DistillationLoss):
 
 
 @dataclass(frozen=True)
+class LSRule:
+    """What logit standardization does to a method's hyper-parameters, as the published training
+    script of Sun et al. 2024 (``train.py`` of sunshangquan/logit-standardization-KD) sets them."""
+
+    temperatures: tuple[str, ...] = ()  # set to the base temperature b
+    set_weights: tuple[str, ...] = ()  # set to the weight w
+    scaled_weights: tuple[str, ...] = ()  # multiplied by the weight w
+
+
+@dataclass(frozen=True)
 class MethodSpec:
     name: str
     loss: type[DistillationLoss]
     params: dict[str, Any]  # accepted parameters and their defaults
     needs_teacher: bool = True
-    distill_weights: tuple[str, ...] = ()  # scaled by 9 under logit standardization
+    ls: LSRule | None = None  # None: logit standardization is not defined for the method (refused)
     teacher_outputs: tuple[str, ...] = ("logits",)
 
 
-LS_TEMPERATURE = 2.0
-LS_WEIGHT_SCALE = 9.0
+LS_TEMPERATURE = 2.0  # b, the base temperature of logit standardization
+LS_WEIGHT = 9.0  # w, its distillation weight
+LS_KEYS = ("logit_standardization", "ls_temperature", "ls_weight")  # taken by the config, not by the loss
 
 _T = {"temperature": 4.0}
+_T_ONLY = LSRule(temperatures=("temperature",))
 METHODS: dict[str, MethodSpec] = {
     spec.name: spec
     for spec in [
         MethodSpec("vanilla", CELoss, {"ce_weight": 1.0}, needs_teacher=False),
-        MethodSpec("kd", KDLoss, {**_T, "ce_weight": 0.1, "kd_weight": 0.9}, distill_weights=("kd_weight",)),
+        MethodSpec(
+            "kd",
+            KDLoss,
+            {**_T, "ce_weight": 0.1, "kd_weight": 0.9},
+            ls=LSRule(temperatures=("temperature",), set_weights=("kd_weight",)),
+        ),
         MethodSpec(
             "dkd",
             DKDLoss,
             {"alpha": 1.0, "beta": 8.0, **_T, "warmup_epochs": 20.0, "ce_weight": 1.0},
-            distill_weights=("alpha", "beta"),
+            ls=LSRule(temperatures=("temperature",), scaled_weights=("alpha", "beta")),
         ),
         MethodSpec(
             "rld",
@@ -81,17 +109,23 @@ METHODS: dict[str, MethodSpec] = {
                 "mask": "ge",
                 "ce_weight": 1.0,
             },
-            distill_weights=("alpha", "beta"),
+            ls=LSRule(temperatures=("temperature", "scd_temperature"), scaled_weights=("alpha", "beta")),
         ),
-        MethodSpec("la", LALoss, {**_T, "kd_weight": 1.0, "ce_weight": 0.0}, distill_weights=("kd_weight",)),
+        MethodSpec("la", LALoss, {**_T, "kd_weight": 1.0, "ce_weight": 0.0}, ls=_T_ONLY),
         MethodSpec(
             "rc",
             RCLoss,
             {**_T, "ce_weight": 1.0, "kd_weight": 1.0, "rc_weight": 0.1},
-            distill_weights=("kd_weight", "rc_weight"),
+            ls=LSRule(temperatures=("temperature",), scaled_weights=("kd_weight", "rc_weight")),
         ),
-        MethodSpec("lr", LRLoss, {"lambda1": 4.0, "lambda2": 1.0, "eta": 0.8}, distill_weights=("lambda1", "lambda2")),
-        MethodSpec("ctkd", CTKDLoss, {"ce_weight": 0.1, "kd_weight": 0.9}, distill_weights=("kd_weight",)),
+        MethodSpec("lr", LRLoss, {"lambda1": 4.0, "lambda2": 1.0, "eta": 0.8}),
+        # CTKD's curriculum (zhengli97/CTKD, train_student.py: --t_start 1 --t_end 20, cosine decay over 10 loops)
+        MethodSpec(
+            "ctkd",
+            CTKDLoss,
+            {"ce_weight": 0.1, "kd_weight": 0.9, "t_min": 1.0, "t_range": 20.0, "ramp_epochs": 10.0},
+            ls=LSRule(set_weights=("kd_weight",)),
+        ),
     ]
 }
 
@@ -106,18 +140,38 @@ def get_spec(name: str) -> MethodSpec:
     return METHODS[name]
 
 
+def _refuse_ls(spec: MethodSpec) -> UserError:
+    if not spec.needs_teacher:
+        return UserError(f"method {spec.name!r} has no distillation term: method.logit_standardization does not apply")
+    return UserError(
+        f"method {spec.name!r} with method.logit_standardization=true is not defined by the published code of logit "
+        "standardization; switch it off (methods that take it: "
+        + ", ".join(n for n, s in METHODS.items() if s.ls is not None)
+        + ")"
+    )
+
+
 def method_params(cfg) -> dict[str, Any]:
     """The keyword arguments of the method's loss from a ``MethodConfig`` (or a dict).
 
     Raises UserError for an unknown method, a parameter the method does not take, or a bad value.
+    ``ls_temperature`` and ``ls_weight`` are used when the configuration is resolved
+    (:func:`ls_adjustments`) and are not passed to the loss.
     """
     values = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
     spec = get_spec(values.pop("name"))
     standardize = bool(values.pop("logit_standardization") or False)
+    ls_given = sorted(k for k in LS_KEYS[1:] if values.pop(k, None) is not None)
+    if standardize and spec.ls is None:
+        raise _refuse_ls(spec)
+    if ls_given and not standardize:
+        raise UserError(
+            f"method.{ls_given[0]} applies only with method.logit_standardization=true (it is ignored otherwise)"
+        )
     given = {k: v for k, v in values.items() if v is not None}
     foreign = sorted(set(given) - set(spec.params))
     if foreign:
-        takes = ", ".join([*spec.params, "logit_standardization"])
+        takes = ", ".join([*spec.params, *(LS_KEYS if spec.ls is not None else ())])
         raise UserError(f"method {spec.name!r} does not take {', '.join(foreign)} (it takes: {takes})")
     params = {**spec.params, **given, "logit_standardization": standardize}
     try:
@@ -127,17 +181,32 @@ def method_params(cfg) -> dict[str, Any]:
     return params
 
 
-def ls_adjustments(method: dict) -> dict:
-    """The published logit-standardization setting for ``method`` (a MethodConfig dict):
-    base temperature 2 and the distillation weights ×9, relative to the values in ``method``
-    (or the method's defaults where ``method`` has none)."""
+def resolved_params(cfg) -> dict[str, Any]:
+    """Every parameter the method runs with, for display: the loss's keyword arguments plus, under
+    logit standardization, its base temperature and weight."""
+    params = method_params(cfg)
+    values = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
+    if params.get("logit_standardization"):
+        for key in LS_KEYS[1:]:
+            params[key] = values.get(key)
+    return params
+
+
+def ls_adjustments(method: dict, temperature: float | None = None, weight: float | None = None) -> dict:
+    """The published logit-standardization setting for ``method`` (a MethodConfig dict): each
+    value the method's :class:`LSRule` names, from the values in ``method`` (or the method's
+    defaults where ``method`` has none), base temperature ``temperature`` (b, default 2) and
+    weight ``weight`` (w, default 9). Raises UserError for a method without a rule (LR)."""
     spec = get_spec(method["name"])
-    out: dict[str, float] = {}
-    if "temperature" in spec.params:
-        out["temperature"] = LS_TEMPERATURE
-    for key in spec.distill_weights:
+    if spec.ls is None:
+        raise _refuse_ls(spec)
+    b = LS_TEMPERATURE if temperature is None else float(temperature)
+    w = LS_WEIGHT if weight is None else float(weight)
+    out: dict[str, float] = {key: b for key in spec.ls.temperatures}
+    out.update({key: w for key in spec.ls.set_weights})
+    for key in spec.ls.scaled_weights:
         value = method.get(key)
-        out[key] = (spec.params[key] if value is None else value) * LS_WEIGHT_SCALE
+        out[key] = (spec.params[key] if value is None else value) * w
     return out
 
 
@@ -173,4 +242,17 @@ def build_method(cfg) -> Method:
     return Method(get_spec(name), params)
 
 
-__all__ = ["METHODS", "Method", "MethodSpec", "build_method", "get_spec", "list_methods", "ls_adjustments"]
+__all__ = [
+    "LS_TEMPERATURE",
+    "LS_WEIGHT",
+    "METHODS",
+    "LSRule",
+    "Method",
+    "MethodSpec",
+    "build_method",
+    "get_spec",
+    "list_methods",
+    "ls_adjustments",
+    "method_params",
+    "resolved_params",
+]
