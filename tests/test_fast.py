@@ -66,7 +66,12 @@ def test_cache_key_changes_with_one_teacher_weight_one_pixel_or_the_precision():
 
     def key(teacher=forward.teacher, data=loader, precision="float16"):
         return cache_key(
-            teacher_name="resnet8", teacher=teacher, num_classes=10, loader=data, precision=precision, amp=False
+            teacher_name="resnet8",
+            teacher=teacher,
+            num_classes=10,
+            loader=data,
+            precision=precision,
+            teacher_precision="float32",
         )
 
     base = key()
@@ -159,7 +164,7 @@ def test_lazy_cache_fills_on_first_use_reuses_and_persists(tmp_path):
         calls.append(len(batch.images))
         return forward(batch)
 
-    counting.teacher, counting.amp = forward.teacher, forward.amp
+    counting.teacher, counting.amp, counting.precision = forward.teacher, forward.amp, forward.precision
     cfg = _cache_cfg(tmp_path, "lazy")
     lazy = open_teacher_cache(cfg, counting, loader, 10)
     loader.set_epoch(3)

@@ -81,7 +81,9 @@ class TrainConfig:
     momentum: float = 0.9
     nesterov: bool = False
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: bool = True  # bf16 autocast on CUDA (losses stay in float32); no effect on the CPU
+    # bf16 autocast of the student's forward (CPU and CUDA; opt-in, it changes results). The teacher's
+    # classifier, the losses and every evaluation stay in float32.
+    amp: bool = False
     channels_last: bool = True  # channels-last activations and weights (faster convolutions on CPU and GPU)
     deterministic: bool = True
     sync_bn: bool = True  # SyncBatchNorm under torchrun on CUDA (CPU/gloo: per-process statistics)
@@ -303,6 +305,21 @@ def validate(cfg: RunConfig) -> None:
     from rld.methods import method_params
 
     method_params(cfg.method)  # raises for unknown methods, parameters they do not take, bad values
+
+
+# How the teacher's logits are computed, by whether its body runs under bf16 autocast.
+TEACHER_PRECISIONS = {False: "float32", True: "bf16-body+float32-classifier"}
+
+
+def precision_summary(cfg: RunConfig) -> dict[str, str]:
+    """What runs in which precision under ``cfg.train.amp`` (losses are always float32)."""
+    amp = bool(cfg.train.amp)
+    return {
+        "student": "bf16 autocast" if amp else "float32",
+        "teacher_logits": "float32 (CUDA: bf16 body, float32 classifier)" if amp else "float32",
+        "losses": "float32",
+        "evaluation": "float32",
+    }
 
 
 def to_yaml(cfg: RunConfig) -> str:

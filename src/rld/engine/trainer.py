@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from rld.config import RunConfig, from_dict, to_yaml
+from rld.config import TEACHER_PRECISIONS, RunConfig, from_dict, to_yaml
 from rld.data import build_data
 from rld.engine import checkpoint as ckpt
 from rld.engine.distributed import World, all_sum, barrier, init_world, shutdown
@@ -105,7 +105,7 @@ def _build_teacher(cfg: RunConfig, num_classes: int, device: torch.device) -> nn
     if not m.teacher_checkpoint:
         raise UserError(
             f"method {cfg.method.name!r} needs a trained {m.teacher} teacher: pass --teacher CKPT "
-            f"(train one with `rld train` and a vanilla preset, then use its checkpoints/best.pt)"
+            f"(train one with `rld train` and a vanilla preset, then use its checkpoints/last.pt)"
         )
     teacher = create_model(m.teacher, num_classes=num_classes, dataset=m.dataset)
     load_checkpoint(teacher, m.teacher_checkpoint)
@@ -122,14 +122,13 @@ def _progress(iterable, total: int, world: World, desc: str):
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, device: torch.device, world: World, amp: bool = False) -> dict[str, float]:
-    """Test loss, top-1 and top-5 (%), summed over every process."""
+def evaluate(model: nn.Module, loader, device: torch.device, world: World) -> dict[str, float]:
+    """Test loss, top-1 and top-5 (%), summed over every process; always in float32 (never autocast)."""
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top1, top5, n
     for batch in loader:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = model(batch.images)
-        logits = logits.float()
+        with torch.autocast(device.type, enabled=False):
+            logits = model(batch.images).float()
         k = min(5, logits.shape[1])
         top = logits.topk(k, dim=1).indices
         hit = top == batch.targets[:, None]
@@ -167,10 +166,11 @@ def _tensorboard(out: Path, world: World):
     return SummaryWriter(str(out / "tb"))
 
 
-# How a run executes, not what it trains: these may change when a run is resumed.
+# How a run executes, not what it trains: these may change when a run is resumed. (``train.amp``
+# is not one of them: bf16 autocast changes the student's numbers.)
 EXECUTION_KEYS = {
     "model": ("teacher_checkpoint",),
-    "train": ("device", "cache_dir", "static_step", "amp", "channels_last"),
+    "train": ("device", "cache_dir", "static_step", "channels_last"),
 }
 
 
@@ -208,17 +208,34 @@ def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False) -> dict[
 
 
 class TeacherForward:
-    """Teacher logits of a batch by a forward pass of the frozen, eval-mode teacher (float32)."""
+    """Teacher logits of a batch from the frozen, eval-mode teacher, always float32.
 
-    def __init__(self, teacher: nn.Module, amp: bool):
-        self.teacher, self.amp = teacher, amp
+    The logits are never bf16-rounded: bf16 spacing is 0.0625 for |z| in [8, 16), which creates
+    ties that change RLD's mask M_ge, the teacher argmax of SCD, LA's swap and LR's right/wrong
+    split. With ``amp`` on CUDA the teacher's body runs under bf16 autocast and its final linear
+    layer in float32 on the float32-cast pooled feature; on the CPU the whole teacher runs in
+    float32, which costs less there (``benchmarks/teacher_precision.py``: on a CPU without bf16
+    units the bf16 body is several times slower). ``bf16_body`` forces either way; ``precision``
+    names the computation (it is part of the teacher-logit cache key).
+    """
+
+    def __init__(self, teacher: nn.Module, amp: bool, *, bf16_body: bool | None = None):
+        if bf16_body is None:
+            device_type = next(iter(teacher.parameters())).device.type
+            bf16_body = bool(amp) and device_type == "cuda"
+        self.teacher, self.amp, self.bf16_body = teacher, bool(amp), bool(bf16_body)
+        self.precision = TEACHER_PRECISIONS[self.bf16_body]
 
     @torch.no_grad()
     def __call__(self, batch) -> torch.Tensor:
         x = batch.images
+        if not self.bf16_body:
+            with torch.autocast(x.device.type, enabled=False):
+                return self.teacher(x).float()
         # no autocast weight cache: it cannot live across CUDA-graph replays (rld.engine.static)
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.amp, cache_enabled=False):
-            return self.teacher(x).float()
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, cache_enabled=False):
+            pooled = self.teacher.forward_features(x).pooled
+        return self.teacher.get_classifier()(pooled.float())
 
 
 class Run:
@@ -242,7 +259,7 @@ class Run:
         t = cfg.train
         self.cfg, self.out, self.world, self.device = cfg, out, world, device
         self.num_classes = num_classes
-        self.amp = t.amp and device.type == "cuda"
+        self.amp = t.amp
         torch.manual_seed(cfg.seed)
         self.method = build_method(cfg.method).to(device)
         student = create_model(cfg.model.student, num_classes=num_classes, dataset=cfg.model.dataset)
@@ -367,7 +384,7 @@ class Run:
             "train_loss": totals[0] / n_seen,
             "train_top1": 100 * totals[-2] / n_seen,
         }
-        row.update(evaluate(self.model, test_loader, self.device, self.world, self.amp))
+        row.update(evaluate(self.model, test_loader, self.device, self.world))
         row["lr"] = self.lr
         row["epoch_time"] = time.perf_counter() - self._tic
         row["train_time"] = train_time
@@ -467,7 +484,7 @@ def build_teacher_fn(cfg: RunConfig, num_classes: int, device: torch.device, tra
     teacher = _build_teacher(cfg, num_classes, device)
     if cfg.train.channels_last:
         teacher = teacher.to(memory_format=torch.channels_last)
-    forward = TeacherForward(teacher, cfg.train.amp and device.type == "cuda")
+    forward = TeacherForward(teacher, cfg.train.amp)
     if cfg.train.teacher_cache == "off":
         return forward
     from rld.fast.cache import open_teacher_cache

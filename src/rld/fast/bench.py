@@ -270,10 +270,10 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
     torch.manual_seed(opts.seed)
     teacher = create_model(cfg.model.teacher, num_classes=data.num_classes).to(device).eval().requires_grad_(False)
     layout = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
-    # the project's defaults (train.channels_last, train.amp on CUDA) for its paths; the
+    # the project's settings (train.channels_last, train.amp) for its paths; the
     # conventional path keeps its own model copies in float32 and the default layout
     project_teacher = copy.deepcopy(teacher).to(memory_format=layout)
-    forward = TeacherForward(project_teacher, amp=cfg.train.amp and device.type == "cuda")
+    forward = TeacherForward(project_teacher, amp=cfg.train.amp)
 
     def fresh_loader() -> DeviceLoader:
         return DeviceLoader(

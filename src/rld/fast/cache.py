@@ -390,7 +390,7 @@ def open_teacher_cache(
 
     Args:
         cfg: the run's RunConfig.
-        teacher_fn: the teacher forward (:class:`rld.engine.trainer.TeacherForward`: ``.teacher``, ``.amp``).
+        teacher_fn: the teacher forward (:class:`rld.engine.trainer.TeacherForward`: ``.teacher``, ``.precision``).
         loader: the run's training loader; must be a :class:`DeviceLoader`.
         num_classes: C, the teacher's number of outputs.
         progress: ``progress(done, total)`` while a full build runs.
@@ -408,7 +408,7 @@ def open_teacher_cache(
         num_classes=num_classes,
         loader=loader,
         precision=precision,
-        amp=teacher_fn.amp,
+        teacher_precision=teacher_fn.precision,
     )
     name = f"{_safe(cfg.model.teacher)}-{_safe(cfg.data.name)}-{key[:16]}"
     meta = {
@@ -417,7 +417,7 @@ def open_teacher_cache(
         "teacher_checkpoint": cfg.model.teacher_checkpoint,
         "data": cfg.data.name,
         "views": VIEW_DEFINITION,
-        "autocast": "bf16" if teacher_fn.amp else "off",
+        "teacher_precision": teacher_fn.precision,
     }
     root = Path(cfg.train.cache_dir).expanduser() if cfg.train.cache_dir else default_cache_dir()
     shape = (loader.n, NUM_VIEWS, num_classes)

@@ -9,7 +9,8 @@ covers
   sees, so pixel values, image order and the normalisation mean/std all count);
 * the view definition: the view encoding and padding constants, and the rendering of every view of
   the first image (so a change in the crop/flip implementation counts too);
-* the storage precision and whether the teacher ran under bf16 autocast.
+* the storage precision and how the teacher computed its logits (float32, or a bf16-autocast body
+  with a float32 classifier: :data:`rld.config.TEACHER_PRECISIONS`).
 
 Labels are not part of the key: teacher logits do not depend on them. Things that change the logits
 only by floating-point rounding (device, memory format, batch composition) are not part of it either.
@@ -25,7 +26,7 @@ from torch import nn
 
 from rld.data.device_loader import CENTER_VIEW, NUM_VIEWS, OFFSETS, PAD, DeviceLoader
 
-CACHE_FORMAT = "rld-teacher-logits-1"
+CACHE_FORMAT = "rld-teacher-logits-2"
 VIEW_DEFINITION = f"view=(dy*{OFFSETS}+dx)*2+flip; pad={PAD} zeros; crop HxW at (dy,dx); flip=horizontal"
 HASH_CHUNK = 1024
 """Images rendered per chunk while hashing the training data."""
@@ -68,7 +69,7 @@ def cache_key(
     num_classes: int,
     loader: DeviceLoader,
     precision: str,
-    amp: bool,
+    teacher_precision: str,
 ) -> str:
     """The cache key (64 hex digits); equal keys mean interchangeable cached logits."""
     parts = [
@@ -78,6 +79,6 @@ def cache_key(
         f"weights={hash_module(teacher)}",
         f"data={hash_training_views(loader)}",
         f"precision={precision}",
-        f"autocast={'bf16' if amp else 'off'}",
+        f"teacher_precision={teacher_precision}",
     ]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
