@@ -74,7 +74,7 @@ def test_table3_dry_run_lists_every_run(tmp_path, capsys):
     dkd = by_name["cifar100/resnet110-resnet20/dkd/seed2"]
     assert (dkd["teacher"], dkd["student"], dkd["method"], dkd["seed"]) == ("resnet110", "resnet20", "dkd", 2)
     assert dkd["preset"] == "cifar100/resnet110-resnet20/dkd"
-    teacher_ckpt = root / "cifar100/resnet110/vanilla/seed0/checkpoints/best.pt"
+    teacher_ckpt = root / "cifar100/resnet110/vanilla/seed0/checkpoints/last.pt"  # the teacher's last epoch
     assert dkd["overrides"] == ["seed=2", f"model.teacher_checkpoint={teacher_ckpt}"]
     assert dkd["depends_on"] == "cifar100/resnet110/vanilla/seed0"
     assert dkd["out"] == str(root / "cifar100/resnet110-resnet20/dkd/seed2")
@@ -103,7 +103,7 @@ def test_tables_share_runs_and_set_the_papers_variants(tmp_path):
     ls = {r.name: r for r in t6.runs if r.method != "vanilla"}
     assert len(ls) == 4 * 3 * 3 and all("method.logit_standardization=true" in r.overrides for r in ls.values())
     kd_ls = ls["cifar100/vgg13-MobileNetV2/kd_ls/seed0"].config().method
-    assert (kd_ls.logit_standardization, kd_ls.temperature, kd_ls.kd_weight) == (True, 2.0, 0.9 * 9)
+    assert (kd_ls.logit_standardization, kd_ls.temperature, kd_ls.kd_weight) == (True, 3.0, 9.0)
 
     t4 = plan_table("table4", tmp_path)
     assert t4.table.columns == (

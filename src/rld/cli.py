@@ -14,8 +14,6 @@ from pathlib import Path
 
 from rld.errors import UserError
 
-DEMO_RUNS = ("vanilla", "kd", "dkd", "rld")
-
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, exit status 2
@@ -42,6 +40,9 @@ def _cmd_train(args: argparse.Namespace) -> None:
     from rld.engine import train
 
     cfg = resolve(args.preset, _overrides(args))
+    if args.dry_run:
+        print(dry_run_text(cfg), end="")
+        return
     summary = train(cfg, args.out or _default_out(args.preset), resume=args.resume)
     if os.environ.get("RANK", "0") != "0":
         return  # under torchrun only rank 0 reports
@@ -49,6 +50,17 @@ def _cmd_train(args: argparse.Namespace) -> None:
         f"done: best test top-1 {summary['best_top1']:.2f}% (epoch {summary['best_epoch']}), "
         f"last {summary['last_top1']:.2f}%  →  {summary['out']}"
     )
+
+
+def dry_run_text(cfg) -> str:
+    """The resolved configuration as config.yaml would hold it, then the method's resolved
+    parameters and the precision of each part, as YAML comments."""
+    from rld.config import precision_summary, to_yaml
+    from rld.methods import resolved_params
+
+    params = ", ".join(f"{k}={v}" for k, v in resolved_params(cfg.method).items())
+    precision = ", ".join(f"{k} {v}" for k, v in precision_summary(cfg).items())
+    return f"{to_yaml(cfg)}# method parameters: {params}\n# precision: {precision}\n"
 
 
 def _cmd_eval(args: argparse.Namespace) -> None:
@@ -68,16 +80,10 @@ def _cmd_presets(args: argparse.Namespace) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
-    from rld.config import resolve
-    from rld.engine import train
+    from rld.experiments.demo import run_demo
 
     out = Path(args.out)
-    device = [f"train.device={args.device}"] if args.device else []
-    results = {"teacher": train(resolve("demo/teacher", device), out / "teacher", resume=True)}
-    teacher = out / "teacher" / "checkpoints" / "best.pt"
-    for name in DEMO_RUNS:
-        cfg = resolve(f"demo/{name}", [*device, f"model.teacher_checkpoint={teacher}"])
-        results[name] = train(cfg, out / name, resume=True)
+    results = run_demo(out, [f"train.device={args.device}"] if args.device else [])
     print(f"\nrld demo — handwritten digits (scikit-learn), resnet20 teacher → resnet8 students; runs in {out}")
     print(f"{'run':10s} {'best top-1':>10s} {'last top-1':>10s} {'train time':>11s}")
     for name, r in results.items():
@@ -98,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", metavar="CKPT", help="teacher checkpoint")
     p.add_argument("--data", metavar="PATH", help="data set location")
     p.add_argument("--device", help="cpu, cuda or cuda:N")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved configuration and exit (trains nothing)")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint on its data set's test split")

@@ -2,7 +2,8 @@
 
 Only finished runs count. ``metric="best"`` takes each run's best-epoch test accuracy (what the
 published code reports), ``"last"`` the last epoch's; top-5 cells (Table 4) take the top-5 of the
-same epoch. Outputs, in ``OUT/tables/``: ``TABLE.md`` (the table in the paper's layout, then the
+same epoch. Teacher cells always show the teacher's last epoch, the weights its students distil
+from. Outputs, in ``OUT/tables/``: ``TABLE.md`` (the table in the paper's layout, then the
 same table at the other metric), ``TABLE.csv`` (the paper's layout, one mean/std/n/paper/diff
 column group per column) and ``TABLE-runs.csv`` (every run, both metrics).
 """
@@ -18,7 +19,7 @@ from pathlib import Path
 from rld.experiments.paper import paper_value
 from rld.experiments.plan import DONE, EXTERNAL, Plan, PlannedRun
 from rld.experiments.runs import RunRecord, is_run_dir, mean_std
-from rld.experiments.tables import UNAVAILABLE, TableSpec
+from rld.experiments.tables import TEACHER, UNAVAILABLE, TableSpec
 
 METRICS = ("best", "last")
 METRIC_WORDS = {
@@ -129,6 +130,14 @@ class TableResult:
         return self.cells[(row, column)]
 
 
+# A teacher row shows the weights the students distil from: the teacher's last epoch.
+TEACHER_METRIC = "last"
+
+
+def _values(results: list[RunResult], metric: str, top: int) -> list[float]:
+    return [r.value(metric, top) for r in results if r.value(metric, top) is not None]
+
+
 def collect(plan: Plan, metric: str = "best") -> TableResult:
     """The table of ``plan`` from its run folders (call after the runs' statuses are fresh)."""
     if metric not in METRICS:
@@ -147,7 +156,7 @@ def collect(plan: Plan, metric: str = "best") -> TableResult:
             top=cell.top,
             paper=paper_value(plan.table.name, cell.paper_row, cell.paper_column),
             planned=len(names),
-            values={m: [r.value(m, cell.top) for r in done if r.value(m, cell.top) is not None] for m in METRICS},
+            values={m: _values(done, TEACHER_METRIC if cell.kind == TEACHER else m, cell.top) for m in METRICS},
         )
     return TableResult(plan.table, metric, plan.seeds, cells, list(results.values()))
 
@@ -194,6 +203,7 @@ def to_markdown(result: TableResult, options: dict | None = None) -> str:
     acc = " and ".join(f"top-{t}" for t in tops)
     given = any(r.run.external for r in result.runs)
     teachers = "one run, seed 0, or the given checkpoint" if given else "one run, seed 0"
+    teachers += ", at the last epoch, whose weights the students distil from"
     legend = (
         f"Test {acc} accuracy (%) {METRIC_WORDS[metric]}: mean ± sample standard deviation over "
         f"{_seed_words(result.seeds)} (teachers: {teachers}). In brackets the paper's number "

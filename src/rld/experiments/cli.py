@@ -53,7 +53,10 @@ def _cmd_reproduce(args: argparse.Namespace) -> None:
     print(f"{plan.table.name}: {len(plan.runs)} runs ({by_role}); {by_status}; folder {plan.root}")
     if args.dry_run:
         for run in plan.runs:
-            print(f"  {run.status:8s} {run.name}")
+            params = run.method_params() if run.method != "vanilla" else {}
+            shown = " ".join(f"{k}={v}" for k, v in params.items() if v is not None and v is not False)
+            amp = "  amp" if run.config().train.amp else ""
+            print(f"  {run.status:8s} {run.name}" + (f"  [{shown}]" if shown else "") + amp)
         if args.json:
             print(f"plan written to {args.json}")
         return
@@ -116,8 +119,12 @@ def add_commands(sub) -> None:
     p.add_argument("--data", metavar="PATH", help="the data set (CIFAR-100 folder/archive/.npz, ImageNet root)")
     p.add_argument("--seeds", default="0,1,2", help="student seeds, comma-separated (default: 0,1,2)")
     p.add_argument("--out", default="runs/reproduce", help="folder of the runs and tables (default: runs/reproduce)")
-    p.add_argument("--dry-run", action="store_true", help="only plan: list the runs and their status")
-    p.add_argument("--json", metavar="PLAN", help="write the plan as JSON to this file")
+    p.add_argument(
+        "--dry-run", action="store_true", help="only plan: list the runs, their status and resolved method parameters"
+    )
+    p.add_argument(
+        "--json", metavar="PLAN", help="write the plan as JSON (every run with its method_params and precision)"
+    )
     p.add_argument("--metric", choices=["best", "last"], default="best", help="epoch the table reports (default: best)")
     p.add_argument("--epochs", type=int, help="shorter runs: N epochs, lr schedule and warm-up scaled to match")
     p.add_argument("--pairs", metavar="T-S,…", help="only these teacher-student pairs, e.g. resnet56-resnet20")

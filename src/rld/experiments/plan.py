@@ -4,23 +4,25 @@ Runs live under the output folder as ``FAMILY/MODEL/vanilla/seedK`` (teachers an
 and ``FAMILY/TEACHER-STUDENT/VARIANT/seedK`` (distilled students), so tables that share a setting
 share its runs, and an interrupted reproduction picks up where it stopped. The paper trains one
 teacher per architecture: teachers are trained with seed 0 only (or taken from a checkpoint the
-user names, ``--teacher MODEL=CKPT``); plain and distilled students with every seed.
+user names, ``--teacher MODEL=CKPT``) and distil at their last epoch (``checkpoints/last.pt``); plain
+and distilled students are trained with every seed.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
-from rld.config import RunConfig, list_presets, resolve
+from rld.config import RunConfig, list_presets, precision_summary, resolve
 from rld.errors import UserError
-from rld.experiments.runs import checkpoint_epoch, config_differences, read_config
+from rld.experiments.runs import checkpoint_epoch, config_differences, read_config, teacher_weights
 from rld.experiments.tables import DISTILL, STUDENT, TEACHER, UNAVAILABLE, Cell, TableSpec, get_table
-from rld.methods import get_spec
+from rld.methods import LS_KEYS, get_spec, resolved_params
 
 TEACHER_SEED = 0
 DEFAULT_SEEDS = (0, 1, 2)
@@ -64,10 +66,20 @@ class PlannedRun:
         return self.checkpoint is not None
 
     def config(self) -> RunConfig:
-        return resolve(self.preset, self.overrides)
+        return copy.deepcopy(_resolve(self.preset, tuple(self.overrides)))
+
+    def method_params(self) -> dict[str, Any]:
+        """The method's resolved parameters (defaults filled in, logit standardization applied)."""
+        return resolved_params(self.config().method)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The run, its resolved method parameters (``method_params``) and precision."""
+        cfg = self.config()
+        return {
+            **dataclasses.asdict(self),
+            "method_params": resolved_params(cfg.method),
+            "precision": precision_summary(cfg),
+        }
 
 
 @dataclass
@@ -169,7 +181,7 @@ def _applies(override: str, method: str) -> bool:
     if not key.startswith("method."):
         return True
     param = key.split(".", 1)[1]
-    if param == "logit_standardization":
+    if param in LS_KEYS:  # every distillation method; one without a rule (LR) then refuses it
         return method != "vanilla"
     return param in get_spec(method).params
 
@@ -191,9 +203,10 @@ def _schedule_overrides(preset: str, method: str, epochs: int | None) -> list[st
     elif base.train.lr_milestones:
         milestones = [max(1, round(m * scale)) for m in base.train.lr_milestones]
         out.append(f"train.lr_milestones=[{','.join(map(str, milestones))}]")
-    warmup = base.method.warmup_epochs
-    if warmup and "warmup_epochs" in get_spec(method).params:
-        out.append(f"method.warmup_epochs={warmup * scale:.6g}")
+    for key in ("warmup_epochs", "ramp_epochs"):  # DKD/RLD warm-up, CTKD's reversal ramp
+        value = getattr(base.method, key)
+        if value and key in get_spec(method).params:
+            out.append(f"method.{key}={value * scale:.6g}")
     return out
 
 
@@ -201,6 +214,11 @@ def _schedule_overrides(preset: str, method: str, epochs: int | None) -> list[st
 def _base_config(preset: str) -> RunConfig:
     """The preset's own configuration (read-only)."""
     return resolve(preset)
+
+
+@lru_cache(maxsize=4096)
+def _resolve(preset: str, overrides: tuple[str, ...]) -> RunConfig:
+    return resolve(preset, list(overrides))
 
 
 # ----------------------------------------------------------------------------- planning
@@ -272,7 +290,7 @@ class _Planner:
         family, variant = self.table.family, cell.variant
         assert variant is not None
         teacher_run = self.runs[self.vanilla(cell.teacher, TEACHER_SEED, TEACHER)]
-        teacher_ckpt = teacher_run.checkpoint or str(Path(teacher_run.out) / "checkpoints" / "best.pt")
+        teacher_ckpt = teacher_run.checkpoint or str(teacher_weights(teacher_run.out))
         preset = f"{family}/{cell.pair}/{variant.method}"
         name = f"{family}/{cell.pair}/{variant.key}/seed{seed}"
         extra = (*variant.overrides, f"model.teacher_checkpoint={teacher_ckpt}")

@@ -64,6 +64,12 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
         raise UserError(f"cannot read {path}: {err.strerror}") from err
 
 
+def teacher_weights(run_dir: str | Path) -> Path:
+    """The checkpoint a teacher trained by rld is distilled from: its last epoch (as the widely
+    shared ``ckpt_epoch_240.pth`` teachers are; picking the best epoch would select on the test set)."""
+    return Path(run_dir) / "checkpoints" / "last.pt"
+
+
 def checkpoint_epoch(path: Path) -> int | None:
     """The ``epoch`` stored in a run checkpoint, or None when it is missing or unreadable."""
     if not path.is_file():
