@@ -1,3 +1,4 @@
+# PYTHON_ARGCOMPLETE_OK
 """The ``rld`` command: thin; it parses arguments and calls the library.
 
 A mistake the user can fix (:class:`rld.errors.UserError`, bad arguments) is printed as one line
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -20,30 +22,47 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def _overrides(args: argparse.Namespace) -> list[str]:
-    flags = {
-        "train.epochs": args.epochs,
-        "seed": args.seed,
+def _flags(args: argparse.Namespace) -> dict:
+    return {
+        "seed": getattr(args, "seed", None),
         "model.teacher_checkpoint": args.teacher,
         "data.path": args.data,
         "train.device": args.device,
     }
-    return [*args.overrides, *(f"{k}={v}" for k, v in flags.items() if v is not None)]
 
 
 def _default_out(source: str) -> Path:
     return Path("runs") / Path(source).stem if source.endswith((".yaml", ".yml")) else Path("runs") / source
 
 
+def _train_source(args: argparse.Namespace) -> tuple[str, list[str], Path]:
+    """The configuration source, the overrides and the run folder of ``rld train``.
+
+    With ``--resume --out RUN`` and no preset, the source is the configuration stored in RUN."""
+    source, overrides = args.preset, list(args.overrides)
+    if source is not None and "=" in source and not Path(source).exists():
+        source, overrides = None, [source, *overrides]  # a KEY=VALUE taken for the preset
+    if source is None:
+        if not (args.resume and args.out):
+            raise UserError("give a PRESET_OR_YAML (rld presets lists them), or --resume --out RUN to continue a run")
+        stored = args.out / "config.yaml"
+        if not stored.is_file():
+            raise UserError(f"{args.out} holds no run to resume (no config.yaml); give a PRESET_OR_YAML to start one")
+        source = str(stored)
+    return source, overrides, args.out or _default_out(source)
+
+
 def _cmd_train(args: argparse.Namespace) -> None:
-    from rld.config import resolve
+    from rld.config import resolve_with_flags
     from rld.engine import train
 
-    cfg = resolve(args.preset, _overrides(args))
+    source, overrides, out = _train_source(args)
+    cfg = resolve_with_flags(source, overrides, _flags(args), args.epochs)
+    args.resume_hint = f"rld train --resume --out {shlex.quote(str(out))}"
     if args.dry_run:
         print(dry_run_text(cfg), end="")
         return
-    summary = train(cfg, args.out or _default_out(args.preset), resume=args.resume)
+    summary = train(cfg, out, resume=args.resume)
     if os.environ.get("RANK", "0") != "0":
         return  # under torchrun only rank 0 reports
     print(
@@ -66,17 +85,71 @@ def dry_run_text(cfg) -> str:
 def _cmd_eval(args: argparse.Namespace) -> None:
     from rld.engine import evaluate_checkpoint
 
-    r = evaluate_checkpoint(args.checkpoint, args.data, args.device or "auto")
-    scores = f"top-1 {r['test_top1']:.2f}%  top-5 {r['test_top5']:.2f}%  loss {r['test_loss']:.4f}"
-    print(f"{r['model']} (epoch {r['epoch']}): {scores}")
+    path = Path(args.checkpoint)
+    results = []
+    if path.is_dir():  # a run folder: its last and best checkpoints, and its teacher
+        for name in ("last", "best"):
+            ckpt = path / "checkpoints" / f"{name}.pt"
+            if not ckpt.is_file():
+                raise UserError(f"{path} has no checkpoints/{name}.pt: it is not a run folder with a finished epoch")
+            results.append({"which": name, **evaluate_checkpoint(ckpt, args.data, args.device or "auto")})
+        results += _eval_teacher(path, args)
+    else:
+        if args.teacher:
+            raise UserError("--teacher applies to a run folder (rld eval RUN_FOLDER --teacher CKPT)")
+        results.append(evaluate_checkpoint(path, args.data, args.device or "auto"))
+    if args.json:
+        import json
+
+        print(json.dumps(results, indent=2))
+        return
+    for r in results:
+        scores = f"top-1 {r['test_top1']:.2f}%  top-5 {r['test_top5']:.2f}%  loss {r['test_loss']:.4f}"
+        which = f"{r['which']}: " if "which" in r else ""
+        epoch = f" (epoch {r['epoch']})" if r.get("epoch") is not None else ""
+        print(f"{which}{r['model']}{epoch}: {scores}")
+
+
+def _eval_teacher(run_dir: Path, args: argparse.Namespace) -> list[dict]:
+    from rld.engine import evaluate_weights
+    from rld.experiments.runs import RunRecord
+    from rld.viz.compute import teacher_checkpoint
+
+    record = RunRecord.load(run_dir)
+    if not record.config.model.teacher_checkpoint:
+        if args.teacher:
+            raise UserError(f"{run_dir} was trained without a teacher: --teacher does not apply")
+        return []
+    ckpt = teacher_checkpoint(record, args.teacher)
+    metrics = evaluate_weights(record.config, record.config.model.teacher, ckpt, args.data, args.device or "auto")
+    return [{"which": "teacher", "checkpoint": str(ckpt), "model": record.config.model.teacher, **metrics}]
 
 
 def _cmd_presets(args: argparse.Namespace) -> None:
     from rld.config import list_presets
 
-    for name in list_presets():
-        if not args.filter or args.filter in name:
-            print(name)
+    names = [name for name in list_presets() if not args.filter or args.filter in name]
+    if args.json:
+        import json
+
+        print(json.dumps({name: list_presets()[name] for name in names}, indent=2))
+        return
+    for name in names:
+        print(name)
+
+
+def _cmd_config_keys(args: argparse.Namespace) -> None:
+    import json
+
+    from rld.config import KEY_HELP, key_types
+
+    rows = [(key, kind, default, KEY_HELP.get(key, "")) for key, (kind, default) in key_types().items()]
+    if args.json:
+        print(json.dumps([dict(zip(("key", "type", "default", "help"), r)) for r in rows], indent=2))
+        return
+    width = max(len(r[0]) for r in rows)
+    for key, kind, default, help_text in rows:
+        print(f"{key:{width}s}  {kind:14s}  {str(default):18s}  {help_text}")
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
@@ -91,35 +164,61 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="rld", description="Knowledge distillation with Refined Logits (RLD).")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    from rld import __version__
 
-    p = sub.add_parser("train", help="train a teacher or distill a student")
-    p.add_argument("preset", metavar="PRESET_OR_YAML", help="a preset name (`rld presets`) or a YAML file")
+    parser = _Parser(prog="rld", description="Knowledge distillation with Refined Logits (RLD).")
+    parser.add_argument("--version", action="version", version=f"rld {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser(
+        "train",
+        help="train a teacher or distill a student",
+        description=(
+            "Train the run a preset or YAML file describes, with KEY=VALUE overrides. `rld train --resume --out "
+            "RUN [KEY=VALUE ...]` continues the run in RUN from its stored configuration; a changed "
+            "train.epochs / lr schedule extends it (the epochs trained stay, the new schedule applies from the "
+            "next epoch); other changes that affect results are refused."
+        ),
+    )
+    p.add_argument("preset", nargs="?", metavar="PRESET_OR_YAML", help="a preset name (`rld presets`) or a YAML file")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. method.beta=4 train.lr=0.01")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--seed", type=int)
+    p.add_argument(
+        "--epochs",
+        type=int,
+        help="N epochs, with the lr milestones (or step), warm-up and CTKD ramp scaled by N / the preset's "
+        "epochs (train.epochs=N sets the count alone)",
+    )
+    p.add_argument("--seed", type=int, help="random seed (= seed=N)")
     p.add_argument("--out", type=Path, help="run folder (default: runs/PRESET)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out (fresh start if none)")
-    p.add_argument("--teacher", metavar="CKPT", help="teacher checkpoint")
-    p.add_argument("--data", metavar="PATH", help="data set location")
-    p.add_argument("--device", help="cpu, cuda or cuda:N")
+    p.add_argument("--teacher", metavar="CKPT", help="teacher checkpoint (= model.teacher_checkpoint=CKPT)")
+    p.add_argument("--data", metavar="PATH", help="data set location (= data.path=PATH)")
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N (= train.device=…; default auto)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved configuration and exit (trains nothing)")
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("eval", help="evaluate a checkpoint on its data set's test split")
-    p.add_argument("checkpoint", metavar="CKPT")
-    p.add_argument("--data", metavar="PATH")
-    p.add_argument("--device")
+    p = sub.add_parser(
+        "eval", help="evaluate a checkpoint, or a run folder (last, best and its teacher), on the test split"
+    )
+    p.add_argument("checkpoint", metavar="CKPT_OR_RUN", help="a run checkpoint (last.pt / best.pt) or a run folder")
+    p.add_argument("--data", metavar="PATH", help="the data set, if it has moved since the run was trained")
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: auto)")
+    p.add_argument("--teacher", metavar="CKPT", help="the run's teacher checkpoint, if it has moved")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("presets", help="list the presets")
     p.add_argument("filter", nargs="?", help="only names containing this text")
+    p.add_argument("--json", action="store_true", help="print each preset's configuration as JSON")
     p.set_defaults(func=_cmd_presets)
+
+    p = sub.add_parser("config-keys", help="every configuration key with its type, default and meaning")
+    p.add_argument("--json", action="store_true", help="print as JSON")
+    p.set_defaults(func=_cmd_config_keys)
 
     p = sub.add_parser("demo", help="teacher + vanilla/KD/DKD/RLD students on the embedded digits data")
     p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
-    p.add_argument("--device")
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: auto)")
     p.set_defaults(func=_cmd_demo)
     from rld.experiments.cli import add_commands as _add_experiment_commands
 
@@ -130,9 +229,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _completion(parser: argparse.ArgumentParser) -> None:
+    """Shell completion when argcomplete is installed (``pip install rld[completion]``, then
+    ``eval "$(register-python-argcomplete rld)"``); without it, nothing happens."""
+    try:
+        import argcomplete
+    except ImportError:
+        return
+    argcomplete.autocomplete(parser)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    _completion(parser)
     args, extra = parser.parse_known_args(argv)
+    if args.command is None:  # bare `rld`
+        parser.print_help()
+        return 0
     # KEY=VALUE overrides may also follow the options (argparse stops collecting them at the first option).
     stray = [e for e in extra if e.startswith("-") or "=" not in e or not hasattr(args, "overrides")]
     if stray:
@@ -146,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rld: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("rld: interrupted", file=sys.stderr)
+        hint = getattr(args, "resume_hint", None)
+        print("rld: interrupted" + (f"; continue with: {hint}" if hint else ""), file=sys.stderr)
         return 130
     return 0
 

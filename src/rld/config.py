@@ -196,14 +196,98 @@ def _valid_keys(node: Any = None, prefix: str = "") -> list[str]:
     return keys
 
 
+def _list_keys() -> set[str]:
+    return {key for key, (kind, _) in key_types().items() if kind.startswith("list")}
+
+
 def _friendly(err: OmegaConfBaseException, where: str) -> UserError:
     key = getattr(err, "full_key", None) or ""
     msg = str(err).splitlines()[0]
     if "not in struct" in msg or "Key '" in msg and "not in" in msg:
         section = key.rsplit(".", 1)[0] if "." in key else ""
         valid = [k for k in _valid_keys() if k.startswith(section + ".")] if section else _valid_keys()
-        return UserError(f"unknown config key {key!r} in {where}; valid keys: {', '.join(valid)}")
+        near = _close_matches(key, _valid_keys())
+        return UserError(f"unknown config key {key!r} in {where}{near}; valid keys: {', '.join(valid)}")
+    if key in _list_keys():
+        return UserError(f"{key} takes a list, e.g. {key}=[5,7] (in {where})")
+    if key in key_types():
+        kind = key_types()[key][0]
+        return UserError(f"invalid value for {key} in {where}: it takes {kind} ({msg})")
     return UserError(f"invalid value for {key or 'the configuration'} in {where}: {msg}")
+
+
+KEY_HELP = {
+    "seed": "random seed of the run (weights, data order, augmentation)",
+    "data.name": "digits (embedded) | cifar100 | imagefolder (alias imagenet)",
+    "data.path": "CIFAR-100 folder / archive / .npz, or an ImageFolder root (absolute once resolved)",
+    "data.pipeline": "device (augmentation on the training device) | pil (DataLoader + transforms)",
+    "data.num_workers": "DataLoader workers (image folders and the pil pipeline)",
+    "data.eval_batch_size": "batch size of evaluation",
+    "model.student": "the model trained (a zoo name, torchvision:NAME or timm:NAME)",
+    "model.teacher": "the frozen teacher's architecture (distillation methods)",
+    "model.teacher_checkpoint": "the teacher's weights (absolute once resolved); --teacher",
+    "model.dataset": "architecture family: cifar100 (32x32 inputs) | imagenet (224x224)",
+    "method.name": "vanilla | kd | dkd | rld | la | rc | lr | ctkd",
+    "method.alpha": "DKD: TCKD weight; RLD: SCD weight",
+    "method.beta": "DKD: NCKD weight; RLD: MCD weight",
+    "method.temperature": "distillation temperature T",
+    "method.scd_temperature": "RLD: temperature of SCD (default: method.temperature)",
+    "method.warmup_epochs": "DKD/RLD: linear warm-up of the distillation terms, in epochs",
+    "method.mask": "RLD: ge (M_ge, the paper's) | g (the ablation of Table 1)",
+    "method.logit_standardization": "z-score the logits of the distillation terms and set b, w (Sun et al. 2024)",
+    "method.ls_temperature": "logit standardization: base temperature b (default 2)",
+    "method.ls_weight": "logit standardization: weight w (default 9)",
+    "method.ce_weight": "weight of the cross-entropy term",
+    "method.kd_weight": "KD/LA/RC/CTKD: weight of the KD term",
+    "method.rc_weight": "RC: weight of the RC term",
+    "method.lambda1": "LR: weight of the MSE on right samples",
+    "method.lambda2": "LR: weight of the MSE towards revised targets",
+    "method.eta": "LR: revision strength",
+    "method.t_min": "CTKD: lowest learned temperature (tau = t_min + t_range*sigmoid(theta))",
+    "method.t_range": "CTKD: range of the learned temperature",
+    "method.ramp_epochs": "CTKD: epochs of the gradient-reversal ramp",
+    "train.epochs": "number of epochs (--epochs N also scales the schedule)",
+    "train.batch_size": "global batch size (divided among torchrun processes)",
+    "train.lr": "initial learning rate of SGD",
+    "train.lr_milestones": "epochs after which the learning rate decays, e.g. [150,180,210]",
+    "train.lr_step": "decay every lr_step epochs instead of at lr_milestones",
+    "train.lr_decay": "factor of each decay",
+    "train.weight_decay": "SGD weight decay",
+    "train.momentum": "SGD momentum",
+    "train.nesterov": "Nesterov momentum",
+    "train.device": "auto | cpu | cuda | cuda:N; --device",
+    "train.amp": "bf16 autocast of the student (opt-in; teacher logits and evaluation stay float32)",
+    "train.channels_last": "channels-last layout (faster convolutions)",
+    "train.deterministic": "deterministic algorithms (exact resume)",
+    "train.sync_bn": "SyncBatchNorm under torchrun on CUDA",
+    "train.teacher_cache": "off | lazy | full: the teacher-logit cache",
+    "train.cache_dir": "where teacher-logit caches live (default ~/.cache/rld/teacher-logits)",
+    "train.cache_precision": "float16 | float32 storage of cached logits",
+    "train.static_step": "auto | on | off: whole-step execution (CUDA graphs on CUDA)",
+}
+
+
+@cache
+def key_types() -> dict[str, tuple[str, Any]]:
+    """Every configuration key → (its type as text, its default)."""
+    import dataclasses
+    import typing
+
+    out: dict[str, tuple[str, Any]] = {}
+
+    def walk(cls: type, prefix: str) -> None:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            kind = hints[f.name]
+            if dataclasses.is_dataclass(kind):
+                walk(kind, f"{prefix}{f.name}.")
+                continue
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+            text = str(kind).replace("typing.", "").replace("<class '", "").replace("'>", "")
+            out[f"{prefix}{f.name}"] = (text.replace("NoneType", "None"), default)
+
+    walk(RunConfig, "")
+    return out
 
 
 def _parse_overrides(overrides: list[str]) -> DictConfig:
@@ -223,11 +307,21 @@ def load_yaml(path: Path) -> dict:
     except OSError as err:
         raise UserError(f"cannot read config file {path}: {err.strerror}") from err
     except yaml.YAMLError as err:
-        raise UserError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from err
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise UserError(f"config file {path} is not valid YAML{where}: {problem}") from err
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise UserError(f"config file {path} must hold a mapping of sections (data, model, method, train, seed)")
+    dotted = [k for k in data if isinstance(k, str) and "." in k]
+    if dotted:
+        section, _, name = dotted[0].partition(".")
+        raise UserError(
+            f"config file {path}: {dotted[0]!r} is a dotted key; write nested sections "
+            f"({section}: {{{name}: …}}) or give it as a KEY=VALUE override"
+        )
     return data
 
 
@@ -302,9 +396,22 @@ def validate(cfg: RunConfig) -> None:
     for ok, what, value in checks:
         if not ok:
             raise UserError(f"{what}, got {value}")
-    from rld.methods import method_params
+    from rld.methods import get_spec, method_params
 
     method_params(cfg.method)  # raises for unknown methods, parameters they do not take, bad values
+    # paths are stored absolute, so a copied run or a command from another folder still finds them
+    for section, key in (("data", "path"), ("model", "teacher_checkpoint")):
+        value = getattr(getattr(cfg, section), key)
+        if value and not Path(value).expanduser().is_absolute():
+            setattr(getattr(cfg, section), key, str(Path(value).expanduser().resolve()))
+    # inputs that would be ignored are refused
+    if cfg.data.name == "digits" and cfg.data.path:
+        raise UserError(f"the digits data set is embedded and takes no path (--data / data.path={cfg.data.path})")
+    if cfg.model.teacher_checkpoint and not get_spec(cfg.method.name).needs_teacher:
+        raise UserError(
+            f"method {cfg.method.name!r} trains without a teacher: --teacher / model.teacher_checkpoint would be "
+            "ignored; use a distillation preset (rld presets)"
+        )
 
 
 # How the teacher's logits are computed, by whether its body runs under bf16 autocast.
@@ -320,6 +427,77 @@ def precision_summary(cfg: RunConfig) -> dict[str, str]:
         "losses": "float32",
         "evaluation": "float32",
     }
+
+
+# ----------------------------------------------------------------------------- command-line flags
+
+# The command-line flags that are shorthands of configuration keys.
+FLAG_KEYS = {
+    "train.epochs": "--epochs",
+    "seed": "--seed",
+    "model.teacher_checkpoint": "--teacher",
+    "data.path": "--data",
+    "train.device": "--device",
+}
+# Values that --epochs scales with the epoch count (the learning-rate schedule, warm-ups, ramps).
+SCALED_BY_EPOCHS = ("train.lr_milestones", "train.lr_step", "method.warmup_epochs", "method.ramp_epochs")
+
+
+def override_key(override: str) -> str:
+    if "=" not in override or not override.split("=", 1)[0].strip():
+        raise UserError(f"overrides must look like KEY=VALUE (e.g. method.beta=4), got {override!r}")
+    return override.split("=", 1)[0].strip()
+
+
+def with_flags(overrides: list[str], flags: dict[str, Any]) -> list[str]:
+    """``overrides`` plus ``KEY=VALUE`` for every flag given (``flags``: key → value or None).
+
+    A flag and an override of the same key is an error (neither silently wins)."""
+    given = {override_key(o) for o in overrides}
+    for key, value in flags.items():
+        if value is not None and key in given:
+            raise UserError(f"{FLAG_KEYS.get(key, key)} and {key}=… both set {key}; give one of them")
+    return [*overrides, *(f"{k}={v}" for k, v in flags.items() if v is not None)]
+
+
+def schedule_overrides(cfg: RunConfig, epochs: int, keep: set[str] | frozenset[str] = frozenset()) -> list[str]:
+    """``--epochs N``: ``train.epochs=N`` and, scaled by N / ``cfg.train.epochs``, the learning-rate
+    milestones (or step), the warm-up and CTKD's reversal ramp — except the keys in ``keep``
+    (values the user set explicitly). ``train.epochs=N`` as an override changes only the count."""
+    if epochs < 1:
+        raise UserError(f"--epochs must be >= 1, got {epochs}")
+    from rld.methods import get_spec
+
+    out = [f"train.epochs={epochs}"]
+    scale = epochs / cfg.train.epochs
+    if scale == 1:
+        return out
+    scaled: dict[str, str] = {}
+    if cfg.train.lr_step:
+        scaled["train.lr_step"] = str(max(1, round(cfg.train.lr_step * scale)))
+    elif cfg.train.lr_milestones:
+        scaled["train.lr_milestones"] = f"[{','.join(str(max(1, round(m * scale))) for m in cfg.train.lr_milestones)}]"
+    params = get_spec(cfg.method.name).params
+    for key in ("warmup_epochs", "ramp_epochs"):  # DKD/RLD warm-up, CTKD's reversal ramp
+        value = getattr(cfg.method, key)
+        if value and key in params:
+            scaled[f"method.{key}"] = f"{value * scale:.6g}"
+    return out + [f"{k}={v}" for k, v in scaled.items() if k not in keep]
+
+
+def resolve_with_flags(
+    source: str, overrides: list[str], flags: dict[str, Any] | None = None, epochs: int | None = None
+) -> RunConfig:
+    """:func:`resolve` for a command line: ``overrides``, the shorthand ``flags`` (conflicts are
+    errors) and ``--epochs`` (scaling the schedule, see :func:`schedule_overrides`)."""
+    overrides = with_flags(list(overrides), dict(flags or {}))
+    if epochs is None:
+        return resolve(source, overrides)
+    keys = {override_key(o) for o in overrides}
+    if "train.epochs" in keys:
+        raise UserError("--epochs and train.epochs=… both set train.epochs; give one of them")
+    base = resolve(source, overrides)
+    return resolve(source, [*overrides, *schedule_overrides(base, epochs, keep=keys)])
 
 
 def to_yaml(cfg: RunConfig) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 from pathlib import Path
@@ -68,6 +69,35 @@ def _to_lists(x):
 
 def _to_tuples(x):
     return tuple(_to_tuples(v) for v in x) if isinstance(x, list) else x
+
+
+def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    """SHA-256 (hex) of a file's bytes."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+TEACHER_RECORD = "teacher.json"
+"""In a distilled run's folder: the teacher checkpoint's absolute path, architecture and SHA-256."""
+
+
+def write_teacher_record(out: Path, checkpoint: str, architecture: str) -> None:
+    record = {"checkpoint": str(Path(checkpoint).resolve()), "architecture": architecture}
+    record["sha256"] = sha256_file(checkpoint)
+    write_text_atomic(Path(out) / TEACHER_RECORD, json.dumps(record, indent=2) + "\n")
+
+
+def read_teacher_record(run_dir: Path) -> dict | None:
+    path = Path(run_dir) / TEACHER_RECORD
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def load(path: Path) -> dict:

@@ -108,17 +108,43 @@ def _build_teacher(cfg: RunConfig, num_classes: int, device: torch.device) -> nn
             f"(train one with `rld train` and a vanilla preset, then use its checkpoints/last.pt)"
         )
     teacher = create_model(m.teacher, num_classes=num_classes, dataset=m.dataset)
-    load_checkpoint(teacher, m.teacher_checkpoint)
+    teacher.checkpoint_metadata = load_checkpoint(teacher, m.teacher_checkpoint)
     teacher.eval().requires_grad_(False)
     return teacher.to(device)
 
 
-def _progress(iterable, total: int, world: World, desc: str):
-    if world.is_main and sys.stderr.isatty():
+PROGRESS_SECONDS = 60.0
+"""Without a terminal, a progress line at most this often (running loss and ETA)."""
+
+
+def _progress(iterable, total: int, world: World, desc: str, loss: Any = None):
+    """tqdm on a terminal; otherwise a log line every :data:`PROGRESS_SECONDS` with the step, the
+    running mean loss (``loss()``, one host read per line) and the epoch's ETA."""
+    if not world.is_main:
+        return iterable
+    if sys.stderr.isatty():
         from tqdm import tqdm
 
         return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True)
-    return iterable
+    return _progress_lines(iterable, total, desc, loss)
+
+
+def _progress_lines(iterable, total: int, desc: str, loss: Any):
+    start = last = time.perf_counter()
+    for i, item in enumerate(iterable, 1):
+        yield item
+        now = time.perf_counter()
+        if now - last >= PROGRESS_SECONDS and i < total:
+            last = now
+            eta = (now - start) / i * (total - i)
+            running = f"  loss {loss():.4f}" if loss is not None else ""
+            log.info("%s: step %d/%d%s  ETA %s", desc, i, total, running, _duration(eta))
+
+
+def _duration(seconds: float) -> str:
+    minutes, sec = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{sec:02d}" if hours else f"{minutes}:{sec:02d}"
 
 
 @torch.no_grad()
@@ -174,11 +200,18 @@ EXECUTION_KEYS = {
 }
 
 
-def _check_same_config(saved: RunConfig, cfg: RunConfig, where: Path) -> None:
+# The schedule: a resumed run may change it (extend a finished run); the epochs already trained
+# stay as they were and the new schedule applies from the next epoch.
+SCHEDULE_KEYS = {"train": ("epochs", "lr_milestones", "lr_step")}
+
+
+def _check_same_config(saved: RunConfig, cfg: RunConfig, where: Path, epochs_done: int = 0) -> list[str]:
+    """Refuse a resumed configuration that changes results; return the schedule keys it changes."""
     a, b = asdict(saved), asdict(cfg)
     for section, keys in EXECUTION_KEYS.items():
         for key in keys:
             a[section].pop(key, None), b[section].pop(key, None)
+    schedule = [f"{s}.{k}" for s, keys in SCHEDULE_KEYS.items() for k in keys if a[s].pop(k) != b[s].pop(k)]
     if a != b:
         diff = [
             f"{s}.{k}" if isinstance(a[s], dict) else s
@@ -190,6 +223,12 @@ def _check_same_config(saved: RunConfig, cfg: RunConfig, where: Path) -> None:
             f"--resume: {where} was trained with another configuration (differs in {', '.join(diff)}); "
             "resume with the same settings or choose another --out"
         )
+    if cfg.train.epochs < epochs_done:
+        raise UserError(
+            f"--resume: {where} has trained {epochs_done} epochs already; train.epochs={cfg.train.epochs} would "
+            "undo them (choose a larger train.epochs or another --out)"
+        )
+    return schedule
 
 
 def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False) -> dict[str, Any]:
@@ -281,10 +320,13 @@ class Run:
         self.device_scalars: tuple[torch.Tensor, torch.Tensor] | None = None  # see use_device_scalars
         self.epoch: int | None = None  # the epoch begun last
         self.start_epoch = 1
+        if resume_from is not None or (world.distributed and resume):
+            self._load(out / "checkpoints" / "last.pt")  # refuses another configuration first
         if world.is_main:
             (out / "config.yaml").write_text(to_yaml(cfg))
-        if resume_from is not None or (world.distributed and resume):
-            self._load(out / "checkpoints" / "last.pt")
+            teacher_ckpt = cfg.model.teacher_checkpoint
+            if self.method.needs_teacher and teacher_ckpt and Path(teacher_ckpt).is_file():
+                ckpt.write_teacher_record(out, teacher_ckpt, cfg.model.teacher or "")
         self.model = (
             DistributedDataParallel(self.student, device_ids=[device] if device.type == "cuda" else None)
             if world.distributed
@@ -294,7 +336,9 @@ class Run:
 
     def _load(self, path: Path) -> None:
         state = ckpt.load_run(path)
-        _check_same_config(from_dict(state["config"]), self.cfg, self.out)
+        changed = _check_same_config(from_dict(state["config"]), self.cfg, self.out, state["epoch"])
+        if changed and self.world.is_main:
+            log.info("resuming with a new schedule (%s) from epoch %d", ", ".join(changed), state["epoch"] + 1)
         self.student.load_state_dict(state["model"])
         self.method.load_state_dict(state["method"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -307,6 +351,11 @@ class Run:
     @property
     def needs_teacher(self) -> bool:
         return self.method.needs_teacher
+
+    def running_loss(self) -> float:
+        """The mean training loss of the epoch so far (reads the device: for progress lines only)."""
+        seen = float(self._seen)
+        return float(self._sums["loss"]) / seen if seen and "loss" in self._sums else float("nan")
 
     def use_device_scalars(self) -> None:
         """Hold the learning rate and the epoch in device scalars, filled at each epoch start.
@@ -492,6 +541,57 @@ def build_teacher_fn(cfg: RunConfig, num_classes: int, device: torch.device, tra
     return open_teacher_cache(cfg, forward, train_loader, num_classes)
 
 
+def _size(loader) -> int | None:
+    n = getattr(loader, "n", None)
+    if n is None and hasattr(loader, "loader"):
+        n = len(loader.loader.dataset)
+    return n
+
+
+def _parameters(model: nn.Module) -> str:
+    return f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters"
+
+
+def teacher_accuracy(teacher: nn.Module, test_loader, device: torch.device, world: World) -> tuple[float, str]:
+    """The teacher's test top-1: recorded in an rld run checkpoint of its last epoch, else measured."""
+    meta = getattr(teacher, "checkpoint_metadata", None) or {}
+    history = meta.get("history")
+    if isinstance(history, list) and history and history[-1].get("epoch") == meta.get("epoch"):
+        return float(history[-1]["test_top1"]), "recorded"
+    return evaluate(teacher, test_loader, device, world)["test_top1"], "measured"
+
+
+def setup_lines(cfg: RunConfig, out: Path, data, run: Run, teacher_fn, device: torch.device, world: World) -> list[str]:
+    """The resolved setup of a run, in a few lines (logged when training starts)."""
+    from rld.config import precision_summary
+    from rld.methods import resolved_params
+
+    train_n, test_n = _size(data.train), _size(data.test)
+    sizes = f"{train_n:,} training / {test_n:,} test images, " if train_n and test_n else ""
+    where = f" ({cfg.data.path})" if cfg.data.path else ""
+    params = " ".join(f"{k}={v}" for k, v in resolved_params(cfg.method).items() if v is not None)
+    lines = [
+        f"run      {out}",
+        f"data     {cfg.data.name}: {sizes}{data.num_classes} classes{where}",
+        f"student  {cfg.model.student} ({_parameters(run.student)})",
+    ]
+    teacher = getattr(teacher_fn, "teacher", None) if teacher_fn is not None else None
+    if teacher is not None:
+        top1, how = teacher_accuracy(teacher, data.test, device, world)
+        lines.append(
+            f"teacher  {cfg.model.teacher} ({_parameters(teacher)}), test top-1 {top1:.2f}% ({how}), "
+            f"{cfg.model.teacher_checkpoint}"
+        )
+    precision = ", ".join(f"{k} {v}" for k, v in precision_summary(cfg).items())
+    lines += [
+        f"method   {cfg.method.name}: {params}",
+        f"training {cfg.train.epochs} epochs, batch {cfg.train.batch_size}, lr {cfg.train.lr}, seed {cfg.seed}, "
+        f"device {device}" + (f" ×{world.size} processes" if world.distributed else ""),
+        f"precision {precision}",
+    ]
+    return lines
+
+
 def _train(cfg: RunConfig, out: Path, resume: bool, world: World) -> dict[str, Any]:
     device = setup(cfg, world)
     resume_from = prepare_out_dir(out, resume) if world.is_main else None
@@ -501,6 +601,10 @@ def _train(cfg: RunConfig, out: Path, resume: bool, world: World) -> dict[str, A
         cfg, out, world=world, device=device, num_classes=data.num_classes, resume_from=resume_from, resume=resume
     )
     teacher_fn = build_teacher_fn(cfg, data.num_classes, device, data.train) if run.needs_teacher else None
+    setup_text = setup_lines(cfg, out, data, run, teacher_fn, device, world)
+    if world.is_main:
+        for line in setup_text:
+            log.info("%s", line)
     static = None
     if static_step_wanted(cfg.train.static_step, data.train, teacher_fn, world.distributed):
         static = StaticSteps([StepMember(run)], data.train, teacher_fn)
@@ -508,10 +612,12 @@ def _train(cfg: RunConfig, out: Path, resume: bool, world: World) -> dict[str, A
         run.begin_epoch(epoch)
         desc = f"epoch {epoch}/{cfg.train.epochs}"
         if static is not None:
-            static.run_epoch(epoch, lambda sizes, desc=desc: _progress(sizes, len(sizes), world, desc))
+            static.run_epoch(
+                epoch, lambda sizes, desc=desc: _progress(sizes, len(sizes), world, desc, run.running_loss)
+            )
         else:
             data.train.set_epoch(epoch)
-            for batch in _progress(data.train, len(data.train), world, desc):
+            for batch in _progress(data.train, len(data.train), world, desc, run.running_loss):
                 run.step(batch, teacher_fn(batch) if teacher_fn else None, epoch)
         run.end_epoch(epoch, data.test)
         barrier(world)

@@ -8,12 +8,33 @@
 * :mod:`rld.experiments.report` — the HTML report of ``rld report``.
 """
 
-from rld.experiments.aggregate import collect, to_csv, to_markdown
-from rld.experiments.paper import paper_tables, paper_value
-from rld.experiments.plan import Plan, PlannedRun, plan_table
-from rld.experiments.reproduce import reproduce
-from rld.experiments.runs import RunRecord, find_runs
-from rld.experiments.tables import TABLES, get_table
+_EXPORTS = {
+    "collect": "rld.experiments.aggregate",
+    "to_csv": "rld.experiments.aggregate",
+    "to_markdown": "rld.experiments.aggregate",
+    "paper_tables": "rld.experiments.paper",
+    "paper_value": "rld.experiments.paper",
+    "Plan": "rld.experiments.plan",
+    "PlannedRun": "rld.experiments.plan",
+    "plan_table": "rld.experiments.plan",
+    "reproduce": "rld.experiments.reproduce",
+    "RunRecord": "rld.experiments.runs",
+    "find_runs": "rld.experiments.runs",
+    "TABLES": "rld.experiments.tables",
+    "get_table": "rld.experiments.tables",
+}
+
+
+def __getattr__(name: str):
+    """Import on first use (PEP 562): ``rld --help`` must not pay for torch."""
+    if name in _EXPORTS:
+        import importlib
+
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "TABLES",

@@ -72,7 +72,9 @@ def _cmd_plot(args: argparse.Namespace) -> None:
     if args.kind == "tsne":
         out = viz.plot_tsne(args.runs, args.out, data_path=args.data, max_samples=args.max_samples, device=args.device)
     elif args.kind == "logit-diff":
-        out = viz.plot_logit_difference(args.runs, args.out, data_path=args.data, device=args.device)
+        out = viz.plot_logit_difference(
+            args.runs, args.out, data_path=args.data, device=args.device, teacher=args.teacher
+        )
     elif args.kind == "time-vs-acc":
         out = viz.plot_time_vs_accuracy(args.runs, args.out, metric=args.metric)
     else:
@@ -85,6 +87,7 @@ def _cmd_plot(args: argparse.Namespace) -> None:
             model=args.model,
             data_path=args.data,
             device=args.device,
+            teacher=args.teacher,
         )
     print(f"figure written to {out}")
 
@@ -94,6 +97,14 @@ def _cmd_report(args: argparse.Namespace) -> None:
 
     out = write_report(args.dir, args.out, title=args.title)
     print(f"report written to {out}")
+
+
+def _teacher(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--teacher",
+        metavar="CKPT",
+        help="the runs' teacher checkpoint, if it has moved (checked against the SHA-256 the run recorded)",
+    )
 
 
 def _data_device(p: argparse.ArgumentParser) -> None:
@@ -148,6 +159,7 @@ def add_commands(sub) -> None:
     k = kinds.add_parser("logit-diff", help="per-class mean |teacher - student| logit difference (Fig. 5)")
     k.add_argument("runs", nargs="+", metavar="RUN", help="distilled run folders (e.g. a DKD and an RLD run)")
     k.add_argument("--out", required=True, metavar="PNG")
+    _teacher(k)
     _data_device(k)
     k = kinds.add_parser("time-vs-acc", help="training time per batch vs top-1, bubble = extra parameters (Fig. 6)")
     k.add_argument("runs", nargs="+", metavar="RUN")
@@ -156,10 +168,15 @@ def add_commands(sub) -> None:
     k = kinds.add_parser("class-corr", help="top-10 logits per class and of one sample (Fig. 7)")
     k.add_argument("run", metavar="RUN")
     k.add_argument("--out", required=True, metavar="PNG")
-    k.add_argument("--classes", help="class names or indices, comma-separated (default: leopard,television,dinosaur)")
+    k.add_argument(
+        "--classes",
+        help="class names or indices, comma-separated (default: leopard,television,dinosaur, the paper's; on data "
+        "without them the first three classes, said in the log)",
+    )
     k.add_argument("--sample", type=int, help="test index of the single sample (default: first of the last class)")
     k.add_argument("--k", type=int, default=10, help="logits shown per panel (default: 10)")
     k.add_argument("--model", choices=["student", "teacher"], default="student", help="whose logits (default: student)")
+    _teacher(k)
     _data_device(k)
     p.set_defaults(func=_cmd_plot)
 

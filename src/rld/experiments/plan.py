@@ -18,7 +18,7 @@ from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
-from rld.config import RunConfig, list_presets, precision_summary, resolve
+from rld.config import RunConfig, list_presets, precision_summary, resolve, schedule_overrides
 from rld.errors import UserError
 from rld.experiments.runs import checkpoint_epoch, config_differences, read_config, teacher_weights
 from rld.experiments.tables import DISTILL, STUDENT, TEACHER, UNAVAILABLE, Cell, TableSpec, get_table
@@ -186,28 +186,9 @@ def _applies(override: str, method: str) -> bool:
     return param in get_spec(method).params
 
 
-def _schedule_overrides(preset: str, method: str, epochs: int | None) -> list[str]:
-    """``--epochs N``: the epoch count, and the lr schedule and warm-up scaled by N / the preset's epochs."""
-    if epochs is None:
-        return []
-    if epochs < 1:
-        raise UserError(f"--epochs must be >= 1, got {epochs}")
-    base = _base_config(preset)
-    full = base.train.epochs
-    out = [f"train.epochs={epochs}"]
-    if epochs == full:
-        return out
-    scale = epochs / full
-    if base.train.lr_step:
-        out.append(f"train.lr_step={max(1, round(base.train.lr_step * scale))}")
-    elif base.train.lr_milestones:
-        milestones = [max(1, round(m * scale)) for m in base.train.lr_milestones]
-        out.append(f"train.lr_milestones=[{','.join(map(str, milestones))}]")
-    for key in ("warmup_epochs", "ramp_epochs"):  # DKD/RLD warm-up, CTKD's reversal ramp
-        value = getattr(base.method, key)
-        if value and key in get_spec(method).params:
-            out.append(f"method.{key}={value * scale:.6g}")
-    return out
+def _schedule_overrides(preset: str, epochs: int | None) -> list[str]:
+    """``--epochs N``: the epoch count, and the lr schedule, warm-up and ramp scaled by N / the preset's epochs."""
+    return [] if epochs is None else schedule_overrides(_base_config(preset), epochs)
 
 
 @cache
@@ -257,7 +238,7 @@ class _Planner:
 
     def _overrides(self, preset: str, method: str, seed: int, extra: tuple[str, ...] = ()) -> list[str]:
         user = [o for o in self.overrides if _applies(o, method)]
-        return [f"seed={seed}", *extra, *_schedule_overrides(preset, method, self.epochs), *self.common, *user]
+        return [f"seed={seed}", *extra, *_schedule_overrides(preset, self.epochs), *self.common, *user]
 
     def vanilla(self, model: str, seed: int, role: str) -> str:
         """The run of ``model`` trained alone (teacher or plain student); a given checkpoint for a teacher."""

@@ -12,7 +12,24 @@ Not here yet: the whole-step CUDA graph (the step of a sweep group, :func:`rld.e
 is the unit meant to be captured; it needs a GPU to build and measure).
 """
 
-from rld.fast.cache import CachedTeacher, LogitStore, default_cache_dir, open_teacher_cache
-from rld.fast.key import cache_key
+_EXPORTS = {
+    "CachedTeacher": "rld.fast.cache",
+    "LogitStore": "rld.fast.cache",
+    "default_cache_dir": "rld.fast.cache",
+    "open_teacher_cache": "rld.fast.cache",
+    "cache_key": "rld.fast.key",
+}
+
+
+def __getattr__(name: str):
+    """Import on first use (PEP 562): ``rld --help`` must not pay for torch."""
+    if name in _EXPORTS:
+        import importlib
+
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["CachedTeacher", "LogitStore", "cache_key", "default_cache_dir", "open_teacher_cache"]

@@ -60,7 +60,7 @@ SYNTHETIC_CLASSES = 100
 @dataclass
 class BenchOptions:
     device: str = "cpu"
-    pair: str = "resnet32x4:resnet8x4"
+    pair: str = "resnet32x4-resnet8x4"
     method: str = "rld"
     steps: int = 40
     warmup: int = 5
@@ -87,11 +87,12 @@ def synthetic_cifar(n: int = SYNTHETIC_TRAIN, num_classes: int = SYNTHETIC_CLASS
 
 
 def _config(opts: BenchOptions) -> RunConfig:
+    # TEACHER-STUDENT as in preset names and `rld reproduce --pairs`; TEACHER:STUDENT also accepted
     try:
-        teacher, student = opts.pair.split(":")
+        teacher, student = opts.pair.replace(":", "-").split("-")
     except ValueError:
         raise UserError(
-            f"--pair must look like TEACHER:STUDENT (e.g. resnet32x4:resnet8x4), got {opts.pair!r}"
+            f"--pair must look like TEACHER-STUDENT (e.g. resnet32x4-resnet8x4), got {opts.pair!r}"
         ) from None
     over = [f"train.batch_size={opts.batch_size}", f"train.device={opts.device}", f"seed={opts.seed}"]
     name = f"cifar100/{teacher}-{student}/{opts.method}"

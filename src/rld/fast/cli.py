@@ -29,23 +29,17 @@ def _ints(text: str, what: str) -> list[int]:
     return values
 
 
-def _flags(args: argparse.Namespace) -> list[str]:
-    flags = {
-        "train.epochs": getattr(args, "epochs", None),
-        "model.teacher_checkpoint": args.teacher,
-        "data.path": args.data,
-        "train.device": args.device,
-    }
-    return [f"{k}={v}" for k, v in flags.items() if v is not None]
+def _flags(args: argparse.Namespace) -> dict:
+    return {"model.teacher_checkpoint": args.teacher, "data.path": args.data, "train.device": args.device}
 
 
 def _cmd_cache(args: argparse.Namespace) -> None:
-    from rld.config import resolve
+    from rld.config import resolve, with_flags
     from rld.fast.cache import build_cache, human_size
 
     extra = [f"train.cache_dir={args.cache_dir}"] if args.cache_dir else []
     extra += [f"train.cache_precision={args.precision}"] if args.precision else []
-    cfg = resolve(args.preset, [*args.overrides, *_flags(args), *extra])
+    cfg = resolve(args.preset, [*with_flags(list(args.overrides), _flags(args)), *extra])
     bar = None
     if sys.stderr.isatty():
         from tqdm import tqdm
@@ -68,12 +62,36 @@ def _cmd_cache(args: argparse.Namespace) -> None:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> None:
+    from rld.config import override_key, resolve, schedule_overrides, with_flags
     from rld.engine.sweep import sweep
 
     seeds = _ints(args.seeds, "--seeds") if args.seeds else None
     name = Path(args.preset).stem if args.preset.endswith((".yaml", ".yml")) else args.preset
     out = args.out or Path("runs") / "sweeps" / name
-    rows = sweep(args.preset, args.overrides, out=out, seeds=seeds, resume=args.resume, extra=_flags(args))
+    grid_keys = {override_key(o) for o in args.overrides}
+    extra = with_flags([], _flags(args))
+    if args.epochs is not None:  # the same meaning as in `rld train`: the schedule scales with the count
+        if "train.epochs" in grid_keys:
+            raise UserError("--epochs and train.epochs=… both set train.epochs; give one of them")
+        extra += schedule_overrides(resolve(args.preset, extra), args.epochs, keep=grid_keys)
+    if args.dry_run:
+        from rld.config import to_yaml
+        from rld.engine.sweep import group_runs, plan_sweep
+
+        runs = plan_sweep(args.preset, args.overrides, seeds=seeds, out=out, extra=extra)
+        groups = group_runs(runs)
+        print(f"sweep: {len(runs)} runs in {len(groups)} data stream(s) -> {out}")
+        for run in runs:
+            t = run.cfg.train
+            schedule = f"lr_step={t.lr_step}" if t.lr_step else f"lr_milestones={t.lr_milestones}"
+            print(f"  {run.name}  (epochs={t.epochs} {schedule})")
+        if len(runs) == 1:
+            print(to_yaml(runs[0].cfg), end="")
+        return
+    rows = sweep(args.preset, args.overrides, out=out, seeds=seeds, resume=args.resume, extra=extra)
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+        return
     print(f"{'run':40s} {'best top-1':>10s} {'last top-1':>10s}")
     for r in rows:
         last = r["last_top1"]
@@ -108,10 +126,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     """Register ``cache``, ``sweep`` and ``bench`` on the ``rld`` sub-command parser."""
     p = sub.add_parser("cache", help="compute and store the teacher's logits for every augmentation view")
     p.add_argument("preset", metavar="PRESET_OR_YAML", help="the distillation preset the cache is for")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="as for rld train")
     p.add_argument("--teacher", metavar="CKPT", help="teacher checkpoint")
     p.add_argument("--data", metavar="PATH", help="data set location")
-    p.add_argument("--device", help="cpu, cuda or cuda:N")
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--cache-dir", metavar="DIR", help="where caches live (default ~/.cache/rld/teacher-logits)")
     p.add_argument("--precision", choices=("float16", "float32"), help="storage precision (default float16)")
     p.set_defaults(func=_cmd_cache)
@@ -121,25 +139,34 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help="train several students in lockstep on one data stream",
         epilog=SWEEP_EPILOG,
     )
-    p.add_argument("preset", metavar="PRESET_OR_YAML")
+    p.add_argument("preset", metavar="PRESET_OR_YAML", help="a preset name (`rld presets`) or a YAML file")
     p.add_argument("overrides", nargs="*", metavar="KEY=V1,V2", help="e.g. method.beta=2,8 train.lr=0.05")
+    p.add_argument("--json", action="store_true", help="print the runs' results as JSON")
+    p.add_argument("--dry-run", action="store_true", help="list the planned runs and exit (trains nothing)")
     p.add_argument("--seeds", metavar="S1,S2", help="comma-separated seeds (default: the config's seed)")
     p.add_argument("--teacher", metavar="CKPT", help="teacher checkpoint")
-    p.add_argument("--epochs", type=int)
+    p.add_argument(
+        "--epochs", type=int, help="N epochs, lr schedule, warm-up and CTKD ramp scaled to match (as in rld train)"
+    )
     p.add_argument("--out", type=Path, help="sweep folder (default: runs/sweeps/PRESET)")
     p.add_argument("--resume", action="store_true", help="continue the runs in --out")
     p.add_argument("--data", metavar="PATH", help="data set location")
-    p.add_argument("--device", help="cpu, cuda or cuda:N")
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: auto)")
     p.set_defaults(func=_cmd_sweep)
 
     p = sub.add_parser("bench", help="ms per training step: conventional vs default vs cached teacher logits")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
-    p.add_argument("--pair", default="resnet32x4:resnet8x4", metavar="TEACHER:STUDENT")
-    p.add_argument("--method", default="rld")
+    p.add_argument(
+        "--pair",
+        default="resnet32x4-resnet8x4",
+        metavar="TEACHER-STUDENT",
+        help="as in preset names (default: resnet32x4-resnet8x4)",
+    )
+    p.add_argument("--method", default="rld", help="registry name of the method (default: rld)")
+    p.add_argument("--batch-size", type=int, default=64, help="batch size (default: 64)")
     p.add_argument("--steps", type=int, default=40, help="timed steps per path and round (default 40)")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps per path and round (default 5)")
     p.add_argument("--rounds", type=int, default=3, help="rounds; the paths take turns (default 3)")
-    p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the conventional path")
     p.add_argument("--data", metavar="PATH", help="CIFAR-100 folder/archive/.npz (default: synthetic data)")
     p.add_argument("--synthetic-size", type=int, default=50_000, help=argparse.SUPPRESS)

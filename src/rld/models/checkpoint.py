@@ -74,7 +74,18 @@ def _few(keys: list[str]) -> str:
     return shown + (", ..." if len(keys) > _SHOWN_KEYS else "")
 
 
-def _check_fits(model: nn.Module, state_dict: Mapping[str, Tensor], path: Path) -> None:
+def _saved_architecture(metadata: Mapping[str, Any]) -> str | None:
+    """The architecture a checkpoint says it holds: an rld run checkpoint records its configuration."""
+    config = metadata.get("config")
+    if isinstance(config, Mapping) and isinstance(config.get("model"), Mapping):
+        name = config["model"].get("student")
+        return str(name) if name else None
+    return None
+
+
+def _check_fits(
+    model: nn.Module, state_dict: Mapping[str, Tensor], path: Path, metadata: Mapping[str, Any] | None = None
+) -> None:
     expected = model.state_dict()
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
@@ -92,6 +103,12 @@ def _check_fits(model: nn.Module, state_dict: Mapping[str, Tensor], path: Path) 
         problems.append(f"{len(mis_shaped)} shape mismatches ({_few(mis_shaped)})")
     if problems:
         name = getattr(model, "model_name", "") or type(model).__name__
+        holds = _saved_architecture(metadata or {})
+        if holds and holds != name:
+            raise UserError(
+                f"checkpoint {path} holds a {holds!r} (its run's model.student), not a {name!r}; "
+                f"use a checkpoint of {name!r}, or set the model to {holds!r}"
+            )
         raise UserError(
             f"checkpoint {path} does not fit model {name!r}: {'; '.join(problems)}; "
             f"use a checkpoint of {name!r} with the same num_classes, or create the model it was saved from"
@@ -128,6 +145,6 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike[str]) -> dict[str,
     state_dict, metadata = _split_checkpoint(obj, path)
     target = _unwrap(model)
     state_dict = _normalise_keys(state_dict, list(target.state_dict()))
-    _check_fits(target, state_dict, path)
+    _check_fits(target, state_dict, path, metadata)
     target.load_state_dict(state_dict, strict=True)
     return metadata

@@ -8,6 +8,7 @@ run's ``checkpoints/best.pt`` student and, where a teacher is needed, the run's
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -58,17 +59,40 @@ def load_student(record: RunRecord, num_classes: int, device: str = "auto") -> n
     return model.to(_device(device)).eval()
 
 
-def load_teacher(record: RunRecord, num_classes: int, device: str = "auto") -> nn.Module:
-    """The run's teacher (``model.teacher`` with its ``model.teacher_checkpoint``), in eval mode."""
-    from rld.models import create_model, load_checkpoint
+def teacher_checkpoint(record: RunRecord, teacher: str | Path | None = None) -> Path:
+    """The run's teacher checkpoint: ``teacher`` (when the file has moved) or the recorded path.
+
+    When the run recorded its teacher's SHA-256 (``teacher.json``), a file with other bytes is refused."""
+    from rld.engine.checkpoint import TEACHER_RECORD, read_teacher_record, sha256_file
 
     m = record.config.model
     if not m.teacher or not m.teacher_checkpoint:
         raise UserError(
             f"{record.path} was trained without a teacher (method {record.config.method.name}); choose a distilled run"
         )
+    path = Path(teacher).expanduser() if teacher else Path(m.teacher_checkpoint)
+    if not path.is_file():
+        how = "" if teacher else f" (recorded in {record.path}/config.yaml)"
+        raise UserError(f"teacher checkpoint {path}{how} does not exist; pass --teacher CKPT to point at it")
+    saved = read_teacher_record(record.path)
+    if teacher and saved and saved.get("sha256") and sha256_file(path) != saved["sha256"]:
+        raise UserError(
+            f"{path} is not the teacher {record.path} was distilled from (its SHA-256 differs from "
+            f"{TEACHER_RECORD}, which names {saved.get('checkpoint')})"
+        )
+    return path
+
+
+def load_teacher(
+    record: RunRecord, num_classes: int, device: str = "auto", teacher: str | Path | None = None
+) -> nn.Module:
+    """The run's teacher (``model.teacher`` with :func:`teacher_checkpoint`), in eval mode."""
+    from rld.models import create_model, load_checkpoint
+
+    m = record.config.model
+    path = teacher_checkpoint(record, teacher)
     model = create_model(m.teacher, num_classes=num_classes, dataset=m.dataset)
-    load_checkpoint(model, m.teacher_checkpoint)
+    load_checkpoint(model, path)
     return model.to(_device(device)).eval()
 
 
@@ -142,7 +166,9 @@ def tsne_embedding(features: np.ndarray, seed: int = 0) -> np.ndarray:
 # ----------------------------------------------------------------------------- Fig. 5: logit difference
 
 
-def logit_difference_matrix(run_dir: str | Path, *, data_path: str | None = None, device: str = "auto") -> np.ndarray:
+def logit_difference_matrix(
+    run_dir: str | Path, *, data_path: str | None = None, device: str = "auto", teacher: str | Path | None = None
+) -> np.ndarray:
     """Per-class mean absolute teacher–student logit difference on the test set: ``(C,)``.
 
     Entry ``c`` is ``mean_n |z_T[n, c] − z_S[n, c]|`` over every test sample ``n``, with the
@@ -151,8 +177,8 @@ def logit_difference_matrix(run_dir: str | Path, *, data_path: str | None = None
     record = RunRecord.load(run_dir)
     data = run_data(record, data_path, device)
     student = test_outputs(load_student(record, data.num_classes, device), data)
-    teacher = test_outputs(load_teacher(record, data.num_classes, device), data)
-    return (teacher.logits.double() - student.logits.double()).abs().mean(dim=0).numpy()
+    outputs = test_outputs(load_teacher(record, data.num_classes, device, teacher), data)
+    return (outputs.logits.double() - student.logits.double()).abs().mean(dim=0).numpy()
 
 
 def grid_shape(num_classes: int) -> tuple[int, int]:
@@ -213,7 +239,13 @@ def resolve_classes(wanted: list[str] | None, classes: list[str]) -> list[int]:
     if not wanted:
         if all(c in classes for c in FIG7_CLASSES):
             return [classes.index(c) for c in FIG7_CLASSES]
-        return list(range(min(3, len(classes))))
+        chosen = list(range(min(3, len(classes))))
+        logging.getLogger("rld").info(
+            "the data has no classes %s (the paper's Fig. 7); showing the first classes %s instead (--classes)",
+            ", ".join(FIG7_CLASSES),
+            ", ".join(classes[i] for i in chosen),
+        )
+        return chosen
     out = []
     for item in wanted:
         item = item.strip()
@@ -248,6 +280,7 @@ def class_top_logits(
     model: str = "student",
     data_path: str | None = None,
     device: str = "auto",
+    teacher: str | Path | None = None,
 ) -> list[TopLogits]:
     """Fig. 7: for each chosen class, the top-``k`` logits averaged over its test samples; then the
     top-``k`` logits of one sample (test index ``sample``; default the first test sample of the
@@ -256,7 +289,10 @@ def class_top_logits(
     data = run_data(record, data_path, device)
     if model not in ("student", "teacher"):
         raise UserError(f"--model must be student or teacher, got {model!r}")
-    net = (load_student if model == "student" else load_teacher)(record, data.num_classes, device)
+    if model == "student":
+        net = load_student(record, data.num_classes, device)
+    else:
+        net = load_teacher(record, data.num_classes, device, teacher)
     out = test_outputs(net, data)
     names = list(data.classes)
     chosen = resolve_classes(classes, names)

@@ -37,12 +37,19 @@ def plot_tsne(
 
 
 def plot_logit_difference(
-    runs: list[str | Path], out: str | Path, *, data_path: str | None = None, device: str = "auto"
+    runs: list[str | Path],
+    out: str | Path,
+    *,
+    data_path: str | None = None,
+    device: str = "auto",
+    teacher: str | Path | None = None,
 ) -> Path:
-    """Fig. 5: per-class mean |teacher − student| logit difference of each run, as heat maps."""
+    """Fig. 5: per-class mean |teacher − student| logit difference of each run, as heat maps
+    (``teacher``: the teacher checkpoint, when it has moved since the runs were trained)."""
     panels, classes = [], []
     for run in runs:
-        panels.append((_label(run), compute.logit_difference_matrix(run, data_path=data_path, device=device)))
+        matrix = compute.logit_difference_matrix(run, data_path=data_path, device=device, teacher=teacher)
+        panels.append((_label(run), matrix))
         classes = compute.run_data(RunRecord.load(run), data_path, device).classes
     return figures.save(figures.logit_difference_figure(panels, list(classes)), out)
 
@@ -63,8 +70,11 @@ def plot_class_correlation(
     model: str = "student",
     data_path: str | None = None,
     device: str = "auto",
+    teacher: str | Path | None = None,
 ) -> Path:
     """Fig. 7: the top-k logits averaged over each chosen class's test samples, and of one sample."""
-    panels = compute.class_top_logits(run, classes, k=k, sample=sample, model=model, data_path=data_path, device=device)
+    panels = compute.class_top_logits(
+        run, classes, k=k, sample=sample, model=model, data_path=data_path, device=device, teacher=teacher
+    )
     title = f"Top-{k} logits of the {model} of {_label(run)} (red: the class itself)"
     return figures.save(figures.class_correlation_figure(panels, title), out)

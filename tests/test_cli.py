@@ -1,0 +1,248 @@
+"""The command line: resume by folder and extension, one meaning per flag, the resolved setup,
+progress without a terminal, errors that point at the fix, eval of a run folder, --version."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import rld
+from rld.cli import main
+from rld.config import KEY_HELP, key_types, list_presets, resolve
+from rld.engine import train
+from rld.errors import UserError
+from rld.models import create_model
+
+FAST = ["train.batch_size=256", "data.eval_batch_size=512", "train.channels_last=false"]
+
+
+def _weights(run: Path) -> dict:
+    return torch.load(run / "checkpoints" / "last.pt", weights_only=True)["model"]
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _error(capsys, argv: list[str]) -> str:
+    """Run the CLI, expect exit status 2 and exactly one line on stderr; return it."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("rld: error: "), err
+    return err
+
+
+@pytest.fixture(scope="module")
+def vanilla_run(tmp_path_factory) -> Path:
+    """A 1-epoch demo/vanilla run (resnet8 on the digits)."""
+    out = tmp_path_factory.mktemp("cli") / "run"
+    train(resolve("demo/vanilla", [*FAST, "train.epochs=1"]), out)
+    return out
+
+
+# ----------------------------------------------------------------------------- resume by folder
+
+
+def test_resume_by_folder_extends_a_finished_run_exactly(tmp_path, vanilla_run, capsys):
+    run = tmp_path / "run"
+    import shutil
+
+    shutil.copytree(vanilla_run, run)
+    first = (run / "metrics.csv").read_text().splitlines()
+    assert main(["train", "--resume", "--out", str(run), "train.epochs=2"]) == 0
+    rows = (run / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 3 and rows[:2] == first  # the trained epoch stays as it was
+    assert resolve(str(run / "config.yaml")).train.epochs == 2
+    straight = tmp_path / "straight"
+    train(resolve("demo/vanilla", [*FAST, "train.epochs=2"]), straight)
+    assert _same(_weights(run), _weights(straight))  # the same schedule from epoch 1: identical
+    capsys.readouterr()
+    # shortening a run and changing a result key are refused, the folder untouched
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert "has trained 2 epochs already; train.epochs=1" in _error(
+        capsys, ["train", "--resume", "--out", str(run), "train.epochs=1"]
+    )
+    assert "differs in train.lr" in _error(capsys, ["train", "--resume", "--out", str(run), "train.lr=0.1"])
+    assert {p: p.read_bytes() for p in before} == before
+
+
+def test_resume_without_a_preset_needs_a_run_folder(tmp_path, capsys):
+    assert "give a PRESET_OR_YAML" in _error(capsys, ["train", "--resume"])
+    assert "holds no run to resume (no config.yaml)" in _error(capsys, ["train", "--resume", "--out", str(tmp_path)])
+
+
+# ----------------------------------------------------------------------------- one meaning per flag
+
+
+def _dry(capsys, argv: list[str]):
+    assert main([*argv, "--dry-run"]) == 0
+    import yaml
+
+    text = capsys.readouterr().out
+    return yaml.safe_load(text)
+
+
+def test_epochs_flag_scales_the_schedule_in_train_and_sweep(capsys, tmp_path):
+    cfg = _dry(capsys, ["train", "demo/rld", "--epochs", "20"])  # demo: 10 epochs, milestones 7 and 9, warm-up 3
+    assert (cfg["train"]["epochs"], cfg["train"]["lr_milestones"], cfg["method"]["warmup_epochs"]) == (
+        20,
+        [14, 18],
+        6.0,
+    )
+    literal = _dry(capsys, ["train", "demo/rld", "train.epochs=20"])
+    assert (literal["train"]["lr_milestones"], literal["method"]["warmup_epochs"]) == ([7, 9], 3.0)
+    kept = _dry(capsys, ["train", "demo/rld", "--epochs", "20", "train.lr_milestones=[5]"])
+    assert kept["train"]["lr_milestones"] == [5]  # an explicit value is not scaled
+    assert main(["sweep", "demo/rld", "method.beta=2,4", "--epochs", "20", "--dry-run", "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "method.beta=4,seed=0  (epochs=20 lr_milestones=[14, 18])" in printed
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--epochs", "3", "train.epochs=abc"], "--epochs and train.epochs=… both set train.epochs"),
+        (["--seed", "1", "seed=2"], "--seed and seed=… both set seed"),
+        (["--device", "cpu", "train.device=cuda"], "--device and train.device=… both set train.device"),
+        (["--data", "x"], "the digits data set is embedded and takes no path"),
+        (["train.lr_milestones=5,7"], r"train.lr_milestones takes a list, e.g. train.lr_milestones=[5,7]"),
+        (["method.bta=3"], "unknown config key 'method.bta' in the overrides (did you mean method.beta"),
+        (["train.lr=fast"], "invalid value for train.lr in the overrides: it takes float"),
+    ],
+)
+def test_flag_and_override_mistakes_are_one_line(capsys, argv, message):
+    assert message in _error(capsys, ["train", "demo/rld", *argv, "--dry-run"])
+
+
+def test_ignored_inputs_are_refused(capsys, tmp_path):
+    ckpt = tmp_path / "t.pt"
+    assert "trains without a teacher: --teacher" in _error(capsys, ["train", "demo/vanilla", "--teacher", str(ckpt)])
+
+
+def test_relative_paths_are_stored_absolute(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    cfg = _dry(capsys, ["train", "demo/rld", "--teacher", "teachers/t.pt"])
+    assert cfg["model"]["teacher_checkpoint"] == str(tmp_path / "teachers" / "t.pt")
+
+
+# ----------------------------------------------------------------------------- errors that point at the fix
+
+
+def test_yaml_mistakes_point_at_the_fix(tmp_path, capsys):
+    dotted = tmp_path / "dotted.yaml"
+    dotted.write_text("preset: demo/rld\nmethod.beta: 4\n")
+    assert "'method.beta' is a dotted key; write nested sections (method: {beta: …})" in _error(
+        capsys, ["train", str(dotted), "--dry-run"]
+    )
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("preset: demo/rld\nmethod: {beta: 4\ntrain: {}\n")
+    assert "is not valid YAML at line 3, column 6" in _error(capsys, ["train", str(broken), "--dry-run"])
+
+
+def test_a_run_checkpoint_of_another_architecture_says_what_it_holds(vanilla_run, capsys):
+    teacher = vanilla_run / "checkpoints" / "last.pt"  # a resnet8
+    message = _error(capsys, ["train", "demo/kd", "--teacher", str(teacher), "train.epochs=1", *FAST])
+    assert f"checkpoint {teacher} holds a 'resnet8' (its run's model.student), not a 'resnet20'" in message
+
+
+def test_ctrl_c_prints_the_command_that_continues(monkeypatch, tmp_path, capsys):
+    import rld.engine
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(rld.engine, "train", interrupted)
+    assert main(["train", "demo/vanilla", "--out", str(tmp_path / "my run")]) == 130
+    err = capsys.readouterr().err
+    assert err == f"rld: interrupted; continue with: rld train --resume --out '{tmp_path / 'my run'}'\n"
+
+
+# ----------------------------------------------------------------------------- setup, progress, keys
+
+
+def test_train_logs_the_resolved_setup_and_progress_lines(tmp_path, vanilla_run, monkeypatch, caplog):
+    import rld.engine.trainer as trainer
+
+    monkeypatch.setattr(trainer, "PROGRESS_SECONDS", 0.0)
+    teacher = vanilla_run / "checkpoints" / "last.pt"
+    cfg = resolve("demo/kd", [*FAST, "train.epochs=1", "model.teacher=resnet8", f"model.teacher_checkpoint={teacher}"])
+    with caplog.at_level(logging.INFO, logger="rld"):
+        train(cfg, tmp_path / "kd")
+    lines = [r.getMessage() for r in caplog.records]
+    recorded = torch.load(teacher, weights_only=True)["history"][-1]["test_top1"]
+    assert "data     digits: 1,347 training / 450 test images, 10 classes" in lines
+    params = sum(p.numel() for p in create_model("resnet8", num_classes=10).parameters()) / 1e6
+    assert f"student  resnet8 ({params:.2f} M parameters)" in lines
+    assert f"teacher  resnet8 ({params:.2f} M parameters), test top-1 {recorded:.2f}% (recorded), {teacher}" in lines
+    assert "method   kd: temperature=4.0 ce_weight=0.1 kd_weight=0.9 logit_standardization=False" in lines
+    assert any(line.startswith("epoch 1/1: step 1/6  loss ") and "ETA 0:" in line for line in lines)
+    record = json.loads((tmp_path / "kd" / "teacher.json").read_text())
+    import hashlib
+
+    assert record == {
+        "checkpoint": str(teacher),
+        "architecture": "resnet8",
+        "sha256": hashlib.sha256(teacher.read_bytes()).hexdigest(),
+    }
+
+
+def test_every_config_key_is_documented_and_listed(capsys):
+    assert set(KEY_HELP) == set(key_types())
+    assert main(["config-keys", "--json"]) == 0
+    keys = {row["key"]: row for row in json.loads(capsys.readouterr().out)}
+    assert keys["train.lr"] == {"key": "train.lr", "type": "float", "default": 0.05, "help": KEY_HELP["train.lr"]}
+    assert main(["presets", "cifar100/resnet56-resnet20/dkd", "--json"]) == 0
+    presets = json.loads(capsys.readouterr().out)
+    assert presets == {"cifar100/resnet56-resnet20/dkd": list_presets()["cifar100/resnet56-resnet20/dkd"]}
+
+
+def test_version_bare_usage_and_a_help_that_does_not_import_torch(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0 and capsys.readouterr().out == f"rld {rld.__version__}\n"
+    assert main([]) == 0 and capsys.readouterr().out.startswith("usage: rld [-h] [--version] COMMAND ...")
+    code = (
+        "import sys, rld.cli; rld.cli.build_parser(); print(sorted(m for m in ('torch', 'numpy') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out == "[]\n"
+
+
+# ----------------------------------------------------------------------------- eval and plots of a run folder
+
+
+def test_eval_of_a_run_folder_and_a_moved_teacher(tmp_path, vanilla_run, capsys):
+    teacher = tmp_path / "teacher.pt"
+    teacher.write_bytes((vanilla_run / "checkpoints" / "last.pt").read_bytes())
+    cfg = resolve("demo/kd", [*FAST, "train.epochs=1", "model.teacher=resnet8", f"model.teacher_checkpoint={teacher}"])
+    run = tmp_path / "kd"
+    train(cfg, run)
+    capsys.readouterr()
+    assert main(["eval", str(run), "--json"]) == 0
+    results = {r["which"]: r for r in json.loads(capsys.readouterr().out)}
+    assert set(results) == {"last", "best", "teacher"}
+    history = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["history"]
+    assert results["last"]["test_top1"] == history[-1]["test_top1"]
+    assert results["teacher"]["test_top1"] == torch.load(teacher, weights_only=True)["history"][-1]["test_top1"]
+    moved = tmp_path / "moved.pt"
+    teacher.rename(moved)
+    assert "does not exist; pass --teacher CKPT" in _error(capsys, ["eval", str(run)])
+    assert main(["eval", str(run), "--teacher", str(moved)]) == 0
+    assert "teacher: resnet8" in capsys.readouterr().out
+    other = tmp_path / "other.pt"
+    torch.save({"model": create_model("resnet8", num_classes=10).state_dict()}, other)
+    message = _error(
+        capsys, ["plot", "logit-diff", str(run), "--out", str(tmp_path / "f.png"), "--teacher", str(other)]
+    )
+    assert f"{other} is not the teacher {run} was distilled from" in message
+
+
+def test_user_error_in_the_library_is_a_user_error():
+    with pytest.raises(UserError, match="method.ls_weight applies only"):
+        resolve("demo/kd", ["method.ls_weight=2"])
