@@ -246,3 +246,22 @@ def test_eval_of_a_run_folder_and_a_moved_teacher(tmp_path, vanilla_run, capsys)
 def test_user_error_in_the_library_is_a_user_error():
     with pytest.raises(UserError, match="method.ls_weight applies only"):
         resolve("demo/kd", ["method.ls_weight=2"])
+
+
+def test_every_argument_has_help_text():
+    import argparse
+
+    from rld.cli import build_parser
+
+    missing = []
+
+    def walk(parser: argparse.ArgumentParser, prefix: str) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    walk(sub, f"{prefix} {name}")
+            elif action.help is None:
+                missing.append(f"{prefix} {action.option_strings or action.dest}")
+
+    walk(build_parser(), "rld")
+    assert missing == []
