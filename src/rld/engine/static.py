@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,6 +65,11 @@ def static_step_wanted(setting: str, loader: Any, teacher_fn: Any, distributed: 
     if setting == "on":
         if not isinstance(loader, DeviceLoader):
             raise UserError("train.static_step=on needs the device-resident loader (data.pipeline=device)")
+        if getattr(teacher_fn, "lazy", False):
+            raise UserError(
+                "train.static_step=on cannot run with train.teacher_cache=lazy: its lookups read the host "
+                "(which entries are filled); use train.teacher_cache=full (rld cache) or train.static_step=auto"
+            )
         if distributed:
             raise UserError("train.static_step=on runs in one process; use train.static_step=off under torchrun")
         return True
@@ -99,7 +105,8 @@ class StaticSteps:
         self._offsets = torch.arange(loader.batch_size, device=device)
         self._graphs: dict[int, Any] = {}
         self._eager_runs: Counter[int] = Counter()
-        self._side = torch.cuda.Stream(device) if self.capture else None
+        self.attempts: list[dict[str, Any]] = []  # every capture attempt: size, captured, error
+        self._side = torch.cuda.Stream(device) if self.capture and device.type == "cuda" else None
 
     def batch_sizes(self) -> list[int]:
         """The batch sizes of one epoch, in order: full batches, then the partial one if any."""
@@ -144,12 +151,7 @@ class StaticSteps:
             return
         graph = self._graphs.get(size)
         if graph is None and self._eager_runs[size] < self.warmup:
-            current = torch.cuda.current_stream(self.loader.device)
-            self._side.wait_stream(current)
-            with torch.cuda.stream(self._side):
-                self._body(size)
-            current.wait_stream(self._side)
-            self._eager_runs[size] += 1
+            self._warmup_step(size)
             return
         if graph is None:
             graph = self._capture(size)
@@ -160,20 +162,72 @@ class StaticSteps:
         for m in self.members:
             m.run._steps += 1  # a replay runs Run.step's device work, not its Python
 
+    def _warmup_step(self, size: int) -> None:
+        """An eager step before a capture, on a side stream on CUDA (as capturing requires). All but the
+        first (which compiles and autotunes kernels) run under ``torch.cuda.set_sync_debug_mode("error")``:
+        a step that would synchronise fails here, before anything is captured."""
+        checked = self._eager_runs[size] > 0
+        self._eager_runs[size] += 1
+        if self._side is None:
+            self._body(size)
+            return
+        current = torch.cuda.current_stream(self.loader.device)
+        self._side.wait_stream(current)
+        before = torch.cuda.get_sync_debug_mode()
+        try:
+            if checked:
+                torch.cuda.set_sync_debug_mode("error")
+            with torch.cuda.stream(self._side):
+                self._body(size)
+        except RuntimeError as exc:
+            self._give_up(size, exc)
+        finally:
+            torch.cuda.set_sync_debug_mode(before)
+            current.wait_stream(self._side)
+
+    def _give_up(self, size: int, exc: BaseException) -> None:
+        """No more capturing: log the real cause once, free what a capture held."""
+        cause = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        log.warning(
+            "could not capture the training step (batch %d) as a CUDA graph (%s: %s); running it eagerly",
+            size,
+            type(exc).__name__,
+            cause,
+        )
+        self.capture = False
+        self.attempts.append({"size": size, "captured": False, "error": f"{type(exc).__name__}: {cause}"})
+        self._graphs.clear()
+        if self.loader.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    # How a graph is made and captured (replaceable in tests, which cannot capture on the CPU).
+    @staticmethod
+    def _new_graph():
+        return torch.cuda.CUDAGraph()
+
+    @contextmanager
+    def _capturing(self, graph):
+        # on the loader's device (cuda:N), on the side stream; thread_local: a DataLoader's pin-memory
+        # thread allocating meanwhile cannot poison the capture
+        with torch.cuda.device(self.loader.device):
+            with torch.cuda.graph(graph, stream=self._side, capture_error_mode="thread_local"):
+                yield
+
     def _capture(self, size: int):
         """The CUDA graph of a step of ``size`` samples, or None (and no more capturing) if the step
         cannot be captured. Capturing records the step without running it."""
         steps = [m.run._steps for m in self.members]
-        graph = torch.cuda.CUDAGraph()
+        graph = self._new_graph()
         try:
-            with torch.cuda.graph(graph):
+            with self._capturing(graph):
                 self._body(size, swap_rng=False)  # no RNG in a step; a capture may not set RNG state
-        except RuntimeError as exc:  # something in the step reads the host (e.g. a method's own sync)
-            log.warning("could not capture the training step as a CUDA graph (%s); running it eagerly", exc)
-            self.capture, graph = False, None
+        except Exception as exc:  # something in the step reads the host, or allocates across streams
+            del graph
+            self._give_up(size, exc)
+            return None
         finally:
             for m, count in zip(self.members, steps):
                 m.run._steps = count
-        if graph is not None:
-            self._graphs[size] = graph
+        self._graphs[size] = graph
+        self.attempts.append({"size": size, "captured": True})
         return graph

@@ -241,6 +241,7 @@ def _run_group(group: list[SweepRun], resume_from: dict[Path, Path | None], resu
         if static:
             key = tuple(id(m) for m in active)
             if key not in static_steps:
+                static_steps.clear()  # a new set of active runs: free the graphs (and pools) of the last one
                 step_members = [StepMember(m.run, m.enter, m.leave) for m in active]
                 static_steps[key] = StaticSteps(step_members, data.train, teacher_fn)
             static_steps[key].run_epoch(epoch, lambda sizes, desc=desc: _progress(sizes, len(sizes), world, desc))
@@ -252,6 +253,9 @@ def _run_group(group: list[SweepRun], resume_from: dict[Path, Path | None], resu
             m.enter()
             m.run.end_epoch(epoch, data.test)
             m.leave()
+    static_steps.clear()  # free the group's CUDA graphs and their memory pools before the next group
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
     if hasattr(teacher_fn, "close"):
         teacher_fn.close()
     return [{"run": m.sweep_run.name, "seed": m.run.cfg.seed, **m.sweep_run.values, **m.run.close()} for m in members]

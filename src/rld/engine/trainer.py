@@ -342,6 +342,7 @@ class Run:
         self.student.load_state_dict(state["model"])
         self.method.load_state_dict(state["method"])
         self.optimizer.load_state_dict(state["optimizer"])
+        _match_buffer_layouts(self.optimizer)
         self.history, self.best, self.start_epoch = state["history"], state["best"], state["epoch"] + 1
         ckpt.set_rng_state(state["rng"])
         if self.world.is_main:
@@ -497,14 +498,27 @@ class Run:
         }
 
 
+def _match_buffer_layouts(optimizer: torch.optim.Optimizer) -> None:
+    """Give every loaded optimizer buffer its parameter's memory format (a run resumed with another
+    ``train.channels_last``): the fused SGD kernel requires equal strides."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for key, buf in optimizer.state.get(p, {}).items():
+                if isinstance(buf, torch.Tensor) and buf.shape == p.shape and buf.stride() != p.stride():
+                    optimizer.state[p][key] = torch.empty_like(p).copy_(buf)
+
+
 def setup(cfg: RunConfig, world: World) -> torch.device:
     """Device and determinism settings of a process."""
     device = resolve_device(cfg.train.device, world)
     if cfg.train.batch_size % world.size:
         raise UserError(f"train.batch_size {cfg.train.batch_size} must be divisible by the {world.size} processes")
     if cfg.train.deterministic:
+        # Exact resume needs deterministic kernels, not the NaN fill of every new tensor that
+        # deterministic mode adds by default (it costs a kernel per allocation on CUDA).
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.utils.deterministic.fill_uninitialized_memory = False
         torch.backends.cudnn.benchmark = False
     return device
 

@@ -4,6 +4,8 @@
   over PIL images with torchvision ``RandomCrop(32, padding=4)``, ``RandomHorizontalFlip``,
   ``ToTensor``, ``Normalize`` (``workers`` processes, shuffled), eager float32, a teacher forward every
   step and a host synchronisation per step (``loss.item()``).
+* ``default_eager`` — the ``default`` step below run eagerly (no CUDA graph), so that the gain of
+  each ingredient shows.
 * ``default`` — the project's default path on the device: :class:`~rld.data.DeviceLoader` (uint8 data
   on the device, crop/flip there) and :meth:`Run.step <rld.engine.trainer.Run.step>` with the teacher
   forward (:class:`~rld.engine.trainer.TeacherForward`); no host synchronisation inside the epoch.
@@ -47,7 +49,7 @@ from rld.data.types import Batch
 from rld.engine.distributed import World
 from rld.engine.static import StaticSteps, StepMember
 from rld.engine.sweep import Member, group_step
-from rld.engine.trainer import Run, TeacherForward
+from rld.engine.trainer import Run, TeacherForward, setup
 from rld.errors import UserError
 from rld.fast.cache import CachedTeacher, LogitStore, open_teacher_cache
 from rld.methods import build_method
@@ -180,11 +182,27 @@ class ConventionalPath:
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         with torch.no_grad():
             t = self.teacher(x)
-        loss, _ = self.method(self.student(x), t, y, 1)
+        with _eager_losses():  # the plain eager losses, as the common code bases compute them
+            loss, _ = self.method(self.student(x), t, y, 1)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
         loss.item()
+
+
+class _eager_losses:
+    """Within the block the DKD/RLD kernel runs eagerly (not compiled)."""
+
+    def __enter__(self):
+        from rld.losses import _fused
+
+        self.before = _fused._Compiled.enabled
+        _fused.use_compiled(False)
+
+    def __exit__(self, *exc):
+        from rld.losses import _fused
+
+        _fused.use_compiled(self.before)
 
 
 class DevicePath:
@@ -208,6 +226,11 @@ class DevicePath:
             for batch in self.loader:  # each pass is the next epoch of the loader
                 if len(batch.targets) == self.loader.batch_size:  # full batches only: one shape
                     yield batch
+
+    @property
+    def captured(self) -> bool:
+        """Whether the step runs as a CUDA graph (some batch size was captured)."""
+        return self.static is not None and bool(self.static._graphs)
 
     def step(self) -> None:
         if self.static is None:
@@ -257,6 +280,7 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda but no CUDA device is available; use --device cpu")
     cfg = _config(opts)
+    setup(cfg, World())  # the process settings `rld train` uses (deterministic kernels, cuDNN, ...)
     if opts.data:
         data = load_cifar100(opts.data)
         data_desc = f"cifar100 arrays from {opts.data} ({len(data.train)} training images, {data.num_classes} classes)"
@@ -324,6 +348,7 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
         static = device.type == "cuda"  # the default there: the whole step as CUDA graphs
         paths: dict[str, Any] = {
             "conventional": ConventionalPath(data, cfg, teacher, device, opts.workers),
+            "default_eager": DevicePath(fresh_loader(), runs(1, "eager"), forward, False),
             "default": DevicePath(fresh_loader(), runs(1, "default"), forward, static),
             "cached": DevicePath(fresh_loader(), runs(1, "cached"), lookup, static),
         }
@@ -340,9 +365,10 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
         results[name] = {
             "ms_per_step": statistics.median(pooled),
             "round_medians_ms": [statistics.median(r) for r in rounds],
+            "captured": bool(getattr(paths[name], "captured", False)),
         }
     conv = results["conventional"]["ms_per_step"]
-    for name in ("default", "cached"):
+    for name in ("default_eager", "default", "cached"):
         results[name]["speedup_vs_conventional"] = conv / results[name]["ms_per_step"]
     results["cached"].update(cache_build_s=cache_build_s, cache_entries=entries, cache_open_s=cache_open_s)
     for m in (4, 16):
@@ -369,8 +395,20 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
             "cache_precision": cache_cfg.train.cache_precision,
             "weights": "random initialisation (step times do not depend on the values)",
         },
+        "settings": {  # of the project's paths; the conventional path: float32, default layout, eager losses
+            "precision": "bf16 autocast (student)" if cfg.train.amp else "float32",
+            "channels_last": cfg.train.channels_last,
+            "deterministic": cfg.train.deterministic,
+            "compiled_losses": _losses_compiled(device),
+        },
         "results": results,
     }
+
+
+def _losses_compiled(device: torch.device) -> bool:
+    from rld.losses import _fused
+
+    return bool(_fused._compiling_wanted(device))
 
 
 def resolve_cache_cfg(cfg: RunConfig, cache_dir: Path) -> RunConfig:
@@ -395,7 +433,8 @@ def format_report(report: dict[str, Any]) -> str:
             lines.append(f"{name:14s} {'—':>9s}  ({r['reason']})")
             continue
         speed = r.get("speedup_vs_conventional")
-        lines.append(f"{name:14s} {r['ms_per_step']:9.1f} {'' if speed is None else f'{speed:14.2f}x'}")
+        graph = "  (CUDA graph)" if r.get("captured") else ""
+        lines.append(f"{name:14s} {r['ms_per_step']:9.1f} {'' if speed is None else f'{speed:14.2f}x'}{graph}")
     cached = report["results"]["cached"]
     lines.append(
         f"cache: {cached['cache_entries']} entries built in {cached['cache_build_s']:.1f}s "

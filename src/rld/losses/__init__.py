@@ -12,7 +12,7 @@ float64) and in log space. DKD and RLD run as one kernel compiled with torch.com
 :func:`use_compiled`). Bad inputs raise :class:`LossInputError` (a ``ValueError``).
 """
 
-from rld.losses._common import LossInputError
+from rld.losses._common import LossInputError, value_checks
 from rld.losses._fused import use_compiled
 from rld.losses.corrections import label_revision_loss, rc_loss, swap_teacher_logits
 from rld.losses.ctkd import CTKDTemperature, ctkd_lambda
@@ -31,6 +31,7 @@ from rld.losses.modules import (
 )
 
 __all__ = [
+    "value_checks",
     "CTKDLoss",
     "CTKDTemperature",
     "DKDLoss",

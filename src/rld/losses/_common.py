@@ -10,6 +10,9 @@ a row whose classes are all removed becomes uniform.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from numbers import Real
 
 import torch
@@ -30,11 +33,35 @@ def compute_dtype(*tensors: Tensor) -> torch.dtype:
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
+_VALUE_CHECKS: ContextVar[bool] = ContextVar("rld_value_checks", default=True)
+
+
+@contextmanager
+def value_checks(enabled: bool) -> Iterator[None]:
+    """Switch the losses' checks of input *values* (class indices in range) on or off in a block.
+
+    Value checks read tensors on the host, so they run only for CPU tensors (on CUDA an index out
+    of range fails in the kernels' device-side asserts); a training step can turn them off to run
+    without any host synchronisation (the tests prove a step has none this way)."""
+    token = _VALUE_CHECKS.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _VALUE_CHECKS.reset(token)
+
+
 def _values_checkable(t: Tensor) -> bool:
-    # Value checks read the tensor on the host; skip them while tracing or capturing a CUDA graph.
-    if torch.compiler.is_compiling():
+    # Value checks read the tensor on the host: CPU tensors only, never while tracing.
+    if not _VALUE_CHECKS.get() or torch.compiler.is_compiling():
         return False
-    return not (t.is_cuda and torch.cuda.is_current_stream_capturing())
+    return t.device.type == "cpu"
+
+
+def one_hot(target: Tensor, num_classes: int, dtype: torch.dtype = torch.bool) -> Tensor:
+    """(B, C) one-hot of ``target`` (B,) in ``dtype``; unlike ``F.one_hot`` it never reads the
+    indices on the host (so a training step has no host synchronisation)."""
+    out = torch.zeros(target.shape[0], num_classes, dtype=dtype, device=target.device)
+    return out.scatter_(1, target.long()[:, None], True if dtype == torch.bool else 1)
 
 
 def check_logits(name: str, logits: Tensor) -> None:
@@ -118,7 +145,7 @@ def kl_rows(log_p: Tensor, log_q: Tensor) -> Tensor:
 
 def binary_log_probs(log_p: Tensor, index: Tensor) -> Tensor:
     """[log p_k, log(1 − p_k)] per row for class ``index`` (B,), from log-probabilities (B, C) → (B, 2)."""
-    one_hot = F.one_hot(index, log_p.shape[1]).bool()
+    one_hot_mask = one_hot(index, log_p.shape[1])
     log_pk = log_p.gather(1, index[:, None])
-    log_rest = torch.logsumexp(remove_classes(log_p, one_hot), dim=1, keepdim=True)
+    log_rest = torch.logsumexp(remove_classes(log_p, one_hot_mask), dim=1, keepdim=True)
     return torch.cat([log_pk, log_rest], dim=1)

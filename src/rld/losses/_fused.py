@@ -146,6 +146,8 @@ def run_kernel(z_s: Tensor, z_t: Tensor, *rest) -> tuple[Tensor, Tensor, Tensor,
             with torch.no_grad():  # a direct call: the same compiled variant as from the function
                 return _Compiled.fn(*args)
         except Exception as exc:  # no C++ compiler, no Triton, an unsupported device, ...
+            if z_s.is_cuda and torch.cuda.is_current_stream_capturing():
+                raise  # never fall back silently inside a CUDA-graph capture: the capture reports it
             _Compiled.failed.add(z_s.device.type)
             cause = getattr(exc, "inner_exception", None) or exc  # dynamo wraps the backend's error
             reason = f"{type(cause).__name__}: {(str(cause).strip().splitlines() or [''])[0]}"

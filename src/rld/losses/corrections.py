@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from rld.losses._common import check_logits, check_target, check_weight, compute_dtype, prepare
+from rld.losses._common import check_logits, check_target, check_weight, compute_dtype, one_hot, prepare
 from rld.losses.kd import kd_loss
 
 
@@ -62,7 +62,7 @@ def label_revision_loss(
     mse_logits = (z_s - z_t).pow(2).mean(dim=1)
     p_s, p_t = z_s.softmax(dim=1), z_t.softmax(dim=1)
     rho = eta / (p_t.amax(dim=1) - p_t.gather(1, target[:, None]).squeeze(1) + 1.0)
-    revised = rho[:, None] * p_t + (1.0 - rho[:, None]) * F.one_hot(target, z_s.shape[1]).to(z_s.dtype)
+    revised = rho[:, None] * p_t + (1.0 - rho[:, None]) * one_hot(target, z_s.shape[1], z_s.dtype)
     mse_probs = (p_s - revised).pow(2).mean(dim=1)
 
     n_right, n_wrong = right.sum().clamp_min(1.0), wrong.sum().clamp_min(1.0)

@@ -22,6 +22,7 @@ from rld.losses._common import (
     check_weight,
     is_number,
     kl_rows,
+    one_hot,
     prepare,
     remove_classes,
 )
@@ -68,7 +69,7 @@ def _decoupled(
     """
     if not z_t.requires_grad and is_number(t_bin) and is_number(t_mask):
         return DecoupledKL.apply(z_s, z_t, target, mask, float(t_bin), float(t_mask), float(alpha), float(beta))
-    drop = F.one_hot(target, z_s.shape[1]).bool() if mask is None else mask_ge(z_t, target, mask)
+    drop = one_hot(target, z_s.shape[1]) if mask is None else mask_ge(z_t, target, mask)
     t_idx = target if mask is None else z_t.argmax(dim=1)
     binary = _binary_kl(z_s, z_t, target, t_idx, t_bin)
     masked = _masked_kl(z_s, z_t, drop, t_mask)

@@ -1,0 +1,260 @@
+"""The checks to run first on a GPU, in one command; one JSON with every figure.
+
+    python benchmarks/gpu_check.py [--device cuda] [--out gpu_check.json] [--small]
+
+1. ``equality``: a tiny RLD run (resnet8 -> resnet8 on the embedded digits, two epochs, a partial last
+   batch) trained with the whole-step path (``train.static_step=on``: CUDA graphs on a GPU) and with
+   the plain loop; its parameters, optimizer state, per-epoch losses and step counts compared.
+2. ``host_syncs``: the host synchronisations (``aten._local_scalar_dense`` and device-to-host copies)
+   during one epoch of training steps (``--small``: 3 steps), plain loop and whole step; 0 expected.
+3. ``bench``: ``rld bench`` (resnet32x4 -> resnet8x4, RLD, batch 64): conventional, default_eager,
+   default, cached and, on CUDA, sweep_4 and sweep_16, with whether each step was captured.
+4. ``cache_build``: the teacher forwards of a sample of cache entries, timed and extrapolated to the
+   full CIFAR-100 cache (50,000 images x 162 views).
+5. ``captures``: every capture attempt that was logged (size, success or the reason it failed).
+
+On the CPU (``--device cpu``) the same checks run without capture; ``--small`` shrinks the bench for
+a quick run (the test suite runs it so). Targets (one H100/H200): default <= 1.0 ms/step, cached
+<= 0.5 ms/step, sweep_16 >= 8x the student-steps/s of one default run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rld.config import resolve
+from rld.data import build_data
+from rld.engine import train
+from rld.engine.distributed import World
+from rld.engine.static import StaticSteps, StepMember
+from rld.engine.syncs import HostSyncCounter
+from rld.engine.trainer import Run, build_teacher_fn, prepare_out_dir, setup
+from rld.losses import value_checks
+from rld.models import create_model
+
+
+class _CaptureLog(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.records: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if "CUDA graph" in message or "capture" in message:
+            self.records.append(message)
+
+
+class _eager_kernel:
+    def __enter__(self):
+        from rld.losses import _fused
+
+        self.before = _fused._Compiled.enabled
+        _fused.use_compiled(False)
+
+    def __exit__(self, *exc):
+        from rld.losses import _fused
+
+        _fused.use_compiled(self.before)
+
+
+def _teacher(folder: Path) -> Path:
+    torch.manual_seed(5)
+    path = folder / "teacher.pt"
+    torch.save({"model": create_model("resnet8", num_classes=10).state_dict()}, path)
+    return path
+
+
+def _config(device: str, teacher: Path, epochs: int, extra: list[str] = ()):
+    over = [
+        f"train.device={device}",
+        f"train.epochs={epochs}",
+        "train.batch_size=128",  # 1,347 digits: 10 full batches and a partial one of 67
+        "data.eval_batch_size=512",
+        "model.teacher=resnet8",
+        f"model.teacher_checkpoint={teacher}",
+        *extra,
+    ]
+    return resolve("demo/rld", over)
+
+
+def check_equality(device: str, folder: Path, epochs: int) -> dict[str, Any]:
+    """Whole step (captured on CUDA) vs the plain loop: the same training, bit for bit."""
+    teacher = _teacher(folder)
+    out: dict[str, Any] = {}
+    for path in ("on", "off"):
+        t0 = time.perf_counter()
+        train(_config(device, teacher, epochs, [f"train.static_step={path}"]), folder / f"static-{path}")
+        out[f"seconds_static_{path}"] = time.perf_counter() - t0
+    a = torch.load(folder / "static-on/checkpoints/last.pt", weights_only=True, map_location="cpu")
+    b = torch.load(folder / "static-off/checkpoints/last.pt", weights_only=True, map_location="cpu")
+    diffs = [float((a["model"][k].double() - b["model"][k].double()).abs().max()) for k in a["model"]]
+    moments = [
+        float((sa["momentum_buffer"].double() - sb["momentum_buffer"].double()).abs().max())
+        for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values())
+    ]
+    keys = ("epoch", "train_loss", "train_top1", "test_loss", "test_top1", "steps")
+    rows_a = [{k: r[k] for k in keys} for r in a["history"]]
+    rows_b = [{k: r[k] for k in keys} for r in b["history"]]
+    out.update(
+        parameters_equal=all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"]),
+        parameters_max_abs_diff=max(diffs),
+        momentum_max_abs_diff=max(moments) if moments else 0.0,
+        rows_equal=rows_a == rows_b,
+        rows_static=rows_a,
+        rows_plain=rows_b,
+    )
+    return out
+
+
+def count_host_syncs(device: str, folder: Path, max_steps: int | None = None) -> dict[str, Any]:
+    """Host synchronisations during one epoch of training steps, plain loop and whole step (eager:
+    what a capture records). Value checks of the losses run on CPU tensors only; they are switched
+    off here so that the CPU count stands for a GPU's."""
+    teacher = _teacher(folder)
+    cfg = _config(device, teacher, 1)
+    world = World()
+    dev = setup(cfg, world)
+    data = build_data(
+        cfg.data.name, None, batch_size=cfg.train.batch_size, eval_batch_size=512, device=dev, seed=cfg.seed
+    )
+    result = {}
+    for path in ("plain", "static"):
+        out = folder / f"syncs-{path}"
+        prepare_out_dir(out, resume=False)
+        run = Run(cfg, out, world=world, device=dev, num_classes=data.num_classes, resume_from=None, resume=False)
+        teacher_fn = build_teacher_fn(cfg, data.num_classes, dev, data.train)
+        static = StaticSteps([StepMember(run)], data.train, teacher_fn, capture=False) if path == "static" else None
+        run.begin_epoch(1)
+        if static is not None:
+            static.start_epoch(1)
+        else:
+            data.train.set_epoch(1)
+        counter = HostSyncCounter()
+        with value_checks(False), _eager_kernel():  # (a dispatch mode and torch.compile do not mix)
+            if static is not None:
+                sizes = static.batch_sizes()[:max_steps]
+                with counter:
+                    for size in sizes:
+                        static.step(size)
+            else:
+                batches = list(data.train)[:max_steps]
+                with counter:
+                    for batch in batches:
+                        run.step(batch, teacher_fn(batch), 1)
+        result[path] = {
+            "steps": run._steps,
+            "host_syncs": len(counter.events),
+            "kinds": sorted(set(counter.events)),
+            "cpu_sgd_lr_reads": counter.exempted,
+        }
+    return result
+
+
+def bench(device: str, small: bool) -> dict[str, Any]:
+    from rld.fast.bench import BenchOptions, run_bench
+
+    if small:
+        opts = BenchOptions(
+            device=device,
+            pair="resnet8-resnet8",
+            steps=2,
+            warmup=1,
+            rounds=1,
+            batch_size=8,
+            workers=0,
+            synthetic_size=64,
+            sweep_sizes=(),
+        )
+    else:
+        sweeps = (4, 16) if device.startswith("cuda") else ()
+        opts = BenchOptions(device=device, steps=40, warmup=5, rounds=3, sweep_sizes=sweeps)
+    return run_bench(opts)
+
+
+def cache_build(device: str, small: bool) -> dict[str, Any]:
+    """Teacher forwards for a sample of cache entries (resnet32x4, batch 256), extrapolated."""
+    dev = torch.device(device)
+    teacher = create_model("resnet8" if small else "resnet32x4", num_classes=100).to(dev).eval()
+    teacher = teacher.to(memory_format=torch.channels_last)
+    batch, batches = (16, 2) if small else (256, 20)
+    x = torch.randn(batch, 3, 32, 32, device=dev).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        teacher(x)  # warm-up
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        t0 = time.perf_counter()
+        for _ in range(batches):
+            teacher(x)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+    seconds = time.perf_counter() - t0
+    per_view = seconds / (batch * batches)
+    return {
+        "teacher": "resnet8" if small else "resnet32x4",
+        "sample_views": batch * batches,
+        "seconds": seconds,
+        "ms_per_view": 1000 * per_view,
+        "full_cifar100_estimate_s": per_view * 50_000 * 162,
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda", help="cuda, cuda:N or cpu (default: cuda)")
+    parser.add_argument("--out", type=Path, default=Path("gpu_check.json"), help="the JSON to write")
+    parser.add_argument("--small", action="store_true", help="a quick, CI-sized run (tiny bench, one epoch)")
+    args = parser.parse_args(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print("gpu_check: no CUDA device; use --device cpu", file=sys.stderr)
+        raise SystemExit(2)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    captures = _CaptureLog()
+    logging.getLogger("rld").addHandler(captures)
+    report: dict[str, Any] = {
+        "device": torch.cuda.get_device_name(torch.device(args.device)) if args.device.startswith("cuda") else "cpu",
+        "host": platform.node(),
+        "torch": torch.__version__,
+        "small": args.small,
+    }
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="rld-gpu-check-") as tmp:
+        folder = Path(tmp)
+        steps = [
+            ("equality", lambda: check_equality(args.device, folder / "equality", 1 if args.small else 3)),
+            ("host_syncs", lambda: count_host_syncs(args.device, folder / "host_syncs", 3 if args.small else None)),
+            ("bench", lambda: bench(args.device, args.small)),
+            ("cache_build", lambda: cache_build(args.device, args.small)),
+        ]
+        for name, fn in steps:
+            (folder / name).mkdir(exist_ok=True)
+            t0 = time.perf_counter()
+            try:
+                report[name] = fn()
+            except Exception as exc:  # report and go on: one JSON with everything that could be measured
+                report[name] = {"error": f"{type(exc).__name__}: {exc}"}
+            report[name + "_seconds"] = time.perf_counter() - t0
+            args.out.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    report["captures"] = captures.records
+    report["total_seconds"] = time.perf_counter() - started
+    args.out.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    eq, syncs = report.get("equality", {}), report.get("host_syncs", {})
+    counts = syncs if "error" in syncs else {path: v.get("host_syncs") for path, v in syncs.items()}
+    print(
+        f"gpu_check on {report['device']}: parameters equal {eq.get('parameters_equal')}, rows equal "
+        f"{eq.get('rows_equal')}, host syncs {counts}, {report['total_seconds']:.0f}s -> {args.out}"
+    )
+    return report
+
+
+if __name__ == "__main__":
+    main()
