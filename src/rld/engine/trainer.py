@@ -32,6 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 from rld.config import RunConfig, from_dict, to_yaml
 from rld.data import build_data
 from rld.engine import checkpoint as ckpt
+from rld.engine import faults
 from rld.engine.distributed import World, all_sum, barrier, init_world, shutdown
 from rld.engine.static import StaticSteps, StepMember, static_step_wanted
 from rld.errors import UserError
@@ -354,6 +355,7 @@ class Run:
                 self._sums[key] = torch.zeros((), dtype=torch.float64, device=self.device)
             self._sums[key].add_(value.detach().double() * n)
         self._steps += 1
+        faults.reached("after_step")
 
     def end_epoch(self, epoch: int, test_loader) -> dict[str, Any]:
         """Reduce the epoch's metrics, evaluate, checkpoint, write metrics.csv; returns the row."""
@@ -413,7 +415,7 @@ class Run:
         }
         if improved:
             ckpt.save_atomic({**state, "optimizer": None}, self.out / "checkpoints" / "best.pt")
-        ckpt.save_atomic(state, self.out / "checkpoints" / "last.pt")
+        ckpt.save_atomic(state, self.out / "checkpoints" / "last.pt", before_rename=_before_rename)
         _write_metrics(self.out / "metrics.csv", self.history)
 
     def close(self) -> dict[str, Any]:
@@ -429,6 +431,10 @@ class Run:
             "last_top5": last.get("test_top5"),
             "train_time": sum(r["epoch_time"] for r in self.history),
         }
+
+
+def _before_rename() -> None:
+    faults.reached("before_rename")
 
 
 def setup(cfg: RunConfig, world: World) -> torch.device:
