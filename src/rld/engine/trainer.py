@@ -82,21 +82,38 @@ def resolve_device(name: str, world: World) -> torch.device:
     return device
 
 
-def prepare_out_dir(out: Path, resume: bool) -> Path | None:
-    """Create the run folder; return the checkpoint to resume from, if any. Never destroys a run."""
+def prepare_out_dir(out: Path, resume: bool, cfg: RunConfig | None = None) -> Path | None:
+    """Check that ``out`` may hold the run; return the checkpoint to resume from, if any.
+
+    Writes nothing: a command that refuses leaves the folder exactly as it was, and the folder is
+    created only when the run starts (:meth:`Run.start`), so a run that fails to start leaves none
+    behind. Refused: an existing run without ``resume``, a folder that cannot be written, and (with
+    ``cfg``) a checkpoint to resume that was trained with another configuration.
+    """
     last = out / "checkpoints" / "last.pt"
-    if last.exists() and not resume:
+    if not resume and (last.exists() or (out / "metrics.csv").exists()):
         raise UserError(f"{out} already holds a run; add --resume to continue it or choose another --out")
-    if not resume and out.exists() and (out / "metrics.csv").exists():
-        raise UserError(f"{out} already holds a run; add --resume to continue it or choose another --out")
-    try:
-        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as err:
-        raise UserError(f"cannot write to the output folder {out}: {err.strerror}; choose another --out") from err
-    return last if (resume and last.exists()) else None
+    _check_writable(out)
+    if not (resume and last.exists()):
+        return None
+    if cfg is not None:
+        _check_same_config(from_dict(ckpt.load_run(last)["config"]), cfg, out)
+    return last
+
+
+def _check_writable(out: Path) -> None:
+    """UserError unless ``out`` (and its checkpoints/ folder) exist as writable folders or can be created."""
+    for folder in (out, out / "checkpoints"):
+        existing = folder
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            reason = f"{existing} is not a folder"
+        elif not os.access(existing, os.W_OK | os.X_OK):
+            reason = f"{existing} is not writable"
+        else:
+            continue
+        raise UserError(f"cannot write to the output folder {out}: {reason}; choose another --out")
 
 
 def _build_teacher(cfg: RunConfig, num_classes: int, device: torch.device) -> nn.Module:
@@ -265,8 +282,9 @@ class Run:
         self.device_scalars: tuple[torch.Tensor, torch.Tensor] | None = None  # see use_device_scalars
         self.epoch: int | None = None  # the epoch begun last
         self.start_epoch = 1
-        if world.is_main:
-            (out / "config.yaml").write_text(to_yaml(cfg))
+        self.started = False  # see start()
+        self.tb = None
+        self._resume_rng: dict | None = None
         if resume_from is not None or (world.distributed and resume):
             self._load(out / "checkpoints" / "last.pt")
         self.model = (
@@ -274,7 +292,6 @@ class Run:
             if world.distributed
             else self.student
         )
-        self.tb = _tensorboard(out, world)
 
     def _load(self, path: Path) -> None:
         state = ckpt.load_run(path)
@@ -283,10 +300,37 @@ class Run:
         self.method.load_state_dict(state["method"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.history, self.best, self.start_epoch = state["history"], state["best"], state["epoch"] + 1
-        ckpt.set_rng_state(state["rng"])
+        self._resume_rng = state["rng"]  # restored by start(), after the set-up has drawn its random numbers
         if self.world.is_main:
-            _write_metrics(self.out / "metrics.csv", self.history)
             log.info("resuming %s from epoch %d", self.out, state["epoch"])
+
+    def start(self) -> None:
+        """Write the run folder (rank 0): ``config.yaml``, ``metrics.csv`` of a resumed run, TensorBoard;
+        and restore the RNG state of a resumed run.
+
+        The first write to the folder; called by the first :meth:`begin_epoch`, once everything that
+        can refuse the run (configuration, checkpoint, data, teacher) has been checked. The RNG state
+        is restored here, not when the checkpoint is read: building the teacher draws random numbers
+        (its initial weights), which an uninterrupted run drew before its first epoch, not after.
+        """
+        if self.started:
+            return
+        self.started = True
+        if self._resume_rng is not None:
+            ckpt.set_rng_state(self._resume_rng)
+            self._resume_rng = None
+        if not self.world.is_main:
+            return
+        try:
+            (self.out / "checkpoints").mkdir(parents=True, exist_ok=True)
+            ckpt.write_text_atomic(self.out / "config.yaml", to_yaml(self.cfg))
+        except OSError as err:
+            raise UserError(
+                f"cannot write to the output folder {self.out}: {err.strerror}; choose another --out"
+            ) from err
+        if self.history:
+            _write_metrics(self.out / "metrics.csv", self.history)
+        self.tb = _tensorboard(self.out, self.world)
 
     @property
     def needs_teacher(self) -> bool:
@@ -325,6 +369,7 @@ class Run:
             group["fused"], group["foreach"] = (True, False) if fused else (None, None)
 
     def begin_epoch(self, epoch: int) -> None:
+        self.start()
         self.epoch, self.lr = epoch, lr_at(self.cfg, epoch)
         self._apply_schedule()
         self.model.train()
@@ -483,7 +528,7 @@ def build_teacher_fn(cfg: RunConfig, num_classes: int, device: torch.device, tra
 
 def _train(cfg: RunConfig, out: Path, resume: bool, world: World) -> dict[str, Any]:
     device = setup(cfg, world)
-    resume_from = prepare_out_dir(out, resume) if world.is_main else None
+    resume_from = prepare_out_dir(out, resume, cfg) if world.is_main else None
     barrier(world)
     data = build_run_data(cfg, device, world)
     run = Run(
