@@ -33,7 +33,7 @@ from rld.config import RunConfig, from_dict, to_yaml
 from rld.data import build_data
 from rld.engine import checkpoint as ckpt
 from rld.engine import faults
-from rld.engine.distributed import World, all_sum, barrier, init_world, shutdown
+from rld.engine.distributed import World, all_sum, barrier, init_world, main_decides, shutdown
 from rld.engine.static import StaticSteps, StepMember, static_step_wanted
 from rld.errors import UserError
 from rld.methods import build_method
@@ -285,8 +285,8 @@ class Run:
         self.started = False  # see start()
         self.tb = None
         self._resume_rng: dict | None = None
-        if resume_from is not None or (world.distributed and resume):
-            self._load(out / "checkpoints" / "last.pt")
+        if resume_from is not None:
+            self._load(resume_from)
         self.model = (
             DistributedDataParallel(self.student, device_ids=[device] if device.type == "cuda" else None)
             if world.distributed
@@ -528,8 +528,8 @@ def build_teacher_fn(cfg: RunConfig, num_classes: int, device: torch.device, tra
 
 def _train(cfg: RunConfig, out: Path, resume: bool, world: World) -> dict[str, Any]:
     device = setup(cfg, world)
-    resume_from = prepare_out_dir(out, resume, cfg) if world.is_main else None
-    barrier(world)
+    # rank 0 looks at the folder; every rank gets its answer (the checkpoint to resume, or the refusal)
+    resume_from = main_decides(world, lambda: prepare_out_dir(out, resume, cfg))
     data = build_run_data(cfg, device, world)
     run = Run(
         cfg, out, world=world, device=device, num_classes=data.num_classes, resume_from=resume_from, resume=resume
