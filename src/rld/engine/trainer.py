@@ -239,6 +239,31 @@ class TeacherForward:
             return self.teacher(x).float()
 
 
+class StudentAndMethod(nn.Module):
+    """What a run trains, as one module: the student and the method with the trainable modules it
+    owns (CTKD's temperature; a feature method's connectors). Under torchrun this is the module
+    that DistributedDataParallel wraps (as timm's distillation task wraps student and task), so
+    the gradients of all their parameters are averaged over the processes.
+
+    ``forward(x)``: the student's logits (evaluation); ``forward(x, teacher_logits, target, epoch)``:
+    ``(logits, total, parts)``. The student runs under bf16 autocast when ``amp``; the method
+    always gets float32 logits.
+    """
+
+    def __init__(self, student: nn.Module, method: nn.Module, amp: bool):
+        super().__init__()
+        self.student, self.method, self.amp = student, method, amp
+
+    def forward(self, x: torch.Tensor, teacher_logits=None, target=None, epoch=None):
+        # no autocast weight cache: it cannot live across CUDA-graph replays (rld.engine.static)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.amp, cache_enabled=False):
+            logits = self.student(x)
+        if target is None:
+            return logits
+        loss, parts = self.method(logits.float(), teacher_logits, target, epoch)
+        return logits, loss, parts
+
+
 class Run:
     """One student trained with one method in one run folder.
 
@@ -287,10 +312,13 @@ class Run:
         self._resume_rng: dict | None = None
         if resume_from is not None:
             self._load(resume_from)
+        # Student and method as one module: under torchrun DistributedDataParallel averages the
+        # gradients of every trainable parameter, the method's (CTKD's temperature) included.
+        trainable = StudentAndMethod(self.student, self.method, self.amp)
         self.model = (
-            DistributedDataParallel(self.student, device_ids=[device] if device.type == "cuda" else None)
+            DistributedDataParallel(trainable, device_ids=[device] if device.type == "cuda" else None)
             if world.distributed
-            else self.student
+            else trainable
         )
 
     def _load(self, path: Path) -> None:
@@ -385,10 +413,7 @@ class Run:
         x, y = batch.images, batch.targets
         if self.device_scalars is not None:
             epoch = self.device_scalars[1]
-        # no autocast weight cache: it cannot live across CUDA-graph replays (rld.engine.static)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp, cache_enabled=False):
-            logits = self.model(x)
-        loss, parts = self.method(logits.float(), teacher_logits, y, epoch)
+        logits, loss, parts = self.model(x, teacher_logits, y, epoch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
