@@ -40,6 +40,24 @@ def teacher_ckpt(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture()
+def tiny_cifar(tmp_path) -> Path:
+    """A CIFAR-format .npz: 128 training and 64 test images of random pixels, 10 classes."""
+    import numpy as np
+
+    rng = np.random.default_rng(5)
+    path = tmp_path / "tiny.npz"
+    np.savez(
+        path,
+        train_x=rng.integers(0, 256, size=(128, 32, 32, 3), dtype=np.uint8),
+        train_y=rng.integers(0, 10, size=128),
+        test_x=rng.integers(0, 256, size=(64, 32, 32, 3), dtype=np.uint8),
+        test_y=rng.integers(0, 10, size=64),
+        classes=np.array([f"c{i}" for i in range(10)]),
+    )
+    return path
+
+
 def metric_rows(path: Path) -> list[dict[str, str]]:
     """The rows of a ``metrics.csv`` without the wall-time columns (the only ones allowed to differ)."""
     with open(path) as f:
