@@ -64,6 +64,12 @@ def metric_rows(path: Path) -> list[dict[str, str]]:
         return [{k: v for k, v in row.items() if k not in TIME_COLUMNS} for row in csv.DictReader(f)]
 
 
+def metric_lines(run: Path) -> list[str]:
+    """The lines of a run's ``metrics.csv`` as written, wall times included: rows a resume kept
+    stay the same text, rows trained again would not (their times differ)."""
+    return (Path(run) / "metrics.csv").read_text().splitlines()
+
+
 def assert_user_error(code: int, err: str, message: str) -> None:
     """A user error as the CLI reports it: exit status 2 and one line ``rld: error: …`` holding ``message``."""
     assert code == 2, err

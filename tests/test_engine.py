@@ -18,6 +18,7 @@ from conftest import (
     folder_snapshot,
     fresh_compile,
     load_last,
+    metric_lines,
     metric_rows,
     run_rld,
 )
@@ -215,6 +216,7 @@ def test_crash_after_a_step_and_between_write_and_rename_then_resume_is_exact(tm
     assert first.returncode == FAULT_EXIT_STATUS, first.stderr[-2000:]
     assert load_last(out)["epoch"] == 1 and [r["epoch"] for r in metric_rows(out / "metrics.csv")] == ["1"]
     assert _temporary_files(out) == []
+    kept = metric_lines(out)  # header and epoch 1, which the resumes must keep (not train again)
 
     before = folder_snapshot(out)
     assert_user_error(*_cli(capsys, *args, "train.lr=0.1"), "trained with another configuration (differs in train.lr)")
@@ -227,6 +229,7 @@ def test_crash_after_a_step_and_between_write_and_rename_then_resume_is_exact(tm
     assert torch.load(pending, weights_only=True)["epoch"] == 3
 
     assert main([*args, "train.static_step=on"]) == 0
+    assert metric_lines(out)[:2] == kept
     assert_same_run_state(load_last(tmp_path / "ref"), load_last(out), ignore_config=("train.static_step",))
     assert metric_rows(tmp_path / "ref" / "metrics.csv") == metric_rows(out / "metrics.csv")
     best = [torch.load(r / "checkpoints" / "best.pt", weights_only=True) for r in (tmp_path / "ref", out)]
@@ -242,7 +245,9 @@ def test_ctkd_temperature_resumes_exactly_after_a_crash(tmp_path, teacher_ckpt):
     crashed = run_rld(*args, fault="after_step:9")
     assert crashed.returncode == FAULT_EXIT_STATUS, crashed.stderr[-2000:]
     assert load_last(out)["epoch"] == 1
+    kept = metric_lines(out)
     assert main(args) == 0
+    assert metric_lines(out)[:2] == kept  # resumed after epoch 1, not started over
     ref, got = load_last(tmp_path / "ref"), load_last(out)
     (theta,) = ref["method"].values()
     assert theta.item() != 1.0  # θ is trained (initialised to 1)

@@ -285,8 +285,11 @@ def test_reproduce_end_to_end_on_fake_cifar100(tmp_path, capsys):
     assert crashed.returncode == FAULT_EXIT_STATUS, crashed.stderr[-2000:]
     plan = plan_table("table3", out, **plan_args)
     assert [(r.status, r.epochs_done) for r in plan.runs] == [(DONE, 2), (PARTIAL, 1), (MISSING, 0)]
+    kd_metrics = out / plan.runs[1].name / "metrics.csv"
+    epoch1 = kd_metrics.read_text().splitlines()[:2]  # header and epoch 1, wall times included
 
     assert main(argv) == 0
+    assert kd_metrics.read_text().splitlines()[:2] == epoch1  # continued, not trained again from epoch 1
     printed = capsys.readouterr().out
     assert "| Logit | RLD |" in printed
     names = [

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import assert_same_run_state, load_last, metric_rows, run_rld
+from conftest import assert_same_run_state, load_last, metric_lines, metric_rows, run_rld
 from rld.cli import main
 from rld.config import resolve
 from rld.data import ArraySplit, Batch, DeviceLoader
@@ -300,11 +300,13 @@ def test_sweep_crashed_while_checkpointing_resumes_exactly_with_the_cache(tmp_pa
     assert crashed.returncode == FAULT_EXIT_STATUS, crashed.stderr[-2000:]
     ahead, behind = out / "method.beta=2,seed=0", out / "method.beta=8,seed=0"
     assert (load_last(ahead)["epoch"], load_last(behind)["epoch"]) == (2, 1)
+    kept = {run: metric_lines(run) for run in (ahead, behind)}  # rows a resume must keep, wall times included
     from rld.engine.sweep import sweep
 
     rows = sweep("demo/rld", ["method.beta=2,8"], out=out, resume=True, extra=over)
     assert [r["run"] for r in rows] == ["method.beta=2,seed=0", "method.beta=8,seed=0"]
     for beta, run in (("2", ahead), ("8", behind)):
+        assert metric_lines(run)[: len(kept[run])] == kept[run]
         assert metric_rows(run / "metrics.csv") == metric_rows(tmp_path / beta / "metrics.csv")
         assert_same_run_state(load_last(tmp_path / beta), load_last(run))
 
