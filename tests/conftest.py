@@ -71,9 +71,11 @@ def metric_lines(run: Path) -> list[str]:
 
 
 def assert_user_error(code: int, err: str, message: str) -> None:
-    """A user error as the CLI reports it: exit status 2 and one line ``rld: error: …`` holding ``message``."""
+    """A user error as the CLI reports it: exit status 2 and one line ``rld: error: …`` (argument
+    errors: ``rld COMMAND: error: …``) holding ``message``."""
     assert code == 2, err
-    assert len(err.strip().splitlines()) == 1 and err.startswith("rld: error: ") and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith("rld: error: ") or (err.startswith("rld ") and ": error: " in err), err
     assert message in err, err
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import assert_same_run_state, load_last, run_rld
+from conftest import assert_same_run_state, assert_user_error, load_last, run_rld
 from rld.cli import main
 from rld.config import to_yaml
 from rld.data import CIFAR100_CLASSES
@@ -183,9 +183,8 @@ def test_cli_mistakes_exit_2_with_one_line(tmp_path, capsys):
         (["reproduce", "table3", "--teacher", "resnet56", "--dry-run"], "--teacher takes MODEL=CKPT"),
         (["reproduce", "table3", "--out", str(tmp_path), "--pairs", "resnet56-resnet20"], "--data PATH"),
     ]:
-        assert main(argv) == 2
-        err = capsys.readouterr().err.strip()
-        assert message in err and "\n" not in err
+        code = main(argv)
+        assert_user_error(code, capsys.readouterr().err.strip(), message)
 
 
 def test_paper_numbers_are_the_published_ones():

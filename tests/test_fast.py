@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import assert_same_run_state, load_last, metric_lines, metric_rows, run_rld
+from conftest import assert_same_run_state, assert_user_error, load_last, metric_lines, metric_rows, run_rld
 from rld.cli import main
 from rld.config import resolve
 from rld.data import ArraySplit, Batch, DeviceLoader
@@ -180,11 +180,12 @@ def test_a_cache_folder_of_another_key_is_refused(tmp_path):
 def test_the_cache_needs_the_device_resident_loader(capsys, tmp_path, teacher_ckpt):
     args = ["train", "demo/rld", "--teacher", str(teacher_ckpt), "--out", str(tmp_path / "o")]
     code = main([*args, "data.pipeline=pil", "data.num_workers=0", "train.teacher_cache=lazy"])
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and len(err.splitlines()) == 1
-    assert "train.teacher_cache=lazy needs the device-resident loader" in err
-    assert main(["cache", "demo/vanilla", "--cache-dir", str(tmp_path)]) == 2
-    assert "trains without a teacher" in capsys.readouterr().err
+    assert_user_error(
+        code, capsys.readouterr().err.strip(), "train.teacher_cache=lazy needs the device-resident loader"
+    )
+    assert not (tmp_path / "o").exists()
+    code = main(["cache", "demo/vanilla", "--cache-dir", str(tmp_path)])
+    assert_user_error(code, capsys.readouterr().err.strip(), "trains without a teacher")
 
 
 # ----------------------------------------------------------------------------- sweeps

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import assert_user_error
 from rld.cli import main
 from rld.config import resolve
 from rld.data import build_data, load_digits
@@ -234,6 +235,5 @@ def test_plot_and_report_errors_are_one_line(runs, tmp_path, capsys):
         (["report", str(tmp_path / "empty"), "--out", str(tmp_path / "r.html")], "is not a folder"),
     ]
     for argv, message in cases:
-        assert main(argv) == 2
-        err = capsys.readouterr().err.strip()
-        assert message in err and "\n" not in err
+        code = main(argv)
+        assert_user_error(code, capsys.readouterr().err.strip(), message)
