@@ -31,6 +31,13 @@ from rld.methods import build_method
 from rld.models import create_model
 
 FAST = ["train.batch_size=256", "data.eval_batch_size=512"]
+
+
+def _tiny(tiny_cifar: Path) -> list[str]:
+    """128 CIFAR-format images at batch 48: 3 steps per epoch, the last one a partial batch of 32."""
+    return ["data.name=cifar100", f"data.path={tiny_cifar}", "train.batch_size=48"]
+
+
 # CTKD (learnable temperature) on the demo data: the vanilla demo preset with a resnet20 teacher
 CTKD = ["method.name=ctkd", "model.teacher=resnet20"]
 PAIRS = [
@@ -174,11 +181,11 @@ def test_training_writes_the_run_folder_and_eval_reproduces_best(tmp_path):
         assert f"{again['test_loss']:.6g}" == row["test_loss"]
 
 
-def test_same_seed_same_metrics_and_resume_continues_exactly(tmp_path, teacher_ckpt, compiled_losses):
+def test_same_seed_same_metrics_and_resume_continues_exactly(tmp_path, teacher_ckpt, tiny_cifar, compiled_losses):
     """With the compiled loss kernel (the default users run): a run stopped after epoch 1 and
     resumed in a new process (the kernel compiled afresh) ends with the uninterrupted run's state."""
     fused, _ = compiled_losses
-    over = [*FAST, "train.epochs=3", f"model.teacher_checkpoint={teacher_ckpt}"]
+    over = [*_tiny(tiny_cifar), "train.epochs=3", f"model.teacher_checkpoint={teacher_ckpt}"]
     train(resolve("demo/dkd", over), tmp_path / "a")
     fresh_compile(fused)
     train(resolve("demo/dkd", [*over[:-2], "train.epochs=1", over[-1]]), tmp_path / "b")
@@ -198,21 +205,23 @@ def _temporary_files(run: Path) -> list[Path]:
     return sorted((run / "checkpoints").glob(".last.pt.tmp-*"))
 
 
-def test_crash_after_a_step_and_between_write_and_rename_then_resume_is_exact(tmp_path, teacher_ckpt, capsys):
+def test_crash_after_a_step_and_between_write_and_rename_then_resume_is_exact(
+    tmp_path, teacher_ckpt, tiny_cifar, capsys
+):
     """Faults at exact points (rld.engine.faults), each followed by a resume: the final last.pt
     equals the uninterrupted run's bit for bit (model, optimizer, method state, RNG, history).
 
-    demo/rld at batch 256: 6 steps per epoch. Crash 1 after step 8 (inside epoch 2, last.pt at
-    epoch 1); crash 2 in the 2nd last.pt write after resuming (epoch 3's: renamed never, last.pt
-    stays at epoch 2). The last resume changes an execution setting (static step on), which is
+    demo/rld, 3 steps per epoch. Crash 1 after step 5 (inside epoch 2, last.pt at epoch 1);
+    crash 2 in the 2nd last.pt write after resuming (epoch 3's: renamed never, last.pt stays at
+    epoch 2). The last resume changes an execution setting (static step on), which is
     accepted; a changed result setting (the learning rate) is refused and leaves the folder as it was.
     """
-    over = [*FAST, "train.epochs=3", f"model.teacher_checkpoint={teacher_ckpt}"]
+    over = [*_tiny(tiny_cifar), "train.epochs=3", f"model.teacher_checkpoint={teacher_ckpt}"]
     train(resolve("demo/rld", over), tmp_path / "ref")
     out = tmp_path / "crashed"
     args = ["train", "demo/rld", *over, "--out", str(out), "--resume"]
 
-    first = run_rld(*args, fault="after_step:8")
+    first = run_rld(*args, fault="after_step:5")
     assert first.returncode == FAULT_EXIT_STATUS, first.stderr[-2000:]
     assert load_last(out)["epoch"] == 1 and [r["epoch"] for r in metric_rows(out / "metrics.csv")] == ["1"]
     assert _temporary_files(out) == []
@@ -236,13 +245,13 @@ def test_crash_after_a_step_and_between_write_and_rename_then_resume_is_exact(tm
     assert_same_tensors(best[0]["model"], best[1]["model"], "best.model")
 
 
-def test_ctkd_temperature_resumes_exactly_after_a_crash(tmp_path, teacher_ckpt):
+def test_ctkd_temperature_resumes_exactly_after_a_crash(tmp_path, teacher_ckpt, tiny_cifar):
     """CTKD's learnable temperature θ is method state: saved in last.pt and restored on resume."""
-    over = [*FAST, *CTKD, "train.epochs=2", f"model.teacher_checkpoint={teacher_ckpt}"]
+    over = [*_tiny(tiny_cifar), *CTKD, "train.epochs=2", f"model.teacher_checkpoint={teacher_ckpt}"]
     train(resolve("demo/vanilla", over), tmp_path / "ref")
     out = tmp_path / "crashed"
     args = ["train", "demo/vanilla", *over, "--out", str(out), "--resume"]
-    crashed = run_rld(*args, fault="after_step:9")
+    crashed = run_rld(*args, fault="after_step:4")
     assert crashed.returncode == FAULT_EXIT_STATUS, crashed.stderr[-2000:]
     assert load_last(out)["epoch"] == 1
     kept = metric_lines(out)
