@@ -1,9 +1,173 @@
-"""Suite-wide settings.
+"""Suite-wide settings and the helpers several test modules share.
 
-The DKD/RLD loss kernel runs eagerly in the suite (and in the processes it starts): compiling it
-takes seconds per worker. ``test_losses.py`` compiles it on purpose and compares the two.
+* One intra-op thread per process. ``make test`` runs two workers on two cores: a second thread
+  per worker only spins (a demo epoch takes 3x longer), and the processes the tests start inherit
+  the same setting, so a run in a subprocess and one in the test process compute identically.
+* The DKD/RLD loss kernel runs eagerly (compiling takes seconds per process). The tests that take
+  the ``compiled_losses`` fixture, and ``test_losses.py``'s kernel tests, run the compiled kernel
+  that users get by default.
 """
 
+from __future__ import annotations
+
+import csv
 import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 os.environ["RLD_COMPILE_LOSSES"] = "0"
+os.environ["OMP_NUM_THREADS"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+TIME_COLUMNS = ("epoch_time", "train_time")
+HAS_CXX = any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "g++", "c++", "clang++"))
+
+
+@pytest.fixture(scope="session")
+def teacher_ckpt(tmp_path_factory) -> Path:
+    """A resnet20 teacher (10 classes) in the shared checkpoint format; random weights (seed 123)."""
+    from rld.models import create_model
+
+    torch.manual_seed(123)
+    path = tmp_path_factory.mktemp("teacher") / "teacher.pth"
+    torch.save({"model": create_model("resnet20", num_classes=10).state_dict(), "epoch": 240}, path)
+    return path
+
+
+@pytest.fixture()
+def tiny_cifar(tmp_path) -> Path:
+    """A CIFAR-format .npz: 128 training and 64 test images of random pixels, 10 classes."""
+    import numpy as np
+
+    rng = np.random.default_rng(5)
+    path = tmp_path / "tiny.npz"
+    np.savez(
+        path,
+        train_x=rng.integers(0, 256, size=(128, 32, 32, 3), dtype=np.uint8),
+        train_y=rng.integers(0, 10, size=128),
+        test_x=rng.integers(0, 256, size=(64, 32, 32, 3), dtype=np.uint8),
+        test_y=rng.integers(0, 10, size=64),
+        classes=np.array([f"c{i}" for i in range(10)]),
+    )
+    return path
+
+
+def metric_rows(path: Path) -> list[dict[str, str]]:
+    """The rows of a ``metrics.csv`` without the wall-time columns (the only ones allowed to differ)."""
+    with open(path) as f:
+        return [{k: v for k, v in row.items() if k not in TIME_COLUMNS} for row in csv.DictReader(f)]
+
+
+def metric_lines(run: Path) -> list[str]:
+    """The lines of a run's ``metrics.csv`` as written, wall times included: rows a resume kept
+    stay the same text, rows trained again would not (their times differ)."""
+    return (Path(run) / "metrics.csv").read_text().splitlines()
+
+
+def assert_user_error(code: int, err: str, message: str) -> None:
+    """A user error as the CLI reports it: exit status 2 and one line ``rld: error: …`` (argument
+    errors: ``rld COMMAND: error: …``) holding ``message``."""
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith("rld: error: ") or (err.startswith("rld ") and ": error: " in err), err
+    assert message in err, err
+
+
+def folder_snapshot(root: Path) -> dict[str, bytes | None]:
+    """Every file (its bytes) and folder (None) under ``root``: equal snapshots mean an untouched folder."""
+    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None) for p in sorted(Path(root).rglob("*"))}
+
+
+def assert_same_tensors(a, b, where: str = "") -> None:
+    """Nested dicts/lists of tensors and plain values, equal bit for bit (``torch.equal`` for tensors)."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), (where, sorted(a), sorted(b))
+        for k in a:
+            assert_same_tensors(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, list | tuple):
+        assert isinstance(b, list | tuple) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_tensors(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, (where, a, b)
+
+
+def assert_same_run_state(a: dict, b: dict, *, ignore_config: tuple[str, ...] = ()) -> None:
+    """Two ``last.pt`` states hold the same training state bit for bit: model, optimizer, method
+    state, epoch, best, torch's RNG state and the history (without its wall times).
+    ``ignore_config``: dotted config keys allowed to differ (execution settings changed on resume)."""
+    for key in ("model", "optimizer", "method"):
+        assert_same_tensors(a[key], b[key], key)
+    # torch's generator drives the run (initialisation, the data order comes from seed and epoch);
+    # numpy's and Python's are saved too but never seeded or used by training
+    assert_same_tensors(a["rng"]["torch"], b["rng"]["torch"], "rng.torch")
+    assert (a["epoch"], a["best"], a["num_classes"]) == (b["epoch"], b["best"], b["num_classes"])
+    strip = [{k: v for k, v in row.items() if k not in TIME_COLUMNS} for row in a["history"]]
+    assert strip == [{k: v for k, v in row.items() if k not in TIME_COLUMNS} for row in b["history"]]
+    ca, cb = a["config"], b["config"]
+    for dotted in ignore_config:
+        section, key = dotted.split(".")
+        ca, cb = {**ca, section: {**ca[section], key: None}}, {**cb, section: {**cb[section], key: None}}
+    assert ca == cb
+
+
+def load_last(run: Path) -> dict:
+    return torch.load(Path(run) / "checkpoints" / "last.pt", weights_only=True)
+
+
+@pytest.fixture
+def loss_compiler():
+    """``rld.losses._fused`` with compiling on, a compile counter (inductor) as backend, and dynamo
+    reset around the test; yields ``(module, counter)``."""
+    import torch._dynamo.testing
+
+    from rld.losses import _fused
+
+    torch._dynamo.reset()
+    counter = torch._dynamo.testing.CompileCounterWithBackend("inductor")
+    _fused.use_compiled(True)
+    _fused._Compiled.fn, _fused._Compiled.backend = None, counter
+    _fused._Compiled.failed.clear()
+    yield _fused, counter
+    _fused.use_compiled(None)
+    _fused._Compiled.fn, _fused._Compiled.backend = None, "inductor"
+    _fused._Compiled.failed.clear()
+    torch._dynamo.reset()
+
+
+def assert_compiled(fused, counter) -> None:
+    """The loss kernel was compiled and never fell back to eager."""
+    assert not fused._Compiled.failed, f"the loss kernel could not be compiled on {fused._Compiled.failed}"
+    assert counter.frame_count > 0, "the loss kernel was never compiled"
+
+
+@pytest.fixture
+def compiled_losses(loss_compiler):
+    """The DKD/RLD kernel compiled as users run it by default. Skipped only without a C++ compiler;
+    with one, a compile that breaks (and falls back to eager) fails the test."""
+    if not HAS_CXX:
+        pytest.skip("torch.compile needs a C++ compiler on the CPU (without one the kernel runs eagerly)")
+    yield loss_compiler
+    assert_compiled(*loss_compiler)
+
+
+def fresh_compile(fused) -> None:
+    """Forget the compiled kernel, as a new process would (the next call compiles it again)."""
+    torch._dynamo.reset()
+    fused._Compiled.fn = None
+
+
+def run_rld(*args: str, fault: str | None = None) -> subprocess.CompletedProcess:
+    """``python -m rld.cli ARGS`` in a new process (optionally with ``RLD_FAULT`` set; see rld.engine.faults)."""
+    env = {k: v for k, v in os.environ.items() if k != "RLD_FAULT"}
+    if fault:
+        env["RLD_FAULT"] = fault
+    return subprocess.run([sys.executable, "-m", "rld.cli", *args], env=env, capture_output=True, text=True)

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import rld
+from conftest import assert_user_error
 from rld.cli import main
 from rld.config import KEY_HELP, key_types, list_presets, resolve
 from rld.engine import train
@@ -31,10 +32,10 @@ def _same(a: dict, b: dict) -> bool:
 
 
 def _error(capsys, argv: list[str]) -> str:
-    """Run the CLI, expect exit status 2 and exactly one line on stderr; return it."""
-    assert main(argv) == 2
+    """Run the CLI, expect a user error (exit status 2, one line on stderr); return the line."""
+    code = main(argv)
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("rld: error: "), err
+    assert_user_error(code, err, "rld: error: ")
     return err
 
 

@@ -439,9 +439,19 @@ def test_image_folder(tmp_path):
     assert isinstance(batches[0], Batch) and batches[0].images.shape == (3, 3, 224, 224)
     assert batches[1].images.shape == (1, 3, 224, 224) and batches[0].views is None
     assert sorted(torch.cat([b.indices for b in batches]).tolist()) == [0, 1, 2, 3]
-    test = next(iter(bundle.test))
-    torch.testing.assert_close(test.targets, torch.tensor([0, 0, 1]))
-    assert test.images.dtype == torch.float32
+    test = list(bundle.test)
+    torch.testing.assert_close(torch.cat([b.targets for b in test]), torch.tensor([0, 0, 1, 1]))
+    # Evaluation images: torchvision's Resize(256), CenterCrop(224), ToTensor and ImageNet Normalize,
+    # file by file in class-folder order.
+    import torchvision.transforms as T
+
+    reference = T.Compose(
+        [T.Resize(256), T.CenterCrop(224), T.ToTensor(), T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))]
+    )
+    files = [tmp_path / "val" / c / f"{i}.png" for c in ("cat", "dog") for i in range(2)]
+    expected = torch.stack([reference(Image.open(f).convert("RGB")) for f in files])
+    got = torch.cat([b.images for b in test])
+    assert got.dtype == torch.float32 and torch.equal(got, expected)
 
 
 def test_image_folder_missing_parts(tmp_path):

@@ -12,9 +12,12 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import assert_same_run_state, assert_user_error, load_last, run_rld
 from rld.cli import main
 from rld.config import to_yaml
 from rld.data import CIFAR100_CLASSES
+from rld.engine import train
+from rld.engine.faults import FAULT_EXIT_STATUS
 from rld.errors import UserError
 from rld.experiments import collect, get_table, paper_tables, paper_value, plan_table, reproduce, to_markdown
 from rld.experiments.aggregate import to_csv
@@ -180,9 +183,8 @@ def test_cli_mistakes_exit_2_with_one_line(tmp_path, capsys):
         (["reproduce", "table3", "--teacher", "resnet56", "--dry-run"], "--teacher takes MODEL=CKPT"),
         (["reproduce", "table3", "--out", str(tmp_path), "--pairs", "resnet56-resnet20"], "--data PATH"),
     ]:
-        assert main(argv) == 2
-        err = capsys.readouterr().err.strip()
-        assert message in err and "\n" not in err
+        code = main(argv)
+        assert_user_error(code, capsys.readouterr().err.strip(), message)
 
 
 def test_paper_numbers_are_the_published_ones():
@@ -267,49 +269,67 @@ def _fake_cifar100(root: Path) -> Path:
 
 
 def test_reproduce_end_to_end_on_fake_cifar100(tmp_path, capsys):
+    """Table 3, one pair, KD and RLD, 2 epochs: interrupted inside KD's epoch-2 checkpoint (the 4th
+    last.pt write: the teacher's two, then KD's), started again, it resumes KD exactly where it
+    stopped and trains RLD; every measured cell is the run's best test top-1 from its metrics.csv."""
     data = _fake_cifar100(tmp_path / "data")
     out = tmp_path / "repro"
     argv = [
-        "reproduce", "table3", "--data", str(data), "--out", str(out), "--seeds", "0", "--epochs", "1",
+        "reproduce", "table3", "--data", str(data), "--out", str(out), "--seeds", "0", "--epochs", "2",
         "--pairs", "resnet56-resnet20", "--methods", "kd,rld", "train.batch_size=128",
     ]  # fmt: skip
+    plan_args = dict(seeds=[0], epochs=2, pairs=["resnet56-resnet20"], methods=["kd", "rld"], data=str(data),
+                     overrides=["train.batch_size=128"])  # fmt: skip
+    crashed = run_rld(*argv, fault="before_rename:4")
+    assert crashed.returncode == FAULT_EXIT_STATUS, crashed.stderr[-2000:]
+    plan = plan_table("table3", out, **plan_args)
+    assert [(r.status, r.epochs_done) for r in plan.runs] == [(DONE, 2), (PARTIAL, 1), (MISSING, 0)]
+    kd_metrics = out / plan.runs[1].name / "metrics.csv"
+    epoch1 = kd_metrics.read_text().splitlines()[:2]  # header and epoch 1, wall times included
+
     assert main(argv) == 0
+    assert kd_metrics.read_text().splitlines()[:2] == epoch1  # continued, not trained again from epoch 1
     printed = capsys.readouterr().out
     assert "| Logit | RLD |" in printed
+    names = [
+        "cifar100/resnet56/vanilla/seed0",
+        "cifar100/resnet56-resnet20/kd/seed0",
+        "cifar100/resnet56-resnet20/rld/seed0",
+    ]
+    kd = plan.run(names[1])
+    train(kd.config(), tmp_path / "kd-uninterrupted")  # the same run, never stopped
+    assert_same_run_state(load_last(tmp_path / "kd-uninterrupted"), load_last(out / names[1]))
+    best = {
+        name: max(float(r["test_top1"]) for r in csv.DictReader(open(out / name / "metrics.csv"))) for name in names
+    }
     markdown = (out / "tables" / "table3.md").read_text()
     table_lines = [line.split("|") for line in markdown.splitlines() if line.startswith("|") and "paper" in line]
     lines = {cells[2].strip(): cells[3].strip() for cells in table_lines}
-    for row, paper in (("Teacher", "72.34"), ("KD", "70.66"), ("RLD", "72.00")):
-        measured, rest = lines[row].split(" (paper ")
-        assert 0.0 <= float(measured) <= 100.0 and rest.startswith(paper), lines[row]
+    for row, name, paper in (("Teacher", names[0], 72.34), ("KD", names[1], 70.66), ("RLD", names[2], 72.00)):
+        assert lines[row] == f"{best[name]:.2f} (paper {paper:.2f}, Δ {best[name] - paper:+.2f})", lines[row]
     rows = {r[0]: r for r in csv.reader((out / "tables" / "table3.csv").read_text().splitlines())}
-    for row, paper in (("Teacher", 72.34), ("KD", 70.66), ("RLD", 72.00)):
+    for row, name, paper in (("Teacher", names[0], 72.34), ("KD", names[1], 70.66), ("RLD", names[2], 72.00)):
         mean, _, n, paper_cell, diff = rows[row][1:]
-        assert (n, float(paper_cell)) == ("1", paper)
-        assert float(diff) == pytest.approx(float(mean) - paper, abs=1e-3)
+        assert (n, float(paper_cell), float(mean)) == ("1", paper, pytest.approx(best[name], abs=5e-5))
+        assert float(diff) == pytest.approx(best[name] - paper, abs=5e-5)
     runs_csv = list(csv.DictReader((out / "tables" / "table3-runs.csv").read_text().splitlines()))
     assert [r["status"] for r in runs_csv] == ["done"] * 3
-    rld_metrics = list(
-        csv.DictReader((out / "cifar100/resnet56-resnet20/rld/seed0/metrics.csv").read_text().splitlines())
-    )
-    assert float(runs_csv[2]["best_top1"]) == pytest.approx(float(rld_metrics[0]["test_top1"]))
+    assert [float(r["best_top1"]) for r in runs_csv] == [pytest.approx(best[n], abs=5e-5) for n in names]
 
     # A second call finds every run finished and trains nothing.
-    last = out / "cifar100/resnet56-resnet20/kd/seed0/checkpoints/last.pt"
+    last = out / names[1] / "checkpoints" / "last.pt"
     stamp = last.stat().st_mtime_ns
-    plan = plan_table("table3", out, seeds=[0], epochs=1, pairs=["resnet56-resnet20"], methods=["kd", "rld"],
-                      data=str(data), overrides=["train.batch_size=128"])  # fmt: skip
+    plan = plan_table("table3", out, **plan_args)
     assert [r.status for r in plan.runs] == [DONE] * 3
     assert reproduce(plan).trained == [] and last.stat().st_mtime_ns == stamp
 
     # Other settings in the same folder are refused before anything runs.
-    other = plan_table("table3", out, seeds=[0], epochs=1, pairs=["resnet56-resnet20"], methods=["kd"],
-                       data=str(data), overrides=["train.batch_size=64"])  # fmt: skip
+    other = plan_table("table3", out, **{**plan_args, "methods": ["kd"], "overrides": ["train.batch_size=64"]})
     with pytest.raises(UserError, match="trained with another configuration .*train.batch_size"):
         reproduce(other)
 
     # A given teacher checkpoint is evaluated, not trained.
-    ckpt = out / "cifar100/resnet56/vanilla/seed0/checkpoints/best.pt"
+    ckpt = out / names[0] / "checkpoints" / "best.pt"
     given = plan_table("table3", tmp_path / "given", seeds=[0], epochs=1, pairs=["resnet56-resnet20"],
                        methods=["kd"], data=str(data), teachers={"resnet56": str(ckpt)})  # fmt: skip
     teacher = given.runs[0]
@@ -317,6 +337,8 @@ def test_reproduce_end_to_end_on_fake_cifar100(tmp_path, capsys):
     assert given.run("cifar100/resnet56-resnet20/kd/seed0").overrides[1] == f"model.teacher_checkpoint={ckpt}"
     result = evaluate_teacher_checkpoint(teacher)
     assert refresh_status(teacher) == DONE
-    assert result["test_top1"] == pytest.approx(float(runs_csv[0]["best_top1"]))  # the same weights, the same data
+    best_epoch_row = torch.load(ckpt, weights_only=True)["epoch"]
+    teacher_rows = list(csv.DictReader(open(out / names[0] / "metrics.csv")))
+    assert f"{result['test_top1']:.6g}" == teacher_rows[best_epoch_row - 1]["test_top1"]  # same weights, same data
     cell = collect(given).cell("Teacher", "resnet56 → resnet20")
     assert cell.mean_std("best")[0] == pytest.approx(result["test_top1"])

@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import assert_same_run_state, assert_user_error, load_last, metric_lines, metric_rows, run_rld
 from rld.cli import main
 from rld.config import resolve
 from rld.data import ArraySplit, Batch, DeviceLoader
 from rld.engine import train
+from rld.engine.faults import FAULT_EXIT_STATUS
 from rld.engine.sweep import group_runs, parse_grid, plan_sweep, split_values
 from rld.engine.trainer import TeacherForward
 from rld.errors import UserError
@@ -23,20 +25,6 @@ from rld.losses import dkd_loss, kd_loss, mask_ge, rld_loss
 from rld.models import create_model
 
 FAST = ["train.batch_size=256", "data.eval_batch_size=512", "train.epochs=2"]
-TIME_COLUMNS = ("epoch_time", "train_time")
-
-
-@pytest.fixture(scope="module")
-def teacher_ckpt(tmp_path_factory) -> Path:
-    torch.manual_seed(123)
-    path = tmp_path_factory.mktemp("teacher") / "teacher.pth"
-    torch.save({"model": create_model("resnet20", num_classes=10).state_dict()}, path)
-    return path
-
-
-def _rows(path: Path) -> list[dict[str, str]]:
-    with open(path) as f:
-        return [{k: v for k, v in row.items() if k not in TIME_COLUMNS} for row in csv.DictReader(f)]
 
 
 def _tiny_loader(n: int = 3, seed: int = 0, flip: bool = True) -> DeviceLoader:
@@ -125,7 +113,8 @@ def test_full_cache_equals_the_teacher_forward_exactly_in_float32_and_to_roundin
     assert half.store.folder != exact.store.folder  # the precision is part of the key
 
 
-def test_float16_storage_changes_the_distillation_losses_by_less_than_1e_3_relative():
+def test_float16_storage_changes_the_distillation_losses_by_less_than_4e_4_relative():
+    """The documented bound (README: float16 changes the losses by < 4e-4 relative)."""
     g = torch.Generator().manual_seed(0)
     for b, c in ((64, 100), (256, 1000)):
         target = torch.randint(0, c, (b,), generator=g)
@@ -139,7 +128,7 @@ def test_float16_storage_changes_the_distillation_losses_by_less_than_1e_3_relat
             ("dkd", dkd_loss(student, teacher, target), dkd_loss(student, cached, target)),
             ("kd", kd_loss(student, teacher), kd_loss(student, cached)),
         ):
-            assert abs(approx.item() - exact.item()) <= 1e-3 * abs(exact.item()), name
+            assert abs(approx.item() - exact.item()) < 4e-4 * abs(exact.item()), name
             (g_exact,) = torch.autograd.grad(exact, student)
             (g_approx,) = torch.autograd.grad(approx, student)
             rows = (g_approx - g_exact).norm(dim=1) / g_exact.norm(dim=1)  # (B,)
@@ -196,11 +185,12 @@ def test_a_cache_folder_of_another_key_is_refused(tmp_path):
 def test_the_cache_needs_the_device_resident_loader(capsys, tmp_path, teacher_ckpt):
     args = ["train", "demo/rld", "--teacher", str(teacher_ckpt), "--out", str(tmp_path / "o")]
     code = main([*args, "data.pipeline=pil", "data.num_workers=0", "train.teacher_cache=lazy"])
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and len(err.splitlines()) == 1
-    assert "train.teacher_cache=lazy needs the device-resident loader" in err
-    assert main(["cache", "demo/vanilla", "--cache-dir", str(tmp_path)]) == 2
-    assert "trains without a teacher" in capsys.readouterr().err
+    assert_user_error(
+        code, capsys.readouterr().err.strip(), "train.teacher_cache=lazy needs the device-resident loader"
+    )
+    assert not (tmp_path / "o").exists()
+    code = main(["cache", "demo/vanilla", "--cache-dir", str(tmp_path)])
+    assert_user_error(code, capsys.readouterr().err.strip(), "trains without a teacher")
 
 
 # ----------------------------------------------------------------------------- sweeps
@@ -226,93 +216,146 @@ def test_sweep_planning_grid_folders_and_groups(tmp_path):
         plan_sweep("demo/rld", ["beta"], seeds=None, out=tmp_path)
 
 
-def test_lockstep_sweep_reproduces_the_single_runs_and_the_cached_path_matches_them(tmp_path, teacher_ckpt):
-    # Trained alone: demo/rld with beta = 2 and 8 (2 epochs, seed 0), the plain teacher forward.
-    single = {}
-    for beta in ("2", "8"):
-        cfg = resolve("demo/rld", [*FAST, f"method.beta={beta}", f"model.teacher_checkpoint={teacher_ckpt}"])
-        train(cfg, tmp_path / "single" / beta)
-        single[beta] = _rows(tmp_path / "single" / beta / "metrics.csv")
-    # The same two runs in lockstep: identical metrics (deterministic CPU), own folders and checkpoints.
+def test_lockstep_sweep_reproduces_the_single_runs(tmp_path, teacher_ckpt, tiny_cifar, compiled_losses):
+    """With the compiled loss kernel (the default users run): the lockstep sweep gives each run
+    exactly the metrics and final state it gets trained alone (128 images at batch 48: a partial
+    last batch of 32, so the kernel is compiled for two batch sizes)."""
+    over = [*_tiny(tiny_cifar, teacher_ckpt), "train.batch_size=48", "train.epochs=2"]
+    for beta in ("2", "8"):  # trained alone: demo/rld with beta = 2 and 8 (2 epochs, seed 0)
+        train(resolve("demo/rld", [*over, f"method.beta={beta}"]), tmp_path / "single" / beta)
+    # The same two runs in lockstep: identical metrics and state, own folders and checkpoints.
     out = tmp_path / "sweep"
-    args = ["sweep", "demo/rld", "method.beta=2,8", "--teacher", str(teacher_ckpt), "--epochs", "2", "--out", str(out)]
-    assert main([*args, "train.batch_size=256", "data.eval_batch_size=512"]) == 0
-    for beta in ("2", "8"):
-        run = out / f"method.beta={beta},seed=0"
-        assert _rows(run / "metrics.csv") == single[beta]
-        assert (run / "checkpoints" / "last.pt").is_file() and (run / "checkpoints" / "best.pt").is_file()
+    assert main(["sweep", "demo/rld", "method.beta=2,8", "--out", str(out), *over]) == 0
+    names = ["method.beta=2,seed=0", "method.beta=8,seed=0"]
+    for beta, name in zip(("2", "8"), names):
+        run = out / name
+        assert metric_rows(run / "metrics.csv") == metric_rows(tmp_path / "single" / beta / "metrics.csv")
+        assert_same_run_state(load_last(tmp_path / "single" / beta), load_last(run))
+        assert (run / "checkpoints" / "best.pt").is_file()
         assert resolve(str(run / "config.yaml")).method.beta == float(beta)
     summary = list(csv.DictReader(open(out / "sweep.csv")))
-    assert [r["run"] for r in summary] == ["method.beta=2,seed=0", "method.beta=8,seed=0"]
-    assert main([*args, "train.batch_size=256"]) == 2  # never overwrites: --resume continues instead
-    # The cached path (lazy, float16 logits): the plain metrics within run-to-run noise.
-    over = [*FAST, f"model.teacher_checkpoint={teacher_ckpt}", f"train.cache_dir={tmp_path / 'cache'}"]
-    train(resolve("demo/rld", [*over, "train.teacher_cache=lazy"]), tmp_path / "cached")
-    cached = _rows(tmp_path / "cached" / "metrics.csv")
-    assert len(cached) == 2
-    for plain, c in zip(single["8"], cached):
-        assert abs(float(plain["test_top1"]) - float(c["test_top1"])) <= 2.0
-        assert float(c["train_loss"]) == pytest.approx(float(plain["train_loss"]), rel=0.01)
+    assert [r["run"] for r in summary] == names
+    best = [max(float(r["test_top1"]) for r in metric_rows(out / name / "metrics.csv")) for name in names]
+    assert [r["best_top1"] for r in summary] == [f"{b:.6g}" for b in best]
+    assert main(["sweep", "demo/rld", "method.beta=2,8", "--out", str(out), *over]) == 2  # never overwrites
 
 
-@pytest.fixture()
-def tiny_cifar(tmp_path) -> Path:
-    """A CIFAR-format .npz: 128 training and 64 test images of random pixels, 10 classes."""
-    rng = np.random.default_rng(5)
-    path = tmp_path / "tiny.npz"
-    np.savez(
-        path,
-        train_x=rng.integers(0, 256, size=(128, 32, 32, 3), dtype=np.uint8),
-        train_y=rng.integers(0, 10, size=128),
-        test_x=rng.integers(0, 256, size=(64, 32, 32, 3), dtype=np.uint8),
-        test_y=rng.integers(0, 10, size=64),
-        classes=np.array([f"c{i}" for i in range(10)]),
-    )
-    return path
+def test_float32_lazy_cache_trains_exactly_like_the_teacher_forward(tmp_path, teacher_ckpt, tiny_cifar):
+    """README: train.cache_precision=float32 stores exact logits, so training with the lazy cache
+    equals the plain loop bit for bit: metrics, weights, optimizer state."""
+    over = [*_tiny(tiny_cifar, teacher_ckpt), "train.batch_size=48", "train.epochs=2"]
+    train(resolve("demo/rld", over), tmp_path / "plain")
+    cached = [*over, "train.teacher_cache=lazy", "train.cache_precision=float32", f"train.cache_dir={tmp_path / 'c'}"]
+    train(resolve("demo/rld", cached), tmp_path / "cached")
+    assert metric_rows(tmp_path / "cached" / "metrics.csv") == metric_rows(tmp_path / "plain" / "metrics.csv")
+    assert_same_run_state(load_last(tmp_path / "plain"), load_last(tmp_path / "cached"), ignore_config=CACHE_KEYS)
+    # the cache was used: it holds exactly the (image, view) entries of the two epochs' plans
+    from rld.data import build_data
+
+    loader = build_data("cifar100", str(tiny_cifar), batch_size=48, device="cpu", seed=0).train
+    plans = [loader.epoch_plan(epoch) for epoch in (1, 2)]
+    entries = {(i, v) for order, views in plans for i, v in zip(order.tolist(), views.tolist())}
+    (folder,) = (tmp_path / "c").iterdir()
+    filled = np.load(folder / "filled.npy")
+    assert {(int(i), int(v)) for i, v in zip(*np.nonzero(filled))} == entries
 
 
-def test_sweep_resume_lets_runs_behind_catch_up_with_the_cache(tmp_path, teacher_ckpt, tiny_cifar):
-    over = [
+CACHE_KEYS = ("train.teacher_cache", "train.cache_precision", "train.cache_dir")
+
+
+def _tiny(tiny_cifar: Path, teacher_ckpt: Path) -> list[str]:
+    return [
         "data.name=cifar100",
         f"data.path={tiny_cifar}",
         "train.batch_size=64",
         f"model.teacher_checkpoint={teacher_ckpt}",
-        "train.teacher_cache=lazy",  # the single runs fill the cache; the sweep reads the same float16 values
-        f"train.cache_dir={tmp_path / 'cache'}",
     ]
-    single = {}
-    for beta in ("2", "8"):
-        train(resolve("demo/rld", [*over, "train.epochs=2", f"method.beta={beta}"]), tmp_path / beta)
-        single[beta] = _rows(tmp_path / beta / "metrics.csv")
-    # beta=8 stopped after epoch 1 (with the 2-epoch configuration); beta=2 not started at all.
-    out = tmp_path / "sweep"
-    behind = out / "method.beta=8,seed=0"
-    train(resolve("demo/rld", [*over, "method.beta=8", "train.epochs=1"]), behind)
-    state = torch.load(behind / "checkpoints" / "last.pt", weights_only=True)
-    state["config"]["train"]["epochs"] = 2
-    torch.save(state, behind / "checkpoints" / "last.pt")
+
+
+def test_multi_seed_sweep_equals_its_single_runs(tmp_path, teacher_ckpt, tiny_cifar):
+    """Seeds 0 and 1 are two data streams (two groups, one after the other); each run ends with
+    the state of the same run trained alone."""
+    over = [*_tiny(tiny_cifar, teacher_ckpt), "train.epochs=2"]
     from rld.engine.sweep import sweep
 
-    rows = sweep("demo/rld", ["method.beta=2,8"], out=out, resume=True, extra=[*over, "train.epochs=2"])
-    assert [r["run"] for r in rows] == ["method.beta=2,seed=0", "method.beta=8,seed=0"]
+    rows = sweep("demo/rld", ["method.beta=2,8"], seeds=[0, 1], out=tmp_path / "sweep", extra=over)
+    names = [f"method.beta={b},seed={s}" for s in (0, 1) for b in (2, 8)]
+    assert [r["run"] for r in rows] == names
+    for name, (beta, seed) in zip(names, [(b, s) for s in (0, 1) for b in (2, 8)]):
+        train(resolve("demo/rld", [*over, f"method.beta={beta}", f"seed={seed}"]), tmp_path / name)
+        assert metric_rows(tmp_path / "sweep" / name / "metrics.csv") == metric_rows(tmp_path / name / "metrics.csv")
+        assert_same_run_state(load_last(tmp_path / name), load_last(tmp_path / "sweep" / name))
+    seed0, seed1 = (load_last(tmp_path / f"method.beta=2,seed={s}") for s in (0, 1))
+    assert not torch.equal(seed0["model"]["fc.weight"], seed1["model"]["fc.weight"])  # two streams, two results
+
+
+def test_sweep_crashed_while_checkpointing_resumes_exactly_with_the_cache(tmp_path, teacher_ckpt, tiny_cifar):
+    """A sweep that crashes inside the 4th last.pt write (beta=8's of epoch 2) stands at epochs 2
+    and 1; resumed, beta=8 catches up alone, then both continue in lockstep and end with the state
+    of the runs trained alone."""
+    over = [
+        *_tiny(tiny_cifar, teacher_ckpt),
+        "train.teacher_cache=lazy",  # the single runs fill the cache; the sweep reads the same float16 values
+        f"train.cache_dir={tmp_path / 'cache'}",
+        "train.epochs=3",
+    ]
     for beta in ("2", "8"):
-        assert _rows(out / f"method.beta={beta},seed=0" / "metrics.csv") == single[beta]
+        train(resolve("demo/rld", [*over, f"method.beta={beta}"]), tmp_path / beta)
+    out = tmp_path / "sweep"
+    crashed = run_rld("sweep", "demo/rld", "method.beta=2,8", *over, "--out", str(out), fault="before_rename:4")
+    assert crashed.returncode == FAULT_EXIT_STATUS, crashed.stderr[-2000:]
+    ahead, behind = out / "method.beta=2,seed=0", out / "method.beta=8,seed=0"
+    assert (load_last(ahead)["epoch"], load_last(behind)["epoch"]) == (2, 1)
+    kept = {run: metric_lines(run) for run in (ahead, behind)}  # rows a resume must keep, wall times included
+    from rld.engine.sweep import sweep
+
+    rows = sweep("demo/rld", ["method.beta=2,8"], out=out, resume=True, extra=over)
+    assert [r["run"] for r in rows] == ["method.beta=2,seed=0", "method.beta=8,seed=0"]
+    for beta, run in (("2", ahead), ("8", behind)):
+        assert metric_lines(run)[: len(kept[run])] == kept[run]
+        assert metric_rows(run / "metrics.csv") == metric_rows(tmp_path / beta / "metrics.csv")
+        assert_same_run_state(load_last(tmp_path / beta), load_last(run))
 
 
 # ----------------------------------------------------------------------------- bench
 
 
-def test_bench_reports_every_path(tmp_path):
+class _Ticks:
+    """A clock for rld.fast.bench that advances by exactly one second at every reading."""
+
+    def __init__(self):
+        self.readings = 0
+
+    def perf_counter(self) -> float:
+        self.readings += 1
+        return float(self.readings)
+
+
+def test_bench_reports_every_path(tmp_path, monkeypatch):
+    """With a clock that ticks one second per reading every step lasts exactly 1000 ms, so each
+    number of the report is known: medians, speed-ups, per-student time, cache timings, and the
+    count of clock readings says how many steps were timed."""
+    from rld.fast import bench
+
+    clock = _Ticks()
+    monkeypatch.setattr(bench, "time", clock)
     path = tmp_path / "bench.json"
-    argv = ["bench", "--pair", "resnet8:resnet8", "--steps", "2", "--warmup", "1", "--rounds", "2"]
+    argv = ["bench", "--pair", "resnet8:resnet8", "--steps", "3", "--warmup", "1", "--rounds", "2"]
     argv += ["--batch-size", "8", "--workers", "0", "--synthetic-size", "64", "--sweep", "2", "--json", str(path)]
     assert main(argv) == 0
     report = json.loads(path.read_text())
     assert report["device"] == "cpu" and report["data"].startswith("synthetic")
+    assert report["config"]["steps"] == 3 and report["config"]["rounds"] == 2
     res = report["results"]
     for name in ("conventional", "default", "cached", "sweep_2"):
-        assert res[name]["ms_per_step"] > 0 and len(res[name]["round_medians_ms"]) == 2
-    assert res["cached"]["cache_entries"] == 2 * 3 * 8 and res["cached"]["cache_build_s"] > 0
+        assert (res[name]["ms_per_step"], res[name]["round_medians_ms"]) == (1000.0, [1000.0, 1000.0]), name
+    assert res["default"]["speedup_vs_conventional"] == res["cached"]["speedup_vs_conventional"] == 1.0
+    assert (res["sweep_2"]["students"], res["sweep_2"]["ms_per_student_step"]) == (2, 500.0)
+    assert res["sweep_2"]["speedup_vs_separate_cached"] == 2.0
+    assert res["cached"]["cache_entries"] == 2 * (1 + 3) * 8  # the rounds' warm-up and timed batches of 8
+    assert (res["cached"]["cache_open_s"], res["cached"]["cache_build_s"]) == (1.0, 1.0)
+    # 2 readings each for opening and filling the cache, then per round and path: one before the steps, one per step
+    assert clock.readings == 2 + 2 + 2 * 4 * (3 + 1)
     assert res["sweep_4"] == {"measured": False, "reason": "measured on CUDA only (see rld.fast.bench)"}
 
 
@@ -335,29 +378,29 @@ def test_rld_cache_builds_every_view_and_training_then_needs_no_teacher_forward(
 # ----------------------------------------------------------------------------- whole-step execution
 
 
-def _weights(run: Path) -> dict[str, torch.Tensor]:
-    return torch.load(run / "checkpoints" / "last.pt", weights_only=True)["model"]
-
-
 @pytest.mark.parametrize("data", ["digits", "cifar100"])
-def test_static_step_trains_exactly_like_the_plain_loop(tmp_path, teacher_ckpt, tiny_cifar, data):
+def test_static_step_trains_exactly_like_the_plain_loop(tmp_path, teacher_ckpt, tiny_cifar, data, request):
     """The step that CUDA graphs replay, run on the CPU: same metrics and weights as the plain loop.
 
     1347 digits at batch 256: five full batches and a partial one of 67; 128 CIFAR-format images at
     batch 48: two full batches and one of 32. The learning rate decays after epoch 1 and the RLD
-    warm-up (3 epochs) scales the distillation terms in both epochs.
+    warm-up (3 epochs) scales the distillation terms in both epochs. The CIFAR-format case runs
+    the compiled loss kernel (the default users run).
     """
+    if data == "cifar100":
+        request.getfixturevalue("compiled_losses")
     over = [*FAST, f"model.teacher_checkpoint={teacher_ckpt}", "train.lr_milestones=[1]"]
     if data == "cifar100":
         over += ["data.name=cifar100", f"data.path={tiny_cifar}", "train.batch_size=48"]
     train(resolve("demo/rld", [*over, "train.static_step=off"]), tmp_path / "plain")
     train(resolve("demo/rld", [*over, "train.static_step=on"]), tmp_path / "static")
-    plain, static = _rows(tmp_path / "plain" / "metrics.csv"), _rows(tmp_path / "static" / "metrics.csv")
+    plain, static = metric_rows(tmp_path / "plain" / "metrics.csv"), metric_rows(tmp_path / "static" / "metrics.csv")
     steps = "6" if data == "digits" else "3"
     assert [r["steps"] for r in static] == [steps, steps] and [r["lr"] for r in static] == ["0.05", "0.005"]
     assert static == plain
-    a, b = _weights(tmp_path / "plain"), _weights(tmp_path / "static")
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert_same_run_state(
+        load_last(tmp_path / "plain"), load_last(tmp_path / "static"), ignore_config=("train.static_step",)
+    )
 
 
 def test_static_step_in_a_sweep_and_where_it_is_chosen(tmp_path, teacher_ckpt):
@@ -369,7 +412,7 @@ def test_static_step_in_a_sweep_and_where_it_is_chosen(tmp_path, teacher_ckpt):
     train(resolve("demo/rld", [*over, "method.beta=2"]), tmp_path / "single")
     rows = sweep("demo/rld", ["method.beta=2,8"], out=tmp_path / "sweep", extra=[*over, "train.static_step=on"])
     assert len(rows) == 2
-    assert _rows(tmp_path / "sweep" / "method.beta=2,seed=0" / "metrics.csv") == _rows(
+    assert metric_rows(tmp_path / "sweep" / "method.beta=2,seed=0" / "metrics.csv") == metric_rows(
         tmp_path / "single" / "metrics.csv"
     )
 

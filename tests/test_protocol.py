@@ -30,15 +30,6 @@ from rld.models import create_model
 FAST = ["train.batch_size=256", "data.eval_batch_size=512", "train.channels_last=false"]
 
 
-@pytest.fixture(scope="module")
-def teacher_ckpt(tmp_path_factory) -> Path:
-    """A resnet20 teacher in the shared checkpoint format (random weights)."""
-    torch.manual_seed(123)
-    path = tmp_path_factory.mktemp("teacher") / "teacher.pth"
-    torch.save({"model": create_model("resnet20", num_classes=10).state_dict(), "epoch": 240}, path)
-    return path
-
-
 CIFAR_PAIRS = {
     # pair: DKD's β as published for its teacher (mdistiller configs/cifar100/dkd/*.yaml)
     "resnet32x4-resnet8x4": 8.0,

@@ -256,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except UserError as err:
-        print(f"rld: error: {err}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank stops; rank 0 says why
+            print(f"rld: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         hint = getattr(args, "resume_hint", None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,14 +17,18 @@ from rld.errors import UserError
 FORMAT = "rld-run-1"
 
 
-def save_atomic(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file in the same folder, fsync, then rename over ``path``."""
+def save_atomic(obj: Any, path: Path, *, before_rename: Callable[[], None] | None = None) -> None:
+    """torch.save to a temporary file in the same folder, fsync, then rename over ``path``.
+
+    ``before_rename`` is called between the two (a crash point for the tests, rld.engine.faults)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "wb") as f:
         torch.save(obj, f)
         f.flush()
         os.fsync(f.fileno())
+    if before_rename is not None:
+        before_rename()
     os.replace(tmp, path)
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:

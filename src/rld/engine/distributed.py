@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
+
+from rld.errors import UserError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,26 @@ def broadcast_object(obj, world: World):
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def main_decides(world: World, decide: Callable[[], T]) -> T:
+    """``decide()`` on rank 0 only (e.g. looking at the run folder), its result on every rank.
+
+    A :class:`UserError` raised there is raised on every rank with the same message, so that all
+    processes stop together instead of the others waiting for rank 0 forever.
+    """
+    if not world.distributed:
+        return decide()
+    answer: tuple[str, object] = ("ok", None)
+    if world.is_main:
+        try:
+            answer = ("ok", decide())
+        except UserError as err:
+            answer = ("error", str(err))
+    kind, value = broadcast_object(answer, world)
+    if kind == "error":
+        raise UserError(value)
+    return value  # type: ignore[return-value]
 
 
 def barrier(world: World) -> None:

@@ -288,7 +288,9 @@ def sweep(
     out = Path(out)
     runs = plan_sweep(source, overrides, seeds=seeds, out=out, extra=extra)
     groups = group_runs(runs)
-    resume_from = {r.out: prepare_out_dir(r.out, resume) for r in runs}  # refuses existing runs up front
+    # every run's folder is checked up front (existing runs, another configuration): nothing starts
+    # unless all can, and nothing is written before
+    resume_from = {r.out: prepare_out_dir(r.out, resume, r.cfg) for r in runs}
     log.info(
         "sweep: %d runs in %d group(s) of one data stream each (%s) -> %s",
         len(runs),

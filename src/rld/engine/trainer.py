@@ -32,7 +32,8 @@ from torch.nn.parallel import DistributedDataParallel
 from rld.config import TEACHER_PRECISIONS, RunConfig, from_dict, to_yaml
 from rld.data import build_data
 from rld.engine import checkpoint as ckpt
-from rld.engine.distributed import World, all_sum, barrier, init_world, shutdown
+from rld.engine import faults
+from rld.engine.distributed import World, all_sum, barrier, init_world, main_decides, shutdown
 from rld.engine.static import StaticSteps, StepMember, static_step_wanted
 from rld.errors import UserError
 from rld.methods import build_method
@@ -81,21 +82,39 @@ def resolve_device(name: str, world: World) -> torch.device:
     return device
 
 
-def prepare_out_dir(out: Path, resume: bool) -> Path | None:
-    """Create the run folder; return the checkpoint to resume from, if any. Never destroys a run."""
+def prepare_out_dir(out: Path, resume: bool, cfg: RunConfig | None = None) -> Path | None:
+    """Check that ``out`` may hold the run; return the checkpoint to resume from, if any.
+
+    Writes nothing: a command that refuses leaves the folder exactly as it was, and the folder is
+    created only when the run starts (:meth:`Run.start`), so a run that fails to start leaves none
+    behind. Refused: an existing run without ``resume``, a folder that cannot be written, and (with
+    ``cfg``) a checkpoint to resume that was trained with another configuration.
+    """
     last = out / "checkpoints" / "last.pt"
-    if last.exists() and not resume:
+    if not resume and (last.exists() or (out / "metrics.csv").exists()):
         raise UserError(f"{out} already holds a run; add --resume to continue it or choose another --out")
-    if not resume and out.exists() and (out / "metrics.csv").exists():
-        raise UserError(f"{out} already holds a run; add --resume to continue it or choose another --out")
-    try:
-        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as err:
-        raise UserError(f"cannot write to the output folder {out}: {err.strerror}; choose another --out") from err
-    return last if (resume and last.exists()) else None
+    _check_writable(out)
+    if not (resume and last.exists()):
+        return None
+    if cfg is not None:
+        state = ckpt.load_run(last)
+        _check_same_config(from_dict(state["config"]), cfg, out, state["epoch"])
+    return last
+
+
+def _check_writable(out: Path) -> None:
+    """UserError unless ``out`` (and its checkpoints/ folder) exist as writable folders or can be created."""
+    for folder in (out, out / "checkpoints"):
+        existing = folder
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            reason = f"{existing} is not a folder"
+        elif not os.access(existing, os.W_OK | os.X_OK):
+            reason = f"{existing} is not writable"
+        else:
+            continue
+        raise UserError(f"cannot write to the output folder {out}: {reason}; choose another --out")
 
 
 def _build_teacher(cfg: RunConfig, num_classes: int, device: torch.device) -> nn.Module:
@@ -277,6 +296,31 @@ class TeacherForward:
         return self.teacher.get_classifier()(pooled.float())
 
 
+class StudentAndMethod(nn.Module):
+    """What a run trains, as one module: the student and the method with the trainable modules it
+    owns (CTKD's temperature; a feature method's connectors). Under torchrun this is the module
+    that DistributedDataParallel wraps (as timm's distillation task wraps student and task), so
+    the gradients of all their parameters are averaged over the processes.
+
+    ``forward(x)``: the student's logits (evaluation); ``forward(x, teacher_logits, target, epoch)``:
+    ``(logits, total, parts)``. The student runs under bf16 autocast when ``amp``; the method
+    always gets float32 logits.
+    """
+
+    def __init__(self, student: nn.Module, method: nn.Module, amp: bool):
+        super().__init__()
+        self.student, self.method, self.amp = student, method, amp
+
+    def forward(self, x: torch.Tensor, teacher_logits=None, target=None, epoch=None):
+        # no autocast weight cache: it cannot live across CUDA-graph replays (rld.engine.static)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.amp, cache_enabled=False):
+            logits = self.student(x)
+        if target is None:
+            return logits
+        loss, parts = self.method(logits.float(), teacher_logits, target, epoch)
+        return logits, loss, parts
+
+
 class Run:
     """One student trained with one method in one run folder.
 
@@ -320,19 +364,19 @@ class Run:
         self.device_scalars: tuple[torch.Tensor, torch.Tensor] | None = None  # see use_device_scalars
         self.epoch: int | None = None  # the epoch begun last
         self.start_epoch = 1
-        if resume_from is not None or (world.distributed and resume):
-            self._load(out / "checkpoints" / "last.pt")  # refuses another configuration first
-        if world.is_main:
-            (out / "config.yaml").write_text(to_yaml(cfg))
-            teacher_ckpt = cfg.model.teacher_checkpoint
-            if self.method.needs_teacher and teacher_ckpt and Path(teacher_ckpt).is_file():
-                ckpt.write_teacher_record(out, teacher_ckpt, cfg.model.teacher or "")
+        self.started = False  # see start()
+        self.tb = None
+        self._resume_rng: dict | None = None
+        if resume_from is not None:
+            self._load(resume_from)
+        # Student and method as one module: under torchrun DistributedDataParallel averages the
+        # gradients of every trainable parameter, the method's (CTKD's temperature) included.
+        trainable = StudentAndMethod(self.student, self.method, self.amp)
         self.model = (
-            DistributedDataParallel(self.student, device_ids=[device] if device.type == "cuda" else None)
+            DistributedDataParallel(trainable, device_ids=[device] if device.type == "cuda" else None)
             if world.distributed
-            else self.student
+            else trainable
         )
-        self.tb = _tensorboard(out, world)
 
     def _load(self, path: Path) -> None:
         state = ckpt.load_run(path)
@@ -344,10 +388,40 @@ class Run:
         self.optimizer.load_state_dict(state["optimizer"])
         _match_buffer_layouts(self.optimizer)
         self.history, self.best, self.start_epoch = state["history"], state["best"], state["epoch"] + 1
-        ckpt.set_rng_state(state["rng"])
+        self._resume_rng = state["rng"]  # restored by start(), after the set-up has drawn its random numbers
         if self.world.is_main:
-            _write_metrics(self.out / "metrics.csv", self.history)
             log.info("resuming %s from epoch %d", self.out, state["epoch"])
+
+    def start(self) -> None:
+        """Write the run folder (rank 0): ``config.yaml``, ``metrics.csv`` of a resumed run, TensorBoard;
+        and restore the RNG state of a resumed run.
+
+        The first write to the folder; called by the first :meth:`begin_epoch`, once everything that
+        can refuse the run (configuration, checkpoint, data, teacher) has been checked. The RNG state
+        is restored here, not when the checkpoint is read: building the teacher draws random numbers
+        (its initial weights), which an uninterrupted run drew before its first epoch, not after.
+        """
+        if self.started:
+            return
+        self.started = True
+        if self._resume_rng is not None:
+            ckpt.set_rng_state(self._resume_rng)
+            self._resume_rng = None
+        if not self.world.is_main:
+            return
+        try:
+            (self.out / "checkpoints").mkdir(parents=True, exist_ok=True)
+            ckpt.write_text_atomic(self.out / "config.yaml", to_yaml(self.cfg))
+            teacher_ckpt = self.cfg.model.teacher_checkpoint
+            if self.method.needs_teacher and teacher_ckpt and Path(teacher_ckpt).is_file():
+                ckpt.write_teacher_record(self.out, teacher_ckpt, self.cfg.model.teacher or "")
+        except OSError as err:
+            raise UserError(
+                f"cannot write to the output folder {self.out}: {err.strerror}; choose another --out"
+            ) from err
+        if self.history:
+            _write_metrics(self.out / "metrics.csv", self.history)
+        self.tb = _tensorboard(self.out, self.world)
 
     @property
     def needs_teacher(self) -> bool:
@@ -391,6 +465,7 @@ class Run:
             group["fused"], group["foreach"] = (True, False) if fused else (None, None)
 
     def begin_epoch(self, epoch: int) -> None:
+        self.start()
         self.epoch, self.lr = epoch, lr_at(self.cfg, epoch)
         self._apply_schedule()
         self.model.train()
@@ -406,10 +481,7 @@ class Run:
         x, y = batch.images, batch.targets
         if self.device_scalars is not None:
             epoch = self.device_scalars[1]
-        # no autocast weight cache: it cannot live across CUDA-graph replays (rld.engine.static)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp, cache_enabled=False):
-            logits = self.model(x)
-        loss, parts = self.method(logits.float(), teacher_logits, y, epoch)
+        logits, loss, parts = self.model(x, teacher_logits, y, epoch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -421,6 +493,7 @@ class Run:
                 self._sums[key] = torch.zeros((), dtype=torch.float64, device=self.device)
             self._sums[key].add_(value.detach().double() * n)
         self._steps += 1
+        faults.reached("after_step")
 
     def end_epoch(self, epoch: int, test_loader) -> dict[str, Any]:
         """Reduce the epoch's metrics, evaluate, checkpoint, write metrics.csv; returns the row."""
@@ -480,7 +553,7 @@ class Run:
         }
         if improved:
             ckpt.save_atomic({**state, "optimizer": None}, self.out / "checkpoints" / "best.pt")
-        ckpt.save_atomic(state, self.out / "checkpoints" / "last.pt")
+        ckpt.save_atomic(state, self.out / "checkpoints" / "last.pt", before_rename=_before_rename)
         _write_metrics(self.out / "metrics.csv", self.history)
 
     def close(self) -> dict[str, Any]:
@@ -506,6 +579,10 @@ def _match_buffer_layouts(optimizer: torch.optim.Optimizer) -> None:
             for key, buf in optimizer.state.get(p, {}).items():
                 if isinstance(buf, torch.Tensor) and buf.shape == p.shape and buf.stride() != p.stride():
                     optimizer.state[p][key] = torch.empty_like(p).copy_(buf)
+
+
+def _before_rename() -> None:
+    faults.reached("before_rename")
 
 
 def setup(cfg: RunConfig, world: World) -> torch.device:
@@ -608,8 +685,8 @@ def setup_lines(cfg: RunConfig, out: Path, data, run: Run, teacher_fn, device: t
 
 def _train(cfg: RunConfig, out: Path, resume: bool, world: World) -> dict[str, Any]:
     device = setup(cfg, world)
-    resume_from = prepare_out_dir(out, resume) if world.is_main else None
-    barrier(world)
+    # rank 0 looks at the folder; every rank gets its answer (the checkpoint to resume, or the refusal)
+    resume_from = main_decides(world, lambda: prepare_out_dir(out, resume, cfg))
     data = build_run_data(cfg, device, world)
     run = Run(
         cfg, out, world=world, device=device, num_classes=data.num_classes, resume_from=resume_from, resume=resume
