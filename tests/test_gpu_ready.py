@@ -185,24 +185,6 @@ def test_resume_with_another_layout_gives_momentum_buffers_their_parameters_layo
         assert buf.stride() == p.stride()
 
 
-def test_bench_reports_the_eager_path_captures_and_settings(tmp_path):
-    from rld.cli import main
-
-    path = tmp_path / "bench.json"
-    argv = ["bench", "--pair", "resnet8-resnet8", "--steps", "2", "--warmup", "1", "--rounds", "1"]
-    argv += ["--batch-size", "8", "--workers", "0", "--synthetic-size", "64", "--sweep", "", "--json", str(path)]
-    assert main(argv) == 0
-    report = json.loads(path.read_text())
-    assert list(report["results"])[:4] == ["conventional", "default_eager", "default", "cached"]
-    assert all(r.get("captured") is False for r in report["results"].values() if "ms_per_step" in r)
-    assert report["settings"] == {
-        "precision": "float32",
-        "channels_last": True,
-        "deterministic": True,
-        "compiled_losses": False,  # the suite runs the kernel eagerly (RLD_COMPILE_LOSSES=0)
-    }
-
-
 def test_gpu_check_runs_end_to_end_on_the_cpu(tmp_path):
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:

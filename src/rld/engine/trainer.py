@@ -302,9 +302,9 @@ class StudentAndMethod(nn.Module):
     that DistributedDataParallel wraps (as timm's distillation task wraps student and task), so
     the gradients of all their parameters are averaged over the processes.
 
-    ``forward(x)``: the student's logits (evaluation); ``forward(x, teacher_logits, target, epoch)``:
-    ``(logits, total, parts)``. The student runs under bf16 autocast when ``amp``; the method
-    always gets float32 logits.
+    ``forward(x)``: the student's logits for evaluation, always float32; ``forward(x, teacher_logits,
+    target, epoch)``: ``(logits, total, parts)`` of a training step, where the student runs under
+    bf16 autocast when ``amp`` and the method gets float32 logits.
     """
 
     def __init__(self, student: nn.Module, method: nn.Module, amp: bool):
@@ -313,9 +313,12 @@ class StudentAndMethod(nn.Module):
 
     def forward(self, x: torch.Tensor, teacher_logits=None, target=None, epoch=None):
         # no autocast weight cache: it cannot live across CUDA-graph replays (rld.engine.static)
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.amp, cache_enabled=False):
+        training_step = target is not None
+        with torch.autocast(
+            x.device.type, dtype=torch.bfloat16, enabled=self.amp and training_step, cache_enabled=False
+        ):
             logits = self.student(x)
-        if target is None:
+        if not training_step:
             return logits
         loss, parts = self.method(logits.float(), teacher_logits, target, epoch)
         return logits, loss, parts
