@@ -42,6 +42,9 @@ class ModelConfig:
     teacher: str | None = None
     teacher_checkpoint: str | None = None
     dataset: str = "cifar100"  # architecture family: cifar100 (32×32 inputs) | imagenet (224×224)
+    student_weights: str | None = None  # None (random) | default | a library weight name | a local file
+    teacher_weights: str | None = None  # instead of teacher_checkpoint: library weights or a local file
+    freeze_backbone: bool = False  # train only the student's classifier (linear probing)
 
 
 @dataclass
@@ -77,6 +80,9 @@ class TrainConfig:
     lr_milestones: list[int] = field(default_factory=lambda: [150, 180, 210])
     lr_step: int | None = None  # decay every lr_step epochs instead of at lr_milestones
     lr_decay: float = 0.1
+    schedule: str = "step"  # step (lr_milestones / lr_step, lr_decay) | cosine (to 0 at the last epoch)
+    warmup_epochs: float = 0.0  # linear learning-rate warm-up: lr·epoch/warmup_epochs for the first epochs
+    optimizer: str = "sgd"  # sgd (momentum, nesterov) | adamw
     weight_decay: float = 5e-4
     momentum: float = 0.9
     nesterov: bool = False
@@ -227,6 +233,9 @@ KEY_HELP = {
     "model.teacher": "the frozen teacher's architecture (distillation methods)",
     "model.teacher_checkpoint": "the teacher's weights (absolute once resolved); --teacher",
     "model.dataset": "architecture family: cifar100 (32x32 inputs) | imagenet (224x224)",
+    "model.student_weights": "initial student weights: default | a library weight name | a local .pth/.safetensors",
+    "model.teacher_weights": "teacher weights instead of teacher_checkpoint: default | a weight name | a local file",
+    "model.freeze_backbone": "train only the student's classifier (linear probing)",
     "method.name": "vanilla | kd | dkd | rld | la | rc | lr | ctkd",
     "method.alpha": "DKD: TCKD weight; RLD: SCD weight",
     "method.beta": "DKD: NCKD weight; RLD: MCD weight",
@@ -248,11 +257,14 @@ KEY_HELP = {
     "method.ramp_epochs": "CTKD: epochs of the gradient-reversal ramp",
     "train.epochs": "number of epochs (--epochs N also scales the schedule)",
     "train.batch_size": "global batch size (divided among torchrun processes)",
-    "train.lr": "initial learning rate of SGD",
+    "train.lr": "initial (peak) learning rate",
     "train.lr_milestones": "epochs after which the learning rate decays, e.g. [150,180,210]",
     "train.lr_step": "decay every lr_step epochs instead of at lr_milestones",
     "train.lr_decay": "factor of each decay",
-    "train.weight_decay": "SGD weight decay",
+    "train.schedule": "step (milestones or lr_step) | cosine (to 0 at the last epoch)",
+    "train.warmup_epochs": "linear learning-rate warm-up over the first epochs (lr·epoch/warmup_epochs)",
+    "train.optimizer": "sgd (momentum, nesterov; the papers') | adamw (fine-tuning)",
+    "train.weight_decay": "weight decay (decoupled for adamw)",
     "train.momentum": "SGD momentum",
     "train.nesterov": "Nesterov momentum",
     "train.device": "auto | cpu | cuda | cuda:N; --device",
@@ -377,6 +389,9 @@ def validate(cfg: RunConfig) -> None:
         (t.batch_size > 0, "train.batch_size must be > 0", t.batch_size),
         (t.lr > 0, "train.lr must be > 0", t.lr),
         (0 < t.lr_decay <= 1, "train.lr_decay must be in (0, 1]", t.lr_decay),
+        (t.schedule in ("step", "cosine"), "train.schedule must be step or cosine", t.schedule),
+        (0 <= t.warmup_epochs < t.epochs, "train.warmup_epochs must be >= 0 and < train.epochs", t.warmup_epochs),
+        (t.optimizer in ("sgd", "adamw"), "train.optimizer must be sgd or adamw", t.optimizer),
         (t.weight_decay >= 0, "train.weight_decay must be >= 0", t.weight_decay),
         (0 <= t.momentum < 1, "train.momentum must be in [0, 1)", t.momentum),
         (t.lr_step is None or t.lr_step > 0, "train.lr_step must be > 0", t.lr_step),
@@ -400,17 +415,17 @@ def validate(cfg: RunConfig) -> None:
 
     method_params(cfg.method)  # raises for unknown methods, parameters they do not take, bad values
     # paths are stored absolute, so a copied run or a command from another folder still finds them
-    for section, key in (("data", "path"), ("model", "teacher_checkpoint")):
+    for section, key in (("data", "path"), ("model", "teacher_checkpoint")):  # (weights may be names, not paths)
         value = getattr(getattr(cfg, section), key)
         if value and not Path(value).expanduser().is_absolute():
             setattr(getattr(cfg, section), key, str(Path(value).expanduser().resolve()))
     # inputs that would be ignored are refused
     if cfg.data.name == "digits" and cfg.data.path:
         raise UserError(f"the digits data set is embedded and takes no path (--data / data.path={cfg.data.path})")
-    if cfg.model.teacher_checkpoint and not get_spec(cfg.method.name).needs_teacher:
+    if (cfg.model.teacher_checkpoint or cfg.model.teacher_weights) and not get_spec(cfg.method.name).needs_teacher:
         raise UserError(
-            f"method {cfg.method.name!r} trains without a teacher: --teacher / model.teacher_checkpoint would be "
-            "ignored; use a distillation preset (rld presets)"
+            f"method {cfg.method.name!r} trains without a teacher: --teacher / model.teacher_checkpoint / "
+            "model.teacher_weights would be ignored; use a distillation preset (rld presets)"
         )
 
 
@@ -440,7 +455,13 @@ FLAG_KEYS = {
     "train.device": "--device",
 }
 # Values that --epochs scales with the epoch count (the learning-rate schedule, warm-ups, ramps).
-SCALED_BY_EPOCHS = ("train.lr_milestones", "train.lr_step", "method.warmup_epochs", "method.ramp_epochs")
+SCALED_BY_EPOCHS = (
+    "train.lr_milestones",
+    "train.lr_step",
+    "train.warmup_epochs",
+    "method.warmup_epochs",
+    "method.ramp_epochs",
+)
 
 
 def override_key(override: str) -> str:
@@ -477,6 +498,8 @@ def schedule_overrides(cfg: RunConfig, epochs: int, keep: set[str] | frozenset[s
         scaled["train.lr_step"] = str(max(1, round(cfg.train.lr_step * scale)))
     elif cfg.train.lr_milestones:
         scaled["train.lr_milestones"] = f"[{','.join(str(max(1, round(m * scale))) for m in cfg.train.lr_milestones)}]"
+    if cfg.train.warmup_epochs:
+        scaled["train.warmup_epochs"] = f"{cfg.train.warmup_epochs * scale:.6g}"
     params = get_spec(cfg.method.name).params
     for key in ("warmup_epochs", "ramp_epochs"):  # DKD/RLD warm-up, CTKD's reversal ramp
         value = getattr(cfg.method, key)

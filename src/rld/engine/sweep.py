@@ -155,7 +155,7 @@ def stream_signature(cfg: RunConfig) -> tuple:
         cfg.seed,
         (d.name, d.path, d.pipeline, d.num_workers, d.eval_batch_size),
         (t.batch_size, t.device, t.deterministic, t.channels_last, t.amp),
-        (m.teacher, m.teacher_checkpoint, m.dataset),
+        (m.teacher, m.teacher_checkpoint, m.teacher_weights, m.dataset),
         (t.teacher_cache, t.cache_dir, t.cache_precision),
     )
 

@@ -38,6 +38,7 @@ from rld.engine.static import StaticSteps, StepMember, static_step_wanted
 from rld.errors import UserError
 from rld.methods import build_method
 from rld.models import create_model, load_checkpoint
+from rld.models.weights import create_pretrained, freeze_backbone
 
 log = logging.getLogger("rld")
 
@@ -57,8 +58,18 @@ TIME_COLUMNS = ("epoch_time", "train_time")
 
 
 def lr_at(cfg: RunConfig, epoch: int) -> float:
-    """Learning rate of ``epoch`` (counted from 1): decayed after each milestone (or every lr_step)."""
+    """Learning rate of ``epoch`` (counted from 1).
+
+    ``train.warmup_epochs`` W: ``lr·epoch/W`` while ``epoch <= W``. Then ``step``: decayed by
+    ``lr_decay`` after each milestone (or every ``lr_step``); ``cosine``: ``lr·(1 + cos(π·k/K))/2``
+    with k the epochs after the warm-up (0 first) and K = epochs − W (so 0 would follow the last epoch).
+    """
     t = cfg.train
+    if t.warmup_epochs and epoch <= t.warmup_epochs:
+        return t.lr * epoch / t.warmup_epochs
+    if t.schedule == "cosine":
+        warm = math.floor(t.warmup_epochs)
+        return t.lr * (1 + math.cos(math.pi * (epoch - 1 - warm) / (t.epochs - warm))) / 2
     if t.lr_step:
         decays = (epoch - 1) // t.lr_step
     else:
@@ -121,6 +132,12 @@ def _build_teacher(cfg: RunConfig, num_classes: int, device: torch.device) -> nn
     m = cfg.model
     if not m.teacher:
         raise UserError(f"method {cfg.method.name!r} needs a teacher: set model.teacher (or use a preset)")
+    if m.teacher_weights:
+        from rld.models.weights import create_pretrained
+
+        teacher = create_pretrained(m.teacher, m.teacher_weights, num_classes, m.dataset, replace_head=False)
+        teacher.checkpoint_metadata = {}
+        return teacher.eval().requires_grad_(False).to(device)
     if not m.teacher_checkpoint:
         raise UserError(
             f"method {cfg.method.name!r} needs a trained {m.teacher} teacher: pass --teacher CKPT "
@@ -221,7 +238,7 @@ EXECUTION_KEYS = {
 
 # The schedule: a resumed run may change it (extend a finished run); the epochs already trained
 # stay as they were and the new schedule applies from the next epoch.
-SCHEDULE_KEYS = {"train": ("epochs", "lr_milestones", "lr_step")}
+SCHEDULE_KEYS = {"train": ("epochs", "lr_milestones", "lr_step", "schedule", "warmup_epochs")}
 
 
 def _check_same_config(saved: RunConfig, cfg: RunConfig, where: Path, epochs_done: int = 0) -> list[str]:
@@ -348,16 +365,21 @@ class Run:
         self.amp = t.amp
         torch.manual_seed(cfg.seed)
         self.method = build_method(cfg.method).to(device)
-        student = create_model(cfg.model.student, num_classes=num_classes, dataset=cfg.model.dataset)
+        student = create_pretrained(cfg.model.student, cfg.model.student_weights, num_classes, cfg.model.dataset)
+        if cfg.model.freeze_backbone:
+            freeze_backbone(student)
         if world.distributed and t.sync_bn and device.type == "cuda":  # SyncBatchNorm is CUDA-only
             student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
         self.student = student.to(device)
         if t.channels_last:
             self.student = self.student.to(memory_format=torch.channels_last)
         params = [p for p in [*self.student.parameters(), *self.method.parameters()] if p.requires_grad]
-        self.optimizer = torch.optim.SGD(
-            params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay, nesterov=t.nesterov
-        )
+        if t.optimizer == "adamw":
+            self.optimizer: torch.optim.Optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+        else:
+            self.optimizer = torch.optim.SGD(
+                params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay, nesterov=t.nesterov
+            )
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] = {"test_top1": -math.inf, "epoch": 0}
         # Per-epoch metric accumulators, on the device, zeroed (never replaced) at each epoch start.
@@ -473,6 +495,10 @@ class Run:
         self._apply_schedule()
         self.model.train()
         self.method.train()
+        if self.cfg.model.freeze_backbone:  # linear probing: BatchNorm keeps the loaded statistics
+            for module in self.student.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
         for acc in (*self._sums.values(), self._seen, self._correct):
             acc.zero_()
         self._steps = 0
@@ -674,7 +700,7 @@ def setup_lines(cfg: RunConfig, out: Path, data, run: Run, teacher_fn, device: t
         top1, how = teacher_accuracy(teacher, data.test, device, world)
         lines.append(
             f"teacher  {cfg.model.teacher} ({_parameters(teacher)}), test top-1 {top1:.2f}% ({how}), "
-            f"{cfg.model.teacher_checkpoint}"
+            f"{cfg.model.teacher_weights or cfg.model.teacher_checkpoint}"
         )
     precision = ", ".join(f"{k} {v}" for k, v in precision_summary(cfg).items())
     lines += [
