@@ -125,6 +125,30 @@ def _eval_teacher(run_dir: Path, args: argparse.Namespace) -> list[dict]:
     return [{"which": "teacher", "checkpoint": str(ckpt), "model": record.config.model.teacher, **metrics}]
 
 
+def _cmd_export(args: argparse.Namespace) -> None:
+    from rld.export import export
+
+    out = export(args.checkpoint, args.format, args.out, data_path=args.data)
+    print(f"exported ({args.format}) → {out}")
+
+
+def _cmd_predict(args: argparse.Namespace) -> None:
+    from rld.export import predict, write_predictions
+
+    rows = predict(args.source, args.images, top_k=args.top_k, data_path=args.data)
+    if args.out:
+        write_predictions(rows, args.out)
+    if args.json:
+        import json
+
+        print(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        print(f"{r['image']}: " + ", ".join(f"{c} {100 * p:.1f}%" for c, p in r["top"]))
+    if args.out:
+        print(f"predictions → {args.out}")
+
+
 def _cmd_presets(args: argparse.Namespace) -> None:
     from rld.config import list_presets
 
@@ -206,6 +230,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", metavar="CKPT", help="the run's teacher checkpoint, if it has moved")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser(
+        "export", help="write a run's student to safetensors, ONNX or TorchScript with its classes and preprocessing"
+    )
+    p.add_argument("checkpoint", metavar="CKPT_OR_RUN", help="a run checkpoint, or a run folder (its best.pt)")
+    p.add_argument("--format", required=True, choices=["safetensors", "onnx", "torchscript"], help="file format")
+    p.add_argument("--out", required=True, type=Path, help="the file to write")
+    p.add_argument("--data", metavar="PATH", help="the data set, for checkpoints that do not record their classes")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("predict", help="top-k classes of image files, from a run checkpoint or an export")
+    p.add_argument("source", metavar="CKPT_OR_EXPORT", help="a run checkpoint or folder, or an exported file")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of images")
+    p.add_argument("--top-k", type=int, default=5, help="classes shown per image (default: 5)")
+    p.add_argument("--out", type=Path, metavar="CSV", help="also write the predictions to this CSV file")
+    p.add_argument("--json", action="store_true", help="print the predictions as JSON")
+    p.add_argument("--data", metavar="PATH", help="the data set, for checkpoints that do not record their classes")
+    p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("presets", help="list the presets")
     p.add_argument("filter", nargs="?", help="only names containing this text")

@@ -46,7 +46,7 @@ from rld.data.types import Batch
 from rld.engine import checkpoint as ckpt
 from rld.engine.distributed import World
 from rld.engine.static import StaticSteps, StepMember, static_step_wanted
-from rld.engine.trainer import Run, _progress, build_run_data, build_teacher_fn, prepare_out_dir, setup
+from rld.engine.trainer import Run, _progress, build_run_data, build_teacher_fn, data_info, prepare_out_dir, setup
 from rld.errors import UserError
 from rld.methods import get_spec
 from rld.models import create_model
@@ -220,6 +220,7 @@ def _run_group(group: list[SweepRun], resume_from: dict[Path, Path | None], resu
             resume_from=resume_from[r.out],
             resume=resume,
         )
+        run.data_info = data_info(data)
         if run.needs_teacher:  # a single run draws its teacher's initial weights here: keep the RNG in step
             create_model(r.cfg.model.teacher, num_classes=data.num_classes, dataset=r.cfg.model.dataset)
         cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None

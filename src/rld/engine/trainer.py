@@ -390,6 +390,7 @@ class Run:
         self.epoch: int | None = None  # the epoch begun last
         self.start_epoch = 1
         self.started = False  # see start()
+        self.data_info: dict[str, Any] | None = None  # set by the loop that owns the data
         self.tb = None
         self._resume_rng: dict | None = None
         if resume_from is not None:
@@ -579,6 +580,7 @@ class Run:
             "best": self.best,
             "rng": ckpt.rng_state(),
             "num_classes": self.num_classes,
+            "data_info": self.data_info,  # class names and evaluation preprocessing (rld export / predict)
         }
         if improved:
             ckpt.save_atomic({**state, "optimizer": None}, self.out / "checkpoints" / "best.pt")
@@ -661,6 +663,13 @@ def build_teacher_fn(cfg: RunConfig, num_classes: int, device: torch.device, tra
     return open_teacher_cache(cfg, forward, train_loader, num_classes)
 
 
+def data_info(data) -> dict[str, Any]:
+    """What a prediction needs from the data set: its class names and evaluation preprocessing."""
+    from rld.export import eval_preprocess
+
+    return {"classes": list(data.classes), "preprocess": eval_preprocess(data.test)}
+
+
 def _size(loader) -> int | None:
     n = getattr(loader, "n", None)
     if n is None and hasattr(loader, "loader"):
@@ -720,6 +729,7 @@ def _train(cfg: RunConfig, out: Path, resume: bool, world: World) -> dict[str, A
     run = Run(
         cfg, out, world=world, device=device, num_classes=data.num_classes, resume_from=resume_from, resume=resume
     )
+    run.data_info = data_info(data)
     teacher_fn = build_teacher_fn(cfg, data.num_classes, device, data.train) if run.needs_teacher else None
     setup_text = setup_lines(cfg, out, data, run, teacher_fn, device, world)
     if world.is_main:
