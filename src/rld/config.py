@@ -113,7 +113,7 @@ class RunConfig:
 
 # ----------------------------------------------------------------------------- presets
 
-FAMILIES = ("cifar100", "imagenet", "demo")
+FAMILIES = ("cifar100", "imagenet", "demo", "custom")
 
 
 @cache
