@@ -121,7 +121,8 @@ def _eval_teacher(run_dir: Path, args: argparse.Namespace) -> list[dict]:
             raise UserError(f"{run_dir} was trained without a teacher: --teacher does not apply")
         return []
     ckpt = teacher_checkpoint(record, args.teacher)
-    metrics = evaluate_weights(record.config, record.config.model.teacher, ckpt, args.data, args.device or "auto")
+    device = args.device or "auto"
+    metrics = evaluate_weights(record.config, record.config.model.teacher, ckpt, args.data, device, run_dir=run_dir)
     return [{"which": "teacher", "checkpoint": str(ckpt), "model": record.config.model.teacher, **metrics}]
 
 
@@ -271,6 +272,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(err: UserError) -> str:
+    """The message of a user error; raised in a DataLoader worker, it arrives wrapped in the
+    worker's traceback: its last line holds the message."""
+    text = str(err)
+    if "Original Traceback" in text:
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        return last.split("UserError: ", 1)[-1]
+    return text
+
+
 def _completion(parser: argparse.ArgumentParser) -> None:
     """Shell completion when argcomplete is installed (``pip install rld[completion]``, then
     ``eval "$(register-python-argcomplete rld)"``); without it, nothing happens."""
@@ -299,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except UserError as err:
         if os.environ.get("RANK", "0") == "0":  # under torchrun every rank stops; rank 0 says why
-            print(f"rld: error: {err}", file=sys.stderr)
+            print(f"rld: error: {_one_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         hint = getattr(args, "resume_hint", None)

@@ -34,6 +34,8 @@ class DataConfig:
     pipeline: str = "device"  # device (augmentation on the training device) | pil (DataLoader + transforms)
     num_workers: int = 4  # DataLoader workers (image folders and the pil pipeline)
     eval_batch_size: int = 256
+    val_fraction: float | None = None  # a single image folder / a manifest: the stratified validation part
+    skip_bad_images: bool = False  # leave unreadable images out (counted in the log) instead of stopping
 
 
 @dataclass
@@ -225,10 +227,12 @@ def _friendly(err: OmegaConfBaseException, where: str) -> UserError:
 KEY_HELP = {
     "seed": "random seed of the run (weights, data order, augmentation)",
     "data.name": "digits (embedded) | cifar100 | imagefolder (alias imagenet)",
-    "data.path": "CIFAR-100 folder / archive / .npz, or an ImageFolder root (absolute once resolved)",
+    "data.path": "CIFAR-100 folder / archive / .npz, an image folder or a CSV manifest (absolute once resolved)",
     "data.pipeline": "device (augmentation on the training device) | pil (DataLoader + transforms)",
     "data.num_workers": "DataLoader workers (image folders and the pil pipeline)",
     "data.eval_batch_size": "batch size of evaluation",
+    "data.val_fraction": "single image folder or CSV manifest: stratified, seeded validation fraction (split.json)",
+    "data.skip_bad_images": "leave unreadable images out (counted in the log) instead of stopping",
     "model.student": "the model trained (a zoo name, torchvision:NAME or timm:NAME)",
     "model.teacher": "the frozen teacher's architecture (distillation methods)",
     "model.teacher_checkpoint": "the teacher's weights (absolute once resolved); --teacher",
@@ -399,6 +403,11 @@ def validate(cfg: RunConfig) -> None:
         (cfg.seed >= 0, "seed must be >= 0", cfg.seed),
         (cfg.data.eval_batch_size > 0, "data.eval_batch_size must be > 0", cfg.data.eval_batch_size),
         (cfg.data.num_workers >= 0, "data.num_workers must be >= 0", cfg.data.num_workers),
+        (
+            cfg.data.val_fraction is None or 0 < cfg.data.val_fraction < 1,
+            "data.val_fraction must be in (0, 1)",
+            cfg.data.val_fraction,
+        ),
         # teacher-logit cache (rld.fast.cache)
         (t.teacher_cache in ("off", "lazy", "full"), "train.teacher_cache must be off, lazy or full", t.teacher_cache),
         (t.static_step in ("auto", "on", "off"), "train.static_step must be auto, on or off", t.static_step),

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 import torch
 
@@ -34,6 +35,7 @@ class DataBundle:
     num_classes: int
     classes: list[str]
     name: str
+    split: Any = None  # the train/validation split of a single folder or a manifest (rld.data.sources.Split)
 
 
 def _world(distributed: bool) -> tuple[int, int]:
@@ -81,6 +83,9 @@ def build_data(
     channels_last: bool = False,
     distributed: bool = False,
     pipeline: Literal["device", "pil"] = "device",
+    val_fraction: float | None = None,
+    skip_bad_images: bool = False,
+    split: Any = None,
 ) -> DataBundle:
     """Build the training and evaluation loaders of data set ``name``.
 
@@ -102,6 +107,10 @@ def build_data(
             sampler; iterating without it advances the epoch by one each time.
         pipeline: for the array data sets, ``"device"`` (:class:`DeviceLoader`, augmentation on
             the device) or ``"pil"`` (the conventional DataLoader + torchvision transforms).
+        val_fraction: image folders without ``train/``/``val/`` and CSV manifests without a
+            ``split`` column: the stratified validation fraction (:mod:`rld.data.sources`).
+        skip_bad_images: leave unreadable images out (counted in the log) instead of stopping.
+        split: a saved :class:`~rld.data.sources.Split` to use instead of splitting anew.
     """
     key = str(name).lower()
     if key not in DATASETS:
@@ -136,12 +145,33 @@ def build_data(
         return DataBundle(train, test, data.num_classes, list(data.classes), data.name)
 
     if not path:
-        raise UserError(f"{key} needs a data path: a folder with train/<class>/ and val/<class>/ image folders")
-    train_set, test_set = load_image_folders(path)
+        raise UserError(
+            f"{key} needs a data path: a folder with train/<class>/ and val/<class>/ image folders, a single "
+            "folder of <class>/ folders (with data.val_fraction), or a CSV manifest (path,label)"
+        )
+    from rld.data import sources
+
+    root = Path(path).expanduser()
+    if split is None and root.suffix.lower() == ".csv":
+        split = sources.manifest_split(root, val_fraction, seed)
+    elif split is None and root.is_dir() and not (root / "train").is_dir():
+        if val_fraction is None:
+            raise UserError(
+                f"{root} has no train/ and val/ folders: set data.val_fraction (e.g. 0.1) to split its "
+                "<class>/ folders into training and validation images"
+            )
+        split = sources.folder_split(root, val_fraction, seed)
+    if split is not None:
+        train_set, test_set = sources.split_datasets(split, sources.IMAGE_SIZE_DEFAULT, skip_bad_images)
+        classes = list(split.classes)
+    else:
+        train_set, test_set = load_image_folders(path)
+        classes = list(train_set.classes)
     return DataBundle(
         TorchLoader(IndexedDataset(train_set), batch_size, train=True, num_workers=num_workers, **common),
         TorchLoader(IndexedDataset(test_set), eval_batch_size, train=False, num_workers=num_workers, **common),
-        len(train_set.classes),
-        list(train_set.classes),
+        len(classes),
+        classes,
         key,
+        split,
     )

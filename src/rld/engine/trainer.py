@@ -391,6 +391,7 @@ class Run:
         self.start_epoch = 1
         self.started = False  # see start()
         self.data_info: dict[str, Any] | None = None  # set by the loop that owns the data
+        self.split: Any = None  # a single folder's / manifest's train-validation split, saved as split.json
         self.tb = None
         self._resume_rng: dict | None = None
         if resume_from is not None:
@@ -438,6 +439,10 @@ class Run:
         try:
             (self.out / "checkpoints").mkdir(parents=True, exist_ok=True)
             ckpt.write_text_atomic(self.out / "config.yaml", to_yaml(self.cfg))
+            if self.split is not None:
+                from rld.data.sources import SPLIT_FILE
+
+                ckpt.write_text_atomic(self.out / SPLIT_FILE, self.split.to_json())
             teacher_ckpt = self.cfg.model.teacher_checkpoint
             if self.method.needs_teacher and teacher_ckpt and Path(teacher_ckpt).is_file():
                 ckpt.write_teacher_record(self.out, teacher_ckpt, self.cfg.model.teacher or "")
@@ -631,7 +636,16 @@ def setup(cfg: RunConfig, world: World) -> torch.device:
     return device
 
 
-def build_run_data(cfg: RunConfig, device: torch.device, world: World):
+def saved_split(run_dir: Path | None):
+    """The train/validation split a run saved (``split.json``), or None."""
+    from rld.data.sources import SPLIT_FILE, Split
+
+    path = Path(run_dir) / SPLIT_FILE if run_dir is not None else None
+    return Split.read(path) if path is not None and path.is_file() else None
+
+
+def build_run_data(cfg: RunConfig, device: torch.device, world: World, out: Path | None = None):
+    """The run's loaders; a split saved in the run folder ``out`` is used again (resume, eval)."""
     return build_data(
         cfg.data.name,
         cfg.data.path,
@@ -643,6 +657,9 @@ def build_run_data(cfg: RunConfig, device: torch.device, world: World):
         channels_last=cfg.train.channels_last,
         distributed=world.distributed,
         pipeline=cfg.data.pipeline,
+        val_fraction=cfg.data.val_fraction,
+        skip_bad_images=cfg.data.skip_bad_images,
+        split=saved_split(out),
     )
 
 
@@ -725,11 +742,11 @@ def _train(cfg: RunConfig, out: Path, resume: bool, world: World) -> dict[str, A
     device = setup(cfg, world)
     # rank 0 looks at the folder; every rank gets its answer (the checkpoint to resume, or the refusal)
     resume_from = main_decides(world, lambda: prepare_out_dir(out, resume, cfg))
-    data = build_run_data(cfg, device, world)
+    data = build_run_data(cfg, device, world, out)
     run = Run(
         cfg, out, world=world, device=device, num_classes=data.num_classes, resume_from=resume_from, resume=resume
     )
-    run.data_info = data_info(data)
+    run.data_info, run.split = data_info(data), data.split
     teacher_fn = build_teacher_fn(cfg, data.num_classes, device, data.train) if run.needs_teacher else None
     setup_text = setup_lines(cfg, out, data, run, teacher_fn, device, world)
     if world.is_main:
@@ -755,9 +772,15 @@ def _train(cfg: RunConfig, out: Path, resume: bool, world: World) -> dict[str, A
 
 
 def evaluate_weights(
-    cfg: RunConfig, model_name: str, weights: str | Path, data_path: str | None = None, device: str = "auto"
+    cfg: RunConfig,
+    model_name: str,
+    weights: str | Path,
+    data_path: str | None = None,
+    device: str = "auto",
+    run_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """Test loss, top-1 and top-5 of ``model_name`` with ``weights`` on the test split of ``cfg``'s data."""
+    """Test loss, top-1 and top-5 of ``model_name`` with ``weights`` on the test split of ``cfg``'s data
+    (the validation part a run saved in ``run_dir/split.json``, when there is one)."""
     world = World()
     dev = resolve_device(device, world)
     data = build_data(
@@ -769,6 +792,9 @@ def evaluate_weights(
         seed=cfg.seed,
         num_workers=cfg.data.num_workers,
         pipeline=cfg.data.pipeline,
+        val_fraction=cfg.data.val_fraction,
+        skip_bad_images=cfg.data.skip_bad_images,
+        split=saved_split(run_dir),
     )
     model = create_model(model_name, num_classes=data.num_classes, dataset=cfg.model.dataset)
     load_checkpoint(model, weights)
@@ -779,5 +805,5 @@ def evaluate_checkpoint(path: str | Path, data_path: str | None = None, device: 
     """Evaluate a run checkpoint (``last.pt`` / ``best.pt``) on its data set's test split."""
     state = ckpt.load_run(Path(path))
     cfg = from_dict(state["config"])
-    metrics = evaluate_weights(cfg, cfg.model.student, path, data_path, device)
+    metrics = evaluate_weights(cfg, cfg.model.student, path, data_path, device, run_dir=Path(path).parent.parent)
     return {"checkpoint": str(path), "model": cfg.model.student, "epoch": state["epoch"], **metrics}

@@ -1,0 +1,180 @@
+"""Your own labelled images: a single class-folder tree or a CSV manifest, split into training and
+validation images (stratified, seeded), with the standard 224-style transforms at any image size.
+
+* a single folder ``ROOT/<class>/<image>`` (no ``train/``/``val/``), split by ``data.val_fraction``;
+* a CSV manifest with ``path,label`` columns (paths relative to the CSV; an optional ``split`` column
+  with ``train``/``val`` fixes the split, otherwise ``data.val_fraction`` splits it).
+
+The split is a list of files per part (:class:`Split`); the engine saves it in the run folder
+(``split.json``), so a resumed run or ``rld eval`` uses the same files even if the folder changed.
+An image that cannot be read stops with one error naming the file, or (``data.skip_bad_images``)
+is left out, counted in the log.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+from torchvision import transforms as T
+from torchvision.datasets.folder import IMG_EXTENSIONS
+
+from rld.errors import UserError
+
+log = logging.getLogger("rld")
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+SPLIT_FILE = "split.json"
+IMAGE_SIZE_DEFAULT = 224
+
+
+def image_transform(*, train: bool, image_size: int = 224) -> Callable:
+    """``RandomResizedCrop(size)`` + flip for training; ``Resize(size·256/224)`` + ``CenterCrop(size)``
+    for evaluation; then ``ToTensor`` + ``Normalize`` with the ImageNet statistics."""
+    if train:
+        steps = [T.RandomResizedCrop(image_size), T.RandomHorizontalFlip()]
+    else:
+        steps = [T.Resize(round(image_size * 256 / 224)), T.CenterCrop(image_size)]
+    return T.Compose([*steps, T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
+@dataclass
+class Split:
+    """Files (relative to ``root``) and labels of the training and validation parts, and the class names."""
+
+    root: str
+    classes: list[str]
+    train: list[tuple[str, int]]
+    val: list[tuple[str, int]]
+
+    def to_json(self) -> str:
+        return json.dumps({"root": self.root, "classes": self.classes, "train": self.train, "val": self.val}) + "\n"
+
+    @classmethod
+    def read(cls, path: Path) -> Split:
+        try:
+            data = json.loads(Path(path).read_text())
+            return cls(
+                data["root"],
+                list(data["classes"]),
+                [(str(p), int(y)) for p, y in data["train"]],
+                [(str(p), int(y)) for p, y in data["val"]],
+            )
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise UserError(f"cannot read the saved split {path} ({err}); delete it to split anew") from err
+
+
+def _stratified(items: list[tuple[str, int]], val_fraction: float, seed: int) -> tuple[list, list]:
+    from sklearn.model_selection import train_test_split
+
+    if not 0 < val_fraction < 1:
+        raise UserError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
+    labels = [y for _, y in items]
+    counts: dict[int, int] = {}
+    for y in labels:
+        counts[y] = counts.get(y, 0) + 1
+    small = [y for y, n in counts.items() if n < 2]
+    if small:
+        raise UserError(f"class {small[0]} has a single image: a stratified split needs at least 2 per class")
+    try:
+        train, val = train_test_split(items, test_size=val_fraction, stratify=labels, random_state=seed)
+    except ValueError as err:
+        raise UserError(f"cannot split {len(items)} images with data.val_fraction={val_fraction}: {err}") from err
+    return sorted(train), sorted(val)
+
+
+def folder_split(root: str | Path, val_fraction: float, seed: int) -> Split:
+    """The stratified split of a single ``ROOT/<class>/<image>`` tree."""
+    root = Path(root).expanduser()
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir()) if root.is_dir() else []
+    if not classes:
+        raise UserError(f"{root} has no class folders: expected ROOT/<class>/<image> (or ROOT/train and ROOT/val)")
+    items = [
+        (str(f.relative_to(root)), i)
+        for i, c in enumerate(classes)
+        for f in sorted((root / c).rglob("*"))
+        if f.is_file() and f.suffix.lower() in IMG_EXTENSIONS
+    ]
+    if not items:
+        raise UserError(f"{root}: no images in its class folders")
+    train, val = _stratified(items, val_fraction, seed)
+    return Split(str(root), classes, train, val)
+
+
+def manifest_split(csv_path: str | Path, val_fraction: float | None, seed: int) -> Split:
+    """The split of a CSV manifest (``path,label`` and optionally ``split``)."""
+    csv_path = Path(csv_path).expanduser()
+    try:
+        with open(csv_path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError as err:
+        raise UserError(f"cannot read the manifest {csv_path}: {err.strerror}") from err
+    if not rows or not {"path", "label"} <= set(rows[0]):
+        raise UserError(f"{csv_path} needs the columns path,label (and optionally split: train or val)")
+    classes = sorted({r["label"] for r in rows})
+    index = {c: i for i, c in enumerate(classes)}
+    items = [(r["path"], index[r["label"]], (r.get("split") or "").strip().lower()) for r in rows]
+    root = str(csv_path.parent)
+    if all(s in ("train", "val") for _, _, s in items):
+        train = [(p, y) for p, y, s in items if s == "train"]
+        val = [(p, y) for p, y, s in items if s == "val"]
+        return Split(root, classes, train, val)
+    if val_fraction is None:
+        raise UserError(f"{csv_path} has no split column: set data.val_fraction to split it")
+    train, val = _stratified([(p, y) for p, y, _ in items], val_fraction, seed)
+    return Split(root, classes, train, val)
+
+
+def _readable(path: Path) -> bool:
+    try:
+        with Image.open(path) as image:
+            image.verify()
+        return True
+    except (UnidentifiedImageError, OSError, SyntaxError):
+        return False
+
+
+class ImageListDataset(Dataset):
+    """``(image, label)`` of a list of files under ``root``, read with PIL and transformed."""
+
+    def __init__(self, root: str, items: list[tuple[str, int]], transform: Callable, skip_bad: bool = False):
+        self.root, self.transform = Path(root), transform
+        missing = [p for p, _ in items if not (self.root / p).is_file()]
+        if missing:
+            raise UserError(f"image {self.root / missing[0]} does not exist ({len(missing)} missing files)")
+        if skip_bad:
+            good = [(p, y) for p, y in items if _readable(self.root / p)]
+            if len(good) < len(items):
+                log.info("skipped %d unreadable image(s) of %d under %s", len(items) - len(good), len(items), root)
+            items = good
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        path, label = self.items[index]
+        try:
+            with Image.open(self.root / path) as image:
+                image = image.convert("RGB")
+        except (UnidentifiedImageError, OSError) as err:
+            raise UserError(
+                f"cannot read image {self.root / path} ({str(err).splitlines()[0][:120]}); remove it or set "
+                "data.skip_bad_images=true"
+            ) from err
+        return self.transform(image), label
+
+
+def split_datasets(split: Split, image_size: int, skip_bad: bool = False) -> tuple[Dataset, Dataset]:
+    """The training and validation data sets of ``split`` with their transforms."""
+    train = ImageListDataset(split.root, split.train, image_transform(train=True, image_size=image_size), skip_bad)
+    val = ImageListDataset(split.root, split.val, image_transform(train=False, image_size=image_size), skip_bad)
+    return train, val
