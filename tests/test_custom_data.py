@@ -117,3 +117,32 @@ def test_a_csv_manifest_and_a_corrupt_image(tmp_path, capsys):
     code = main([*argv, str(out)])
     assert_user_error(code, capsys.readouterr().err, f"cannot read image {root / 'dog' / '2.png'}")
     assert main([*argv, str(tmp_path / "skipping"), "data.skip_bad_images=true"]) == 0
+
+
+def test_a_saved_hugging_face_data_set_end_to_end(tmp_path, capsys):
+    datasets = pytest.importorskip("datasets")
+    rng = np.random.default_rng(1)
+    images, labels = [], []
+    for c in range(len(CLASSES)):
+        for _ in range(4):
+            pixels = rng.integers(0, 256, size=(36, 40, 3), dtype=np.uint8)
+            pixels[..., c] = 255
+            images.append(Image.fromarray(pixels))
+            labels.append(c)
+    features = datasets.Features({"img": datasets.Image(), "y": datasets.ClassLabel(names=list(CLASSES))})
+    train = datasets.Dataset.from_dict({"img": images, "y": labels}, features=features)
+    datasets.DatasetDict({"train": train}).save_to_disk(str(tmp_path / "hf"))
+    capsys.readouterr()  # (its progress bar)
+    hf = ["data.name=hf", f"data.path={tmp_path / 'hf'}", "data.image_column=img", "data.label_column=y"]
+    bundle = build_data(
+        "hf", str(tmp_path / "hf"), batch_size=4, device="cpu", seed=0, num_workers=0, val_fraction=0.25,
+        image_column="img", label_column="y",
+    )  # fmt: skip
+    assert bundle.classes == list(CLASSES) and len(bundle.test.loader.dataset) == 3
+    code = main(["train", "custom/teacher", *hf, *SMALL, "model.student_weights=null", "--out", str(tmp_path / "a")])
+    assert_user_error(code, capsys.readouterr().err, "has no validation/test split: set data.val_fraction")
+    argv = ["train", "custom/teacher", *hf, "data.val_fraction=0.25", *SMALL, "model.student_weights=null"]
+    assert main([*argv, "--out", str(tmp_path / "run")]) == 0
+    out = export(tmp_path / "run", "onnx", tmp_path / "m.onnx")
+    images[0].save(tmp_path / "x.png")
+    assert predict(out, [str(tmp_path / "x.png")], top_k=1)[0]["top"][0][0] in CLASSES

@@ -29,13 +29,15 @@ from rld.errors import UserError
 
 @dataclass
 class DataConfig:
-    name: str = "digits"  # digits | cifar100 | imagefolder (alias imagenet)
+    name: str = "digits"  # digits | cifar100 | imagefolder (alias imagenet) | hf (Hugging Face datasets)
     path: str | None = None  # CIFAR-100 folder / archive / .npz, or an ImageFolder root
     pipeline: str = "device"  # device (augmentation on the training device) | pil (DataLoader + transforms)
     num_workers: int = 4  # DataLoader workers (image folders and the pil pipeline)
     eval_batch_size: int = 256
     val_fraction: float | None = None  # a single image folder / a manifest: the stratified validation part
     skip_bad_images: bool = False  # leave unreadable images out (counted in the log) instead of stopping
+    image_column: str = "image"  # data.name=hf: the column of the images
+    label_column: str = "label"  # data.name=hf: the column of the labels
 
 
 @dataclass
@@ -226,13 +228,15 @@ def _friendly(err: OmegaConfBaseException, where: str) -> UserError:
 
 KEY_HELP = {
     "seed": "random seed of the run (weights, data order, augmentation)",
-    "data.name": "digits (embedded) | cifar100 | imagefolder (alias imagenet)",
+    "data.name": "digits (embedded) | cifar100 | imagefolder (alias imagenet) | hf (Hugging Face datasets)",
     "data.path": "CIFAR-100 folder / archive / .npz, an image folder or a CSV manifest (absolute once resolved)",
     "data.pipeline": "device (augmentation on the training device) | pil (DataLoader + transforms)",
     "data.num_workers": "DataLoader workers (image folders and the pil pipeline)",
     "data.eval_batch_size": "batch size of evaluation",
     "data.val_fraction": "single image folder or CSV manifest: stratified, seeded validation fraction (split.json)",
     "data.skip_bad_images": "leave unreadable images out (counted in the log) instead of stopping",
+    "data.image_column": "data.name=hf: the column holding the images",
+    "data.label_column": "data.name=hf: the column holding the labels",
     "model.student": "the model trained (a zoo name, torchvision:NAME or timm:NAME)",
     "model.teacher": "the frozen teacher's architecture (distillation methods)",
     "model.teacher_checkpoint": "the teacher's weights (absolute once resolved); --teacher",

@@ -17,7 +17,7 @@ from rld.data.torch_loader import IndexedDataset, TorchLoader
 from rld.data.types import ArrayDataset, Loader
 from rld.errors import UserError
 
-DATASETS = ("digits", "cifar100", "imagefolder", "imagenet")
+DATASETS = ("digits", "cifar100", "imagefolder", "imagenet", "hf")
 """Names accepted by :func:`build_data` (``imagenet`` is an alias of ``imagefolder``)."""
 PIPELINES = ("device", "pil")
 
@@ -86,6 +86,8 @@ def build_data(
     val_fraction: float | None = None,
     skip_bad_images: bool = False,
     split: Any = None,
+    image_column: str = "image",
+    label_column: str = "label",
 ) -> DataBundle:
     """Build the training and evaluation loaders of data set ``name``.
 
@@ -111,6 +113,7 @@ def build_data(
             ``split`` column: the stratified validation fraction (:mod:`rld.data.sources`).
         skip_bad_images: leave unreadable images out (counted in the log) instead of stopping.
         split: a saved :class:`~rld.data.sources.Split` to use instead of splitting anew.
+        image_column, label_column: the columns of a Hugging Face data set (``name="hf"``).
     """
     key = str(name).lower()
     if key not in DATASETS:
@@ -151,6 +154,17 @@ def build_data(
         )
     from rld.data import sources
 
+    if key == "hf":
+        train_set, test_set, classes = sources.hf_datasets(
+            path, image_column=image_column, label_column=label_column, val_fraction=val_fraction, seed=seed
+        )
+        return DataBundle(
+            TorchLoader(IndexedDataset(train_set), batch_size, train=True, num_workers=num_workers, **common),
+            TorchLoader(IndexedDataset(test_set), eval_batch_size, train=False, num_workers=num_workers, **common),
+            len(classes),
+            classes,
+            key,
+        )
     root = Path(path).expanduser()
     if split is None and root.suffix.lower() == ".csv":
         split = sources.manifest_split(root, val_fraction, seed)

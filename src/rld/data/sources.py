@@ -178,3 +178,72 @@ def split_datasets(split: Split, image_size: int, skip_bad: bool = False) -> tup
     train = ImageListDataset(split.root, split.train, image_transform(train=True, image_size=image_size), skip_bad)
     val = ImageListDataset(split.root, split.val, image_transform(train=False, image_size=image_size), skip_bad)
     return train, val
+
+
+# ----------------------------------------------------------------------------- Hugging Face data sets
+
+
+class HFImageDataset(Dataset):
+    """``(image, label)`` of one split of a Hugging Face ``datasets`` data set."""
+
+    def __init__(self, split: Any, image_column: str, label_column: str, transform: Callable):
+        self.split, self.image_column, self.label_column, self.transform = split, image_column, label_column, transform
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        row = self.split[int(index)]
+        image = row[self.image_column]
+        if not isinstance(image, Image.Image):
+            raise UserError(f"column {self.image_column!r} holds {type(image).__name__}, not images")
+        return self.transform(image.convert("RGB")), int(row[self.label_column])
+
+
+def hf_datasets(
+    path: str,
+    *,
+    image_column: str = "image",
+    label_column: str = "label",
+    val_fraction: float | None = None,
+    seed: int = 0,
+    image_size: int = IMAGE_SIZE_DEFAULT,
+) -> tuple[Dataset, Dataset, list[str]]:
+    """Training and validation sets of a Hugging Face data set: a folder written by
+    ``save_to_disk`` or a hub name (``pip install datasets``; the hub's cache serves offline machines).
+
+    Its ``train`` split trains; ``validation`` (or ``test``) evaluates, or ``data.val_fraction`` of
+    ``train`` (stratified, seeded) when there is neither. Class names come from the label column's
+    ``ClassLabel`` feature (else the sorted label values)."""
+    try:
+        import datasets
+    except ImportError as err:
+        raise UserError("data.name=hf needs the package datasets: pip install datasets (or rld[hf])") from err
+    try:
+        data = datasets.load_from_disk(path) if Path(path).expanduser().is_dir() else datasets.load_dataset(path)
+    except Exception as err:  # missing folder, no network and no cache, ...
+        raise UserError(f"cannot load the Hugging Face data set {path!r}: {str(err).splitlines()[0][:160]}") from err
+    if not isinstance(data, datasets.DatasetDict) or "train" not in data:
+        raise UserError(f"the Hugging Face data set {path!r} needs a 'train' split")
+    train = data["train"]
+    for column in (image_column, label_column):
+        if column not in train.column_names:
+            raise UserError(
+                f"the Hugging Face data set {path!r} has no column {column!r} (its columns: "
+                f"{', '.join(train.column_names)}); set data.image_column / data.label_column"
+            )
+    feature = train.features[label_column]
+    classes = list(feature.names) if hasattr(feature, "names") else [str(v) for v in sorted(set(train[label_column]))]
+    held_out = next((data[name] for name in ("validation", "test") if name in data), None)
+    if held_out is None:
+        if val_fraction is None:
+            raise UserError(f"the Hugging Face data set {path!r} has no validation/test split: set data.val_fraction")
+        items = [(str(i), int(y)) for i, y in enumerate(train[label_column])]
+        tr, va = _stratified(items, val_fraction, seed)
+        held_out = train.select([int(i) for i, _ in va])
+        train = train.select([int(i) for i, _ in tr])
+    return (
+        HFImageDataset(train, image_column, label_column, image_transform(train=True, image_size=image_size)),
+        HFImageDataset(held_out, image_column, label_column, image_transform(train=False, image_size=image_size)),
+        classes,
+    )

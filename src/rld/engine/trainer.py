@@ -660,6 +660,8 @@ def build_run_data(cfg: RunConfig, device: torch.device, world: World, out: Path
         val_fraction=cfg.data.val_fraction,
         skip_bad_images=cfg.data.skip_bad_images,
         split=saved_split(out),
+        image_column=cfg.data.image_column,
+        label_column=cfg.data.label_column,
     )
 
 
@@ -795,6 +797,8 @@ def evaluate_weights(
         val_fraction=cfg.data.val_fraction,
         skip_bad_images=cfg.data.skip_bad_images,
         split=saved_split(run_dir),
+        image_column=cfg.data.image_column,
+        label_column=cfg.data.label_column,
     )
     model = create_model(model_name, num_classes=data.num_classes, dataset=cfg.model.dataset)
     load_checkpoint(model, weights)
