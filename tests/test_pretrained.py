@@ -129,3 +129,16 @@ def test_cosine_schedule_with_warmup_and_adamw():
     from rld.config import schedule_overrides
 
     assert "train.warmup_epochs=4" in schedule_overrides(scaled, 20)
+
+
+def test_timm_weights_from_a_local_file(tmp_path, caplog):
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    saved = timm.create_model("resnet18", pretrained=False, num_classes=1000).state_dict()
+    path = tmp_path / "timm-resnet18.pth"
+    torch.save({"model": saved}, path)
+    with caplog.at_level(logging.INFO, logger="rld"):
+        model = create_pretrained("timm:resnet18", str(path), num_classes=10)
+    assert model.get_classifier().out_features == 10
+    assert _equal({k.removeprefix("net."): v for k, v in model.state_dict().items()}, saved, skip="fc.")
+    assert "timm:resnet18: replaced the classifier (1000 -> 10 classes, newly initialised)" in caplog.messages
