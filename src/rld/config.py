@@ -34,6 +34,9 @@ class DataConfig:
     pipeline: str = "device"  # device (augmentation on the training device) | pil (DataLoader + transforms)
     num_workers: int = 4  # DataLoader workers (image folders and the pil pipeline)
     eval_batch_size: int = 256
+    # Keep only the first N training images of each class (in the split's order: a fixed subset, the
+    # same for every seed); the test split is unchanged. None keeps them all. Array data sets only.
+    train_per_class: int | None = None
 
 
 @dataclass
@@ -290,6 +293,11 @@ def validate(cfg: RunConfig) -> None:
         (cfg.seed >= 0, "seed must be >= 0", cfg.seed),
         (cfg.data.eval_batch_size > 0, "data.eval_batch_size must be > 0", cfg.data.eval_batch_size),
         (cfg.data.num_workers >= 0, "data.num_workers must be >= 0", cfg.data.num_workers),
+        (
+            cfg.data.train_per_class is None or cfg.data.train_per_class > 0,
+            "data.train_per_class must be > 0",
+            cfg.data.train_per_class,
+        ),
         # teacher-logit cache (rld.fast.cache)
         (t.teacher_cache in ("off", "lazy", "full"), "train.teacher_cache must be off, lazy or full", t.teacher_cache),
         (t.static_step in ("auto", "on", "off"), "train.static_step must be auto, on or off", t.static_step),

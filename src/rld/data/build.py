@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 
 from rld.data.arrays import load_cifar100
@@ -13,7 +15,7 @@ from rld.data.digits import load_digits
 from rld.data.folder import load_image_folders
 from rld.data.pil import ArrayImageDataset, array_transform
 from rld.data.torch_loader import IndexedDataset, TorchLoader
-from rld.data.types import ArrayDataset, Loader
+from rld.data.types import ArrayDataset, ArraySplit, Loader
 from rld.errors import UserError
 
 DATASETS = ("digits", "cifar100", "imagefolder", "imagenet")
@@ -41,6 +43,27 @@ def _world(distributed: bool) -> tuple[int, int]:
     if distributed and torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
+
+
+def first_per_class(split: ArraySplit, per_class: int) -> ArraySplit:
+    """The first ``per_class`` images of each class, in the split's order (a fixed subset).
+
+    Raises UserError when a class has fewer images than asked for.
+    """
+    counts = np.bincount(split.y)
+    if per_class > counts.min():
+        n = int(counts.min())
+        raise UserError(
+            f"data.train_per_class={per_class} exceeds the smallest class of the training split "
+            f"({n} image{'s' if n != 1 else ''})"
+        )
+    rank_in_class = np.zeros(len(split.y), dtype=np.int64)
+    seen = np.zeros_like(counts)
+    for i, label in enumerate(split.y):
+        rank_in_class[i] = seen[label]
+        seen[label] += 1
+    keep = np.flatnonzero(rank_in_class < per_class)
+    return ArraySplit(x=split.x[keep], y=split.y[keep])
 
 
 def _array_loaders(
@@ -81,6 +104,7 @@ def build_data(
     channels_last: bool = False,
     distributed: bool = False,
     pipeline: Literal["device", "pil"] = "device",
+    train_per_class: int | None = None,
 ) -> DataBundle:
     """Build the training and evaluation loaders of data set ``name``.
 
@@ -102,6 +126,8 @@ def build_data(
             sampler; iterating without it advances the epoch by one each time.
         pipeline: for the array data sets, ``"device"`` (:class:`DeviceLoader`, augmentation on
             the device) or ``"pil"`` (the conventional DataLoader + torchvision transforms).
+        train_per_class: for the array data sets, train on only the first N images of each class
+            (:func:`first_per_class`); the normalisation statistics stay those of the full split.
     """
     key = str(name).lower()
     if key not in DATASETS:
@@ -125,6 +151,8 @@ def build_data(
                     "'cifar-100-python.tar.gz', or an .npz with train_x, train_y, test_x, test_y"
                 )
             data = load_cifar100(path)
+        if train_per_class is not None:
+            data = dataclasses.replace(data, train=first_per_class(data.train, train_per_class))
         train, test = _array_loaders(
             data,
             pipeline,
@@ -137,6 +165,8 @@ def build_data(
 
     if not path:
         raise UserError(f"{key} needs a data path: a folder with train/<class>/ and val/<class>/ image folders")
+    if train_per_class is not None:
+        raise UserError("data.train_per_class applies to the array data sets (digits, cifar100), not image folders")
     train_set, test_set = load_image_folders(path)
     return DataBundle(
         TorchLoader(IndexedDataset(train_set), batch_size, train=True, num_workers=num_workers, **common),

@@ -472,6 +472,7 @@ def build_run_data(cfg: RunConfig, device: torch.device, world: World):
         channels_last=cfg.train.channels_last,
         distributed=world.distributed,
         pipeline=cfg.data.pipeline,
+        train_per_class=cfg.data.train_per_class,
     )
 
 
