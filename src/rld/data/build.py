@@ -105,6 +105,7 @@ def build_data(
     distributed: bool = False,
     pipeline: Literal["device", "pil"] = "device",
     train_per_class: int | None = None,
+    image_size: int | None = None,
 ) -> DataBundle:
     """Build the training and evaluation loaders of data set ``name``.
 
@@ -128,6 +129,7 @@ def build_data(
             the device) or ``"pil"`` (the conventional DataLoader + torchvision transforms).
         train_per_class: for the array data sets, train on only the first N images of each class
             (:func:`first_per_class`); the normalisation statistics stay those of the full split.
+        image_size: digits only: the side of the upsampled images (default 32).
     """
     key = str(name).lower()
     if key not in DATASETS:
@@ -141,9 +143,11 @@ def build_data(
     rank, world_size = _world(distributed)
     common = dict(device=device, seed=seed, channels_last=channels_last, rank=rank, world_size=world_size)
 
+    if image_size is not None and key != "digits":
+        raise UserError(f"data.image_size applies to the digits only, not {key}")
     if key in ("digits", "cifar100"):
         if key == "digits":
-            data = load_digits()
+            data = load_digits() if image_size is None else load_digits(image_size)
         else:
             if not path:
                 raise UserError(

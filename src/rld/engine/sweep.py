@@ -153,7 +153,7 @@ def stream_signature(cfg: RunConfig) -> tuple:
     d, m, t = cfg.data, cfg.model, cfg.train
     return (
         cfg.seed,
-        (d.name, d.path, d.pipeline, d.num_workers, d.eval_batch_size, d.train_per_class),
+        (d.name, d.path, d.pipeline, d.num_workers, d.eval_batch_size, d.train_per_class, d.image_size),
         (t.batch_size, t.device, t.deterministic, t.channels_last, t.amp),
         (m.teacher, m.teacher_checkpoint, m.dataset),
         (t.teacher_cache, t.cache_dir, t.cache_precision),

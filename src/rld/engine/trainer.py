@@ -473,6 +473,7 @@ def build_run_data(cfg: RunConfig, device: torch.device, world: World):
         distributed=world.distributed,
         pipeline=cfg.data.pipeline,
         train_per_class=cfg.data.train_per_class,
+        image_size=cfg.data.image_size,
     )
 
 
@@ -534,6 +535,7 @@ def evaluate_weights(
         seed=cfg.seed,
         num_workers=cfg.data.num_workers,
         pipeline=cfg.data.pipeline,
+        image_size=cfg.data.image_size,
     )
     model = create_model(model_name, num_classes=data.num_classes, dataset=cfg.model.dataset)
     load_checkpoint(model, weights)
