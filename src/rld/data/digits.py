@@ -4,9 +4,10 @@ scikit-learn ships 1,797 real 8x8 grey-level images of the digits 0-9 (values 0.
 set needs no download. :func:`load_digits` turns them into a CIFAR-shaped problem:
 
 * values scaled to 0..255 (``v * 255 / 16``);
-* upsampled to 32x32 (``size``; 16 for a 4× cheaper variant) with bilinear interpolation (``torch.nn.functional.interpolate``,
-  ``align_corners=False``, computed in float64), rounded to the nearest integer;
-* replicated to 3 identical channels, stored as uint8 (N, 32, 32, 3);
+* upsampled to 32x32 (``size``; 16 for a 4× cheaper variant) with bilinear interpolation
+  (``torch.nn.functional.interpolate``, ``align_corners=False``, computed in float64), rounded to
+  the nearest integer;
+* replicated to 3 identical channels, stored as uint8 (N, size, size, 3);
 * a fixed stratified split, ``train_test_split(test_size=0.25, stratify=y, random_state=0)``:
   1,347 training and 450 test images, each split listed in the original order;
 * normalisation mean/std per channel computed from the training split (population std).
