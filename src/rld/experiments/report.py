@@ -246,7 +246,11 @@ def build_report(root: str | Path, *, title: str | None = None, exclude: Path | 
             "run", "model", "teacher", "method", "epochs", "best top-1 (%)", "last top-1 (%)", "time", "hardware",
         ]  # fmt: skip
         total = format_seconds(sum(r.total_time for r in records))
-        runs = [_html_table(header, [list(vars(r).values()) for r in rows]), f"<p>Total training time: {total}.</p>"]
+        runs = [
+            _html_table(header, [list(vars(r).values()) for r in rows]),
+            f"<p>Sum of the runs' times: {total} (runs trained in lockstep, by <code>rld sweep</code> or "
+            "<code>rld demo</code>, each count their group's shared time).</p>",
+        ]
         sections.append(("runs", "Runs", runs))
         curves = _curves_section(records, root)
         if curves:
