@@ -213,18 +213,17 @@ def test_demo_prints_mean_and_std_per_method_and_the_report_path(tmp_path, capsy
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--seeds", "0,1", "train.epochs=1", "train.lr_milestones=[]"]) == 0
     text = capsys.readouterr().out
-    lasts = {}
     for method in ("vanilla", "kd", "dkd", "rld"):
         values = [
             float((out / method / f"seed{s}" / "metrics.csv").read_text().splitlines()[1].split(",")[4]) for s in (0, 1)
         ]
-        lasts[method] = values
         mean, std = float(np.mean(values)), float(np.std(values, ddof=1))
-        assert re.search(rf"^{method} +{mean:.2f} ± +{std:.2f} %  {values[0]:.2f} {values[1]:.2f} ", text, re.M), method
+        assert re.search(rf"^{method} +{mean:.2f} ± +{std:.2f} %  {values[0]:.2f} {values[1]:.2f}$", text, re.M), method
     assert "resnet8 students that see 10 labelled images per class; 2 seeds per method" in text
-    assert f"report: {(out / 'report.html').resolve()}" in text
+    assert re.search(r"^wall time: \d+ s$", text, re.M)
+    assert text.endswith(f"report: {(out / 'report.html').resolve()}\n")
     table = (out / "table-demo.md").read_text()
-    assert table.count(" ± ") == 4 and "Last-epoch test top-1 (%), mean ± sample std over 2 seeds" in table
+    assert table.count(" ± ") == 1 + 4 and "Last-epoch test top-1 (%), mean ± sample std over 2 seeds" in table
     page = (out / "report.html").read_text()
     assert page.count("<details><summary><code>") == 9  # the teacher and 4 methods x 2 seeds
     assert json.loads((out / "kd" / "seed1" / "environment.json").read_text())["torch"]
