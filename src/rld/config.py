@@ -34,6 +34,12 @@ class DataConfig:
     pipeline: str = "device"  # device (augmentation on the training device) | pil (DataLoader + transforms)
     num_workers: int = 4  # DataLoader workers (image folders and the pil pipeline)
     eval_batch_size: int = 256
+    # Keep only the first N training images of each class (in the split's order: a fixed subset, the
+    # same for every seed); the test split is unchanged. None keeps them all. Array data sets only.
+    train_per_class: int | None = None
+    # side of the model's input: digits (upsampled, default 32; 16 is 4× cheaper) and image folders /
+    # manifests / Hugging Face data (RandomResizedCrop / centre crop, default 224); not cifar100
+    image_size: int | None = None
     val_fraction: float | None = None  # a single image folder / a manifest: the stratified validation part
     skip_bad_images: bool = False  # leave unreadable images out (counted in the log) instead of stopping
     image_column: str = "image"  # data.name=hf: the column of the images
@@ -233,6 +239,8 @@ KEY_HELP = {
     "data.pipeline": "device (augmentation on the training device) | pil (DataLoader + transforms)",
     "data.num_workers": "DataLoader workers (image folders and the pil pipeline)",
     "data.eval_batch_size": "batch size of evaluation",
+    "data.train_per_class": "array data sets: train on the first N images of each class (a fixed subset)",
+    "data.image_size": "input side: digits (upsampled, default 32), image folders / manifests / hf (default 224)",
     "data.val_fraction": "single image folder or CSV manifest: stratified, seeded validation fraction (split.json)",
     "data.skip_bad_images": "leave unreadable images out (counted in the log) instead of stopping",
     "data.image_column": "data.name=hf: the column holding the images",
@@ -411,6 +419,11 @@ def validate(cfg: RunConfig) -> None:
             cfg.data.val_fraction is None or 0 < cfg.data.val_fraction < 1,
             "data.val_fraction must be in (0, 1)",
             cfg.data.val_fraction,
+        ),
+        (
+            cfg.data.train_per_class is None or cfg.data.train_per_class > 0,
+            "data.train_per_class must be > 0",
+            cfg.data.train_per_class,
         ),
         # teacher-logit cache (rld.fast.cache)
         (t.teacher_cache in ("off", "lazy", "full"), "train.teacher_cache must be off, lazy or full", t.teacher_cache),

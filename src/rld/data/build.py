@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 
 from rld.data.arrays import load_cifar100
@@ -14,7 +16,7 @@ from rld.data.digits import load_digits
 from rld.data.folder import load_image_folders
 from rld.data.pil import ArrayImageDataset, array_transform
 from rld.data.torch_loader import IndexedDataset, TorchLoader
-from rld.data.types import ArrayDataset, Loader
+from rld.data.types import ArrayDataset, ArraySplit, Loader
 from rld.errors import UserError
 
 DATASETS = ("digits", "cifar100", "imagefolder", "imagenet", "hf")
@@ -43,6 +45,27 @@ def _world(distributed: bool) -> tuple[int, int]:
     if distributed and torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
+
+
+def first_per_class(split: ArraySplit, per_class: int) -> ArraySplit:
+    """The first ``per_class`` images of each class, in the split's order (a fixed subset).
+
+    Raises UserError when a class has fewer images than asked for.
+    """
+    counts = np.bincount(split.y)
+    if per_class > counts.min():
+        n = int(counts.min())
+        raise UserError(
+            f"data.train_per_class={per_class} exceeds the smallest class of the training split "
+            f"({n} image{'s' if n != 1 else ''})"
+        )
+    rank_in_class = np.zeros(len(split.y), dtype=np.int64)
+    seen = np.zeros_like(counts)
+    for i, label in enumerate(split.y):
+        rank_in_class[i] = seen[label]
+        seen[label] += 1
+    keep = np.flatnonzero(rank_in_class < per_class)
+    return ArraySplit(x=split.x[keep], y=split.y[keep])
 
 
 def _array_loaders(
@@ -83,6 +106,8 @@ def build_data(
     channels_last: bool = False,
     distributed: bool = False,
     pipeline: Literal["device", "pil"] = "device",
+    train_per_class: int | None = None,
+    image_size: int | None = None,
     val_fraction: float | None = None,
     skip_bad_images: bool = False,
     split: Any = None,
@@ -109,6 +134,10 @@ def build_data(
             sampler; iterating without it advances the epoch by one each time.
         pipeline: for the array data sets, ``"device"`` (:class:`DeviceLoader`, augmentation on
             the device) or ``"pil"`` (the conventional DataLoader + torchvision transforms).
+        train_per_class: for the array data sets, train on only the first N images of each class
+            (:func:`first_per_class`); the normalisation statistics stay those of the full split.
+        image_size: the side of the model's input: digits (upsampled; default 32), image folders,
+            manifests and Hugging Face data (crops; default 224). Not for cifar100.
         val_fraction: image folders without ``train/``/``val/`` and CSV manifests without a
             ``split`` column: the stratified validation fraction (:mod:`rld.data.sources`).
         skip_bad_images: leave unreadable images out (counted in the log) instead of stopping.
@@ -127,9 +156,11 @@ def build_data(
     rank, world_size = _world(distributed)
     common = dict(device=device, seed=seed, channels_last=channels_last, rank=rank, world_size=world_size)
 
+    if image_size is not None and key == "cifar100":
+        raise UserError("data.image_size does not apply to cifar100 (its images are 32x32)")
     if key in ("digits", "cifar100"):
         if key == "digits":
-            data = load_digits()
+            data = load_digits() if image_size is None else load_digits(image_size)
         else:
             if not path:
                 raise UserError(
@@ -137,6 +168,8 @@ def build_data(
                     "'cifar-100-python.tar.gz', or an .npz with train_x, train_y, test_x, test_y"
                 )
             data = load_cifar100(path)
+        if train_per_class is not None:
+            data = dataclasses.replace(data, train=first_per_class(data.train, train_per_class))
         train, test = _array_loaders(
             data,
             pipeline,
@@ -152,11 +185,20 @@ def build_data(
             f"{key} needs a data path: a folder with train/<class>/ and val/<class>/ image folders, a single "
             "folder of <class>/ folders (with data.val_fraction), or a CSV manifest (path,label)"
         )
+    if train_per_class is not None:
+        raise UserError("data.train_per_class applies to the array data sets (digits, cifar100), not image folders")
     from rld.data import sources
+
+    size = sources.IMAGE_SIZE_DEFAULT if image_size is None else image_size
 
     if key == "hf":
         train_set, test_set, classes = sources.hf_datasets(
-            path, image_column=image_column, label_column=label_column, val_fraction=val_fraction, seed=seed
+            path,
+            image_column=image_column,
+            label_column=label_column,
+            val_fraction=val_fraction,
+            seed=seed,
+            image_size=size,
         )
         return DataBundle(
             TorchLoader(IndexedDataset(train_set), batch_size, train=True, num_workers=num_workers, **common),
@@ -176,10 +218,10 @@ def build_data(
             )
         split = sources.folder_split(root, val_fraction, seed)
     if split is not None:
-        train_set, test_set = sources.split_datasets(split, sources.IMAGE_SIZE_DEFAULT, skip_bad_images)
+        train_set, test_set = sources.split_datasets(split, size, skip_bad_images)
         classes = list(split.classes)
     else:
-        train_set, test_set = load_image_folders(path)
+        train_set, test_set = load_image_folders(path, size)
         classes = list(train_set.classes)
     return DataBundle(
         TorchLoader(IndexedDataset(train_set), batch_size, train=True, num_workers=num_workers, **common),

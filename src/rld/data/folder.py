@@ -16,7 +16,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from torchvision import datasets
-from torchvision import transforms as T
 
 from rld.errors import UserError
 
@@ -27,13 +26,11 @@ RESIZE_SIZE = 256
 LAYOUT = "ROOT/train/<class>/<image> and ROOT/val/<class>/<image>"
 
 
-def folder_transform(*, train: bool) -> Callable:
-    """The ImageNet protocol's transform: PIL image -> (3, 224, 224) float32."""
-    if train:
-        steps = [T.RandomResizedCrop(IMAGE_SIZE), T.RandomHorizontalFlip()]
-    else:
-        steps = [T.Resize(RESIZE_SIZE), T.CenterCrop(IMAGE_SIZE)]
-    return T.Compose([*steps, T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+def folder_transform(*, train: bool, image_size: int = IMAGE_SIZE) -> Callable:
+    """The ImageNet protocol's transform: PIL image -> (3, S, S) float32 (S = 224: resize 256)."""
+    from rld.data.sources import image_transform
+
+    return image_transform(train=train, image_size=image_size)
 
 
 def _split_dir(root: Path, names: tuple[str, ...]) -> Path:
@@ -50,7 +47,9 @@ def _image_folder(folder: Path, transform: Callable) -> datasets.ImageFolder:
         raise UserError(f"{folder}: {exc}; expected the layout {LAYOUT}") from None
 
 
-def load_image_folders(root: str | os.PathLike[str]) -> tuple[datasets.ImageFolder, datasets.ImageFolder]:
+def load_image_folders(
+    root: str | os.PathLike[str], image_size: int = IMAGE_SIZE
+) -> tuple[datasets.ImageFolder, datasets.ImageFolder]:
     """The training and evaluation ``ImageFolder`` data sets under ``root``, with their transforms.
 
     Both splits must list the same class folders; class ``i`` is the i-th folder name in sorted
@@ -59,8 +58,8 @@ def load_image_folders(root: str | os.PathLike[str]) -> tuple[datasets.ImageFold
     root = Path(root).expanduser()
     if not root.is_dir():
         raise UserError(f"image folder {root} not found: expected the layout {LAYOUT}")
-    train = _image_folder(_split_dir(root, ("train",)), folder_transform(train=True))
-    test = _image_folder(_split_dir(root, ("val", "test")), folder_transform(train=False))
+    train = _image_folder(_split_dir(root, ("train",)), folder_transform(train=True, image_size=image_size))
+    test = _image_folder(_split_dir(root, ("val", "test")), folder_transform(train=False, image_size=image_size))
     if train.classes != test.classes:
         only_train = sorted(set(train.classes) - set(test.classes))[:5]
         only_test = sorted(set(test.classes) - set(train.classes))[:5]

@@ -153,7 +153,7 @@ def stream_signature(cfg: RunConfig) -> tuple:
     d, m, t = cfg.data, cfg.model, cfg.train
     return (
         cfg.seed,
-        (d.name, d.path, d.pipeline, d.num_workers, d.eval_batch_size),
+        (d.name, d.path, d.pipeline, d.num_workers, d.eval_batch_size, d.train_per_class, d.image_size),
         (t.batch_size, t.device, t.deterministic, t.channels_last, t.amp),
         (m.teacher, m.teacher_checkpoint, m.teacher_weights, m.dataset),
         (t.teacher_cache, t.cache_dir, t.cache_precision),
@@ -288,19 +288,25 @@ def sweep(
         raise UserError("rld sweep runs in one process: start it without torchrun")
     out = Path(out)
     runs = plan_sweep(source, overrides, seeds=seeds, out=out, extra=extra)
+    return train_runs(runs, summary=out / "sweep.csv", resume=resume)
+
+
+def train_runs(runs: list[SweepRun], *, summary: Path | None = None, resume: bool = False) -> list[dict[str, Any]]:
+    """Train planned runs (each with its own configuration and folder) in lockstep groups of one data
+    stream (:func:`group_runs`); ``summary``: a CSV rewritten after each group. One summary per run."""
     groups = group_runs(runs)
     # every run's folder is checked up front (existing runs, another configuration): nothing starts
     # unless all can, and nothing is written before
     resume_from = {r.out: prepare_out_dir(r.out, resume, r.cfg) for r in runs}
     log.info(
-        "sweep: %d runs in %d group(s) of one data stream each (%s) -> %s",
+        "sweep: %d runs in %d group(s) of one data stream each (%s)",
         len(runs),
         len(groups),
         ", ".join(f"seed {g[0].cfg.seed}: {len(g)}" for g in groups),
-        out,
     )
     rows: list[dict[str, Any]] = []
     for group in groups:
         rows += _run_group(group, resume_from, resume)
-        _write_summary(out / "sweep.csv", rows)
+        if summary is not None:
+            _write_summary(summary, rows)
     return rows

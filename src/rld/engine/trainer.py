@@ -662,6 +662,8 @@ def build_run_data(cfg: RunConfig, device: torch.device, world: World, out: Path
         split=saved_split(out),
         image_column=cfg.data.image_column,
         label_column=cfg.data.label_column,
+        train_per_class=cfg.data.train_per_class,
+        image_size=cfg.data.image_size,
     )
 
 
@@ -799,6 +801,7 @@ def evaluate_weights(
         split=saved_split(run_dir),
         image_column=cfg.data.image_column,
         label_column=cfg.data.label_column,
+        image_size=cfg.data.image_size,
     )
     model = create_model(model_name, num_classes=data.num_classes, dataset=cfg.model.dataset)
     load_checkpoint(model, weights)

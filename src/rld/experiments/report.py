@@ -1,9 +1,14 @@
 """``rld report``: one self-contained HTML page about the runs under a folder.
 
-The page holds a table of the runs (every folder with ``config.yaml`` and ``metrics.csv``), their
-learning curves (test top-1 and train loss per epoch), the tables written by ``rld reproduce``
-(``table*.md`` / ``table*.csv``) and every PNG figure found under the folder, embedded as base64
-so the page can be mailed or archived on its own.
+The page holds, in order: the tables written by ``rld reproduce`` and ``rld demo`` (``table*.md`` /
+``table*.csv``: the reproduced numbers beside the paper's), a table of the runs (every folder with
+``config.yaml`` and ``metrics.csv``) with the time each took and the machine it ran on (from the
+run's ``environment.json`` where one was written), the learning curves (test top-1 and train loss
+per epoch) of each group of runs (the runs in one folder, e.g. the seeds of one method), every PNG
+figure found under the folder, and each run's configuration in a collapsible block.
+
+The page is one file: figures are embedded as base64 PNG, the style sheet is inline, nothing is
+loaded from the network and there is no script, so it can be mailed or archived on its own.
 """
 
 from __future__ import annotations
@@ -12,22 +17,31 @@ import base64
 import csv
 import html
 import io
+import json
 import re
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 from rld.errors import UserError
 from rld.experiments.runs import RunRecord, find_runs
 
 MAX_FIGURES = 100
+MAX_CURVE_GROUPS = 40
 STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
-h1 { font-size: 1.6em; } h2 { margin-top: 1.8em; border-bottom: 1px solid #ccc; }
+body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1200px; padding: 0 1em; color: #222;
+       line-height: 1.45; }
+h1 { font-size: 1.6em; margin-bottom: 0.2em; } h2 { margin-top: 1.8em; border-bottom: 1px solid #ccc; }
+h3 { margin-top: 1.4em; }
+nav { font-size: 0.95em; } nav a { margin-right: 1em; } .meta { color: #555; font-size: 0.9em; margin-top: 0; }
 table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
-th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: left; }
+th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: left; vertical-align: top; }
 th { background: #f0f0f0; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
-img { max-width: 100%; border: 1px solid #eee; } figure { margin: 1.5em 0; }
+tbody tr:nth-child(even) { background: #fafafa; }
+img { max-width: 100%; height: auto; border: 1px solid #eee; } figure { margin: 1.5em 0; }
 figcaption { color: #555; font-size: 0.9em; } code { background: #f5f5f5; padding: 0 0.2em; }
+pre { background: #f7f7f7; padding: 0.6em; overflow-x: auto; font-size: 0.85em; }
+details { margin: 0.3em 0; } summary { cursor: pointer; }
 .scroll { overflow-x: auto; } .source { color: #777; font-size: 0.85em; }
 """
 
@@ -42,6 +56,7 @@ class RunRow:
     best: str
     last: str
     time: str
+    hardware: str
 
 
 def format_seconds(seconds: float) -> str:
@@ -66,7 +81,26 @@ def run_row(record: RunRecord, root: Path) -> RunRow:
         best=f"{best['test_top1']:.2f} (epoch {best['epoch']})" if best else "",
         last=f"{last['test_top1']:.2f}" if last else "",
         time=format_seconds(record.total_time) if record.metrics else "",
+        hardware=hardware_text(record.path),
     )
+
+
+def hardware_text(run_dir: Path) -> str:
+    """The machine a run trained on, from its ``environment.json`` (written by ``rld demo``), in words."""
+    path = Path(run_dir) / "environment.json"
+    try:
+        env = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "not recorded"
+    if not isinstance(env, dict):
+        return "not recorded"
+    parts = [str(env["gpu"])] if env.get("gpu") else []
+    if env.get("processor"):
+        cores = f", {env['cores']} cores" if env.get("cores") else ""
+        parts.append(f"{env['processor']}{cores}")
+    if env.get("torch"):
+        parts.append(f"torch {env['torch']}")
+    return "; ".join(parts) or "not recorded"
 
 
 def _img(png: bytes, alt: str) -> str:
@@ -152,9 +186,47 @@ def _figures_section(root: Path, exclude: Path | None) -> list[str]:
     return parts
 
 
-def build_report(root: str | Path, *, title: str | None = None, exclude: Path | None = None) -> str:
-    """The HTML page for the runs, tables and figures under ``root``."""
+def curve_groups(records: list[RunRecord], root: Path) -> dict[str, list[tuple[str, RunRecord]]]:
+    """Runs grouped by the folder that holds them (e.g. the seeds of one method): group name ->
+    [(run label, record)], in the order of first appearance; runs directly under ``root`` form one group
+    ("top level", or the run's own name when it is alone)."""
+    groups: dict[str, list[tuple[str, RunRecord]]] = {}
+    for record in records:
+        rel = record.path.relative_to(root) if record.path != root else Path(record.path.name)
+        key = str(rel.parent) if str(rel.parent) != "." else "top level"
+        groups.setdefault(key, []).append((rel.name, record))
+    top = groups.get("top level")
+    if top is not None and len(top) == 1 and top[0][0] not in groups:  # a lone run is named by itself
+        groups = {(top[0][0] if k == "top level" else k): v for k, v in groups.items()}
+    return groups
+
+
+def _curves_section(records: list[RunRecord], root: Path) -> list[str]:
     from rld.viz.figures import learning_curves_figure, png_bytes
+
+    groups = [(k, v) for k, v in curve_groups(records, root).items() if any(r.metrics for _, r in v)]
+    parts = []
+    for name, members in groups[:MAX_CURVE_GROUPS]:
+        fig = learning_curves_figure([(label, r.metrics) for label, r in members if r.metrics], title=name)
+        alt = f"learning curves of {name}"
+        parts.append(f"<figure>{_img(png_bytes(fig), alt)}<figcaption>{html.escape(name)}</figcaption></figure>")
+    if len(groups) > MAX_CURVE_GROUPS:
+        parts.append(f"<p>{len(groups) - MAX_CURVE_GROUPS} more groups of runs are not drawn.</p>")
+    return parts
+
+
+def _configs_section(records: list[RunRecord], rows: list[RunRow]) -> list[str]:
+    parts = []
+    for row, record in zip(rows, records):
+        text = (record.path / "config.yaml").read_text(encoding="utf-8")
+        summary = f"<code>{html.escape(row.name)}</code> — {html.escape(row.method)}, {html.escape(row.model)}"
+        parts.append(f"<details><summary>{summary}</summary><pre>{html.escape(text)}</pre></details>")
+    return parts
+
+
+def build_report(root: str | Path, *, title: str | None = None, exclude: Path | None = None) -> str:
+    """The HTML page for the runs, tables and figures under ``root`` (see the module docstring)."""
+    from rld import __version__
 
     root = Path(root)
     if not root.is_dir():
@@ -165,25 +237,42 @@ def build_report(root: str | Path, *, title: str | None = None, exclude: Path | 
     if not records and not tables and not figures:
         raise UserError(f"found no runs (folders with config.yaml and metrics.csv), tables or figures under {root}")
     title = title or f"rld report: {root.resolve().name}"
+    rows = [run_row(r, root) for r in records]
+    sections: list[tuple[str, str, list[str]]] = []
+    if tables:
+        sections.append(("tables", "Results", tables))
+    if records:
+        header = [
+            "run", "model", "teacher", "method", "epochs", "best top-1 (%)", "last top-1 (%)", "time", "hardware",
+        ]  # fmt: skip
+        total = format_seconds(sum(r.total_time for r in records))
+        runs = [
+            _html_table(header, [list(vars(r).values()) for r in rows]),
+            f"<p>Sum of the runs' times: {total} (runs trained in lockstep, by <code>rld sweep</code> or "
+            "<code>rld demo</code>, each count their group's shared time).</p>",
+        ]
+        sections.append(("runs", "Runs", runs))
+        curves = _curves_section(records, root)
+        if curves:
+            sections.append(("curves", "Learning curves", curves))
+    if figures:
+        sections.append(("figures", "Figures", figures))
+    if records:
+        sections.append(("configs", "Configuration of each run", _configs_section(records, rows)))
+    generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    count = f"{len(records)} run{'s' if len(records) != 1 else ''}"
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
-        f"<p>{len(records)} run{'s' if len(records) != 1 else ''} under <code>{html.escape(str(root))}</code>.</p>",
+        f'<p class="meta">{count} under <code>{html.escape(str(root))}</code>; generated {generated} by rld '
+        f"{html.escape(__version__)}.</p>",
+        "<nav>" + "".join(f'<a href="#{key}">{html.escape(name)}</a>' for key, name, _ in sections) + "</nav>",
     ]
-    if records:
-        rows = [run_row(r, root) for r in records]
-        header = ["run", "model", "teacher", "method", "epochs", "best top-1 (%)", "last top-1 (%)", "time"]
-        parts += ["<h2>Runs</h2>", _html_table(header, [list(vars(r).values()) for r in rows])]
-        curves = [(row.name, r.metrics) for row, r in zip(rows, records) if r.metrics]
-        if curves:
-            fig = learning_curves_figure(curves)
-            parts += ["<h2>Learning curves</h2>", f"<figure>{_img(png_bytes(fig), 'learning curves')}</figure>"]
-    if tables:
-        parts += ["<h2>Reproduced tables</h2>", *tables]
-    if figures:
-        parts += ["<h2>Figures</h2>", *figures]
+    for key, name, body in sections:
+        parts += [f'<h2 id="{key}">{html.escape(name)}</h2>', *body]
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
 

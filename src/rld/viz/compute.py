@@ -35,15 +35,23 @@ def _device(name: str) -> torch.device:
 
 
 @lru_cache(maxsize=2)
-def _data(name: str, path: str | None, eval_batch_size: int, device: str) -> DataBundle:
-    return build_data(name, path, batch_size=eval_batch_size, eval_batch_size=eval_batch_size, device=device, seed=0)
+def _data(name: str, path: str | None, eval_batch_size: int, device: str, image_size: int | None = None) -> DataBundle:
+    return build_data(
+        name,
+        path,
+        batch_size=eval_batch_size,
+        eval_batch_size=eval_batch_size,
+        device=device,
+        seed=0,
+        image_size=image_size,
+    )
 
 
 def run_data(record: RunRecord, data_path: str | None = None, device: str = "auto") -> DataBundle:
     """The run's data set (its test split is what the figures use)."""
     cfg = record.config
     path = str(Path(data_path).expanduser()) if data_path else cfg.data.path
-    return _data(cfg.data.name, path, cfg.data.eval_batch_size, str(_device(device)))
+    return _data(cfg.data.name, path, cfg.data.eval_batch_size, str(_device(device)), cfg.data.image_size)
 
 
 def load_student(record: RunRecord, num_classes: int, device: str = "auto") -> nn.Module:

@@ -160,9 +160,9 @@ def class_correlation_figure(panels: list[TopLogits], title: str) -> Figure:
     return fig
 
 
-def learning_curves_figure(curves: list[tuple[str, list[dict]]]) -> Figure:
+def learning_curves_figure(curves: list[tuple[str, list[dict]]], title: str = "Learning curves") -> Figure:
     """Test top-1 and train loss per epoch, one line per run."""
-    fig = Figure(figsize=(12, 4.8), layout="constrained")
+    fig = Figure(figsize=(11, 3.6), layout="constrained")
     ax_acc, ax_loss = fig.subplots(1, 2)
     for name, rows in curves:
         epochs = [r["epoch"] for r in rows]
@@ -175,5 +175,5 @@ def learning_curves_figure(curves: list[tuple[str, list[dict]]]) -> Figure:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if len(curves) <= 20:
         ax_loss.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False)
-    fig.suptitle("Learning curves")
+    fig.suptitle(title)
     return fig
