@@ -40,6 +40,7 @@ from rld.engine.static import StaticSteps, StepMember
 from rld.engine.syncs import HostSyncCounter
 from rld.engine.trainer import Run, build_teacher_fn, prepare_out_dir, setup
 from rld.losses import value_checks
+from rld.losses._fused import eager_kernel
 from rld.models import create_model
 
 
@@ -52,19 +53,6 @@ class _CaptureLog(logging.Handler):
         message = record.getMessage()
         if "CUDA graph" in message or "capture" in message:
             self.records.append(message)
-
-
-class _eager_kernel:
-    def __enter__(self):
-        from rld.losses import _fused
-
-        self.before = _fused._Compiled.enabled
-        _fused.use_compiled(False)
-
-    def __exit__(self, *exc):
-        from rld.losses import _fused
-
-        _fused.use_compiled(self.before)
 
 
 def _teacher(folder: Path) -> Path:
@@ -140,7 +128,7 @@ def count_host_syncs(device: str, folder: Path, max_steps: int | None = None) ->
         else:
             data.train.set_epoch(1)
         counter = HostSyncCounter()
-        with value_checks(False), _eager_kernel():  # (a dispatch mode and torch.compile do not mix)
+        with value_checks(False), eager_kernel():  # (a dispatch mode and torch.compile do not mix)
             if static is not None:
                 sizes = static.batch_sizes()[:max_steps]
                 with counter:

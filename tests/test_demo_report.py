@@ -46,7 +46,7 @@ def test_train_per_class_subsets_only_the_training_split_and_image_size_scales_t
     assert np.bincount(targets).tolist() == [10] * 10
     assert tuple(batches[0].images.shape) == (100, 3, 16, 16)
     assert sum(len(b.targets) for b in data.test) == 450
-    with pytest.raises(UserError, match=r"^data.image_size applies to the digits only, not cifar100$"):
+    with pytest.raises(UserError, match=r"^data.image_size does not apply to cifar100 \(its images are 32x32\)$"):
         build_data("cifar100", "x.npz", batch_size=8, device="cpu", seed=0, image_size=16)
     with pytest.raises(UserError, match=r"image size must be an integer >= 8 \(they are 8x8 originals\), got 4"):
         build_data("digits", None, batch_size=8, device="cpu", seed=0, image_size=4)

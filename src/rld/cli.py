@@ -291,6 +291,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _CurrentStdout(logging.StreamHandler):
+    """A log handler writing to whatever ``sys.stdout`` is when a record comes (not the stream of
+    the moment ``main`` ran: a caller that swaps stdout, as test runners do, gets the lines)."""
+
+    def __init__(self):
+        super().__init__(sys.stdout)
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def _one_line(err: UserError) -> str:
     """The message of a user error; raised in a DataLoader worker, it arrives wrapped in the
     worker's traceback: its last line holds the message."""
@@ -324,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout, force=True)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[_CurrentStdout()], force=True)
     try:
         args.func(args)
     except UserError as err:

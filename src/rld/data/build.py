@@ -191,6 +191,7 @@ def build_data(
 
     size = sources.IMAGE_SIZE_DEFAULT if image_size is None else image_size
 
+    root = Path(path).expanduser()
     if key == "hf":
         train_set, test_set, classes = sources.hf_datasets(
             path,
@@ -200,29 +201,22 @@ def build_data(
             seed=seed,
             image_size=size,
         )
-        return DataBundle(
-            TorchLoader(IndexedDataset(train_set), batch_size, train=True, num_workers=num_workers, **common),
-            TorchLoader(IndexedDataset(test_set), eval_batch_size, train=False, num_workers=num_workers, **common),
-            len(classes),
-            classes,
-            key,
-        )
-    root = Path(path).expanduser()
-    if split is None and root.suffix.lower() == ".csv":
-        split = sources.manifest_split(root, val_fraction, seed)
-    elif split is None and root.is_dir() and not (root / "train").is_dir():
-        if val_fraction is None:
-            raise UserError(
-                f"{root} has no train/ and val/ folders: set data.val_fraction (e.g. 0.1) to split its "
-                "<class>/ folders into training and validation images"
-            )
-        split = sources.folder_split(root, val_fraction, seed)
-    if split is not None:
-        train_set, test_set = sources.split_datasets(split, size, skip_bad_images)
-        classes = list(split.classes)
     else:
-        train_set, test_set = load_image_folders(path, size)
-        classes = list(train_set.classes)
+        if split is None and root.suffix.lower() == ".csv":
+            split = sources.manifest_split(root, val_fraction, seed)
+        elif split is None and root.is_dir() and not any((root / n).is_dir() for n in ("train", "val", "test")):
+            if val_fraction is None:
+                raise UserError(
+                    f"{root} has no train/ and val/ folders: set data.val_fraction (e.g. 0.1) to split its "
+                    "<class>/ folders into training and validation images"
+                )
+            split = sources.folder_split(root, val_fraction, seed)
+        if split is not None:
+            train_set, test_set = sources.split_datasets(split, size, skip_bad_images)
+            classes = list(split.classes)
+        else:
+            train_set, test_set = load_image_folders(path, size)
+            classes = list(train_set.classes)
     return DataBundle(
         TorchLoader(IndexedDataset(train_set), batch_size, train=True, num_workers=num_workers, **common),
         TorchLoader(IndexedDataset(test_set), eval_batch_size, train=False, num_workers=num_workers, **common),

@@ -644,6 +644,22 @@ def saved_split(run_dir: Path | None):
     return Split.read(path) if path is not None and path.is_file() else None
 
 
+def data_options(cfg: RunConfig, run_dir: Path | None = None) -> dict[str, Any]:
+    """The keywords of :func:`rld.data.build_data` that ``cfg.data`` sets (and a split saved in ``run_dir``)."""
+    d = cfg.data
+    return dict(
+        seed=cfg.seed,
+        num_workers=d.num_workers,
+        pipeline=d.pipeline,
+        val_fraction=d.val_fraction,
+        skip_bad_images=d.skip_bad_images,
+        split=saved_split(run_dir),
+        image_column=d.image_column,
+        label_column=d.label_column,
+        image_size=d.image_size,
+    )
+
+
 def build_run_data(cfg: RunConfig, device: torch.device, world: World, out: Path | None = None):
     """The run's loaders; a split saved in the run folder ``out`` is used again (resume, eval)."""
     return build_data(
@@ -652,18 +668,10 @@ def build_run_data(cfg: RunConfig, device: torch.device, world: World, out: Path
         batch_size=cfg.train.batch_size // world.size,
         eval_batch_size=cfg.data.eval_batch_size,
         device=device,
-        seed=cfg.seed,
-        num_workers=cfg.data.num_workers,
         channels_last=cfg.train.channels_last,
         distributed=world.distributed,
-        pipeline=cfg.data.pipeline,
-        val_fraction=cfg.data.val_fraction,
-        skip_bad_images=cfg.data.skip_bad_images,
-        split=saved_split(out),
-        image_column=cfg.data.image_column,
-        label_column=cfg.data.label_column,
         train_per_class=cfg.data.train_per_class,
-        image_size=cfg.data.image_size,
+        **data_options(cfg, out),
     )
 
 
@@ -793,15 +801,7 @@ def evaluate_weights(
         batch_size=cfg.data.eval_batch_size,
         eval_batch_size=cfg.data.eval_batch_size,
         device=dev,
-        seed=cfg.seed,
-        num_workers=cfg.data.num_workers,
-        pipeline=cfg.data.pipeline,
-        val_fraction=cfg.data.val_fraction,
-        skip_bad_images=cfg.data.skip_bad_images,
-        split=saved_split(run_dir),
-        image_column=cfg.data.image_column,
-        label_column=cfg.data.label_column,
-        image_size=cfg.data.image_size,
+        **data_options(cfg, run_dir),
     )
     model = create_model(model_name, num_classes=data.num_classes, dataset=cfg.model.dataset)
     load_checkpoint(model, weights)

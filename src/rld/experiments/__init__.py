@@ -8,6 +8,8 @@
 * :mod:`rld.experiments.report` — the HTML report of ``rld report``.
 """
 
+from rld._lazy import lazy_exports
+
 _EXPORTS = {
     "collect": "rld.experiments.aggregate",
     "to_csv": "rld.experiments.aggregate",
@@ -25,16 +27,7 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str):
-    """Import on first use (PEP 562): ``rld --help`` must not pay for torch."""
-    if name in _EXPORTS:
-        import importlib
-
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
+__getattr__ = lazy_exports(__name__, globals(), _EXPORTS)
 
 __all__ = [
     "TABLES",

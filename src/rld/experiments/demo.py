@@ -190,9 +190,8 @@ def _run(out: Path, overrides: list[str], methods, seeds, env, report: bool) -> 
     planned = []
     for seed in seeds:
         for method in methods:
-            cfg = resolve(f"{PRESETS}/{method}", [*overrides, f"model.teacher_checkpoint={weights}", f"seed={seed}"])
-            if cfg.model.teacher is None:
-                cfg.model.teacher_checkpoint = None
+            given = [] if method == "vanilla" else [f"model.teacher_checkpoint={weights}"]
+            cfg = resolve(f"{PRESETS}/{method}", [*overrides, *given, f"seed={seed}"])
             planned.append(SweepRun(f"{method}/seed{seed}", {"method": method}, cfg, out / method / f"seed{seed}"))
     rows = train_runs(planned, summary=out / "demo.csv", resume=True)
     for run in planned:

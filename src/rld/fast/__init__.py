@@ -8,9 +8,10 @@
   (``rld sweep``).
 * :mod:`rld.fast.bench` — ms/step of the conventional, default and cached paths (``rld bench``).
 
-Not here yet: the whole-step CUDA graph (the step of a sweep group, :func:`rld.engine.sweep.group_step`,
-is the unit meant to be captured; it needs a GPU to build and measure).
+The whole-step CUDA graph is :mod:`rld.engine.static`; ``benchmarks/gpu_check.py`` checks it on a GPU.
 """
+
+from rld._lazy import lazy_exports
 
 _EXPORTS = {
     "CachedTeacher": "rld.fast.cache",
@@ -21,15 +22,6 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str):
-    """Import on first use (PEP 562): ``rld --help`` must not pay for torch."""
-    if name in _EXPORTS:
-        import importlib
-
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
+__getattr__ = lazy_exports(__name__, globals(), _EXPORTS)
 
 __all__ = ["CachedTeacher", "LogitStore", "cache_key", "default_cache_dir", "open_teacher_cache"]

@@ -52,6 +52,7 @@ from rld.engine.sweep import Member, group_step
 from rld.engine.trainer import Run, TeacherForward, setup
 from rld.errors import UserError
 from rld.fast.cache import CachedTeacher, LogitStore, open_teacher_cache
+from rld.losses._fused import eager_kernel
 from rld.methods import build_method
 from rld.models import create_model
 
@@ -182,27 +183,12 @@ class ConventionalPath:
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         with torch.no_grad():
             t = self.teacher(x)
-        with _eager_losses():  # the plain eager losses, as the common code bases compute them
+        with eager_kernel():  # the plain eager losses, as the common code bases compute them
             loss, _ = self.method(self.student(x), t, y, 1)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
         loss.item()
-
-
-class _eager_losses:
-    """Within the block the DKD/RLD kernel runs eagerly (not compiled)."""
-
-    def __enter__(self):
-        from rld.losses import _fused
-
-        self.before = _fused._Compiled.enabled
-        _fused.use_compiled(False)
-
-    def __exit__(self, *exc):
-        from rld.losses import _fused
-
-        _fused.use_compiled(self.before)
 
 
 class DevicePath:

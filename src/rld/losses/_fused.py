@@ -32,6 +32,8 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor
@@ -110,6 +112,17 @@ def use_compiled(enabled: bool | None) -> None:
     """Compile the DKD/RLD kernel with ``torch.compile`` (True), run it eagerly (False), or follow
     the environment variable ``RLD_COMPILE_LOSSES`` (None; compiled unless it is ``0``)."""
     _Compiled.enabled = enabled
+
+
+@contextmanager
+def eager_kernel() -> Iterator[None]:
+    """Within the block the kernel runs eagerly (as without a compiler); the setting is restored after."""
+    before = _Compiled.enabled
+    use_compiled(False)
+    try:
+        yield
+    finally:
+        use_compiled(before)
 
 
 def _compiling_wanted(device: torch.device) -> bool:
