@@ -17,6 +17,7 @@ from rld.cli import main
 from rld.config import resolve
 from rld.data import build_data
 from rld.data.sources import Split
+from rld.engine import train
 from rld.errors import UserError
 from rld.export import export, predict
 from rld.models import create_model
@@ -58,42 +59,93 @@ def test_a_single_folder_is_split_stratified_seeded_and_saved(tmp_path):
         build_data("imagefolder", str(root), batch_size=4, device="cpu", seed=0, num_workers=0)
 
 
-def test_custom_path_end_to_end(tmp_path, capsys):
+def _source(kind: str, root: Path, tmp_path: Path) -> list[str]:
+    """The data overrides of an image source: one folder split by val_fraction, a CSV manifest, or a
+    saved Hugging Face data set (with its images also written as files, for rld predict)."""
+    if kind == "folder":
+        return [f"data.path={root}", "data.val_fraction=0.4"]
+    if kind == "csv":
+        lines = ["path,label"] + [f"{p.relative_to(root)},{p.parent.name}" for p in sorted(root.rglob("*.png"))]
+        (root / "labels.csv").write_text("\n".join(lines) + "\n")
+        return [f"data.path={root / 'labels.csv'}", "data.val_fraction=0.4"]
+    datasets = pytest.importorskip("datasets")
+    files = sorted(root.rglob("*.png"))
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=list(CLASSES))})
+    rows = {"image": [Image.open(f).copy() for f in files], "label": [CLASSES.index(f.parent.name) for f in files]}
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict(rows, features=features)}).save_to_disk(
+        str(tmp_path / "hf")
+    )
+    return ["data.name=hf", f"data.path={tmp_path / 'hf'}", "data.val_fraction=0.4"]
+
+
+def _validation_files(kind: str, bundle, root: Path, tmp_path: Path) -> list[str]:
+    if kind != "hf":
+        return [str(Path(bundle.split.root) / p) for p, _ in bundle.split.val]
+    out = []
+    for i, row in enumerate(bundle.test.loader.dataset.base.split):
+        out.append(str(tmp_path / f"val{i}.png"))
+        row["image"].save(out[-1])
+    return out
+
+
+@pytest.mark.parametrize("kind", ["folder", "csv", "hf"])
+def test_custom_path_end_to_end(tmp_path, capsys, kind):
+    """Fine-tune a pretrained torchvision teacher (a local weights file, a new classifier), distil it
+    with RLD into a torchvision student, export to ONNX and safetensors: their predictions on the
+    validation images are the run's own."""
     root = _images(tmp_path / "pets")
+    data = _source(kind, root, tmp_path)
+    capsys.readouterr()  # (progress bars of the data set writer)
     weights = tmp_path / "resnet18-imagenet.pth"
     torch.manual_seed(0)
     torch.save({"state_dict": create_model("torchvision:resnet18", num_classes=1000).state_dict()}, weights)
-    data = [f"data.path={root}", "data.val_fraction=0.4"]
     teacher_run = tmp_path / "teacher"
     argv = ["train", "custom/teacher", *data, *SMALL, f"model.student_weights={weights}", "--out", str(teacher_run)]
     assert main(argv) == 0
-    split = json.loads((teacher_run / "split.json").read_text())
-    assert split["classes"] == list(CLASSES) and len(split["val"]) == 6
+    if kind != "hf":
+        split = json.loads((teacher_run / "split.json").read_text())
+        assert split["classes"] == list(CLASSES) and len(split["val"]) == 6
     student_run = tmp_path / "rld"
     teacher = teacher_run / "checkpoints" / "last.pt"
     argv = ["train", "custom/rld", *data, *SMALL, "model.student_weights=null", "--teacher", str(teacher)]
     assert main([*argv, "--out", str(student_run)]) == 0
     capsys.readouterr()
-    # eval of the run folder uses its saved split: 6 validation images
+    # eval of the run folder uses the same validation images (the saved split)
     assert main(["eval", str(student_run), "--json"]) == 0
     results = {r["which"]: r for r in json.loads(capsys.readouterr().out)}
     history = torch.load(student_run / "checkpoints" / "last.pt", weights_only=True)["history"]
     assert results["last"]["test_top1"] == history[-1]["test_top1"]
     # the student's own predictions on the validation images, as the run evaluates them
     cfg = resolve(str(student_run / "config.yaml"))
+    from rld.engine.trainer import data_options
+
     bundle = build_data(
-        "imagefolder", str(root), batch_size=8, eval_batch_size=8, device="cpu", seed=0, num_workers=0,
-        split=Split.read(student_run / "split.json"),
-    )  # fmt: skip
+        cfg.data.name, cfg.data.path, batch_size=8, eval_batch_size=8, device="cpu", **data_options(cfg, student_run)
+    )
     model = create_model(cfg.model.student, num_classes=3, dataset="imagenet")
     model.load_state_dict(torch.load(student_run / "checkpoints" / "best.pt", weights_only=True)["model"])
     with torch.no_grad():
         expected = torch.cat([model.eval()(b.images) for b in bundle.test]).argmax(dim=1).tolist()
-    files = [str(root / p) for p, _ in Split.read(student_run / "split.json").val]
+    files = _validation_files(kind, bundle, root, tmp_path)
+    assert len(files) == len(expected) == 6
     for fmt in ("onnx", "safetensors"):
         out = export(student_run, fmt, tmp_path / f"student.{fmt}")
         rows = predict(out, files, top_k=1)
         assert [CLASSES.index(r["top"][0][0]) for r in rows] == expected, fmt
+
+
+def test_a_teacher_used_as_it_comes_with_teacher_weights(tmp_path):
+    root = _images(tmp_path / "pets")
+    weights = tmp_path / "pets-resnet18.pth"
+    torch.save(create_model("torchvision:resnet18", num_classes=3).state_dict(), weights)
+    over = [f"data.path={root}", "data.val_fraction=0.4", *SMALL, "model.student_weights=null"]
+    cfg = resolve("custom/kd", [*over, f"model.teacher_weights={weights}"])
+    train(cfg, tmp_path / "kd")
+    assert json.loads((tmp_path / "kd" / "split.json").read_text())["classes"] == list(CLASSES)
+    wrong = tmp_path / "imagenet-resnet18.pth"
+    torch.save(create_model("torchvision:resnet18", num_classes=1000).state_dict(), wrong)
+    with pytest.raises(UserError, match="predict 1000 classes, the data has 3: a teacher must predict"):
+        train(resolve("custom/kd", [*over, f"model.teacher_weights={wrong}"]), tmp_path / "wrong")
 
 
 def test_a_csv_manifest_and_a_corrupt_image(tmp_path, capsys):
@@ -117,32 +169,3 @@ def test_a_csv_manifest_and_a_corrupt_image(tmp_path, capsys):
     code = main([*argv, str(out)])
     assert_user_error(code, capsys.readouterr().err, f"cannot read image {root / 'dog' / '2.png'}")
     assert main([*argv, str(tmp_path / "skipping"), "data.skip_bad_images=true"]) == 0
-
-
-def test_a_saved_hugging_face_data_set_end_to_end(tmp_path, capsys):
-    datasets = pytest.importorskip("datasets")
-    rng = np.random.default_rng(1)
-    images, labels = [], []
-    for c in range(len(CLASSES)):
-        for _ in range(4):
-            pixels = rng.integers(0, 256, size=(36, 40, 3), dtype=np.uint8)
-            pixels[..., c] = 255
-            images.append(Image.fromarray(pixels))
-            labels.append(c)
-    features = datasets.Features({"img": datasets.Image(), "y": datasets.ClassLabel(names=list(CLASSES))})
-    train = datasets.Dataset.from_dict({"img": images, "y": labels}, features=features)
-    datasets.DatasetDict({"train": train}).save_to_disk(str(tmp_path / "hf"))
-    capsys.readouterr()  # (its progress bar)
-    hf = ["data.name=hf", f"data.path={tmp_path / 'hf'}", "data.image_column=img", "data.label_column=y"]
-    bundle = build_data(
-        "hf", str(tmp_path / "hf"), batch_size=4, device="cpu", seed=0, num_workers=0, val_fraction=0.25,
-        image_column="img", label_column="y",
-    )  # fmt: skip
-    assert bundle.classes == list(CLASSES) and len(bundle.test.loader.dataset) == 3
-    code = main(["train", "custom/teacher", *hf, *SMALL, "model.student_weights=null", "--out", str(tmp_path / "a")])
-    assert_user_error(code, capsys.readouterr().err, "has no validation/test split: set data.val_fraction")
-    argv = ["train", "custom/teacher", *hf, "data.val_fraction=0.25", *SMALL, "model.student_weights=null"]
-    assert main([*argv, "--out", str(tmp_path / "run")]) == 0
-    out = export(tmp_path / "run", "onnx", tmp_path / "m.onnx")
-    images[0].save(tmp_path / "x.png")
-    assert predict(out, [str(tmp_path / "x.png")], top_k=1)[0]["top"][0][0] in CLASSES

@@ -59,6 +59,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
     source, overrides, out = _train_source(args)
     cfg = resolve_with_flags(source, overrides, _flags(args), args.epochs)
     args.resume_hint = f"rld train --resume --out {shlex.quote(str(out))}"
+    logging.getLogger("rld").info("preset   %s%s", source, f" {' '.join(overrides)}" if overrides else "")
     if args.dry_run:
         print(dry_run_text(cfg), end="")
         return

@@ -131,7 +131,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", metavar="PATH", help="data set location")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--cache-dir", metavar="DIR", help="where caches live (default ~/.cache/rld/teacher-logits)")
-    p.add_argument("--precision", choices=("float16", "float32"), help="storage precision (default float16)")
+    p.add_argument(
+        "--cache-precision",
+        "--precision",
+        dest="precision",
+        choices=("float16", "float32"),
+        help="storage precision (= train.cache_precision; default float16)",
+    )
     p.set_defaults(func=_cmd_cache)
 
     p = sub.add_parser(
