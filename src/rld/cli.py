@@ -59,10 +59,11 @@ def _cmd_train(args: argparse.Namespace) -> None:
     source, overrides, out = _train_source(args)
     cfg = resolve_with_flags(source, overrides, _flags(args), args.epochs)
     args.resume_hint = f"rld train --resume --out {shlex.quote(str(out))}"
-    logging.getLogger("rld").info("preset   %s%s", source, f" {' '.join(overrides)}" if overrides else "")
     if args.dry_run:
         print(dry_run_text(cfg), end="")
         return
+    if os.environ.get("RANK", "0") == "0":
+        logging.getLogger("rld").info("preset   %s%s", source, f" {' '.join(overrides)}" if overrides else "")
     summary = train(cfg, out, resume=args.resume)
     if os.environ.get("RANK", "0") != "0":
         return  # under torchrun only rank 0 reports
