@@ -86,9 +86,18 @@ def test_predict_cli_writes_csv_and_reports_bad_images(run_and_images, tmp_path,
     assert json.loads(capsys.readouterr().out)[0]["image"] == str(images / "00.png")
 
 
-def test_checkpoints_record_their_classes_and_preprocessing(run_and_images):
+def test_checkpoints_record_their_classes_and_preprocessing(run_and_images, tmp_path):
     run, _, data = run_and_images
     info = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["data_info"]
+    # a checkpoint without the record (an older run): read from the data set, the same metadata
+    old = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
+    del old["data_info"]
+    (tmp_path / "checkpoints").mkdir()
+    torch.save(old, tmp_path / "checkpoints" / "best.pt")
+    assert Predictor(tmp_path / "checkpoints" / "best.pt").meta == {
+        **Predictor(run / "checkpoints" / "best.pt").meta,
+        "source": str(tmp_path / "checkpoints" / "best.pt"),
+    }
     assert info["classes"] == list(data.classes)
     assert info["preprocess"]["size"] == [32, 32]
     assert np.allclose(info["preprocess"]["mean"], data.mean) and np.allclose(info["preprocess"]["std"], data.std)

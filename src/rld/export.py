@@ -73,8 +73,10 @@ def _metadata_of_checkpoint(path: Path, data_path: str | None = None) -> tuple[d
     info = state.get("data_info")
     if info is None:
         from rld.data import build_data
+        from rld.engine.trainer import data_options
 
-        data = build_data(cfg.data.name, data_path or cfg.data.path, batch_size=1, eval_batch_size=1, device="cpu")
+        options = data_options(cfg, path.parent.parent)
+        data = build_data(cfg.data.name, data_path or cfg.data.path, batch_size=1, device="cpu", **options)
         info = {"classes": list(data.classes), "preprocess": eval_preprocess(data.test)}
     meta = {
         "format": "rld-export-1",
