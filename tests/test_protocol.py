@@ -297,9 +297,9 @@ def test_amp_step_uses_float32_teacher_logits_and_a_bf16_student(tmp_path, teach
     run.student.register_forward_hook(lambda m, i, o: seen.update(student_dtype=o.dtype))
     real = run.method.forward
 
-    def spy(student_logits, teacher_logits, target, epoch):
-        seen["teacher"] = teacher_logits
-        return real(student_logits, teacher_logits, target, epoch)
+    def spy(student, teacher, target, epoch, index):
+        seen["teacher"] = teacher.logits
+        return real(student, teacher, target, epoch, index)
 
     run.method.forward = spy
     batch = next(iter(data.train))

@@ -168,9 +168,10 @@ def _cmd_presets(args: argparse.Namespace) -> None:
 def _cmd_config_keys(args: argparse.Namespace) -> None:
     import json
 
-    from rld.config import KEY_HELP, key_types
+    from rld.config import key_help, key_types
 
-    rows = [(key, kind, default, KEY_HELP.get(key, "")) for key, (kind, default) in key_types().items()]
+    helps = key_help()
+    rows = [(key, kind, default, helps.get(key, "")) for key, (kind, default) in key_types().items()]
     if args.json:
         print(json.dumps([dict(zip(("key", "type", "default", "help"), r)) for r in rows], indent=2))
         return

@@ -14,6 +14,7 @@ teacher→student ``pairs`` and any explicitly named ``presets``. From them come
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -59,27 +60,13 @@ class ModelConfig:
 
 @dataclass
 class MethodConfig:
-    """``name`` picks the method; every other field left ``None`` takes the method's default."""
+    """The ``method`` section: ``name`` picks the method, whose own subclass of this class (in its
+    file under :mod:`rld.methods`) adds its parameters with their published defaults."""
 
     name: str = "vanilla"
-    alpha: float | None = None
-    beta: float | None = None
-    temperature: float | None = None
-    scd_temperature: float | None = None
-    warmup_epochs: float | None = None
-    mask: str | None = None
-    logit_standardization: bool | None = None
+    logit_standardization: bool = False
     ls_temperature: float | None = None  # base temperature b of logit standardization (default 2)
     ls_weight: float | None = None  # its distillation weight w (default 9)
-    ce_weight: float | None = None
-    kd_weight: float | None = None
-    rc_weight: float | None = None
-    lambda1: float | None = None
-    lambda2: float | None = None
-    eta: float | None = None
-    t_min: float | None = None  # CTKD: τ = t_min + t_range·sigmoid(θ)
-    t_range: float | None = None
-    ramp_epochs: float | None = None  # CTKD: epochs of the gradient-reversal ramp
 
 
 @dataclass
@@ -216,10 +203,27 @@ def _list_keys() -> set[str]:
     return {key for key, (kind, _) in key_types().items() if kind.startswith("list")}
 
 
-def _friendly(err: OmegaConfBaseException, where: str) -> UserError:
+def _friendly(err: OmegaConfBaseException, where: str, method: str | None = None) -> UserError:
     key = getattr(err, "full_key", None) or ""
     msg = str(err).splitlines()[0]
-    if "not in struct" in msg or "Key '" in msg and "not in" in msg:
+    unknown = "not in struct" in msg or "Key '" in msg and "not in" in msg
+    if unknown and method is not None and key.startswith("method."):
+        from rld.methods import get_spec
+
+        spec = get_spec(method)
+        takes = [*spec.params, *(("logit_standardization", "ls_temperature", "ls_weight") if spec.ls else ())]
+        import difflib
+
+        close = difflib.get_close_matches(key.removeprefix("method."), takes, n=3, cutoff=0.6)
+        near = f" (did you mean {', '.join(f'method.{k}' for k in close)}?)" if close else ""
+        if near:
+            takes_text = ", ".join(takes)
+            return UserError(f"unknown config key {key!r} in {where}{near}; method {method!r} takes: {takes_text}")
+        return UserError(
+            f"method {method!r} does not take {key.removeprefix('method.')} (it takes: {', '.join(takes)}; "
+            f"set in {where})"
+        )
+    if unknown:
         section = key.rsplit(".", 1)[0] if "." in key else ""
         valid = [k for k in _valid_keys() if k.startswith(section + ".")] if section else _valid_keys()
         near = _close_matches(key, _valid_keys())
@@ -297,9 +301,13 @@ KEY_HELP = {
 
 @cache
 def key_types() -> dict[str, tuple[str, Any]]:
-    """Every configuration key → (its type as text, its default)."""
-    import dataclasses
+    """Every configuration key → (its type as text, its default).
+
+    The ``method.*`` keys are those of every method (each takes its own, :mod:`rld.methods`); a key
+    several methods take with different defaults has the default None here."""
     import typing
+
+    from rld.methods import METHODS
 
     out: dict[str, tuple[str, Any]] = {}
 
@@ -312,9 +320,31 @@ def key_types() -> dict[str, tuple[str, Any]]:
                 continue
             default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
             text = str(kind).replace("typing.", "").replace("<class '", "").replace("'>", "")
-            out[f"{prefix}{f.name}"] = (text.replace("NoneType", "None"), default)
+            key = f"{prefix}{f.name}"
+            if key in out and out[key][1] != default:
+                default = None
+            if key == "method.name":
+                default = "vanilla"
+            out[key] = (text.replace("NoneType", "None"), default)
 
     walk(RunConfig, "")
+    for spec in METHODS.values():
+        walk(spec.config, "method.")
+    return out
+
+
+def key_help() -> dict[str, str]:
+    """Every configuration key → its one-line help: :data:`KEY_HELP`, and for a method's own keys
+    the ``help`` metadata of their fields."""
+    from rld.methods import METHODS
+
+    out = dict(KEY_HELP)
+    for spec in METHODS.values():
+        for f in dataclasses.fields(spec.config):
+            text = f.metadata.get("help")
+            key = f"method.{f.name}"
+            if text and key not in KEY_HELP:
+                out[key] = f"{out[key]}; {spec.name}: {text}" if key in out else f"{spec.name}: {text}"
     return out
 
 
@@ -353,13 +383,49 @@ def load_yaml(path: Path) -> dict:
     return data
 
 
+def _method_name(layers: list[tuple[Any, str]]) -> tuple[str, int]:
+    """The method the layers pick (the last ``method.name`` given; vanilla if none) and the index of
+    the layer that names it (-1 if none)."""
+    name, at = "vanilla", -1
+    for i, (layer, _) in enumerate(layers):
+        method = layer.get("method") if hasattr(layer, "get") else None
+        if hasattr(method, "get") and method.get("name") is not None:
+            name, at = method.get("name"), i
+    return name, at
+
+
+def _without_foreign_method_keys(layer: Any, keys: set[str]) -> Any:
+    """``layer`` without the ``method`` keys outside ``keys`` (a layer under another method's name)."""
+    if isinstance(layer, DictConfig):
+        layer = OmegaConf.to_container(layer)
+    method = layer.get("method") if isinstance(layer, dict) else None
+    if not isinstance(method, dict):
+        return layer
+    return {**layer, "method": {k: v for k, v in method.items() if k in keys}}
+
+
+def _schema(method: str) -> DictConfig:
+    """The schema of a run of ``method``: its ``method`` section is the method's own typed class."""
+    from rld.methods import method_config
+
+    return OmegaConf.structured(RunConfig(method=method_config(method)()))
+
+
 def _merged(layers: list[tuple[Any, str]]) -> DictConfig:
-    cfg = OmegaConf.structured(RunConfig)
+    """The layers merged into the schema of the method they pick. The ``method`` keys of layers
+    before the one naming the method belong to another method (``method.name=kd`` over an RLD
+    preset): those the picked method does not take are left out."""
+    method, at = _method_name(layers)
+    cfg = _schema(method)
+    keys = set(cfg.method.keys())
+    layers = [
+        (_without_foreign_method_keys(layer, keys) if i < at else layer, w) for i, (layer, w) in enumerate(layers)
+    ]
     for layer, where in layers:
         try:
             cfg = OmegaConf.merge(cfg, layer)
         except OmegaConfBaseException as err:
-            raise _friendly(err, where) from err
+            raise _friendly(err, where, method) from err
     return cfg
 
 
@@ -385,9 +451,8 @@ def resolve(source: str, overrides: list[str] | None = None) -> RunConfig:
 
         b = LS_TEMPERATURE if cfg.method.ls_temperature is None else cfg.method.ls_temperature
         w = LS_WEIGHT if cfg.method.ls_weight is None else cfg.method.ls_weight
-        base_method = _merged([(base, where)]).method
-        base_method.name = cfg.method.name
-        values = ls_adjustments(OmegaConf.to_container(base_method), b, w)
+        base_method = OmegaConf.to_container(_merged([(base, where)]).method)
+        values = ls_adjustments({**base_method, "name": cfg.method.name}, b, w)
         adjusted = {"method": {**values, "ls_temperature": b, "ls_weight": w}}
         cfg = _merged([(base, where), (adjusted, "logit standardization"), *later])
     run = OmegaConf.to_object(cfg)
@@ -448,7 +513,13 @@ def validate(cfg: RunConfig) -> None:
     # inputs that would be ignored are refused
     if cfg.data.name == "digits" and cfg.data.path:
         raise UserError(f"the digits data set is embedded and takes no path (--data / data.path={cfg.data.path})")
-    if (cfg.model.teacher_checkpoint or cfg.model.teacher_weights) and not get_spec(cfg.method.name).needs_teacher:
+    spec = get_spec(cfg.method.name)
+    if t.teacher_cache != "off" and spec.teacher_features:
+        raise UserError(
+            f"method {cfg.method.name!r} reads the teacher's features, which the teacher-logit cache does not hold: "
+            "set train.teacher_cache=off"
+        )
+    if (cfg.model.teacher_checkpoint or cfg.model.teacher_weights) and not spec.needs_teacher:
         raise UserError(
             f"method {cfg.method.name!r} trains without a teacher: --teacher / model.teacher_checkpoint / "
             "model.teacher_weights would be ignored; use a distillation preset (rld presets)"
@@ -527,8 +598,8 @@ def schedule_overrides(cfg: RunConfig, epochs: int, keep: set[str] | frozenset[s
     if cfg.train.warmup_epochs:
         scaled["train.warmup_epochs"] = f"{cfg.train.warmup_epochs * scale:.6g}"
     params = get_spec(cfg.method.name).params
-    for key in ("warmup_epochs", "ramp_epochs"):  # DKD/RLD warm-up, CTKD's reversal ramp
-        value = getattr(cfg.method, key)
+    for key in ("warmup_epochs", "ramp_epochs"):  # DKD/RLD/ReviewKD warm-up, CTKD's reversal ramp
+        value = getattr(cfg.method, key, None)
         if value and key in params:
             scaled[f"method.{key}"] = f"{value * scale:.6g}"
     return out + [f"{k}={v}" for k, v in scaled.items() if k not in keep]
@@ -554,8 +625,17 @@ def to_yaml(cfg: RunConfig) -> str:
 
 
 def from_dict(data: dict) -> RunConfig:
-    """A RunConfig from a saved ``config.yaml`` / checkpoint dictionary."""
+    """A RunConfig from a saved ``config.yaml`` / checkpoint dictionary.
+
+    A ``method`` section saved before each method had its own parameters (every method's keys, the
+    others' ``null``) is read too: the ``null`` keys the method does not take are dropped."""
+    from rld.methods import method_config
+
+    method = dict(data.get("method") or {})
+    name = method.get("name") or "vanilla"
     try:
-        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RunConfig), data))
+        keys = {f.name for f in dataclasses.fields(method_config(name))}
+        method = {k: v for k, v in method.items() if k in keys or v is not None}
+        return OmegaConf.to_object(OmegaConf.merge(_schema(name), {**data, "method": method}))
     except OmegaConfBaseException as err:
-        raise _friendly(err, "the saved configuration") from err
+        raise _friendly(err, "the saved configuration", name) from err

@@ -116,8 +116,20 @@ def export(checkpoint: str | Path, fmt: str, out: str | Path, data_path: str | N
     path = Path(checkpoint)
     if path.is_dir():
         path = path / "checkpoints" / "best.pt"
-    meta, state_dict, _ = _metadata_of_checkpoint(path, data_path)
-    model = _student(meta, state_dict)
+    meta, state_dict, cfg = _metadata_of_checkpoint(path, data_path)
+    from rld.engine.predictor import own_prediction, predictor
+
+    if own_prediction(cfg):
+        if fmt == "safetensors":
+            raise UserError(
+                f"method {cfg.method.name!r} predicts with more than the student's weights (the method's own modules): "
+                "export it as onnx or torchscript"
+            )
+        from rld.engine import checkpoint as ckpt
+
+        model = predictor(cfg, ckpt.load_run(path))
+    else:
+        model = _student(meta, state_dict)
     out = Path(out)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)

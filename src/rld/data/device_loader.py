@@ -195,6 +195,11 @@ class DeviceLoader:
         images = images.permute(0, 3, 1, 2)  # NCHW view of NHWC memory, i.e. channels_last
         return images if self.channels_last else images.contiguous()
 
+    @property
+    def labels(self) -> torch.Tensor:
+        """(N,) int64 labels of the whole split, indexed like ``Batch.indices``, on the device."""
+        return self._y
+
     def targets(self, indices: torch.Tensor) -> torch.Tensor:
         """Labels of samples ``indices`` (B,) -> (B,) int64 on the device."""
         return self._y[indices]

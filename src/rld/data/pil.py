@@ -50,6 +50,11 @@ class ArrayImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.split)
 
+    @property
+    def labels(self):
+        """The label of every image, in order."""
+        return self.split.y
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
         image = Image.fromarray(self.split.x[index])  # (H, W, 3) uint8 -> RGB
         return self.transform(image), int(self.split.y[index]), index

@@ -159,6 +159,11 @@ class ImageListDataset(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
+    @property
+    def labels(self) -> list[int]:
+        """The label of every item, in order (no image is read)."""
+        return [label for _, label in self.items]
+
     def __getitem__(self, index: int) -> tuple[Any, int]:
         path, label = self.items[index]
         try:
@@ -190,6 +195,11 @@ class HFImageDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.split)
+
+    @property
+    def labels(self) -> list[int]:
+        """The label of every row, in order (no image is decoded)."""
+        return [int(y) for y in self.split[self.label_column]]
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
         row = self.split[int(index)]

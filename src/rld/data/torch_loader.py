@@ -31,6 +31,15 @@ class IndexedDataset(Dataset):
     def __len__(self) -> int:
         return len(self.base)
 
+    @property
+    def labels(self) -> torch.Tensor | None:
+        """(N,) int64 labels of the wrapped data set without reading an image, or None where it
+        cannot tell them (its ``labels`` or, for an ImageFolder, ``targets``)."""
+        labels = getattr(self.base, "labels", None)
+        if labels is None:
+            labels = getattr(self.base, "targets", None)
+        return None if labels is None else torch.as_tensor(labels, dtype=torch.int64)
+
     def __getitem__(self, index: int) -> tuple[Any, Any, int]:
         image, target = self.base[index]
         return image, target, index
@@ -93,6 +102,12 @@ class TorchLoader:
 
     def __len__(self) -> int:
         return len(self.loader)
+
+    @property
+    def labels(self) -> torch.Tensor | None:
+        """(N,) int64 labels of the whole split, indexed like ``Batch.indices`` (on the CPU), or None."""
+        labels = getattr(self.loader.dataset, "labels", None)
+        return None if labels is None else torch.as_tensor(labels, dtype=torch.int64)
 
     def __iter__(self) -> Iterator[Batch]:
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format

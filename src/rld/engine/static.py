@@ -95,6 +95,14 @@ class StaticSteps:
         self.members, self.loader, self.teacher_fn = members, loader, teacher_fn
         device = loader.device
         self.capture = device.type == "cuda" if capture is None else capture
+        drawing = [m.run.method.name for m in members if m.run.method.spec.uses_rng]
+        if self.capture and len(members) > 1 and drawing:
+            log.info(
+                "the group's step runs eagerly: method %s draws random numbers in its step, and one CUDA graph "
+                "cannot give each run of a group its own random stream",
+                drawing[0],
+            )
+            self.capture = False
         self.warmup = warmup
         for m in members:
             m.run.use_device_scalars()  # (also inside an epoch already begun)
@@ -132,15 +140,16 @@ class StaticSteps:
 
     def _body(self, size: int, swap_rng: bool = True) -> None:
         """One step on the next ``size`` samples of the plan: device work only."""
+        from rld.engine.trainer import teacher_outputs
+
         at = self._pos + self._offsets[:size]
         indices, views = self._order[at], self._views[at]
         batch = Batch(self.loader.render_views(indices, views), self.loader.targets(indices), indices, views)
-        needs = any(m.run.needs_teacher for m in self.members)
-        teacher_logits = self.teacher_fn(batch) if needs and self.teacher_fn is not None else None
+        teacher = teacher_outputs(self.teacher_fn, batch, [m.run.method for m in self.members])
         for m in self.members:
             if swap_rng:
                 m.enter()
-            m.run.step(batch, teacher_logits if m.run.needs_teacher else None, 0)
+            m.run.step(batch, teacher if m.run.needs_teacher else None, 0)
             if swap_rng:
                 m.leave()
         self._pos += size

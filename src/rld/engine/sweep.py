@@ -46,10 +46,19 @@ from rld.data.types import Batch
 from rld.engine import checkpoint as ckpt
 from rld.engine.distributed import World
 from rld.engine.static import StaticSteps, StepMember, static_step_wanted
-from rld.engine.trainer import Run, _progress, build_run_data, build_teacher_fn, data_info, prepare_out_dir, setup
+from rld.engine.trainer import (
+    Run,
+    _progress,
+    build_run_data,
+    build_teacher_fn,
+    data_info,
+    method_inputs,
+    prepare_out_dir,
+    setup,
+    teacher_outputs,
+)
 from rld.errors import UserError
 from rld.methods import get_spec
-from rld.models import create_model
 
 log = logging.getLogger("rld")
 
@@ -193,12 +202,11 @@ class Member:
 
 def group_step(members: list[Member], batch: Batch, teacher_fn: Any, epoch: int) -> None:
     """One training step of every member on ``batch``: one teacher forward (or cache lookup),
-    then each student's step in turn. The teacher logits are shared, read-only, by the students."""
-    needs = any(m.run.needs_teacher for m in members)
-    teacher_logits = teacher_fn(batch) if needs and teacher_fn is not None else None
+    then each student's step in turn. The teacher's outputs are shared, read-only, by the students."""
+    teacher = teacher_outputs(teacher_fn, batch, [m.run.method for m in members])
     for m in members:
         m.enter()
-        m.run.step(batch, teacher_logits if m.run.needs_teacher else None, epoch)
+        m.run.step(batch, teacher if m.run.needs_teacher else None, epoch)
         m.leave()
 
 
@@ -219,10 +227,9 @@ def _run_group(group: list[SweepRun], resume_from: dict[Path, Path | None], resu
             num_classes=data.num_classes,
             resume_from=resume_from[r.out],
             resume=resume,
+            **method_inputs(r.cfg, data, teacher_fn),
         )
         run.data_info = data_info(data)
-        if run.needs_teacher:  # a single run draws its teacher's initial weights here: keep the RNG in step
-            create_model(r.cfg.model.teacher, num_classes=data.num_classes, dataset=r.cfg.model.dataset)
         cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
         members.append(Member(run, torch.get_rng_state(), cuda_rng, r))
 

@@ -15,6 +15,7 @@ never branches on a method's name.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import logging
 import math
@@ -36,8 +37,9 @@ from rld.engine import faults
 from rld.engine.distributed import World, all_sum, barrier, init_world, main_decides, shutdown
 from rld.engine.static import StaticSteps, StepMember, static_step_wanted
 from rld.errors import UserError
-from rld.methods import build_method
+from rld.methods import MethodContext, build_method, get_spec, logits_only
 from rld.models import create_model, load_checkpoint
+from rld.models.features import Features
 from rld.models.weights import create_pretrained, freeze_backbone
 
 log = logging.getLogger("rld")
@@ -302,15 +304,32 @@ class TeacherForward:
         self.precision = TEACHER_PRECISIONS[self.bf16_body]
 
     @torch.no_grad()
-    def __call__(self, batch) -> torch.Tensor:
+    def __call__(self, batch, features: bool = False) -> torch.Tensor | Features:
+        """The teacher's float32 logits ``(B, C)``; with ``features`` its :class:`Features` of the
+        same pass (stage features in the body's precision, logits float32 as above)."""
         x = batch.images
         if not self.bf16_body:
             with torch.autocast(x.device.type, enabled=False):
-                return self.teacher(x).float()
+                if not features:
+                    return self.teacher(x).float()
+                out = self.teacher.forward_features(x)
+                return dataclasses.replace(out, logits=out.logits.float())
         # no autocast weight cache: it cannot live across CUDA-graph replays (rld.engine.static)
         with torch.autocast(x.device.type, dtype=torch.bfloat16, cache_enabled=False):
-            pooled = self.teacher.forward_features(x).pooled
-        return self.teacher.get_classifier()(pooled.float())
+            out = self.teacher.forward_features(x)
+        logits = self.teacher.get_classifier()(out.pooled.float())
+        return dataclasses.replace(out, logits=logits) if features else logits
+
+
+def teacher_outputs(teacher_fn, batch, methods) -> torch.Tensor | Features | None:
+    """What ``methods`` (stepped on the same batch) read from the teacher, computed once: None when
+    none needs the teacher, its logits when they read only those, else its :class:`Features`."""
+    specs = [m.spec for m in methods if m.needs_teacher]
+    if teacher_fn is None or not specs:
+        return None
+    if any(spec.teacher_features for spec in specs):
+        return teacher_fn(batch, features=True)
+    return teacher_fn(batch)
 
 
 class StudentAndMethod(nn.Module):
@@ -319,26 +338,41 @@ class StudentAndMethod(nn.Module):
     that DistributedDataParallel wraps (as timm's distillation task wraps student and task), so
     the gradients of all their parameters are averaged over the processes.
 
-    ``forward(x)``: the student's logits for evaluation, always float32; ``forward(x, teacher_logits,
-    target, epoch)``: ``(logits, total, parts)`` of a training step, where the student runs under
-    bf16 autocast when ``amp`` and the method gets float32 logits.
+    ``forward(x)``: the logits the student predicts with (:meth:`Method.predict
+    <rld.methods.base.Method.predict>`), for evaluation, always float32. ``forward(x, teacher,
+    target, epoch, index)``: ``(logits, total, parts)`` of a training step; the student runs under
+    bf16 autocast when ``amp`` (``forward_features`` when the method reads its features), and the
+    method gets float32 logits. ``teacher``: the teacher's logits, its Features, or None.
     """
 
     def __init__(self, student: nn.Module, method: nn.Module, amp: bool):
         super().__init__()
         self.student, self.method, self.amp = student, method, amp
+        self.own_prediction = method.spec.own_prediction
 
-    def forward(self, x: torch.Tensor, teacher_logits=None, target=None, epoch=None):
+    def forward(self, x: torch.Tensor, teacher=None, target=None, epoch=None, index=None):
         # no autocast weight cache: it cannot live across CUDA-graph replays (rld.engine.static)
         training_step = target is not None
+        features = self.method.spec.student_features or self.own_prediction
         with torch.autocast(
             x.device.type, dtype=torch.bfloat16, enabled=self.amp and training_step, cache_enabled=False
         ):
-            logits = self.student(x)
+            student = self.student.forward_features(x) if features else logits_only(self.student(x))
+        student = dataclasses.replace(student, logits=student.logits.float())
         if not training_step:
-            return logits
-        loss, parts = self.method(logits.float(), teacher_logits, target, epoch)
-        return logits, loss, parts
+            return self.method.predict(student).logits.float() if self.own_prediction else student.logits
+        if isinstance(teacher, torch.Tensor):
+            teacher = logits_only(teacher)
+        loss, parts = self.method(student, teacher, target, epoch, index)
+        if self.own_prediction:
+            with torch.no_grad():
+                return self.method.predict(student).logits, loss, parts
+        return student.logits, loss, parts
+
+    def forward_features(self, x: torch.Tensor) -> Features:
+        """Features of what the student predicts with (evaluation; the figures read ``logits`` and ``pooled``)."""
+        with torch.autocast(x.device.type, enabled=False):
+            return self.method.predict(self.student.forward_features(x))
 
 
 class Run:
@@ -358,13 +392,17 @@ class Run:
         num_classes: int,
         resume_from: Path | None,
         resume: bool,
+        teacher: nn.Module | None = None,
+        input_shape: tuple[int, ...] | None = None,
+        labels: torch.Tensor | None = None,
     ):
+        """``teacher``, ``input_shape`` and ``labels`` (of the training split) are what a method that
+        reads features is built from (:class:`~rld.methods.base.MethodContext`)."""
         t = cfg.train
         self.cfg, self.out, self.world, self.device = cfg, out, world, device
         self.num_classes = num_classes
         self.amp = t.amp
         torch.manual_seed(cfg.seed)
-        self.method = build_method(cfg.method).to(device)
         student = create_pretrained(cfg.model.student, cfg.model.student_weights, num_classes, cfg.model.dataset)
         if cfg.model.freeze_backbone:
             freeze_backbone(student)
@@ -373,6 +411,17 @@ class Run:
         self.student = student.to(device)
         if t.channels_last:
             self.student = self.student.to(memory_format=torch.channels_last)
+        self.input_shape = tuple(input_shape) if input_shape is not None else None
+        context = MethodContext(
+            student=self.student,
+            teacher=teacher,
+            num_classes=num_classes,
+            input_shape=self.input_shape or (3, 32, 32),
+            num_samples=0 if labels is None else len(labels),
+            train_targets=labels,
+            seed=cfg.seed,
+        )
+        self.method = build_method(cfg.method, context).to(device)
         params = [p for p in [*self.student.parameters(), *self.method.parameters()] if p.requires_grad]
         if t.optimizer == "adamw":
             self.optimizer: torch.optim.Optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
@@ -510,13 +559,14 @@ class Run:
         self._steps = 0
         self._tic = time.perf_counter()
 
-    def step(self, batch, teacher_logits: torch.Tensor | None, epoch: int) -> None:
-        """One optimisation step on ``batch``; metrics accumulate in place on the device (no host
+    def step(self, batch, teacher: torch.Tensor | Features | None, epoch: int) -> None:
+        """One optimisation step on ``batch`` with what the method reads from the teacher (its logits
+        or Features; :func:`teacher_outputs`); metrics accumulate in place on the device (no host
         sync). With :meth:`use_device_scalars` the method gets the epoch from its device scalar."""
         x, y = batch.images, batch.targets
         if self.device_scalars is not None:
             epoch = self.device_scalars[1]
-        logits, loss, parts = self.model(x, teacher_logits, y, epoch)
+        logits, loss, parts = self.model(x, teacher, y, epoch, batch.indices)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -585,6 +635,8 @@ class Run:
             "best": self.best,
             "rng": ckpt.rng_state(),
             "num_classes": self.num_classes,
+            "input_shape": self.input_shape,  # what a feature method's modules were built for
+            "method_parameters": self.method.extra_parameters(),
             "data_info": self.data_info,  # class names and evaluation preprocessing (rld export / predict)
         }
         if improved:
@@ -750,16 +802,36 @@ def setup_lines(cfg: RunConfig, out: Path, data, run: Run, teacher_fn, device: t
     return lines
 
 
+def method_inputs(cfg: RunConfig, data, teacher_fn) -> dict[str, Any]:
+    """The keywords of :class:`Run` that a method reading features is built from: the teacher
+    model, the input shape (of a test batch) and the training labels; empty for logit methods."""
+    if not get_spec(cfg.method.name).reads_features:
+        return {}
+    return {
+        "teacher": getattr(teacher_fn, "teacher", None),
+        "input_shape": tuple(next(iter(data.test)).images.shape[1:]),
+        "labels": getattr(data.train, "labels", None),
+    }
+
+
 def _train(cfg: RunConfig, out: Path, resume: bool, world: World) -> dict[str, Any]:
     device = setup(cfg, world)
     # rank 0 looks at the folder; every rank gets its answer (the checkpoint to resume, or the refusal)
     resume_from = main_decides(world, lambda: prepare_out_dir(out, resume, cfg))
     data = build_run_data(cfg, device, world, out)
+    needs_teacher = get_spec(cfg.method.name).needs_teacher
+    teacher_fn = build_teacher_fn(cfg, data.num_classes, device, data.train) if needs_teacher else None
     run = Run(
-        cfg, out, world=world, device=device, num_classes=data.num_classes, resume_from=resume_from, resume=resume
+        cfg,
+        out,
+        world=world,
+        device=device,
+        num_classes=data.num_classes,
+        resume_from=resume_from,
+        resume=resume,
+        **method_inputs(cfg, data, teacher_fn),
     )
     run.data_info, run.split = data_info(data), data.split
-    teacher_fn = build_teacher_fn(cfg, data.num_classes, device, data.train) if run.needs_teacher else None
     setup_text = setup_lines(cfg, out, data, run, teacher_fn, device, world)
     if world.is_main:
         for line in setup_text:
@@ -777,7 +849,7 @@ def _train(cfg: RunConfig, out: Path, resume: bool, world: World) -> dict[str, A
         else:
             data.train.set_epoch(epoch)
             for batch in _progress(data.train, len(data.train), world, desc, run.running_loss):
-                run.step(batch, teacher_fn(batch) if teacher_fn else None, epoch)
+                run.step(batch, teacher_outputs(teacher_fn, batch, [run.method]), epoch)
         run.end_epoch(epoch, data.test)
         barrier(world)
     return run.close()
@@ -786,7 +858,7 @@ def _train(cfg: RunConfig, out: Path, resume: bool, world: World) -> dict[str, A
 def evaluate_weights(
     cfg: RunConfig,
     model_name: str,
-    weights: str | Path,
+    weights: str | Path | nn.Module,
     data_path: str | None = None,
     device: str = "auto",
     run_dir: Path | None = None,
@@ -803,14 +875,21 @@ def evaluate_weights(
         device=dev,
         **data_options(cfg, run_dir),
     )
-    model = create_model(model_name, num_classes=data.num_classes, dataset=cfg.model.dataset)
-    load_checkpoint(model, weights)
+    if isinstance(weights, nn.Module):
+        model = weights
+    else:
+        model = create_model(model_name, num_classes=data.num_classes, dataset=cfg.model.dataset)
+        load_checkpoint(model, weights)
     return evaluate(model.to(dev), data.test, dev, world)
 
 
 def evaluate_checkpoint(path: str | Path, data_path: str | None = None, device: str = "auto") -> dict[str, Any]:
-    """Evaluate a run checkpoint (``last.pt`` / ``best.pt``) on its data set's test split."""
+    """Evaluate a run checkpoint (``last.pt`` / ``best.pt``) on its data set's test split, with what
+    the run predicts with (:func:`rld.engine.predictor.predictor`)."""
+    from rld.engine.predictor import own_prediction, predictor
+
     state = ckpt.load_run(Path(path))
     cfg = from_dict(state["config"])
-    metrics = evaluate_weights(cfg, cfg.model.student, path, data_path, device, run_dir=Path(path).parent.parent)
+    weights = predictor(cfg, state) if own_prediction(cfg) else path
+    metrics = evaluate_weights(cfg, cfg.model.student, weights, data_path, device, run_dir=Path(path).parent.parent)
     return {"checkpoint": str(path), "model": cfg.model.student, "epoch": state["epoch"], **metrics}

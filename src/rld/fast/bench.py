@@ -53,7 +53,7 @@ from rld.engine.trainer import Run, TeacherForward, setup
 from rld.errors import UserError
 from rld.fast.cache import CachedTeacher, LogitStore, open_teacher_cache
 from rld.losses._fused import eager_kernel
-from rld.methods import build_method
+from rld.methods import MethodContext, build_method, get_spec, logits_only
 from rld.models import create_model
 
 SYNTHETIC_TRAIN = 50_000
@@ -168,7 +168,17 @@ class ConventionalPath:
         self.device, self.teacher = device, teacher
         torch.manual_seed(cfg.seed)
         self.student = create_model(cfg.model.student, num_classes=data.num_classes).to(device).train()
-        self.method = build_method(cfg.method).to(device)
+        self.spec = get_spec(cfg.method.name)
+        context = MethodContext(
+            self.student,
+            teacher,
+            data.num_classes,
+            input_shape=(3, *data.train.x.shape[1:3]),
+            num_samples=len(data.train),
+            train_targets=torch.as_tensor(data.train.y, dtype=torch.int64, device=device),
+            seed=cfg.seed,
+        )
+        self.method = build_method(cfg.method, context).to(device)
         t = cfg.train
         params = [*self.student.parameters(), *self.method.parameters()]
         self.optimizer = torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
@@ -176,15 +186,16 @@ class ConventionalPath:
 
     def step(self) -> None:
         try:
-            x, y, _ = next(self._it)
+            x, y, i = next(self._it)
         except StopIteration:
             self._it = iter(self.loader)
-            x, y, _ = next(self._it)
-        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            x, y, i = next(self._it)
+        x, y, i = (v.to(self.device, non_blocking=True) for v in (x, y, i))
         with torch.no_grad():
-            t = self.teacher(x)
+            t = self.teacher.forward_features(x) if self.spec.teacher_features else logits_only(self.teacher(x))
+        s = self.student.forward_features(x) if self.spec.student_features else logits_only(self.student(x))
         with eager_kernel():  # the plain eager losses, as the common code bases compute them
-            loss, _ = self.method(self.student(x), t, y, 1)
+            loss, _ = self.method(s, t, y, 1, i)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -299,19 +310,21 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
         )
 
     loader = fresh_loader()
+    cacheable = not get_spec(cfg.method.name).teacher_features  # the cache holds teacher logits only
     with tempfile.TemporaryDirectory(prefix="rld-bench-") as tmp:
         cache_cfg = resolve_cache_cfg(cfg, Path(tmp) / "cache")
-        t0 = time.perf_counter()
-        store_provider = open_teacher_cache(cache_cfg, forward, loader, data.num_classes)
-        cache_open_s = time.perf_counter() - t0
-        idx, views = planned_entries(loader, per_path * opts.rounds)  # every path replays this plan
-        t0 = time.perf_counter()
-        entries = store_provider.fill(idx, views)
-        _sync(device)
-        cache_build_s = time.perf_counter() - t0
-        store: LogitStore = store_provider.store
-        store.to_device(device)
-        lookup = CachedTeacher(store, None, loader, lazy=False)
+        if cacheable:
+            t0 = time.perf_counter()
+            store_provider = open_teacher_cache(cache_cfg, forward, loader, data.num_classes)
+            cache_open_s = time.perf_counter() - t0
+            idx, views = planned_entries(loader, per_path * opts.rounds)  # every path replays this plan
+            t0 = time.perf_counter()
+            entries = store_provider.fill(idx, views)
+            _sync(device)
+            cache_build_s = time.perf_counter() - t0
+            store: LogitStore = store_provider.store
+            store.to_device(device)
+            lookup = CachedTeacher(store, None, loader, lazy=False)
 
         def runs(count: int, tag: str) -> list[Run]:
             made = []
@@ -327,6 +340,9 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
                         num_classes=data.num_classes,
                         resume_from=None,
                         resume=False,
+                        teacher=project_teacher,
+                        input_shape=(3, *data.train.x.shape[1:3]),
+                        labels=loader.labels,
                     )
                 )
             return made
@@ -336,9 +352,10 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
             "conventional": ConventionalPath(data, cfg, teacher, device, opts.workers),
             "default_eager": DevicePath(fresh_loader(), runs(1, "eager"), forward, False),
             "default": DevicePath(fresh_loader(), runs(1, "default"), forward, static),
-            "cached": DevicePath(fresh_loader(), runs(1, "cached"), lookup, static),
         }
-        for m in sweep_sizes:
+        if cacheable:
+            paths["cached"] = DevicePath(fresh_loader(), runs(1, "cached"), lookup, static)
+        for m in sweep_sizes if cacheable else ():
             paths[f"sweep_{m}"] = DevicePath(fresh_loader(), runs(m, f"sweep{m}-"), lookup, static)
         times: dict[str, list[list[float]]] = {name: [] for name in paths}
         for _ in range(opts.rounds):
@@ -355,12 +372,18 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
         }
     conv = results["conventional"]["ms_per_step"]
     for name in ("default_eager", "default", "cached"):
-        results[name]["speedup_vs_conventional"] = conv / results[name]["ms_per_step"]
-    results["cached"].update(cache_build_s=cache_build_s, cache_entries=entries, cache_open_s=cache_open_s)
+        if name in results:
+            results[name]["speedup_vs_conventional"] = conv / results[name]["ms_per_step"]
+    if cacheable:
+        results["cached"].update(cache_build_s=cache_build_s, cache_entries=entries, cache_open_s=cache_open_s)
+    else:
+        no_cache = f"method {opts.method} reads the teacher's features, which the teacher-logit cache does not hold"
+        results["cached"] = {"measured": False, "reason": no_cache}
     for m in (4, 16):
-        if m not in sweep_sizes:
-            results[f"sweep_{m}"] = {"measured": False, "reason": "measured on CUDA only (see rld.fast.bench)"}
-    for m in sweep_sizes:
+        if m not in sweep_sizes or not cacheable:
+            reason = "measured on CUDA only (see rld.fast.bench)" if cacheable else "needs the teacher-logit cache"
+            results[f"sweep_{m}"] = {"measured": False, "reason": reason}
+    for m in sweep_sizes if cacheable else ():
         r = results[f"sweep_{m}"]
         r["students"] = m
         r["ms_per_student_step"] = r["ms_per_step"] / m
@@ -422,8 +445,9 @@ def format_report(report: dict[str, Any]) -> str:
         graph = "  (CUDA graph)" if r.get("captured") else ""
         lines.append(f"{name:14s} {r['ms_per_step']:9.1f} {'' if speed is None else f'{speed:14.2f}x'}{graph}")
     cached = report["results"]["cached"]
-    lines.append(
-        f"cache: {cached['cache_entries']} entries built in {cached['cache_build_s']:.1f}s "
-        f"(opened in {cached['cache_open_s']:.1f}s)"
-    )
+    if cached.get("measured", True):
+        lines.append(
+            f"cache: {cached['cache_entries']} entries built in {cached['cache_build_s']:.1f}s "
+            f"(opened in {cached['cache_open_s']:.1f}s)"
+        )
     return "\n".join(lines)

@@ -1,10 +1,10 @@
-"""Training methods: what a run optimises, registered by name.
+"""Training methods: what a run optimises, registered by name — one file per method.
 
-A method is a small module that turns the student's (and, if it needs one, the frozen
-teacher's) outputs into ``(total_loss, parts)``. It declares what it needs from the teacher
-(``teacher_outputs``; logits for every method here) and may own trainable modules (CTKD's
-temperature), which the engine hands to the optimizer with the student's parameters. The engine
-never branches on a method's name.
+Each file holds a method's typed parameters (a :class:`~rld.methods.base.MethodConfig` subclass
+with the published defaults), its module and its :class:`~rld.methods.base.MethodSpec`; this
+registry is the single list of them. A method declares what it reads from the teacher and the
+student (:mod:`rld.methods.base`), and the engine supplies exactly that; it never branches on a
+method's name.
 
 Methods and their defaults (the CIFAR-100 values of the papers; presets set the rest):
 
@@ -39,95 +39,37 @@ lr         not defined by the published code: refused
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from typing import Any
 
-from torch import Tensor, nn
-
 from rld.errors import UserError
-from rld.losses import CTKDLoss, DistillationLoss, DKDLoss, KDLoss, LALoss, LRLoss, RCLoss, RLDLoss
+from rld.methods import ctkd, dkd, kd, la, lr, rc, rld, vanilla
+from rld.methods.base import (
+    LS_KEYS,
+    TEACHER_OUTPUTS,
+    LSRule,
+    Method,
+    MethodConfig,
+    MethodContext,
+    MethodSpec,
+    logits_only,
+)
 
-
-class CELoss(DistillationLoss):
-    """Cross-entropy only; the same call signature as the distillation losses."""
-
-    def forward(self, student_logits: Tensor, teacher_logits: Tensor | None, target: Tensor, epoch=1):
-        return self.total({"ce": self.ce(student_logits, target)})
-
-
-@dataclass(frozen=True)
-class LSRule:
-    """What logit standardization does to a method's hyper-parameters, as the published training
-    script of Sun et al. 2024 (``train.py`` of sunshangquan/logit-standardization-KD) sets them."""
-
-    temperatures: tuple[str, ...] = ()  # set to the base temperature b
-    set_weights: tuple[str, ...] = ()  # set to the weight w
-    scaled_weights: tuple[str, ...] = ()  # multiplied by the weight w
-
-
-@dataclass(frozen=True)
-class MethodSpec:
-    name: str
-    loss: type[DistillationLoss]
-    params: dict[str, Any]  # accepted parameters and their defaults
-    needs_teacher: bool = True
-    ls: LSRule | None = None  # None: logit standardization is not defined for the method (refused)
-    teacher_outputs: tuple[str, ...] = ("logits",)
-
+METHODS: dict[str, MethodSpec] = {
+    module.SPEC.name: module.SPEC
+    for module in (
+        vanilla,
+        kd,
+        dkd,
+        rld,
+        la,
+        rc,
+        lr,
+        ctkd,
+    )
+}
 
 LS_TEMPERATURE = 2.0  # b, the base temperature of logit standardization
 LS_WEIGHT = 9.0  # w, its distillation weight
-LS_KEYS = ("logit_standardization", "ls_temperature", "ls_weight")  # taken by the config, not by the loss
-
-_T = {"temperature": 4.0}
-_T_ONLY = LSRule(temperatures=("temperature",))
-METHODS: dict[str, MethodSpec] = {
-    spec.name: spec
-    for spec in [
-        MethodSpec("vanilla", CELoss, {"ce_weight": 1.0}, needs_teacher=False),
-        MethodSpec(
-            "kd",
-            KDLoss,
-            {**_T, "ce_weight": 0.1, "kd_weight": 0.9},
-            ls=LSRule(temperatures=("temperature",), set_weights=("kd_weight",)),
-        ),
-        MethodSpec(
-            "dkd",
-            DKDLoss,
-            {"alpha": 1.0, "beta": 8.0, **_T, "warmup_epochs": 20.0, "ce_weight": 1.0},
-            ls=LSRule(temperatures=("temperature",), scaled_weights=("alpha", "beta")),
-        ),
-        MethodSpec(
-            "rld",
-            RLDLoss,
-            {
-                "alpha": 1.0,
-                "beta": 8.0,
-                **_T,
-                "scd_temperature": None,
-                "warmup_epochs": 20.0,
-                "mask": "ge",
-                "ce_weight": 1.0,
-            },
-            ls=LSRule(temperatures=("temperature", "scd_temperature"), scaled_weights=("alpha", "beta")),
-        ),
-        MethodSpec("la", LALoss, {**_T, "kd_weight": 1.0, "ce_weight": 0.0}, ls=_T_ONLY),
-        MethodSpec(
-            "rc",
-            RCLoss,
-            {**_T, "ce_weight": 1.0, "kd_weight": 1.0, "rc_weight": 0.1},
-            ls=LSRule(temperatures=("temperature",), scaled_weights=("kd_weight", "rc_weight")),
-        ),
-        MethodSpec("lr", LRLoss, {"lambda1": 4.0, "lambda2": 1.0, "eta": 0.8}),
-        # CTKD's curriculum (zhengli97/CTKD, train_student.py: --t_start 1 --t_end 20, cosine decay over 10 loops)
-        MethodSpec(
-            "ctkd",
-            CTKDLoss,
-            {"ce_weight": 0.1, "kd_weight": 0.9, "t_min": 1.0, "t_range": 20.0, "ramp_epochs": 10.0},
-            ls=LSRule(set_weights=("kd_weight",)),
-        ),
-    ]
-}
 
 
 def list_methods() -> list[str]:
@@ -138,6 +80,11 @@ def get_spec(name: str) -> MethodSpec:
     if name not in METHODS:
         raise UserError(f"unknown method {name!r}; available: {', '.join(METHODS)}")
     return METHODS[name]
+
+
+def method_config(name: str) -> type[MethodConfig]:
+    """The typed ``method`` section of method ``name`` (its fields are the ``method.*`` keys it takes)."""
+    return get_spec(name).config
 
 
 def _refuse_ls(spec: MethodSpec) -> UserError:
@@ -151,16 +98,20 @@ def _refuse_ls(spec: MethodSpec) -> UserError:
     )
 
 
+def _values(cfg) -> dict[str, Any]:
+    return dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
+
+
 def method_params(cfg) -> dict[str, Any]:
-    """The keyword arguments of the method's loss from a ``MethodConfig`` (or a dict).
+    """The parameters a method is built with, from its ``method`` section (a config or a dict).
 
     Raises UserError for an unknown method, a parameter the method does not take, or a bad value.
     ``ls_temperature`` and ``ls_weight`` are used when the configuration is resolved
-    (:func:`ls_adjustments`) and are not passed to the loss.
+    (:func:`ls_adjustments`) and are not passed on.
     """
-    values = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
+    values = _values(cfg)
     spec = get_spec(values.pop("name"))
-    standardize = bool(values.pop("logit_standardization") or False)
+    standardize = bool(values.pop("logit_standardization", False) or False)
     ls_given = sorted(k for k in LS_KEYS[1:] if values.pop(k, None) is not None)
     if standardize and spec.ls is None:
         raise _refuse_ls(spec)
@@ -168,24 +119,24 @@ def method_params(cfg) -> dict[str, Any]:
         raise UserError(
             f"method.{ls_given[0]} applies only with method.logit_standardization=true (it is ignored otherwise)"
         )
-    given = {k: v for k, v in values.items() if v is not None}
-    foreign = sorted(set(given) - set(spec.params))
+    foreign = sorted(k for k, v in values.items() if k not in spec.params and v is not None)
     if foreign:
         takes = ", ".join([*spec.params, *(LS_KEYS if spec.ls is not None else ())])
         raise UserError(f"method {spec.name!r} does not take {', '.join(foreign)} (it takes: {takes})")
+    given = {k: v for k, v in values.items() if k in spec.params}
     params = {**spec.params, **given, "logit_standardization": standardize}
     try:
-        spec.loss(**params)  # the loss validates its own values
+        spec.check(params)  # the method validates its own values
     except ValueError as err:
         raise UserError(f"method {spec.name!r}: {err}") from err
     return params
 
 
 def resolved_params(cfg) -> dict[str, Any]:
-    """Every parameter the method runs with, for display: the loss's keyword arguments plus, under
-    logit standardization, its base temperature and weight."""
+    """Every parameter the method runs with, for display: its parameters plus, under logit
+    standardization, its base temperature and weight."""
     params = method_params(cfg)
-    values = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
+    values = _values(cfg)
     if params.get("logit_standardization"):
         for key in LS_KEYS[1:]:
             params[key] = values.get(key)
@@ -193,8 +144,8 @@ def resolved_params(cfg) -> dict[str, Any]:
 
 
 def ls_adjustments(method: dict, temperature: float | None = None, weight: float | None = None) -> dict:
-    """The published logit-standardization setting for ``method`` (a MethodConfig dict): each
-    value the method's :class:`LSRule` names, from the values in ``method`` (or the method's
+    """The published logit-standardization setting for ``method`` (a ``method`` section as a dict):
+    each value the method's :class:`LSRule` names, from the values in ``method`` (or the method's
     defaults where ``method`` has none), base temperature ``temperature`` (b, default 2) and
     weight ``weight`` (w, default 9). Raises UserError for a method without a rule (LR)."""
     spec = get_spec(method["name"])
@@ -210,49 +161,43 @@ def ls_adjustments(method: dict, temperature: float | None = None, weight: float
     return out
 
 
-class Method(nn.Module):
-    """A configured method: ``method(student_logits, teacher_logits, target, epoch) → (total, parts)``."""
+def build_method(cfg, ctx: MethodContext | None = None) -> Method:
+    """A :class:`Method` from its ``method`` section (a config or a dict) and, for methods that read
+    features, a :class:`MethodContext`. A method's own modules are initialised from a random stream
+    of their own (seeded by ``ctx.seed``): building them leaves the global random state as it was."""
+    import torch
 
-    def __init__(self, spec: MethodSpec, params: dict[str, Any]):
-        super().__init__()
-        self.spec = spec
-        self.params = params
-        self.loss = spec.loss(**params)
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
-    @property
-    def needs_teacher(self) -> bool:
-        return self.spec.needs_teacher
-
-    @property
-    def teacher_outputs(self) -> tuple[str, ...]:
-        return self.spec.teacher_outputs
-
-    def forward(self, student_logits: Tensor, teacher_logits: Tensor | None, target: Tensor, epoch: float):
-        return self.loss(student_logits, teacher_logits, target, epoch)
-
-
-def build_method(cfg) -> Method:
-    """A :class:`Method` from a ``MethodConfig``."""
     params = method_params(cfg)
-    name = cfg.name if hasattr(cfg, "name") else cfg["name"]
-    return Method(get_spec(name), params)
+    spec = get_spec(_values(cfg)["name"])
+    if not spec.reads_features:
+        return spec.build(params, ctx)
+    if ctx is None:
+        raise UserError(f"method {spec.name!r} reads features: it is built with the student and teacher models")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(ctx.seed)
+        try:
+            return spec.build(params, ctx)
+        except ValueError as err:
+            raise UserError(f"method {spec.name!r}: {err}") from err
 
 
 __all__ = [
+    "LS_KEYS",
     "LS_TEMPERATURE",
     "LS_WEIGHT",
     "METHODS",
+    "TEACHER_OUTPUTS",
     "LSRule",
     "Method",
+    "MethodConfig",
+    "MethodContext",
     "MethodSpec",
     "build_method",
     "get_spec",
     "list_methods",
+    "logits_only",
     "ls_adjustments",
+    "method_config",
     "method_params",
     "resolved_params",
 ]

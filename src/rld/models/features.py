@@ -34,13 +34,14 @@ class Features:
 
             Empty for ``torchvision:`` / ``timm:`` models.
         pooled: ``(B, D)``, the input of the final linear classifier (after global pooling), so
-            ``model.get_classifier()(pooled) == logits``.
+            ``model.get_classifier()(pooled) == logits``; None for the features of a pass that
+            produced only logits (a logit method's student, cached teacher logits).
     """
 
     logits: Tensor
     feats: list[Tensor]
     preact_feats: list[Tensor]
-    pooled: Tensor
+    pooled: Tensor | None
 
 
 class FeatureModel(nn.Module):

@@ -62,6 +62,12 @@ def load_student(record: RunRecord, num_classes: int, device: str = "auto") -> n
     if not path.is_file():
         raise UserError(f"{record.path} has no checkpoints/best.pt: the run has not finished an epoch")
     cfg = record.config
+    from rld.engine.predictor import own_prediction, predictor
+
+    if own_prediction(cfg):  # SimKD: the student's feature through the method's projector and classifier
+        from rld.engine import checkpoint as ckpt
+
+        return predictor(cfg, ckpt.load_run(path)).to(_device(device)).eval()
     model = create_model(cfg.model.student, num_classes=num_classes, dataset=cfg.model.dataset)
     load_checkpoint(model, path)
     return model.to(_device(device)).eval()
@@ -208,11 +214,18 @@ def as_grid(values: np.ndarray) -> np.ndarray:
 
 
 def extra_parameters(record: RunRecord) -> int:
-    """Trainable parameters the method adds to the student (CTKD's temperature: 1; most methods: 0)."""
-    from rld.methods import build_method
+    """Trainable parameters the method adds to the student (CTKD's temperature: 1; a feature method's
+    regressors, connectors, embeddings: recorded in the run's checkpoint)."""
+    from rld.methods import build_method, get_spec
 
-    method = build_method(record.config.method)
-    return int(sum(p.numel() for p in method.parameters() if p.requires_grad))
+    if not get_spec(record.config.method.name).reads_features:
+        return build_method(record.config.method).extra_parameters()
+    import torch
+
+    path = record.path / "checkpoints" / "last.pt"
+    if not path.is_file():
+        raise UserError(f"{record.path} has no checkpoints/last.pt: the run has not finished an epoch")
+    return int(torch.load(path, map_location="cpu", weights_only=False)["method_parameters"])
 
 
 @dataclass
