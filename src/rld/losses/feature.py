@@ -260,10 +260,11 @@ def ofd_loss(student_feat: Tensor, teacher_feat: Tensor, margin: Tensor) -> Tens
 
     student_feat: (B, C, H, W), the student's pre-ReLU feature after the method's connector;
     teacher_feat: (B, C, H', W'), the teacher's pre-ReLU feature, adaptive-average-pooled to (H, W)
-    when the sizes differ; margin: (C,) from :func:`ofd_margin`. With T = max(f_t, m), an element
-    counts (f_s − T)² when f_s > T or f_t > 0, else 0: the three masked terms of feat_loss in
-    mdistiller/distillers/OFD.py, whose ``.mean(dim=0).sum()`` is the sum over C, H, W divided by
-    B. The method weights stage i of n by 1 / 2^(n − 1 − i) (OFD.ofd_loss there).
+    when the sizes differ; margin: (C,) from :func:`ofd_margin` (≤ 0). With T = max(f_t, m), an
+    element counts (f_s − T)² when f_s > T or f_t > 0, else 0. The code sums the three masked
+    terms of feat_loss in mdistiller/distillers/OFD.py as written there (so a positive margin
+    behaves as there too), and its ``.mean(dim=0).sum()`` is the sum over C, H, W divided by B.
+    The method weights stage i of n by 1 / 2^(n − 1 − i) (OFD.ofd_loss there).
     """
     _check_map("student_feat", student_feat)
     _check_map("teacher_feat", teacher_feat)
