@@ -6,6 +6,9 @@ Functions: :func:`kd_loss`, :func:`dkd_loss`, :func:`rld_loss` (and the separate
 :func:`rc_loss`, :func:`label_revision_loss`, :func:`standardize_logits`.
 Modules: :class:`KDLoss`, :class:`DKDLoss`, :class:`RLDLoss`, :class:`LALoss`, :class:`RCLoss`,
 :class:`LRLoss`, :class:`CTKDLoss` (with :class:`CTKDTemperature`).
+Feature-distillation functions: :func:`hint_loss`, :func:`at_loss`, :func:`rkd_loss`, :func:`ofd_margin`,
+:func:`ofd_loss`, :func:`hcl_loss`, :func:`crd_scores`, :func:`crd_nce_loss`, :func:`class_activation_maps`,
+:func:`cat_loss`, :func:`simkd_loss` (see :mod:`rld.losses.feature` and :mod:`rld.losses.crd`).
 
 Inputs may be float16, bfloat16, float32 or float64; the work is done in float32 (float64 stays
 float64) and in log space. DKD and RLD run as one kernel compiled with torch.compile (see
@@ -15,8 +18,22 @@ float64) and in log space. DKD and RLD run as one kernel compiled with torch.com
 from rld.losses._common import LossInputError, value_checks
 from rld.losses._fused import use_compiled
 from rld.losses.corrections import label_revision_loss, rc_loss, swap_teacher_logits
+from rld.losses.crd import crd_nce_loss, crd_scores
 from rld.losses.ctkd import CTKDTemperature, ctkd_lambda
 from rld.losses.decoupled import dkd_loss, dkd_terms, mask_ge, rld_loss, rld_terms
+from rld.losses.feature import (
+    at_loss,
+    attention_map,
+    binarize_cams,
+    cat_loss,
+    class_activation_maps,
+    hcl_loss,
+    hint_loss,
+    ofd_loss,
+    ofd_margin,
+    rkd_loss,
+    simkd_loss,
+)
 from rld.losses.kd import kd_loss, standardize_logits
 from rld.losses.modules import (
     CTKDLoss,
@@ -42,15 +59,28 @@ __all__ = [
     "LossInputError",
     "RCLoss",
     "RLDLoss",
+    "at_loss",
+    "attention_map",
+    "binarize_cams",
+    "cat_loss",
+    "class_activation_maps",
+    "crd_nce_loss",
+    "crd_scores",
     "ctkd_lambda",
     "dkd_loss",
     "dkd_terms",
+    "hcl_loss",
+    "hint_loss",
     "kd_loss",
     "label_revision_loss",
     "mask_ge",
+    "ofd_loss",
+    "ofd_margin",
     "rc_loss",
+    "rkd_loss",
     "rld_loss",
     "rld_terms",
+    "simkd_loss",
     "standardize_logits",
     "swap_teacher_logits",
     "use_compiled",
