@@ -9,19 +9,22 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from rld.losses import LossInputError, dkd_terms, kd_loss, standardize_logits
-from rld.losses.newer import (
+from rld.losses import (
     DISTLoss,
+    LossInputError,
     MLKDLoss,
     NKDLoss,
     WTTMLoss,
     dist_loss,
     dist_terms,
+    dkd_terms,
+    kd_loss,
     mlkd_loss,
     mlkd_mask_fractions,
     mlkd_terms,
     nkd_loss,
     nkd_terms,
+    standardize_logits,
     wttm_loss,
     wttm_weights,
 )

@@ -6,6 +6,8 @@ Functions: :func:`kd_loss`, :func:`dkd_loss`, :func:`rld_loss` (and the separate
 :func:`rc_loss`, :func:`label_revision_loss`, :func:`standardize_logits`.
 Modules: :class:`KDLoss`, :class:`DKDLoss`, :class:`RLDLoss`, :class:`LALoss`, :class:`RCLoss`,
 :class:`LRLoss`, :class:`CTKDLoss` (with :class:`CTKDTemperature`).
+Newer methods (:mod:`rld.losses.newer`): :func:`dist_loss`, :func:`nkd_loss`, :func:`wttm_loss`,
+:func:`mlkd_loss` and the modules :class:`DISTLoss`, :class:`NKDLoss`, :class:`WTTMLoss`, :class:`MLKDLoss`.
 
 Inputs may be float16, bfloat16, float32 or float64; the work is done in float32 (float64 stays
 float64) and in log space. DKD and RLD run as one kernel compiled with torch.compile (see
@@ -28,6 +30,21 @@ from rld.losses.modules import (
     RCLoss,
     RLDLoss,
     warmup_factor,
+)
+from rld.losses.newer import (
+    DISTLoss,
+    MLKDLoss,
+    NKDLoss,
+    WTTMLoss,
+    dist_loss,
+    dist_terms,
+    mlkd_loss,
+    mlkd_mask_fractions,
+    mlkd_terms,
+    nkd_loss,
+    nkd_terms,
+    wttm_loss,
+    wttm_weights,
 )
 
 __all__ = [
@@ -55,4 +72,17 @@ __all__ = [
     "swap_teacher_logits",
     "use_compiled",
     "warmup_factor",
+    "DISTLoss",
+    "MLKDLoss",
+    "NKDLoss",
+    "WTTMLoss",
+    "dist_loss",
+    "dist_terms",
+    "mlkd_loss",
+    "mlkd_mask_fractions",
+    "mlkd_terms",
+    "nkd_loss",
+    "nkd_terms",
+    "wttm_loss",
+    "wttm_weights",
 ]
