@@ -1,5 +1,5 @@
-"""Logit-distillation losses: pure functions on logits (B, C) returning a scalar batch mean, and
-loss modules built on them for your own training loop.
+"""Distillation losses: pure functions (tensors in, a scalar out) on logits (B, C) and on features,
+and loss modules built on the logit ones for your own training loop.
 
 Functions: :func:`kd_loss`, :func:`dkd_loss`, :func:`rld_loss` (and the separate terms
 :func:`dkd_terms`, :func:`rld_terms`, the mask :func:`mask_ge`), :func:`swap_teacher_logits` (LA),
@@ -9,6 +9,8 @@ Modules: :class:`KDLoss`, :class:`DKDLoss`, :class:`RLDLoss`, :class:`LALoss`, :
 Feature-distillation functions: :func:`hint_loss`, :func:`at_loss`, :func:`rkd_loss`, :func:`ofd_margin`,
 :func:`ofd_loss`, :func:`hcl_loss`, :func:`crd_scores`, :func:`crd_nce_loss`, :func:`class_activation_maps`,
 :func:`cat_loss`, :func:`simkd_loss` (see :mod:`rld.losses.feature` and :mod:`rld.losses.crd`).
+Newer methods (:mod:`rld.losses.newer`): :func:`dist_loss`, :func:`nkd_loss`, :func:`wttm_loss`,
+:func:`mlkd_loss` and the modules :class:`DISTLoss`, :class:`NKDLoss`, :class:`WTTMLoss`, :class:`MLKDLoss`.
 
 Inputs may be float16, bfloat16, float32 or float64; the work is done in float32 (float64 stays
 float64) and in log space. DKD and RLD run as one kernel compiled with torch.compile (see
@@ -45,6 +47,21 @@ from rld.losses.modules import (
     RCLoss,
     RLDLoss,
     warmup_factor,
+)
+from rld.losses.newer import (
+    DISTLoss,
+    MLKDLoss,
+    NKDLoss,
+    WTTMLoss,
+    dist_loss,
+    dist_terms,
+    mlkd_loss,
+    mlkd_mask_fractions,
+    mlkd_terms,
+    nkd_loss,
+    nkd_terms,
+    wttm_loss,
+    wttm_weights,
 )
 
 __all__ = [
@@ -85,4 +102,17 @@ __all__ = [
     "swap_teacher_logits",
     "use_compiled",
     "warmup_factor",
+    "DISTLoss",
+    "MLKDLoss",
+    "NKDLoss",
+    "WTTMLoss",
+    "dist_loss",
+    "dist_terms",
+    "mlkd_loss",
+    "mlkd_mask_fractions",
+    "mlkd_terms",
+    "nkd_loss",
+    "nkd_terms",
+    "wttm_loss",
+    "wttm_weights",
 ]

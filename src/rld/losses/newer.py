@@ -1,0 +1,493 @@
+"""Newer logit-distillation losses: DIST, NKD, WTTM and MLKD, with a loss module for each.
+
+Each definition follows the authors' published code (cited next to it), including its
+constants; where that code differs from a plain reading of the paper, the docstring says how.
+
+* DIST (Huang et al., NeurIPS 2022): 1 − Pearson correlation of the softmaxes, per sample across
+  the classes (inter-class) and per class across the batch (intra-class).
+* NKD (Yang et al., ICCV 2023): the student's target log-probability weighted by the teacher's
+  target probability, plus the cross-entropy of the normalised non-target distributions.
+* WTTM (Zheng & Yang, ICLR 2024): KL from the power-transformed teacher p_t^γ / Σ p_t^γ to the
+  student softmax at temperature 1, weighted per sample by Σ p_t^γ.
+* MLKD (Jin et al., CVPR 2023): KD at five temperatures plus batch- and class-level Gram-matrix
+  alignment, on a weakly and a strongly augmented view of the batch.
+
+The pure functions take logits (B, C) and return scalar tensors, computed in float32 (float64
+for float64 inputs); bad inputs raise :class:`LossInputError`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from rld.losses._common import (
+    LossInputError,
+    check_logits,
+    check_pair,
+    check_positive,
+    check_target,
+    check_weight,
+    compute_dtype,
+    is_number,
+    kl_rows,
+    one_hot,
+    prepare,
+    remove_classes,
+)
+from rld.losses.kd import standardize_logits
+from rld.losses.modules import DistillationLoss, Parts
+
+# ----------------------------------------------------------------------------------------- DIST
+
+# hunto/image_classification_sota, lib/models/losses/dist_kd.py (the DIST_KD repository's
+# `classification` submodule, commit d9662f7): the cosine similarity's denominator is
+# ‖a‖·‖b‖ + 1e-8, which also makes a constant vector correlate 0 with anything.
+DIST_EPS = 1e-8
+
+
+def _pearson(a: Tensor, b: Tensor, eps: float) -> Tensor:
+    """Pearson correlation of the rows of a and b (N, K) → (N,): cosine of the centred rows."""
+    a = a - a.mean(dim=1, keepdim=True)
+    b = b - b.mean(dim=1, keepdim=True)
+    norms = torch.linalg.vector_norm(a, dim=1) * torch.linalg.vector_norm(b, dim=1)
+    return (a * b).sum(dim=1) / (norms + eps)
+
+
+def _check_eps(eps: float) -> None:
+    if not is_number(eps) or not eps >= 0:
+        raise LossInputError(f"eps must be a number >= 0, got {eps!r}")
+
+
+def dist_terms(
+    student_logits: Tensor, teacher_logits: Tensor, temperature: float = 4.0, eps: float = DIST_EPS
+) -> tuple[Tensor, Tensor]:
+    """(inter, intra) of DIST, each ×τ² (the DIST class of dist_kd.py above).
+
+    With y = softmax(z/τ) (B, C) for both models:
+    inter = τ²·(1 − mean_b ρ(y_s[b, :], y_t[b, :])), the correlation of each sample's class
+    distribution; intra = τ²·(1 − mean_c ρ(y_s[:, c], y_t[:, c])), the correlation of each
+    class's probabilities across the batch. ρ(a, b) = ⟨ā, b̄⟩ / (‖ā‖·‖b̄‖ + eps) with ā = a − mean(a).
+
+    A batch of one sample has constant columns, so its intra term is τ² whatever the logits
+    (no gradient), as in the published code.
+    """
+    z_s, z_t, _ = prepare(student_logits, teacher_logits)
+    check_positive("temperature", temperature)
+    _check_eps(eps)
+    y_s = F.softmax(z_s / temperature, dim=1)
+    y_t = F.softmax(z_t / temperature, dim=1)
+    inter = 1.0 - _pearson(y_s, y_t, eps).mean()
+    intra = 1.0 - _pearson(y_s.T, y_t.T, eps).mean()
+    return inter * temperature**2, intra * temperature**2
+
+
+def dist_loss(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    beta: float = 1.0,
+    gamma: float = 1.0,
+    temperature: float = 4.0,
+    eps: float = DIST_EPS,
+) -> Tensor:
+    """β·inter + γ·intra of DIST (see :func:`dist_terms`); student_logits, teacher_logits: (B, C).
+
+    Defaults: β = γ = 1 (the DIST class defaults) and τ = 4, the CIFAR-100 setting (`kd: dist_t4`
+    in configs/strategies/distill/dist_cifar.yaml of hunto/image_classification_sota; ImageNet:
+    τ = 1, `kd: dist` in resnet_dist.yaml). Both configs weight the whole term by 2
+    (`kd_loss_weight: 2.`), which :class:`DISTLoss` holds as ``kd_weight``.
+    """
+    check_weight("beta", beta)
+    check_weight("gamma", gamma)
+    inter, intra = dist_terms(student_logits, teacher_logits, temperature, eps)
+    return beta * inter + gamma * intra
+
+
+# ------------------------------------------------------------------------------------------ NKD
+
+
+def nkd_terms(
+    student_logits: Tensor, teacher_logits: Tensor, target: Tensor, temperature: float = 3.0
+) -> tuple[Tensor, Tensor]:
+    """(target term, non-target term) of NKD, batch means.
+
+    target term = −mean_b t_y·log s_y, with s = softmax(z_s), t = softmax(z_t) at temperature 1
+    and t_y detached; non-target term = −τ²·mean_b Σ_{i≠y} T̂_i·log Ŝ_i, the cross-entropy of the
+    softmaxes at temperature τ over the non-target classes (T̂_i = T_i / (1 − T_y), likewise Ŝ).
+    Source: yzd-v/cls_KD, mmcls/models/dis_losses/nkd.py (NKDLoss.forward). The non-target
+    term is a cross-entropy, not a KL: it exceeds τ²·KL(T̂ ‖ Ŝ) by τ²·H(T̂), which has no
+    gradient with respect to the student.
+    """
+    z_s, z_t, target = prepare(student_logits, teacher_logits, target)
+    check_positive("temperature", temperature)
+    log_s = F.log_softmax(z_s, dim=1).gather(1, target[:, None])
+    t_y = F.log_softmax(z_t, dim=1).gather(1, target[:, None]).exp().detach()
+    target_term = -(t_y * log_s).mean()
+
+    drop = one_hot(target, z_s.shape[1])
+    log_s_hat = F.log_softmax(remove_classes(z_s / temperature, drop), dim=1)
+    t_hat = F.softmax(remove_classes(z_t / temperature, drop), dim=1)  # exactly 0 at the target
+    non_target = -(t_hat * log_s_hat).sum(dim=1).mean() * temperature**2
+    return target_term, non_target
+
+
+def nkd_loss(
+    student_logits: Tensor, teacher_logits: Tensor, target: Tensor, gamma: float = 3.5, temperature: float = 3.0
+) -> Tensor:
+    """target term + γ·non-target term of NKD (see :func:`nkd_terms`).
+
+    student_logits, teacher_logits: (B, C); target: (B,) class indices. Defaults: the CIFAR-100
+    config of yzd-v/cls_KD, configs/distillers/cifar100/res34_distill_res18_cifar.py
+    (temp=3.0, gamma=3.5). ImageNet CNNs (res34_distill_res18_img.py, res50_distill_mv1_img.py):
+    temp=1.0, gamma=1.5 (the NKDLoss class defaults); DeiT pairs: temp=1.0, gamma=1.0.
+    """
+    check_weight("gamma", gamma)
+    target_term, non_target = nkd_terms(student_logits, teacher_logits, target, temperature)
+    return target_term + gamma * non_target
+
+
+# ----------------------------------------------------------------------------------------- WTTM
+
+
+def wttm_weights(teacher_logits: Tensor, gamma: float) -> Tensor:
+    """The sample-adaptive weights of WTTM, U_γ(p_t) = Σ_j p_t,j^γ, (B, C) → (B,).
+
+    Equals exp((1 − γ)·H_γ(p_t)) with H_γ the Rényi entropy of order γ: for γ < 1 a smoother
+    teacher gets a larger weight (1 for a one-hot teacher, C^(1−γ) for a uniform one).
+    """
+    z_t = _prepare_teacher(teacher_logits)
+    _check_gamma(gamma)
+    return torch.logsumexp(gamma * F.log_softmax(z_t, dim=1), dim=1).exp()
+
+
+def _prepare_teacher(teacher_logits: Tensor) -> Tensor:
+    check_logits("teacher_logits", teacher_logits)
+    return teacher_logits.to(compute_dtype(teacher_logits))
+
+
+def _check_gamma(gamma: float) -> None:
+    if gamma is None:
+        raise LossInputError(
+            "WTTM needs gamma, the power applied to the teacher's probabilities (1/T); the published "
+            "code has no per-pair default (its --ttm_l default is 1): set it"
+        )
+    check_positive("gamma", gamma)
+
+
+def wttm_loss(student_logits: Tensor, teacher_logits: Tensor, gamma: float) -> Tensor:
+    """mean_b U_γ(p_t)·KL(p̃_t ‖ softmax(z_s)) with p̃_t = p_t^γ / Σ_j p_t,j^γ, the WTTM loss.
+
+    p_t = softmax(z_t); the student softmax is at temperature 1 and there is no T² factor.
+    p̃_t equals softmax(γ·z_t), the teacher at temperature T = 1/γ; U_γ is
+    :func:`wttm_weights`. Source: zkxufo/TTM, distiller_zoo/wttm.py (WTTM.forward, exponent
+    ``l`` = γ); distiller_zoo/ttm.py is the same without the weight. ``gamma`` has no default: the
+    repository's ``--ttm_l`` defaults to 1 (plain KD at T = 1) and the per-pair values are listed
+    in the paper's appendix only. student_logits, teacher_logits: (B, C).
+    """
+    z_s, z_t, _ = prepare(student_logits, teacher_logits)
+    _check_gamma(gamma)
+    powered = gamma * F.log_softmax(z_t, dim=1)  # log p_t^γ
+    log_u = torch.logsumexp(powered, dim=1, keepdim=True)  # log U_γ
+    kl = kl_rows(powered - log_u, F.log_softmax(z_s, dim=1))
+    return (log_u.squeeze(1).exp() * kl).mean()
+
+
+# ----------------------------------------------------------------------------------------- MLKD
+
+# Jin-Ying/Multi-Level-Logit-Distillation, mdistiller/distillers/KD_ours.py (KD_ours.forward_train):
+# every term is summed over the base temperature T (cfg.KD.TEMPERATURE: 4 on CIFAR-100, the
+# mdistiller default; 1 in configs/imagenet/*/kd_ours.yaml) and the fixed 3, 5, 2 and 6. In the
+# strong-view KD sum the terms at T, 3 and 5 read the strong view, those at 2 and 6 the weak view.
+MLKD_STRONG_VIEW_TEMPERATURES = (3.0, 5.0)
+MLKD_WEAK_VIEW_TEMPERATURES = (2.0, 6.0)
+# The confidence thresholds are the 50th percentile of the teacher's confidences (np.percentile).
+MLKD_PERCENTILE = 50.0
+
+
+def _kd(z_s: Tensor, z_t: Tensor, t: float) -> Tensor:
+    """t²·KL(softmax(z_t/t) ‖ softmax(z_s/t)), batch mean (inputs already checked)."""
+    return kl_rows(F.log_softmax(z_t / t, dim=1), F.log_softmax(z_s / t, dim=1)).mean() * t**2
+
+
+def _gram_losses(z_s: Tensor, z_t: Tensor, t: float) -> tuple[Tensor, Tensor]:
+    """(class-level, batch-level) alignment at temperature t (cc_loss, bc_loss of KD_ours.py).
+
+    P = softmax(z/t) (B, C); class: ‖P_tᵀP_t − P_sᵀP_s‖²_F / C; batch: ‖P_tP_tᵀ − P_sP_sᵀ‖²_F / B.
+    """
+    p_s, p_t = F.softmax(z_s / t, dim=1), F.softmax(z_t / t, dim=1)
+    b, c = p_s.shape
+    class_level = (p_t.T @ p_t - p_s.T @ p_s).pow(2).sum() / c
+    batch_level = (p_t @ p_t.T - p_s @ p_s.T).pow(2).sum() / b
+    return class_level, batch_level
+
+
+def mlkd_mask_fractions(teacher_weak_logits: Tensor, percentile: float = MLKD_PERCENTILE) -> tuple[Tensor, Tensor]:
+    """(sample fraction, class fraction) of MLKD's confidence masks, from the teacher's weak view.
+
+    With p = softmax(z_t,weak) (temperature 1): the sample mask holds the samples whose
+    confidence max_c p[b, c] is ≤ the ``percentile``-th percentile of the batch's confidences;
+    the class mask the classes whose summed probability Σ_b p[b, c] is ≤ that percentile of the
+    class sums (linear interpolation, as ``np.percentile``). In the published code each mask
+    multiplies a batch-mean (already reduced) loss and is then averaged, so only the fraction of
+    entries in the mask counts: these fractions are what the terms are scaled by. For N distinct
+    values the fraction is (⌊(N − 1)·percentile/100⌋ + 1)/N whatever the values (1/2 for an even
+    batch at the published 50th percentile); ties at the threshold raise it, and a confident
+    teacher's max probability rounds to exactly 1 in the compute dtype (float32: once the other
+    classes hold less than about 6e-8 together), so with many such samples every sample is in
+    the mask.
+    """
+    z_t = _prepare_teacher(teacher_weak_logits)
+    _check_percentile(percentile)
+    return _mask_fractions(z_t, percentile)
+
+
+def _mask_fractions(z_t: Tensor, percentile: float) -> tuple[Tensor, Tensor]:
+    p = F.softmax(z_t.detach(), dim=1)
+    q = percentile / 100.0
+    confidence = p.amax(dim=1)
+    class_confidence = p.sum(dim=0)
+    samples = (confidence <= torch.quantile(confidence, q)).to(p.dtype).mean()
+    classes = (class_confidence <= torch.quantile(class_confidence, q)).to(p.dtype).mean()
+    return samples, classes
+
+
+def _check_percentile(percentile: float) -> None:
+    if not is_number(percentile) or not 0 <= percentile <= 100:
+        raise LossInputError(f"percentile must be a number in [0, 100], got {percentile!r}")
+
+
+def _prepare_views(
+    student_weak: Tensor, teacher_weak: Tensor, student_strong: Tensor, teacher_strong: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    check_pair(student_weak, teacher_weak)
+    for name, view in (("student_strong_logits", student_strong), ("teacher_strong_logits", teacher_strong)):
+        if not isinstance(view, Tensor):
+            raise LossInputError(f"{name} must be a torch.Tensor of shape (B, C), got {type(view).__name__}")
+        if view.shape != student_weak.shape:
+            raise LossInputError(
+                f"{name} must have the shape of the weak view's logits {tuple(student_weak.shape)}, "
+                f"got {tuple(view.shape)}"
+            )
+        if not view.is_floating_point():
+            raise LossInputError(f"{name} must be a floating-point tensor, got {view.dtype}")
+    dtype = compute_dtype(student_weak, teacher_weak, student_strong, teacher_strong)
+    return tuple(z.to(dtype) for z in (student_weak, teacher_weak, student_strong, teacher_strong))
+
+
+def mlkd_terms(
+    student_weak_logits: Tensor,
+    teacher_weak_logits: Tensor,
+    student_strong_logits: Tensor,
+    teacher_strong_logits: Tensor,
+    temperature: float = 4.0,
+    percentile: float = MLKD_PERCENTILE,
+    standardize_kd: bool = False,
+) -> dict[str, Tensor]:
+    """The four distillation terms of MLKD as the published distiller computes them, unweighted.
+
+    All logits (B, C); the weak and strong views are the same B images under the published
+    weak (random crop and flip) and strong (the same, then RandAugment(2, 10)) augmentations of
+    mdistiller/dataset/cifar100.py and imagenet.py. With the temperatures τ ∈ {T, 3, 5, 2, 6} and
+    P = softmax(z/τ): KD_τ(s, t) = τ²·KL(P_t ‖ P_s) (batch mean), the class-level
+    CC_τ = ‖P_tᵀP_t − P_sᵀP_s‖²_F / C and the batch-level BC_τ = ‖P_tP_tᵀ − P_sP_sᵀ‖²_F / B (no τ²),
+    and m, m_c the mask fractions of :func:`mlkd_mask_fractions`:
+
+    * ``kd_weak`` = m·Σ_τ KD_τ(weak student, weak teacher);
+    * ``kd_strong`` = Σ_{τ∈{T,3,5}} KD_τ(strong student, strong teacher)
+      + Σ_{τ∈{2,6}} KD_τ(weak student, weak teacher), the last two on the weak view and unmasked;
+    * ``cc`` = m_c·Σ_τ CC_τ(weak student, weak teacher);
+    * ``bc`` = m·Σ_τ BC_τ(weak student, weak teacher).
+
+    The strong view enters only ``kd_strong`` (the published code also forms class- and
+    batch-level terms on the strong view but leaves them out of the loss). Source:
+    Jin-Ying/Multi-Level-Logit-Distillation, mdistiller/distillers/KD_ours.py.
+
+    ``standardize_kd`` standardizes (:func:`standardize_logits`) the logits of the KD terms only,
+    leaving the Gram terms and the masks on the raw logits, as the logit-standardization code
+    does for MLKD (sunshangquan/logit-standardization-KD, mdistiller/distillers/MLKD.py).
+    """
+    z_sw, z_tw, z_ss, z_ts = _prepare_views(
+        student_weak_logits, teacher_weak_logits, student_strong_logits, teacher_strong_logits
+    )
+    check_positive("temperature", temperature)
+    _check_percentile(percentile)
+    strong_view = (temperature, *MLKD_STRONG_VIEW_TEMPERATURES)
+    temperatures = (*strong_view, *MLKD_WEAK_VIEW_TEMPERATURES)
+    m, m_c = _mask_fractions(z_tw, percentile)
+    k_sw, k_tw, k_ss, k_ts = (
+        tuple(standardize_logits(z) for z in (z_sw, z_tw, z_ss, z_ts)) if standardize_kd else (z_sw, z_tw, z_ss, z_ts)
+    )
+    kd_weak = m * sum(_kd(k_sw, k_tw, t) for t in temperatures)
+    kd_strong = sum(_kd(k_ss, k_ts, t) for t in strong_view) + sum(
+        _kd(k_sw, k_tw, t) for t in MLKD_WEAK_VIEW_TEMPERATURES
+    )
+    grams = [_gram_losses(z_sw, z_tw, t) for t in temperatures]
+    cc = m_c * sum(g[0] for g in grams)
+    bc = m * sum(g[1] for g in grams)
+    return {"kd_weak": kd_weak, "kd_strong": kd_strong, "cc": cc, "bc": bc}
+
+
+def mlkd_loss(
+    student_weak_logits: Tensor,
+    teacher_weak_logits: Tensor,
+    student_strong_logits: Tensor,
+    teacher_strong_logits: Tensor,
+    temperature: float = 4.0,
+    percentile: float = MLKD_PERCENTILE,
+    standardize_kd: bool = False,
+) -> Tensor:
+    """kd_weak + kd_strong + cc + bc of :func:`mlkd_terms` (the published code weights each by
+    ``KD_WEIGHT``: 0.9 on CIFAR-100, 0.5 on ImageNet; see :class:`MLKDLoss`).
+
+    Defaults: T = 4 (CIFAR-100); ImageNet uses T = 1 (configs/imagenet/r34_r18/kd_ours.yaml,
+    configs/imagenet/r50_mv2/kd_ours.yaml).
+    """
+    terms = mlkd_terms(
+        student_weak_logits,
+        teacher_weak_logits,
+        student_strong_logits,
+        teacher_strong_logits,
+        temperature,
+        percentile,
+        standardize_kd,
+    )
+    return sum(terms.values())
+
+
+# -------------------------------------------------------------------------------------- modules
+
+
+class DISTLoss(DistillationLoss):
+    """ce_weight·CE + kd_weight·(β·inter + γ·intra) of DIST at temperature τ.
+
+    Defaults: CIFAR-100 (hunto/image_classification_sota, configs/strategies/distill/dist_cifar.yaml:
+    ``ori_loss_weight: 1``, ``kd_loss_weight: 2``, ``kd: dist_t4`` → β = γ = 1, τ = 4), one config
+    for its six pairs (WRN-40-2→WRN-40-1, ResNet56→ResNet20, ResNet32x4→ResNet8x4,
+    ResNet50→MobileNetV2, ResNet32x4→ShuffleNetV1/V2). ImageNet (resnet_dist.yaml, dist_b2.yaml):
+    the same weights with τ = 1.
+    """
+
+    def __init__(
+        self,
+        beta: float = 1.0,
+        gamma: float = 1.0,
+        temperature: float = 4.0,
+        kd_weight: float = 2.0,
+        ce_weight: float = 1.0,
+        **kw,
+    ):
+        super().__init__(ce_weight, **kw)
+        for name, value in (("beta", beta), ("gamma", gamma), ("kd_weight", kd_weight)):
+            check_weight(name, value)
+        check_positive("temperature", temperature)
+        self.beta, self.gamma, self.temperature, self.kd_weight = beta, gamma, temperature, kd_weight
+
+    def forward(self, student_logits: Tensor, teacher_logits: Tensor, target: Tensor, epoch: float | Tensor = 1):
+        check_target(target, student_logits)
+        z_s, z_t = self.distill_inputs(student_logits, teacher_logits)
+        inter, intra = dist_terms(z_s, z_t, self.temperature)
+        w = self.kd_weight
+        return self.total(
+            {"ce": self.ce(student_logits, target), "inter": w * self.beta * inter, "intra": w * self.gamma * intra}
+        )
+
+
+class NKDLoss(DistillationLoss):
+    """ce_weight·CE + target term + γ·non-target term of NKD at temperature τ.
+
+    Defaults: CIFAR-100 (yzd-v/cls_KD, configs/distillers/cifar100/res34_distill_res18_cifar.py:
+    temp=3.0, gamma=3.5, ResNet34→ResNet18); ImageNet CNNs (ResNet34→ResNet18, ResNet50→MobileNet):
+    temp=1.0, gamma=1.5; DeiT pairs: temp=1.0, gamma=1.0. The student's own CE keeps weight 1
+    (mmcls/models/classifiers/distiller.py adds the NKD loss to the head's loss).
+    """
+
+    def __init__(self, gamma: float = 3.5, temperature: float = 3.0, ce_weight: float = 1.0, **kw):
+        super().__init__(ce_weight, **kw)
+        check_weight("gamma", gamma)
+        check_positive("temperature", temperature)
+        self.gamma, self.temperature = gamma, temperature
+
+    def forward(self, student_logits: Tensor, teacher_logits: Tensor, target: Tensor, epoch: float | Tensor = 1):
+        z_s, z_t = self.distill_inputs(student_logits, teacher_logits)
+        target_term, non_target = nkd_terms(z_s, z_t, target, self.temperature)
+        ce = self.ce(student_logits, target)
+        return self.total({"ce": ce, "target": target_term, "non_target": self.gamma * non_target})
+
+
+class WTTMLoss(DistillationLoss):
+    """ce_weight·CE + beta·wttm_loss(γ): zkxufo/TTM, helper/loops.py trains on r·CE + b·WTTM with the
+    flags ``-r`` (default 1) and ``-b``, and train_student.py's ``--ttm_l`` (γ).
+
+    ``gamma`` (the power, 1/T) and ``beta`` have no default: the repository sets them per
+    teacher–student pair on the command line (its README's examples: ``--ttm_l 0.1 -b 45`` for TTM
+    on VGG13→VGG8) and lists the values of every pair in the paper's appendix only.
+    """
+
+    def __init__(self, gamma: float | None = None, beta: float | None = None, ce_weight: float = 1.0, **kw):
+        super().__init__(ce_weight, **kw)
+        _check_gamma(gamma)
+        if beta is None:
+            raise LossInputError("WTTM needs beta, the weight of its distillation term (set per teacher-student pair)")
+        check_weight("beta", beta)
+        self.gamma, self.beta = gamma, beta
+
+    def forward(self, student_logits: Tensor, teacher_logits: Tensor, target: Tensor, epoch: float | Tensor = 1):
+        check_target(target, student_logits)
+        z_s, z_t = self.distill_inputs(student_logits, teacher_logits)
+        wttm = self.beta * wttm_loss(z_s, z_t, self.gamma)
+        return self.total({"ce": self.ce(student_logits, target), "wttm": wttm})
+
+
+class MLKDLoss(DistillationLoss):
+    """ce_weight·(CE(weak) + CE(strong)) + kd_weight·(kd_weak + kd_strong + cc + bc) of MLKD.
+
+    Called as ``loss(student_weak, teacher_weak, target, epoch, student_strong_logits=...,
+    teacher_strong_logits=...)``: the positional logits are the weak view's (the student predicts
+    with those); see :func:`mlkd_terms` for which view enters which term. Defaults: CIFAR-100
+    (mdistiller/engine/cfg.py: T = 4, CE_WEIGHT 0.1, KD_WEIGHT 0.9, which every
+    configs/cifar100/ours/*.yaml keeps); ImageNet (configs/imagenet/{r34_r18,r50_mv2}/kd_ours.yaml):
+    T = 1, CE_WEIGHT 0.5, KD_WEIGHT 0.5. ``logit_standardization`` standardizes the logits of the
+    KD terms only (see :func:`mlkd_terms`).
+    """
+
+    def __init__(
+        self,
+        temperature: float = 4.0,
+        ce_weight: float = 0.1,
+        kd_weight: float = 0.9,
+        percentile: float = MLKD_PERCENTILE,
+        **kw,
+    ):
+        super().__init__(ce_weight, **kw)
+        check_positive("temperature", temperature)
+        check_weight("kd_weight", kd_weight)
+        _check_percentile(percentile)
+        self.temperature, self.kd_weight, self.percentile = temperature, kd_weight, percentile
+
+    def forward(
+        self,
+        student_logits: Tensor,
+        teacher_logits: Tensor,
+        target: Tensor,
+        epoch: float | Tensor = 1,
+        student_strong_logits: Tensor | None = None,
+        teacher_strong_logits: Tensor | None = None,
+    ) -> tuple[Tensor, Parts]:
+        if student_strong_logits is None or teacher_strong_logits is None:
+            raise LossInputError(
+                "MLKD needs the logits of the strongly augmented view too: pass student_strong_logits= "
+                "and teacher_strong_logits="
+            )
+        check_target(target, student_logits)
+        terms = mlkd_terms(
+            student_logits,
+            teacher_logits,
+            student_strong_logits,
+            teacher_strong_logits,
+            self.temperature,
+            self.percentile,
+            standardize_kd=self.logit_standardization,
+        )
+        ce = self.ce(student_logits, target) + self.ce(student_strong_logits, target)
+        return self.total({"ce": ce, **{name: self.kd_weight * term for name, term in terms.items()}})
