@@ -3,8 +3,8 @@
 A run's configuration is resolved once — schema defaults ← preset ← YAML file ← overrides —
 validated, saved beside the run as ``config.yaml`` and passed down; nothing reads global state.
 
-Presets live in ``rld/configs/*.yaml`` (package data). Each file describes one family
-(``cifar100``, ``imagenet``, ``demo``): a ``base`` configuration, per-method defaults
+Presets live in ``rld/configs/*.yaml`` (package data), with per-method fragments in
+``rld/configs/FAMILY/*.yaml``. Each family (``cifar100``, ``imagenet``, ``demo``) has a ``base`` configuration, per-method defaults
 (``methods``) and per-method training settings (``method_train``, for methods whose published
 protocol differs), per-model and per-teacher adjustments (``models``, ``teachers``), the
 teacher→student ``pairs`` and any explicitly named ``presets``. From them come the names
@@ -115,8 +115,16 @@ FAMILIES = ("cifar100", "imagenet", "demo", "custom")
 
 @cache
 def _family(name: str) -> dict:
-    text = resources.files("rld.configs").joinpath(f"{name}.yaml").read_text()
-    return yaml.safe_load(text)
+    """The family file ``configs/NAME.yaml``, deep-merged with its fragments ``configs/NAME/*.yaml``
+    (one per method, in name order: a method's defaults, per-teacher and per-pair values and
+    training settings beside the published configs they come from)."""
+    root = resources.files("rld.configs")
+    out = yaml.safe_load(root.joinpath(f"{name}.yaml").read_text())
+    folder = root.joinpath(name)
+    if folder.is_dir():
+        for part in sorted((p for p in folder.iterdir() if p.name.endswith(".yaml")), key=lambda p: p.name):
+            out = _merge(out, yaml.safe_load(part.read_text()) or {})
+    return out
 
 
 def _merge(*dicts: dict | None) -> dict:
