@@ -356,3 +356,80 @@ def _cache(tmp_path: Path):
     cache = ["train.teacher_cache=full", f"train.cache_dir={tmp_path}", "train.cache_precision=float32"]
     cfg = resolve("demo/rld", cache)
     return cfg, forward, loader
+
+
+def _flip(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+def test_a_corrupt_teacher_logit_cache_is_never_used(tmp_path, monkeypatch):
+    """A complete float32 cache of 3 images, one image per checksummed chunk. A flipped byte in image
+    2's logits: full mode (which checks every chunk when it opens) refuses it; lazy mode opens it and
+    serves images 0 and 1, but refuses image 2 before returning anything. A truncated logits.npy and a
+    damaged index are refused when the cache opens. Each message says how to rebuild."""
+    from rld.data import Batch
+    from rld.errors import UserError
+    from rld.fast import cache
+
+    monkeypatch.setattr(cache, "CHUNK_BYTES", 162 * 10 * 4)  # one image per chunk
+    cfg, forward, loader = _cache(tmp_path)
+    folder = cache.open_teacher_cache(cfg, forward, loader, 10).store.folder
+    logits, index = folder / "logits.npy", folder / "index.npz"
+    good = logits.read_bytes()
+    _flip(logits, len(good) - 4 * 10 * 3)  # image 2, view 159
+
+    def refused(match: str, mode: str = "full"):
+        run_cfg = resolve(
+            "demo/rld", [f"train.teacher_cache={mode}", f"train.cache_dir={tmp_path}", "train.cache_precision=float32"]
+        )
+        with pytest.raises(UserError, match=match) as err:
+            cache.open_teacher_cache(run_cfg, forward, loader, 10)
+        assert f"it is not used. Delete the folder (rm -r '{folder}') and rebuild it with `rld cache" in str(err.value)
+
+    refused(r"is corrupt \(the logits of images 2-2 do not match their checksum\)")
+    lazy_cfg = resolve(
+        "demo/rld", ["train.teacher_cache=lazy", f"train.cache_dir={tmp_path}", "train.cache_precision=float32"]
+    )
+    lazy = cache.open_teacher_cache(lazy_cfg, forward, loader, 10)
+
+    def lookup(image: int) -> torch.Tensor:
+        idx, views = torch.tensor([image, image]), torch.tensor([3, 159])
+        return lazy(Batch(loader.render_views(idx, views), None, idx, views))
+
+    for image in (0, 1):
+        idx, views = torch.tensor([image, image]), torch.tensor([3, 159])
+        assert torch.equal(lookup(image), forward(Batch(loader.render_views(idx, views), None, idx, views)))
+    with pytest.raises(UserError, match=r"the logits of images 2-2 do not match their checksum"):
+        lookup(2)
+    assert lazy.computed == 0  # nothing was recomputed over the damage either
+    logits.write_bytes(good[:-100])
+    refused(r"logits.npy is truncated: [\d,]+ of [\d,]+ bytes", "lazy")
+    logits.write_bytes(good)
+    intact = index.read_bytes()
+    _flip(index, len(intact) // 2)
+    refused(r"index.npz is unreadable", "lazy")
+    index.write_bytes(intact)
+    assert cache.open_teacher_cache(cfg, forward, loader, 10).store.folder == folder  # repaired: used again
+
+
+def test_training_refuses_a_corrupt_cache_with_one_line(capsys, tmp_path, teacher_ckpt):
+    """`rld cache`, then a flipped byte: `rld train … train.teacher_cache=full` (and `rld cache`
+    itself) stop with status 2 and the rebuild hint, writing no run folder."""
+    rng = np.random.default_rng(3)
+    data = tmp_path / "two.npz"
+    images = {k: rng.integers(0, 256, size=(2, 32, 32, 3), dtype=np.uint8) for k in ("train_x", "test_x")}
+    np.savez(data, **images, train_y=np.arange(2), test_y=np.arange(2), classes=np.array([str(i) for i in range(10)]))
+    common = ["data.name=cifar100", f"data.path={data}", "--teacher", str(teacher_ckpt)]
+    assert main(["cache", "demo/rld", *common, "--cache-dir", str(tmp_path / "cache")]) == 0
+    (folder,) = (tmp_path / "cache").iterdir()
+    _flip(folder / "logits.npy", (folder / "logits.npy").stat().st_size - 7)
+    capsys.readouterr()
+    out = tmp_path / "run"
+    args = ["train", "demo/rld", *common, "train.teacher_cache=full", f"train.cache_dir={tmp_path / 'cache'}"]
+    code, err = _cli(capsys, *args, "--epochs", "1", "train.batch_size=2", "--out", str(out))
+    assert_user_error(code, err, f"the teacher-logit cache {folder} is corrupt (the logits of images 0-1 do not match")
+    assert "rebuild it with `rld cache" in err and not out.exists()
+    code, err = _cli(capsys, "cache", "demo/rld", *common, "--cache-dir", str(tmp_path / "cache"))
+    assert_user_error(code, err, "do not match their checksum")
