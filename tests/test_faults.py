@@ -39,9 +39,9 @@ def _tiny(tiny_cifar: Path) -> list[str]:
 
 @pytest.fixture
 def fault(monkeypatch):
-    """``fault("KIND:N")``: RLD_FAULT for code run in this process (the counts start at 0)."""
+    """``fault("KIND:N")``: RLD_FAULT for code run in this process (the counts start at 0); ``fault(None)``: none."""
 
-    def set_fault(text: str) -> None:
+    def set_fault(text: str | None) -> None:
         monkeypatch.setattr(faults, "_spec", faults._parse(text))
         monkeypatch.setattr(faults, "_counts", dict.fromkeys(faults.POINTS, 0))
 
@@ -182,7 +182,7 @@ def test_a_signal_mid_epoch_saves_the_position_and_resume_ends_bit_identical(
     assert (saved["epoch"], saved["position"]["epoch"], saved["position"]["step"]) == (1, 2, 2)
     assert load_last(out)["epoch"] == 1 and [r["epoch"] for r in metric_rows(out / "metrics.csv")] == ["1"]
 
-    fault("after_step:1000")  # none
+    fault(None)
     steps_taken[0] = 0
     assert main(args) == 0
     assert steps_taken[0] == 1  # only the step left
@@ -216,12 +216,35 @@ def test_periodic_mid_epoch_checkpoints_resume_exactly_after_a_crash(
         train(resolve("demo/vanilla", over), out)
     saved = torch.load(out / "checkpoints" / "step.pt", weights_only=True)
     assert (saved["position"]["epoch"], saved["position"]["step"], load_last(out)["epoch"]) == (2, 2, 1)
-    fault("after_step:1000")
+    fault(None)
     steps_taken[0] = 0
     train(resolve("demo/vanilla", over), out, resume=True)
     assert steps_taken[0] == 1 + 3
     assert metric_rows(out / "metrics.csv") == metric_rows(tmp_path / "ref" / "metrics.csv")
     assert_same_run_state(load_last(tmp_path / "ref"), load_last(out))
+
+
+def test_a_sweep_stopped_mid_epoch_resumes_every_run_exactly(tmp_path, tiny_cifar, fault, steps_taken, capsys):
+    """Two runs in lockstep (3 steps per epoch each): SIGTERM during the group's 4th step (epoch 2,
+    step 1) saves both runs' positions; the resumed sweep trains the 2 steps left of each and ends
+    with the metrics and last.pt of a sweep never stopped."""
+    grid = ["train.lr=0.05,0.1", *_tiny(tiny_cifar), "train.epochs=2"]
+    assert main(["sweep", "demo/vanilla", *grid, "--out", str(tmp_path / "ref")]) == 0
+    out = tmp_path / "sweep"
+    fault("sigterm_after_step:7")  # the first run's 4th step
+    code, err = _cli(capsys, "sweep", "demo/vanilla", *grid, "--out", str(out))
+    assert code == 143 and "stopped by SIGTERM in epoch 2 after step 1 of 3; its position is saved in each" in err
+    names = ["train.lr=0.05,seed=0", "train.lr=0.1,seed=0"]
+    for name in names:
+        saved = torch.load(out / name / "checkpoints" / "step.pt", weights_only=True)
+        assert (saved["position"]["epoch"], saved["position"]["step"]) == (2, 1)
+    fault(None)
+    steps_taken[0] = 0
+    assert main(["sweep", "demo/vanilla", *grid, "--out", str(out), "--resume"]) == 0
+    assert steps_taken[0] == 2 * 2
+    for name in names:
+        assert metric_rows(out / name / "metrics.csv") == metric_rows(tmp_path / "ref" / name / "metrics.csv")
+        assert_same_run_state(load_last(tmp_path / "ref" / name), load_last(out / name))
 
 
 def test_skipping_batches_gives_the_rest_of_the_epoch_in_both_loaders(tiny_cifar):

@@ -129,24 +129,37 @@ def diverged(run: Any, epoch: int, parts: list[str]) -> DivergedError:
 # ----------------------------------------------------------------------------- mid-epoch positions
 
 
+def _peek(path: Path) -> dict:
+    """A run checkpoint's entries, its tensors memory-mapped (not read); an unreadable file raises
+    the UserError of :func:`rld.engine.checkpoint.load_run`."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        state = None
+    if not isinstance(state, dict) or state.get("format") != ckpt.FORMAT:
+        state = ckpt.load_run(path)
+    return state
+
+
 def newest_checkpoint(out: Path, last: Path) -> Path:
     """``step.pt`` when it continues ``last.pt`` (it holds the same finished epochs plus steps of the
     next one), else ``last.pt`` (``step.pt`` left over from before the last epoch's end is stale)."""
     step = out / "checkpoints" / STEP_CHECKPOINT
     if not step.exists():
         return last
-    done = ckpt.load_run(step)["epoch"]
-    if last.exists() and ckpt.load_run(last)["epoch"] != done:
+    done = _peek(step)["epoch"]
+    if last.exists() and _peek(last)["epoch"] != done:
         return last
     return step
 
 
-def position_of(path: Path | None) -> tuple[int, int] | None:
-    """``(epoch, steps)`` of a mid-epoch checkpoint, None for an epoch checkpoint (or none)."""
-    if path is None or path.name != STEP_CHECKPOINT:
-        return None
-    position = ckpt.load_run(path).get("position")
-    return (position["epoch"], position["step"]) if position else None
+def resume_point(path: Path | None) -> tuple[int, int]:
+    """``(epoch, steps done in it)`` where a run resumed from checkpoint ``path`` continues."""
+    if path is None:
+        return 1, 0
+    state = _peek(path)
+    position = state.get("position")
+    return (position["epoch"], position["step"]) if position else (state["epoch"] + 1, 0)
 
 
 def save_position(run: Any, epoch: int, step: int, world: World) -> bool:

@@ -363,15 +363,8 @@ def _lockstep_positions(group: list[SweepRun], resume_from: dict[Path, Path | No
     """A group continues inside an epoch (from step.pt) only if all its unfinished runs stopped at the
     same step; otherwise those that did resume from their last.pt (the start of that epoch) and the
     group catches up in lockstep."""
-    where = {}
-    for r in group:
-        path = resume_from[r.out]
-        position = guard.position_of(path)
-        if position is None:
-            done = ckpt.load_run(path)["epoch"] if path is not None else 0
-            position = (done + 1, 0)
-        if position[0] <= r.cfg.train.epochs:
-            where[r.out] = position
+    where = {r.out: guard.resume_point(resume_from[r.out]) for r in group}
+    where = {r.out: where[r.out] for r in group if where[r.out][0] <= r.cfg.train.epochs}  # unfinished runs
     if len(set(where.values())) > 1:
         for out, (_, step) in where.items():
             if step:
