@@ -328,15 +328,17 @@ def test_a_sweep_locks_every_run_folder_before_it_starts(tmp_path, tiny_cifar, c
     from rld.engine import lock
 
     out = tmp_path / "sweep"
-    taken = out / "train.lr=0.1,seed=0"
+    taken, free = out / "train.lr=0.1,seed=0", out / "train.lr=0.05,seed=0"
     taken.mkdir(parents=True)
+    free.mkdir()
+    (free / "rld.lock").write_text('{"host": "h", "pid": 1, "since": "2025-01-01 00:00:00 UTC"}\n')  # its last holder
     held = lock.RunLock(taken)
     held.acquire()  # another holder (a lock of its own: flock locks belong to the open file)
     try:
         before = folder_snapshot(out)
         code, err = _cli(capsys, "sweep", "demo/vanilla", "train.lr=0.05,0.1", *_tiny(tiny_cifar), "--out", str(out))
         assert_user_error(code, err, f"{taken} is being trained by another process (pid {os.getpid()} on host ")
-        assert folder_snapshot(out) == before  # the folder of the first run, locked first, is gone again
+        assert folder_snapshot(out) == before  # the first run's folder, locked first, is as it was
     finally:
         held.release()
 
