@@ -233,7 +233,8 @@ def test_a_sweep_stopped_mid_epoch_resumes_every_run_exactly(tmp_path, tiny_cifa
     out = tmp_path / "sweep"
     fault("sigterm_after_step:7")  # the first run's 4th step
     code, err = _cli(capsys, "sweep", "demo/vanilla", *grid, "--out", str(out))
-    assert code == 143 and "stopped by SIGTERM in epoch 2 after step 1 of 3; its position is saved in each" in err
+    assert code == 143, err
+    assert "rld: stopped by SIGTERM in epoch 2 after step 1 of 3; the positions of its 2 runs are saved" in err
     names = ["train.lr=0.05,seed=0", "train.lr=0.1,seed=0"]
     for name in names:
         saved = torch.load(out / name / "checkpoints" / "step.pt", weights_only=True)

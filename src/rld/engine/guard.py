@@ -4,7 +4,8 @@ Divergence. A step never reads a device value on the host. The epoch's loss sums
 on the device at every step, see :meth:`Run.step <rld.engine.trainer.Run.step>`) are the flag: one
 non-finite step loss makes its sum non-finite. :meth:`Run.end_epoch
 <rld.engine.trainer.Run.end_epoch>` reads them at the epoch's one host sync, together with
-:func:`nonfinite_count` of the trained weights (a last step whose update went non-finite), and with
+:func:`nonfinite_count` of the trained weights (a last step whose update went non-finite) — and
+after the evaluation the test loss (finite weights whose logits overflow) — and with
 ``train.stop_on_nonfinite`` raises :class:`~rld.errors.DivergedError` before anything is saved.
 
 Preemption. :class:`StopSignals` turns SIGTERM and SIGINT into a request that the loop honours at
@@ -35,7 +36,7 @@ import torch
 
 from rld.engine import checkpoint as ckpt
 from rld.engine.distributed import World, all_sum
-from rld.errors import DivergedError, UserError
+from rld.errors import DivergedError, Interrupted, UserError
 
 log = logging.getLogger("rld")
 
@@ -90,9 +91,7 @@ class StopSignals:
         return self.signum or int(got.item()) or None
 
 
-def interrupted(signum: int, where: str) -> Exception:
-    from rld.errors import Interrupted
-
+def interrupted(signum: int, where: str) -> Interrupted:
     return Interrupted(f"stopped by {signal.Signals(signum).name} {where}", signum)
 
 

@@ -875,9 +875,13 @@ def _step_boundary(runs: list[Run], epoch: int, steps: int, stop: guard.StopSign
             with own_rng[i]() if own_rng is not None else contextlib.nullcontext():
                 saved.append(guard.save_position(run, epoch, k, world))
         if signum:
-            where = runs[0].out / "checkpoints" / guard.STEP_CHECKPOINT if len(runs) == 1 else "each run's step.pt"
-            note = "its position is saved in" if all(saved) else "a non-finite state was not saved; see"
-            raise guard.interrupted(signum, f"in epoch {epoch} after step {k} of {steps}; {note} {where}")
+            if not all(saved):
+                note = "a non-finite state was not saved (resumed, such a run starts again from its last checkpoint)"
+            elif len(runs) == 1:
+                note = f"its position is saved in {runs[0].out / 'checkpoints' / guard.STEP_CHECKPOINT}"
+            else:
+                note = f"the positions of its {len(runs)} runs are saved in their checkpoints/{guard.STEP_CHECKPOINT}"
+            raise guard.interrupted(signum, f"in epoch {epoch} after step {k} of {steps}; {note}")
 
     return after_step
 
