@@ -25,7 +25,13 @@ Resume (``resume=True`` / ``--resume``): every run continues from its own ``last
 fresh). Runs of a group may stand at different epochs (a sweep killed while checkpointing, a run
 added to the grid): epoch ``e`` is stepped for the runs that have not finished it yet, so the
 laggards catch up on their own and the group continues in lockstep from the common point. Each run
-ends with exactly the metrics of an uninterrupted run.
+ends with exactly the metrics of an uninterrupted run. A sweep stopped inside an epoch (SIGTERM,
+SIGINT, ``train.checkpoint_every_steps``) continues from that step when all runs of a group stopped
+there, else from the epoch's start (:mod:`rld.engine.guard`).
+
+Faults. Every run folder is locked before the first group starts (:mod:`rld.engine.lock`): if another
+process trains one of them, the sweep is refused and writes nothing. A run whose loss goes non-finite
+stops (its summary row gets ``status`` ``diverged``); the others go on.
 """
 
 from __future__ import annotations

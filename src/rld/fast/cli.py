@@ -16,7 +16,8 @@ batch size, device and teacher train in lockstep on one data stream (one teacher
 lookup per step); different seeds cannot share a stream, so each seed's group runs after the \
 previous one. Each run gets its own folder OUT/KEY=VALUE,...,seed=S with config.yaml, metrics.csv and \
 checkpoints, exactly as `rld train` would write it; OUT/sweep.csv summarises them. --resume continues \
-every run from its last.pt; runs that are behind catch up with the group."""
+every run from its last.pt (or the step it stopped at); runs that are behind catch up with the group. \
+A run that diverges stops and the others go on; the exit status is then 3."""
 
 
 def _ints(text: str, what: str) -> list[int]:
