@@ -340,6 +340,11 @@ def test_a_sweep_locks_every_run_folder_before_it_starts(tmp_path, tiny_cifar, c
         code, err = _cli(capsys, "sweep", "demo/vanilla", "train.lr=0.05,0.1", *_tiny(tiny_cifar), "--out", str(out))
         assert_user_error(code, err, f"{taken} is being trained by another process (pid {os.getpid()} on host ")
         assert folder_snapshot(out) == before  # the first run's folder, locked first, is as it was
+        from rld.errors import RunFolderLocked
+
+        with pytest.raises(RunFolderLocked) as refused:  # what a launcher of many runs can catch
+            lock.RunLock(taken).acquire()
+        assert refused.value.holder.startswith(f"pid {os.getpid()} on host {socket.gethostname()}, since ")
     finally:
         held.release()
 

@@ -14,6 +14,18 @@ class UserError(ValueError):
     """A mistake in the input (arguments, configuration, files) rather than a bug in rld."""
 
 
+class RunFolderLocked(UserError):
+    """Another process trains the run in this folder (it holds the folder's lock); exit status 2.
+
+    ``holder``: what the lock file says of it (``pid … on host …, since …``). A launcher that
+    spreads runs over machines can take it to mean "being trained elsewhere" and skip the run.
+    """
+
+    def __init__(self, message: str, *, holder: str):
+        super().__init__(message)
+        self.holder = holder
+
+
 class DivergedError(RuntimeError):
     """Training stopped because its loss (or the weights) became non-finite (``train.stop_on_nonfinite``).
 

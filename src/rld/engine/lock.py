@@ -26,7 +26,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from rld.errors import UserError
+from rld.errors import RunFolderLocked, UserError
 
 LOCK_FILE = "rld.lock"
 # the files whose change means that another process trained the run (see folder_state)
@@ -65,9 +65,10 @@ class RunLock:
                 os.close(fd)
                 if err.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                     raise UserError(f"cannot lock the run folder {self.out}: {err.strerror}") from err
-                raise UserError(
+                raise RunFolderLocked(
                     f"{self.out} is being trained by another process ({describe(holder)}); wait for it to "
-                    "finish or stop it (its run continues with --resume), or choose another --out"
+                    "finish or stop it (its run continues with --resume), or choose another --out",
+                    holder=describe(holder),
                 ) from None
             try:
                 same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
