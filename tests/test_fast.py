@@ -256,7 +256,7 @@ def test_float32_lazy_cache_trains_exactly_like_the_teacher_forward(tmp_path, te
     plans = [loader.epoch_plan(epoch) for epoch in (1, 2)]
     entries = {(i, v) for order, views in plans for i, v in zip(order.tolist(), views.tolist())}
     (folder,) = (tmp_path / "c").iterdir()
-    filled = np.load(folder / "filled.npy")
+    filled = np.load(folder / "index.npz")["filled"]
     assert {(int(i), int(v)) for i, v in zip(*np.nonzero(filled))} == entries
 
 
@@ -376,7 +376,7 @@ def test_rld_cache_builds_every_view_and_training_then_needs_no_teacher_forward(
     assert main(["cache", "demo/rld", *common, "--cache-dir", str(tmp_path / "cache")]) == 0
     assert "324 entries (324 computed now" in capsys.readouterr().out
     (folder,) = (tmp_path / "cache").iterdir()
-    assert np.load(folder / "filled.npy").all()
+    assert np.load(folder / "index.npz")["filled"].all()
     # full mode finds the complete cache: the provider has no teacher left, so a forward would raise
     args = ["train", "demo/rld", *common, "train.teacher_cache=full", f"train.cache_dir={tmp_path / 'cache'}"]
     assert main([*args, "--epochs", "1", "train.batch_size=2", "--out", str(tmp_path / "run")]) == 0

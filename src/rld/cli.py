@@ -1,8 +1,10 @@
 # PYTHON_ARGCOMPLETE_OK
 """The ``rld`` command: thin; it parses arguments and calls the library.
 
-A mistake the user can fix (:class:`rld.errors.UserError`, bad arguments) is printed as one line
-on stderr and ends the command with exit status 2, without a traceback.
+Exit statuses: 0 done; 2 a mistake the user can fix (:class:`rld.errors.UserError`, bad arguments:
+one line on stderr, no traceback); 3 training diverged (:class:`rld.errors.DivergedError`; for
+``rld sweep``: some of its runs did, the others finished); 130 / 143 stopped by SIGINT / SIGTERM
+(:class:`rld.errors.Interrupted`: the run's position is saved, ``--resume`` continues it).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from rld.errors import UserError
+from rld.errors import DivergedError, Interrupted, UserError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -345,16 +347,25 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[_CurrentStdout()], force=True)
     try:
-        args.func(args)
+        status = args.func(args)
     except UserError as err:
         if os.environ.get("RANK", "0") == "0":  # under torchrun every rank stops; rank 0 says why
             print(f"rld: error: {_one_line(err)}", file=sys.stderr)
         return 2
+    except DivergedError as err:
+        if os.environ.get("RANK", "0") == "0":
+            print(f"rld: error: {err}", file=sys.stderr)
+        return err.exit_status
+    except Interrupted as err:
+        if os.environ.get("RANK", "0") == "0":
+            hint = getattr(args, "resume_hint", None)
+            print(f"rld: {err}" + (f"; continue with: {hint}" if hint else ""), file=sys.stderr)
+        return err.exit_status
     except KeyboardInterrupt:
         hint = getattr(args, "resume_hint", None)
         print("rld: interrupted" + (f"; continue with: {hint}" if hint else ""), file=sys.stderr)
         return 130
-    return 0
+    return status if isinstance(status, int) else 0
 
 
 if __name__ == "__main__":

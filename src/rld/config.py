@@ -97,6 +97,10 @@ class TrainConfig:
     # Whole-step execution (rld.engine.static): the step reads everything from device buffers and,
     # on CUDA, is replayed as CUDA graphs. auto = on for CUDA with the device-resident loader.
     static_step: str = "auto"  # auto | on | off
+    # Faults (rld.engine.guard): stop at the epoch whose loss (or weights) went non-finite, keeping the
+    # last finite checkpoint; save the exact position inside an epoch every N steps (0: at epoch ends only).
+    stop_on_nonfinite: bool = True
+    checkpoint_every_steps: int = 0
 
 
 @dataclass
@@ -304,6 +308,8 @@ KEY_HELP = {
     "train.cache_dir": "where teacher-logit caches live (default ~/.cache/rld/teacher-logits)",
     "train.cache_precision": "float16 | float32 storage of cached logits",
     "train.static_step": "auto | on | off: whole-step execution (CUDA graphs on CUDA)",
+    "train.stop_on_nonfinite": "stop (exit status 3) at an epoch whose loss or weights went non-finite; keep last.pt",
+    "train.checkpoint_every_steps": "also save the exact position inside an epoch every N steps (step.pt; 0: off)",
 }
 
 
@@ -501,6 +507,7 @@ def validate(cfg: RunConfig) -> None:
         # teacher-logit cache (rld.fast.cache)
         (t.teacher_cache in ("off", "lazy", "full"), "train.teacher_cache must be off, lazy or full", t.teacher_cache),
         (t.static_step in ("auto", "on", "off"), "train.static_step must be auto, on or off", t.static_step),
+        (t.checkpoint_every_steps >= 0, "train.checkpoint_every_steps must be >= 0", t.checkpoint_every_steps),
         (
             t.cache_precision in ("float16", "float32"),
             "train.cache_precision must be float16 or float32",

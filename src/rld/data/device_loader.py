@@ -131,6 +131,7 @@ class DeviceLoader:
         self.n = len(split)
         self.height, self.width = int(split.x.shape[1]), int(split.x.shape[2])
         self._epoch = 0
+        self._start = 0  # batches of the next epoch to skip (set_epoch)
 
         padded = np.pad(split.x, ((0, 0), (PAD, PAD), (PAD, PAD), (0, 0)))
         self._x = torch.from_numpy(padded).to(self.device)  # (N, H+8, W+8, 3) uint8
@@ -151,9 +152,11 @@ class DeviceLoader:
     def __len__(self) -> int:
         return -(-self.num_samples // self.batch_size)
 
-    def set_epoch(self, epoch: int) -> None:
-        """Make the next iteration produce epoch ``epoch`` (needed for an exact resume)."""
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Make the next iteration produce epoch ``epoch`` (needed for an exact resume), from its batch
+        ``start_batch`` on (a resume inside an epoch: the first batches of the plan are skipped)."""
         self._epoch = check_seed(epoch, "epoch")
+        self._start = check_seed(start_batch, "start_batch")
 
     def epoch_plan(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
         """This rank's ``(indices, views)`` for ``epoch``: two (M,) int64 CPU tensors.
@@ -214,10 +217,11 @@ class DeviceLoader:
         return idx.to(self.device), views.to(self.device)
 
     def __iter__(self) -> Iterator[Batch]:
-        epoch = self._epoch
+        epoch, skip = self._epoch, self._start * self.batch_size
         self._epoch += 1
+        self._start = 0
         order, views = self._device_plan(epoch)
-        return self._batches(order, views)
+        return self._batches(order[skip:], views[skip:])
 
     def _batches(self, order: torch.Tensor, views: torch.Tensor) -> Iterator[Batch]:
         for start in range(0, order.numel(), self.batch_size):

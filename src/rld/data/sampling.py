@@ -77,9 +77,12 @@ class EpochSampler(Sampler[int]):
         self.rank = int(rank)
         self.world_size = int(world_size)
         self.epoch = 0
+        self.skip = 0
 
-    def set_epoch(self, epoch: int) -> None:
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        """The next iteration yields epoch ``epoch``'s order without its first ``skip`` indices."""
         self.epoch = check_seed(epoch, "epoch")
+        self.skip = check_seed(skip, "skip")
 
     def order(self, epoch: int) -> torch.Tensor:
         """This rank's indices for ``epoch``: (M,) int64 on the CPU; does not change the state."""
@@ -95,6 +98,7 @@ class EpochSampler(Sampler[int]):
         return padded_length(self.n, self.world_size) // self.world_size
 
     def __iter__(self) -> Iterator[int]:
-        epoch = self.epoch
+        epoch, skip = self.epoch, self.skip
         self.epoch += 1
-        return iter(self.order(epoch).tolist())
+        self.skip = 0
+        return iter(self.order(epoch)[skip:].tolist())

@@ -96,9 +96,13 @@ class TorchLoader:
             generator=torch.Generator().manual_seed(seed),
         )
 
-    def set_epoch(self, epoch: int) -> None:
-        """Make the next iteration produce epoch ``epoch``'s order."""
-        self.sampler.set_epoch(epoch)
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Make the next iteration produce epoch ``epoch``'s order, from its batch ``start_batch`` on.
+
+        Skipped batches are skipped in the sampler: their images are never loaded, so they draw no
+        augmentation (with ``num_workers=0`` the transforms draw from the global RNG, which a resumed
+        run restores)."""
+        self.sampler.set_epoch(epoch, skip=start_batch * self.loader.batch_size)
 
     def __len__(self) -> int:
         return len(self.loader)

@@ -20,16 +20,22 @@ FORMAT = "rld-run-1"
 def save_atomic(obj: Any, path: Path, *, before_rename: Callable[[], None] | None = None) -> None:
     """torch.save to a temporary file in the same folder, fsync, then rename over ``path``.
 
-    ``before_rename`` is called between the two (a crash point for the tests, rld.engine.faults)."""
+    ``before_rename`` is called between the two (a crash point for the tests, rld.engine.faults).
+    If anything fails before the rename (a full disk, a folder made read-only), the temporary file
+    is removed and the error raised: ``path`` keeps its previous content."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    if before_rename is not None:
-        before_rename()
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        if before_rename is not None:
+            before_rename()
+        os.replace(tmp, path)
+    except BaseException:
+        _remove(tmp)
+        raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
@@ -38,13 +44,25 @@ def save_atomic(obj: Any, path: Path, *, before_rename: Callable[[], None] | Non
 
 
 def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file, fsync, rename over ``path`` (removed again if that fails)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
 
 
 def rng_state() -> dict:

@@ -121,18 +121,29 @@ class StaticSteps:
         n, b = self.loader.num_samples, self.loader.batch_size
         return [b] * (n // b) + ([n % b] if n % b else [])
 
-    def run_epoch(self, epoch: int, progress: Callable[[Iterable[int]], Iterable[int]] = iter) -> None:
-        """All training steps of ``epoch`` for every member."""
-        self.start_epoch(epoch)
-        for size in progress(self.batch_sizes()):
+    def run_epoch(
+        self,
+        epoch: int,
+        progress: Callable[[Iterable[int]], Iterable[int]] = iter,
+        *,
+        start: int = 0,
+        after_step: Callable[[int], None] | None = None,
+    ) -> None:
+        """The training steps of ``epoch`` for every member, from step ``start`` on (a resumed
+        position: the first ``start`` batches of the plan are skipped); ``after_step(k)`` after the
+        k-th step of the epoch (counted from 1, skipped steps included)."""
+        self.start_epoch(epoch, start)
+        for k, size in enumerate(progress(self.batch_sizes()[start:]), start + 1):
             self.step(size)
+            if after_step is not None:
+                after_step(k)
 
-    def start_epoch(self, epoch: int) -> None:
-        """Load the loader's plan of ``epoch`` into the static buffers and rewind to its start."""
+    def start_epoch(self, epoch: int, start: int = 0) -> None:
+        """Load the loader's plan of ``epoch`` into the static buffers and move to batch ``start``."""
         order, views = self.loader.epoch_plan(epoch)
         self._order.copy_(order)
         self._views.copy_(views)
-        self._pos.zero_()
+        self._pos.fill_(start * self.loader.batch_size)  # every batch before the last is full
 
     def step(self, size: int) -> None:
         """Step every member on the next ``size`` samples of the epoch's plan (captured on CUDA)."""

@@ -25,7 +25,13 @@ Resume (``resume=True`` / ``--resume``): every run continues from its own ``last
 fresh). Runs of a group may stand at different epochs (a sweep killed while checkpointing, a run
 added to the grid): epoch ``e`` is stepped for the runs that have not finished it yet, so the
 laggards catch up on their own and the group continues in lockstep from the common point. Each run
-ends with exactly the metrics of an uninterrupted run.
+ends with exactly the metrics of an uninterrupted run. A sweep stopped inside an epoch (SIGTERM,
+SIGINT, ``train.checkpoint_every_steps``) continues from that step when all runs of a group stopped
+there, else from the epoch's start (:mod:`rld.engine.guard`).
+
+Faults. Every run folder is locked before the first group starts (:mod:`rld.engine.lock`): if another
+process trains one of them, the sweep is refused and writes nothing. A run whose loss goes non-finite
+stops (its summary row gets ``status`` ``diverged``); the others go on.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ import io
 import itertools
 import logging
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,11 +51,13 @@ import torch
 from rld.config import RunConfig, resolve
 from rld.data.types import Batch
 from rld.engine import checkpoint as ckpt
+from rld.engine import guard, lock
 from rld.engine.distributed import World
 from rld.engine.static import StaticSteps, StepMember, static_step_wanted
 from rld.engine.trainer import (
     Run,
     _progress,
+    _step_boundary,
     build_run_data,
     build_teacher_fn,
     data_info,
@@ -57,7 +66,7 @@ from rld.engine.trainer import (
     setup,
     teacher_outputs,
 )
-from rld.errors import UserError
+from rld.errors import DivergedError, UserError
 from rld.methods import get_spec
 
 log = logging.getLogger("rld")
@@ -199,6 +208,15 @@ class Member:
         if self.cuda_rng is not None:
             self.cuda_rng = torch.cuda.get_rng_state(self.run.device)
 
+    @contextmanager
+    def current(self):
+        """This run's RNG state as the global one inside the block."""
+        self.enter()
+        try:
+            yield
+        finally:
+            self.leave()
+
 
 def group_step(members: list[Member], batch: Batch, teacher_fn: Any, epoch: int) -> None:
     """One training step of every member on ``batch``: one teacher forward (or cache lookup),
@@ -237,36 +255,64 @@ def _run_group(group: list[SweepRun], resume_from: dict[Path, Path | None], resu
     last = max(m.run.cfg.train.epochs for m in members)
     static = static_step_wanted(cfg0.train.static_step, data.train, teacher_fn, world.distributed)
     static_steps: dict[tuple[int, ...], StaticSteps] = {}  # per set of active runs (catch-up epochs)
-    for epoch in range(first, last + 1):
-        active = [m for m in members if m.run.start_epoch <= epoch <= m.run.cfg.train.epochs]
-        if not active:
-            continue
-        for m in active:
-            m.enter()
-            m.run.begin_epoch(epoch)
-            m.leave()
-        desc = f"epoch {epoch}/{last} ({len(active)} runs)"
-        if static:
-            key = tuple(id(m) for m in active)
-            if key not in static_steps:
-                static_steps.clear()  # a new set of active runs: free the graphs (and pools) of the last one
-                step_members = [StepMember(m.run, m.enter, m.leave) for m in active]
-                static_steps[key] = StaticSteps(step_members, data.train, teacher_fn)
-            static_steps[key].run_epoch(epoch, lambda sizes, desc=desc: _progress(sizes, len(sizes), world, desc))
-        else:
-            data.train.set_epoch(epoch)
-            for batch in _progress(data.train, len(data.train), world, desc):
-                group_step(active, batch, teacher_fn, epoch)
-        for m in active:
-            m.enter()
-            m.run.end_epoch(epoch, data.test)
-            m.leave()
+    failed: dict[int, DivergedError] = {}  # runs that diverged stop; the others go on
+    with guard.StopSignals() as stop:
+        for epoch in range(first, last + 1):
+            active = [
+                m for m in members if m.run.start_epoch <= epoch <= m.run.cfg.train.epochs and id(m) not in failed
+            ]
+            if not active:
+                continue
+            start = 0
+            for m in active:
+                m.enter()
+                m.run.begin_epoch(epoch)
+                position = m.run.resume_position  # equal for every run of the group (train_runs)
+                if position is not None and position["epoch"] == epoch:
+                    start = guard.restore_position(m.run, position, world)
+                m.leave()
+            desc = f"epoch {epoch}/{last} ({len(active)} runs)"
+            runs, own_rng = [m.run for m in active], [m.current for m in active]
+            after_step = _step_boundary(runs, epoch, len(data.train), stop, world, own_rng)
+            if static:
+                key = tuple(id(m) for m in active)
+                if key not in static_steps:
+                    static_steps.clear()  # a new set of active runs: free the graphs (and pools) of the last one
+                    step_members = [StepMember(m.run, m.enter, m.leave) for m in active]
+                    static_steps[key] = StaticSteps(step_members, data.train, teacher_fn)
+                static_steps[key].run_epoch(
+                    epoch,
+                    lambda sizes, desc=desc: _progress(sizes, len(sizes), world, desc),
+                    start=start,
+                    after_step=after_step,
+                )
+            else:
+                data.train.set_epoch(epoch, start_batch=start)
+                for k, batch in enumerate(_progress(data.train, len(data.train) - start, world, desc), start + 1):
+                    group_step(active, batch, teacher_fn, epoch)
+                    after_step(k)
+            for m in active:
+                m.enter()
+                try:
+                    m.run.end_epoch(epoch, data.test)
+                except DivergedError as err:  # this run stops; the others continue
+                    failed[id(m)] = err
+                    log.error("%s", err)
+                m.leave()
+            if stop.signum and epoch < last:
+                raise guard.interrupted(stop.signum, f"after epoch {epoch}; each run's last.pt holds it")
     static_steps.clear()  # free the group's CUDA graphs and their memory pools before the next group
     if device.type == "cuda":
         torch.cuda.empty_cache()
     if hasattr(teacher_fn, "close"):
         teacher_fn.close()
-    return [{"run": m.sweep_run.name, "seed": m.run.cfg.seed, **m.sweep_run.values, **m.run.close()} for m in members]
+    rows = []
+    for m in members:
+        row = {"run": m.sweep_run.name, "seed": m.run.cfg.seed, **m.sweep_run.values, **m.run.close()}
+        if id(m) in failed:
+            row.update(status="diverged", diverged_epoch=failed[id(m)].epoch)
+        rows.append(row)
+    return rows
 
 
 def _write_summary(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -305,6 +351,33 @@ def train_runs(runs: list[SweepRun], *, summary: Path | None = None, resume: boo
     # every run's folder is checked up front (existing runs, another configuration): nothing starts
     # unless all can, and nothing is written before
     resume_from = {r.out: prepare_out_dir(r.out, resume, r.cfg) for r in runs}
+    for group in groups:
+        _lockstep_positions(group, resume_from)
+    # then every run folder is locked (one writer per run) until the sweep ends; if another process
+    # holds one, none is taken and the sweep is refused
+    expected = {r.out: lock.folder_state(r.out) for r in runs}
+    locks = lock.hold_all([r.out for r in runs], expected)
+    try:
+        return _train_groups(groups, runs, resume_from, resume, summary)
+    finally:
+        for held in locks:
+            lock.release(held.out)
+
+
+def _lockstep_positions(group: list[SweepRun], resume_from: dict[Path, Path | None]) -> None:
+    """A group continues inside an epoch (from step.pt) only if all its unfinished runs stopped at the
+    same step; otherwise those that did resume from their last.pt (the start of that epoch) and the
+    group catches up in lockstep."""
+    where = {r.out: guard.resume_point(resume_from[r.out]) for r in group}
+    where = {r.out: where[r.out] for r in group if where[r.out][0] <= r.cfg.train.epochs}  # unfinished runs
+    if len(set(where.values())) > 1:
+        for out, (_, step) in where.items():
+            if step:
+                last = out / "checkpoints" / "last.pt"
+                resume_from[out] = last if last.exists() else None
+
+
+def _train_groups(groups, runs, resume_from, resume, summary) -> list[dict[str, Any]]:
     log.info(
         "sweep: %d runs in %d group(s) of one data stream each (%s)",
         len(runs),

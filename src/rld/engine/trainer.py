@@ -5,7 +5,9 @@
     out_dir/config.yaml            the resolved configuration
     out_dir/metrics.csv            one row per finished epoch
     out_dir/checkpoints/last.pt    everything an exact resume needs, rewritten atomically each epoch
+    out_dir/checkpoints/step.pt    the same inside an epoch (a preemption, train.checkpoint_every_steps)
     out_dir/checkpoints/best.pt    the student at its best test top-1 so far
+    out_dir/rld.lock               held by the process that trains the run (rld.engine.lock)
     out_dir/tb/                    TensorBoard events, when tensorboard is installed
 
 The engine only asks the method what it needs (``needs_teacher``, its trainable parameters) and
@@ -14,6 +16,7 @@ never branches on a method's name.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
@@ -33,7 +36,7 @@ from torch.nn.parallel import DistributedDataParallel
 from rld.config import TEACHER_PRECISIONS, RunConfig, from_dict, to_yaml
 from rld.data import build_data
 from rld.engine import checkpoint as ckpt
-from rld.engine import faults
+from rld.engine import faults, guard, lock
 from rld.engine.distributed import World, all_sum, barrier, init_world, main_decides, shutdown
 from rld.engine.static import StaticSteps, StepMember, static_step_wanted
 from rld.errors import UserError
@@ -101,18 +104,21 @@ def prepare_out_dir(out: Path, resume: bool, cfg: RunConfig | None = None) -> Pa
     Writes nothing: a command that refuses leaves the folder exactly as it was, and the folder is
     created only when the run starts (:meth:`Run.start`), so a run that fails to start leaves none
     behind. Refused: an existing run without ``resume``, a folder that cannot be written, and (with
-    ``cfg``) a checkpoint to resume that was trained with another configuration.
+    ``cfg``) a checkpoint to resume that was trained with another configuration. The checkpoint to
+    resume is ``last.pt``, or ``step.pt`` when the run stopped inside the next epoch.
     """
     last = out / "checkpoints" / "last.pt"
-    if not resume and (last.exists() or (out / "metrics.csv").exists()):
+    step = out / "checkpoints" / guard.STEP_CHECKPOINT
+    if not resume and (last.exists() or step.exists() or (out / "metrics.csv").exists()):
         raise UserError(f"{out} already holds a run; add --resume to continue it or choose another --out")
     _check_writable(out)
-    if not (resume and last.exists()):
+    if not (resume and (last.exists() or step.exists())):
         return None
+    path = guard.newest_checkpoint(out, last)
     if cfg is not None:
-        state = ckpt.load_run(last)
+        state = ckpt.load_run(path)
         _check_same_config(from_dict(state["config"]), cfg, out, state["epoch"])
-    return last
+    return path
 
 
 def _check_writable(out: Path) -> None:
@@ -234,7 +240,7 @@ def _tensorboard(out: Path, world: World):
 # is not one of them: bf16 autocast changes the student's numbers.)
 EXECUTION_KEYS = {
     "model": ("teacher_checkpoint",),
-    "train": ("device", "cache_dir", "static_step", "channels_last"),
+    "train": ("device", "cache_dir", "static_step", "channels_last", "stop_on_nonfinite", "checkpoint_every_steps"),
 }
 
 
@@ -281,6 +287,7 @@ def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False) -> dict[
     try:
         return _train(cfg, out, resume, world)
     finally:
+        lock.release(out)
         shutdown(world)
 
 
@@ -382,6 +389,9 @@ class Run:
     calls :meth:`begin_epoch`, :meth:`step` for every batch, and :meth:`end_epoch`.
     """
 
+    resume_position: dict | None = None  # the position inside an epoch of a resumed step.pt (rld.engine.guard)
+    expected_state: tuple | None = None  # the folder as the command checked it (rld.engine.lock.folder_state)
+
     def __init__(
         self,
         cfg: RunConfig,
@@ -464,6 +474,7 @@ class Run:
         self.optimizer.load_state_dict(state["optimizer"])
         _match_buffer_layouts(self.optimizer)
         self.history, self.best, self.start_epoch = state["history"], state["best"], state["epoch"] + 1
+        self.resume_position = state.get("position")
         self._resume_rng = state["rng"]  # restored by start(), after the set-up has drawn its random numbers
         if self.world.is_main:
             log.info("resuming %s from epoch %d", self.out, state["epoch"])
@@ -485,6 +496,7 @@ class Run:
             self._resume_rng = None
         if not self.world.is_main:
             return
+        lock.hold(self.out, self.expected_state)  # one writer per run folder, from its first write on
         try:
             (self.out / "checkpoints").mkdir(parents=True, exist_ok=True)
             ckpt.write_text_atomic(self.out / "config.yaml", to_yaml(self.cfg))
@@ -578,13 +590,19 @@ class Run:
                 self._sums[key] = torch.zeros((), dtype=torch.float64, device=self.device)
             self._sums[key].add_(value.detach().double() * n)
         self._steps += 1
-        faults.reached("after_step")
+        faults.reached("after_step", self)
 
     def end_epoch(self, epoch: int, test_loader) -> dict[str, Any]:
-        """Reduce the epoch's metrics, evaluate, checkpoint, write metrics.csv; returns the row."""
+        """Reduce the epoch's metrics, evaluate, checkpoint, write metrics.csv; returns the row.
+
+        With ``train.stop_on_nonfinite``: a non-finite loss sum or weight raises DivergedError before
+        anything is evaluated or saved (``metrics.csv`` gets the epoch as a ``diverged`` row)."""
         keys = list(self._sums)
-        totals = all_sum(torch.stack([*(self._sums[k] for k in keys), self._correct, self._seen]), self.world)
+        check = self.cfg.train.stop_on_nonfinite
+        flags = [guard.nonfinite_count([self.student, self.method]).to(self.device)] if check else []
+        totals = all_sum(torch.stack([*(self._sums[k] for k in keys), self._correct, self._seen, *flags]), self.world)
         totals = totals.tolist()  # the one host sync of the epoch's training part
+        bad_weights = totals.pop() if check else 0.0
         train_time = time.perf_counter() - self._tic
         n_seen = totals[-1]
         row: dict[str, Any] = {
@@ -592,12 +610,20 @@ class Run:
             "train_loss": totals[0] / n_seen,
             "train_top1": 100 * totals[-2] / n_seen,
         }
-        row.update(evaluate(self.model, test_loader, self.device, self.world))
+        parts = guard.nonfinite_parts(keys, totals, bad_weights) if check else []
+        if not parts:
+            row.update(evaluate(self.model, test_loader, self.device, self.world))
+            if check and not math.isfinite(row["test_loss"]):  # finite weights, overflowing logits
+                parts = ["test_loss"]
         row["lr"] = self.lr
         row["epoch_time"] = time.perf_counter() - self._tic
         row["train_time"] = train_time
         row["steps"] = self._steps
         row.update({f"loss_{k}": totals[i] / n_seen for i, k in enumerate(keys) if k != "loss"})
+        if parts:  # the last finite checkpoint stays; metrics.csv shows the epoch that diverged
+            if self.world.is_main:
+                self.write_checkpoints({}, [*self.history, {**row, "status": "diverged"}])
+            raise guard.diverged(self, epoch, parts)
         self.history.append(row)
         improved = row["test_top1"] > self.best["test_top1"]
         if improved:
@@ -624,7 +650,16 @@ class Run:
         return row
 
     def _save(self, epoch: int, improved: bool) -> None:
-        state = {
+        state = self.checkpoint_state(epoch)
+        files = {self.out / "checkpoints" / "last.pt": state}
+        if improved:
+            files = {self.out / "checkpoints" / "best.pt": {**state, "optimizer": None}, **files}
+        self.write_checkpoints(files, self.history)
+        (self.out / "checkpoints" / guard.STEP_CHECKPOINT).unlink(missing_ok=True)  # older than last.pt now
+
+    def checkpoint_state(self, epoch: int) -> dict[str, Any]:
+        """What ``last.pt`` holds after ``epoch`` finished epochs: everything an exact resume needs."""
+        return {
             "format": ckpt.FORMAT,
             "config": asdict(self.cfg),
             "epoch": epoch,
@@ -639,10 +674,26 @@ class Run:
             "method_parameters": self.method.extra_parameters(),
             "data_info": self.data_info,  # class names and evaluation preprocessing (rld export / predict)
         }
-        if improved:
-            ckpt.save_atomic({**state, "optimizer": None}, self.out / "checkpoints" / "best.pt")
-        ckpt.save_atomic(state, self.out / "checkpoints" / "last.pt", before_rename=_before_rename)
-        _write_metrics(self.out / "metrics.csv", self.history)
+
+    def write_checkpoints(self, files: dict[Path, dict[str, Any]], rows: list[dict[str, Any]] | None = None) -> None:
+        """Write checkpoint ``files`` (path → state, each atomically), then ``rows`` as metrics.csv.
+
+        A write that fails (a full disk, a folder made read-only) leaves the file it was replacing
+        intact and raises UserError naming the file and the reason."""
+        path = None
+        try:
+            for path, state in files.items():
+                ckpt.save_atomic(state, path, before_rename=_before_rename if path.name == "last.pt" else None)
+            if rows is not None:
+                path = self.out / "metrics.csv"
+                _write_metrics(path, rows)
+        except OSError as err:
+            reason = err.strerror or str(err)
+            kept = f"the previous {path.name} is intact" if path.exists() else f"{path.name} was not written"
+            raise UserError(
+                f"cannot write {path}: {reason}; {kept}. Free space on that disk (or make the folder writable), "
+                "then continue with --resume"
+            ) from err
 
     def close(self) -> dict[str, Any]:
         if self.tb is not None:
@@ -818,6 +869,7 @@ def _train(cfg: RunConfig, out: Path, resume: bool, world: World) -> dict[str, A
     device = setup(cfg, world)
     # rank 0 looks at the folder; every rank gets its answer (the checkpoint to resume, or the refusal)
     resume_from = main_decides(world, lambda: prepare_out_dir(out, resume, cfg))
+    expected = lock.folder_state(out) if world.is_main else None  # re-checked once the folder is locked
     data = build_run_data(cfg, device, world, out)
     needs_teacher = get_spec(cfg.method.name).needs_teacher
     teacher_fn = build_teacher_fn(cfg, data.num_classes, device, data.train) if needs_teacher else None
@@ -831,7 +883,7 @@ def _train(cfg: RunConfig, out: Path, resume: bool, world: World) -> dict[str, A
         resume=resume,
         **method_inputs(cfg, data, teacher_fn),
     )
-    run.data_info, run.split = data_info(data), data.split
+    run.data_info, run.split, run.expected_state = data_info(data), data.split, expected
     setup_text = setup_lines(cfg, out, data, run, teacher_fn, device, world)
     if world.is_main:
         for line in setup_text:
@@ -839,20 +891,71 @@ def _train(cfg: RunConfig, out: Path, resume: bool, world: World) -> dict[str, A
     static = None
     if static_step_wanted(cfg.train.static_step, data.train, teacher_fn, world.distributed):
         static = StaticSteps([StepMember(run)], data.train, teacher_fn)
-    for epoch in range(run.start_epoch, cfg.train.epochs + 1):
-        run.begin_epoch(epoch)
-        desc = f"epoch {epoch}/{cfg.train.epochs}"
-        if static is not None:
-            static.run_epoch(
-                epoch, lambda sizes, desc=desc: _progress(sizes, len(sizes), world, desc, run.running_loss)
-            )
-        else:
-            data.train.set_epoch(epoch)
-            for batch in _progress(data.train, len(data.train), world, desc, run.running_loss):
-                run.step(batch, teacher_outputs(teacher_fn, batch, [run.method]), epoch)
-        run.end_epoch(epoch, data.test)
-        barrier(world)
+    position = run.resume_position
+    with guard.StopSignals() as stop:
+        for epoch in range(run.start_epoch, cfg.train.epochs + 1):
+            run.begin_epoch(epoch)
+            start = 0
+            if position is not None and position["epoch"] == epoch:
+                start = guard.restore_position(run, position, world)
+                if world.is_main:
+                    log.info("continuing epoch %d after step %d of %d", epoch, start, len(data.train))
+            desc = f"epoch {epoch}/{cfg.train.epochs}"
+            after_step = _step_boundary([run], epoch, len(data.train), stop, world)
+            if static is not None:
+                static.run_epoch(
+                    epoch,
+                    lambda sizes, desc=desc: _progress(sizes, len(sizes), world, desc, run.running_loss),
+                    start=start,
+                    after_step=after_step,
+                )
+            else:
+                data.train.set_epoch(epoch, start_batch=start)
+                batches = _progress(data.train, len(data.train) - start, world, desc, run.running_loss)
+                for k, batch in enumerate(batches, start + 1):
+                    run.step(batch, teacher_outputs(teacher_fn, batch, [run.method]), epoch)
+                    after_step(k)
+            run.end_epoch(epoch, data.test)
+            barrier(world)
+            signum = stop.agreed(world, device)
+            if signum and epoch < cfg.train.epochs:
+                run.close()
+                raise guard.interrupted(signum, f"after epoch {epoch}; {out}/checkpoints/last.pt holds it")
     return run.close()
+
+
+def _step_boundary(runs: list[Run], epoch: int, steps: int, stop: guard.StopSignals, world: World, own_rng=None):
+    """What the loop does after step k of ``steps`` of ``epoch``: save the runs' positions
+    (``train.checkpoint_every_steps``, a stop signal) and stop if a signal asked to. ``own_rng[i]()``:
+    a context in which run i's RNG state is the global one (a sweep's runs each have their own)."""
+    every = runs[0].cfg.train.checkpoint_every_steps or 0
+
+    def after_step(k: int) -> None:
+        if k >= steps:
+            return  # the epoch's end saves last.pt
+        periodic = bool(every) and k % every == 0
+        if world.distributed:  # the processes meet only at periodic checkpoints (and epoch ends)
+            if not periodic:
+                return
+            signum = stop.agreed(world, runs[0].device)
+        else:
+            signum = stop.signum
+            if not (periodic or signum):
+                return
+        saved = []
+        for i, run in enumerate(runs):
+            with own_rng[i]() if own_rng is not None else contextlib.nullcontext():
+                saved.append(guard.save_position(run, epoch, k, world))
+        if signum:
+            if not all(saved):
+                note = "a non-finite state was not saved (resumed, such a run starts again from its last checkpoint)"
+            elif len(runs) == 1:
+                note = f"its position is saved in {runs[0].out / 'checkpoints' / guard.STEP_CHECKPOINT}"
+            else:
+                note = f"the positions of its {len(runs)} runs are saved in their checkpoints/{guard.STEP_CHECKPOINT}"
+            raise guard.interrupted(signum, f"in epoch {epoch} after step {k} of {steps}; {note}")
+
+    return after_step
 
 
 def evaluate_weights(

@@ -21,7 +21,14 @@ from rld.errors import UserError
 
 RUN_FILES = ("config.yaml", "metrics.csv")
 # Settings that may differ between two runs without making them different experiments.
-INCIDENTAL_KEYS = (("train", "device"), ("model", "teacher_checkpoint"), ("data", "path"), ("data", "num_workers"))
+INCIDENTAL_KEYS = (
+    ("train", "device"),
+    ("model", "teacher_checkpoint"),
+    ("data", "path"),
+    ("data", "num_workers"),
+    ("train", "stop_on_nonfinite"),
+    ("train", "checkpoint_every_steps"),
+)
 
 
 def is_run_dir(path: Path) -> bool:
@@ -54,14 +61,17 @@ def _number(text: str | None) -> float | int | str | None:
         return text
 
 
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """The rows of ``metrics.csv`` with numbers converted (``epoch``, ``steps`` as int)."""
+def read_metrics(run_dir: Path, *, diverged: bool = False) -> list[dict[str, Any]]:
+    """The rows of ``metrics.csv`` with numbers converted (``epoch``, ``steps`` as int): the finished
+    epochs, and with ``diverged`` the row of an epoch that went non-finite (``status`` ``diverged``,
+    no test metrics), which the run ended with."""
     path = Path(run_dir) / "metrics.csv"
     try:
         with open(path, newline="") as f:
-            return [{k: _number(v) for k, v in row.items() if k is not None} for row in csv.DictReader(f)]
+            rows = [{k: _number(v) for k, v in row.items() if k is not None} for row in csv.DictReader(f)]
     except OSError as err:
         raise UserError(f"cannot read {path}: {err.strerror}") from err
+    return rows if diverged else [r for r in rows if r.get("status") != "diverged"]
 
 
 def teacher_weights(run_dir: str | Path) -> Path:

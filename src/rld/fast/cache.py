@@ -25,18 +25,30 @@ E epochs computes 162 x N x (1 - (161/162)^E) entries: 52 % of the plain forward
 Storage. One folder per key under ``train.cache_dir`` (default :func:`default_cache_dir`)::
 
     <teacher>-<data>-<key[:16]>/logits.npy   (N, V, C) float16 (or float32), memory-mapped
-    <teacher>-<data>-<key[:16]>/filled.npy   (N, V) bool
-    <teacher>-<data>-<key[:16]>/meta.json    the full key and what it covers
+    <teacher>-<data>-<key[:16]>/index.npz    filled (N, V) bool, and crc32 (K,): a checksum per chunk
+    <teacher>-<data>-<key[:16]>/meta.json    the full key, what it covers, the chunk size
 
 ``logits.npy`` is created sparse at full size and memory-mapped with numpy, so its 1.6 GB (CIFAR-100,
 float16) need not sit in RAM on the CPU. The folder is created complete under a temporary name and
 renamed into place (a concurrent creator loses the rename and uses the winner's folder). Lookups
-only ever read entries of the in-memory mask; that mask is written to ``filled.npy`` atomically
-(temporary file, fsync, rename) only after the logits it covers were written back (``msync``), at
-most every ``FLUSH_INTERVAL_S`` seconds and when the provider is closed or collected. A crash loses at
-most the entries filled since the last flush; they are computed again. Several processes may share
-a folder (torchrun ranks, concurrent runs): each writes the entries it computes and the masks are
-merged on flush. Under torchrun every rank would build a ``full`` table itself: run ``rld cache`` first.
+only ever read entries of the in-memory mask. Entries a process computes stay in its private
+(copy-on-write) map of the file until a flush, at most every ``FLUSH_INTERVAL_S`` seconds and when
+the provider is closed or collected: under an exclusive lock on ``flush.lock`` it writes the entries
+the file does not hold yet (``msync``), then ``index.npz`` — the mask merged with the entries other
+processes filled meanwhile, and the checksums — atomically (temporary file, fsync, rename). A crash
+loses at most the entries filled since the last flush; they are computed again. Several processes may
+share a folder (torchrun ranks, concurrent runs). A filled entry is never written again, so its
+checksum holds for every reader.
+
+Integrity. The table is checksummed in chunks of whole images (``CHUNK_BYTES`` of logits: 129
+CIFAR-100 images): CRC-32 of a chunk's mask rows and of the logits of its filled entries. Opening
+checks what is cheap — the files are there, readable, of the right shape and length (a truncated
+``logits.npy`` is refused at once); the logits are checked lazily, a chunk before its first lookup
+(or fill), and all of them before a table is copied to the GPU; ``full`` mode touches every chunk when
+it opens, so it checks the whole table then (about a second per GB). A damaged cache is never used:
+the error names the images whose checksum fails and says how to rebuild (delete the folder, then
+``rld cache`` or a lazy run). A flush re-checks the chunks it rewrites, so damage is never laundered
+into a new checksum.
 
 Precision. float16 keeps 11 significant bits (relative rounding <= 2**-11 ~ 4.9e-4 on each logit);
 the RLD, DKD and KD losses change by less than 1e-3 relative (``tests/test_fast.py``). The one
@@ -53,6 +65,7 @@ views, whichever batches filled them; on CUDA they agree to the rounding of the 
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -60,6 +73,8 @@ import shutil
 import time
 import uuid
 import weakref
+import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,6 +93,7 @@ log = logging.getLogger("rld")
 PRECISIONS = {"float16": torch.float16, "float32": torch.float32}
 FLUSH_INTERVAL_S = 60.0
 """Lazy mode: the filled mask is written to disk at most this often (and on close)."""
+LOGITS, INDEX, FLUSH_LOCK = "logits.npy", "index.npz", "flush.lock"
 COPY_CHUNK = 1 << 26
 """Bytes per chunk when a complete table is copied to device memory."""
 FILL_BATCH = {"cpu": 64, "cuda": 1024}
@@ -100,32 +116,160 @@ def usable_views(loader: DeviceLoader) -> torch.Tensor:
     return torch.arange(NUM_VIEWS) if loader.flip else torch.arange(0, NUM_VIEWS, 2)
 
 
+CHUNK_BYTES = 1 << 22
+"""Logit bytes per checksummed chunk (whole images: 129 CIFAR-100 images of 162 float16 views)."""
+
+
+def chunk_images(shape: tuple[int, int, int], itemsize: int) -> int:
+    """Images per checksummed chunk of a table of ``shape``."""
+    return max(1, CHUNK_BYTES // max(1, shape[1] * shape[2] * itemsize))
+
+
+def corrupt(folder: Path, what: str) -> UserError:
+    return UserError(
+        f"the teacher-logit cache {folder} is corrupt ({what}); it is not used. Delete the folder "
+        f"(rm -r '{folder}') and rebuild it with `rld cache PRESET …` (or let train.teacher_cache=lazy refill it)"
+    )
+
+
+def _crc(values: np.ndarray | None, filled: np.ndarray) -> int:
+    """CRC-32 of a chunk: its mask (R, V) and the logits of its filled entries, in order."""
+    crc = zlib.crc32(np.ascontiguousarray(filled).tobytes())
+    if not filled.any():
+        return crc
+    rows = values if filled.all() else values[filled]
+    return zlib.crc32(np.ascontiguousarray(rows).data, crc)
+
+
+def _chunk_crcs(values: np.ndarray, filled: np.ndarray, rows: int, chunks) -> dict[int, int]:
+    return {c: _crc(values[c * rows : (c + 1) * rows], filled[c * rows : (c + 1) * rows]) for c in chunks}
+
+
+def _damaged(folder: Path, rows: slice, n: int) -> UserError:
+    first, last = rows.start, min(rows.stop, n) - 1
+    return corrupt(folder, f"the logits of images {first}-{last} do not match their checksum")
+
+
+def _write_index(folder: Path, filled: np.ndarray, crcs: np.ndarray) -> None:
+    """``index.npz`` (the mask and the chunks' checksums, which must agree) replaced atomically."""
+    tmp = folder / f".{INDEX}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, filled=filled, crc32=crcs)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, folder / INDEX)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _read_index(folder: Path, shape: tuple[int, int, int], chunks: int) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with np.load(folder / INDEX) as index:
+            filled, crcs = index["filled"], index["crc32"]
+    except FileNotFoundError:
+        raise corrupt(folder, f"{INDEX} is missing") from None
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise corrupt(folder, f"{INDEX} is unreadable: {reason}") from err
+    if filled.shape != tuple(shape[:2]) or filled.dtype != bool or crcs.shape != (chunks,):
+        raise corrupt(folder, f"{INDEX} does not describe a table of {shape[0]} images")
+    return filled, crcs.astype(np.uint32)
+
+
+def _check_logits_file(folder: Path, shape: tuple[int, int, int], dtype: np.dtype) -> None:
+    """Refuse a logits.npy whose header is unreadable, describes another array, or that is truncated."""
+    path = folder / LOGITS
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            fmt = np.lib.format
+            header = (fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0)(f)
+            offset = f.tell()
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise corrupt(folder, f"{LOGITS} is missing") from None
+    except (OSError, ValueError) as err:
+        raise corrupt(folder, f"{LOGITS} has no readable header: {str(err).splitlines()[0]}") from err
+    if tuple(header[0]) != tuple(shape) or np.dtype(header[2]) != dtype or header[1]:
+        raise corrupt(folder, f"{LOGITS} holds another array")
+    need = offset + int(np.prod(shape)) * dtype.itemsize
+    if size < need:
+        raise corrupt(folder, f"{LOGITS} is truncated: {size:,} of {need:,} bytes")
+
+
 @dataclass
 class _Files:
-    """What must reach the disk on a flush; kept apart from the store so a finalizer can hold it."""
+    """The store's files and what this process knows of them; kept apart from the store so a
+    finalizer can hold it (a last flush when the store is collected).
+
+    ``values`` is a private (copy-on-write) map of logits.npy: entries this process fills live in its
+    memory until a flush writes them to the file. A flush (serialised between processes by a lock
+    on ``flush.lock``) writes only the entries the file does not hold yet — a filled entry is never
+    rewritten, so its checksum stays valid for every reader — then the mask and the checksums.
+    """
 
     folder: Path
-    values: np.memmap  # (N, V, C)
-    filled: np.ndarray  # (N, V) bool, shared with the store's mask tensor
-    dirty: bool = False
+    values: np.memmap  # (N, V, C), private map
+    filled: np.ndarray  # (N, V) bool: the entries this process may read (the file's and its own)
+    disk_filled: np.ndarray  # (N, V) bool: the mask of index.npz as last read or written
+    crcs: np.ndarray  # (K,) uint32: the checksums of index.npz that go with disk_filled
+    rows: int  # images per chunk
     writable: bool = True
+    dirty: bool = False
     last_flush: float = field(default_factory=time.monotonic)
+    verified: np.ndarray | None = None  # (K,) bool: chunks whose checksum this process checked
+
+    def __post_init__(self):
+        if self.verified is None:
+            self.verified = np.zeros(len(self.crcs), dtype=bool)
+
+    def verify(self, chunks) -> None:
+        """Check the chunks not checked yet against index.npz; UserError (corrupt) on a mismatch."""
+        for c in (int(c) for c in chunks if not self.verified[c]):
+            rows = slice(c * self.rows, (c + 1) * self.rows)
+            if _crc(self.values[rows], self.disk_filled[rows]) != int(self.crcs[c]):
+                raise _damaged(self.folder, rows, len(self.filled))
+            self.verified[c] = True
+
+    def verify_images(self, indices: np.ndarray) -> None:
+        chunks = np.unique(indices // self.rows)
+        if not self.verified[chunks].all():
+            self.verify(chunks)
 
     def flush(self) -> None:
         if not (self.dirty and self.writable):
             return
-        self.values.flush()  # the logits first: a mask entry never reaches the disk before its logits
-        path = self.folder / "filled.npy"
-        try:
-            merged = np.load(path) | self.filled  # keep entries another process filled meanwhile
-        except (OSError, ValueError):
-            merged = self.filled
-        tmp = self.folder / f".filled.npy.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        with open(tmp, "wb") as f:
-            np.save(f, merged)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        n = self.values.shape[0]
+        with open(self.folder / FLUSH_LOCK, "a+b") as lock_file:
+            fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX)  # one flush at a time, across processes
+            disk, crcs = _read_index(self.folder, self.values.shape, len(self.crcs))
+            new = self.filled & ~disk  # entries of this process the file lacks
+            changed = np.unique(np.nonzero(new)[0] // self.rows)
+            shared = np.load(self.folder / LOGITS, mmap_mode="r+")
+            try:
+                for c in changed:  # a damaged chunk is never laundered into a new checksum
+                    rows = slice(c * self.rows, (c + 1) * self.rows)
+                    if _crc(shared[rows], disk[rows]) != int(crcs[c]):
+                        raise _damaged(self.folder, rows, n)
+                i, v = np.nonzero(new)
+                shared[i, v] = self.values[i, v]
+                shared.flush()  # the logits first: a mask entry never reaches the disk before its logits
+                merged = disk | self.filled
+                for c, crc in _chunk_crcs(shared, merged, self.rows, changed).items():
+                    crcs[c] = crc
+            finally:
+                del shared
+            _write_index(self.folder, merged, crcs)
+        # Entries other processes filled meanwhile are readable now: map the file afresh (which also
+        # frees this process's private copies) and check their chunks before they are used.
+        others = np.unique(np.nonzero(disk & ~self.disk_filled)[0] // self.rows)
+        self.values = np.load(self.folder / LOGITS, mmap_mode="c")
+        self.filled |= merged
+        self.disk_filled, self.crcs = merged, crcs
+        self.verified[others] = False
+        self.verified[changed] = True
         self.dirty = False
         self.last_flush = time.monotonic()
 
@@ -134,15 +278,26 @@ class LogitStore:
     """Teacher logits per (image, view) — values (N, V, C), mask (N, V) — in a cache folder.
 
     Use :meth:`open`. ``get`` reads rows, ``put`` writes them, ``missing`` finds unfilled entries,
-    ``flush`` persists. After :meth:`to_device` (complete stores only) the values live on the device.
+    ``flush`` persists. After :meth:`to_device` the values live on the device. Every chunk of images
+    is checked against its checksum before its logits are first read (:meth:`verify`).
     """
 
     def __init__(self, files: _Files, key: str, dtype: torch.dtype):
         self.key, self.dtype, self.folder = key, dtype, files.folder
         self._files = files
-        self._values = torch.from_numpy(files.values)  # (N, V, C), shares the memory map
-        self._filled = torch.from_numpy(files.filled)  # (N, V) bool
+        self._device_values: torch.Tensor | None = None  # see to_device
         self._finalizer = weakref.finalize(self, files.flush)
+
+    @property
+    def _values(self) -> torch.Tensor:
+        """(N, V, C): the device table after :meth:`to_device`, else the map of logits.npy."""
+        if self._device_values is not None:
+            return self._device_values
+        return torch.from_numpy(self._files.values)
+
+    @property
+    def _filled(self) -> torch.Tensor:
+        return torch.from_numpy(self._files.filled)  # (N, V) bool, shares the mask
 
     # ------------------------------------------------------------------ creation
 
@@ -152,26 +307,39 @@ class LogitStore:
     ) -> LogitStore:
         """Open the store ``root/name`` of ``key``, creating it (empty) if needed.
 
-        Raises UserError when the folder holds another key or shape, is unreadable, or when the
-        file system lacks the space the unfilled entries will need.
+        Raises UserError when the folder holds another key or shape, is damaged (a truncated or
+        unreadable file; the logits themselves are checked against their checksums lazily, before
+        each chunk's first use), is unreadable, or when the file system lacks the space the unfilled
+        entries will need.
         """
         dtype = PRECISIONS[precision]
+        np_dtype = np.dtype(str(dtype).removeprefix("torch."))
+        rows = chunk_images(shape, np_dtype.itemsize)
         folder = Path(root).expanduser() / name
         try:
             if not folder.is_dir():
                 _check_space(folder.parent, shape, dtype, fraction=1.0)
-                _create(folder, shape, dtype, {**meta, "key": key, "shape": list(shape), "precision": precision})
-            on_disk = json.loads((folder / "meta.json").read_text())
+                info = {**meta, "key": key, "shape": list(shape), "precision": precision, "chunk_images": rows}
+                _create(folder, shape, dtype, info)
+            try:
+                on_disk = json.loads((folder / "meta.json").read_text())
+            except ValueError as err:
+                raise corrupt(folder, f"meta.json is unreadable: {err}") from err
             if on_disk.get("key") != key or tuple(on_disk.get("shape", ())) != tuple(shape):
                 raise UserError(
                     f"the teacher-logit cache {folder} belongs to another teacher or data set; delete the folder"
                 )
-            filled = np.load(folder / "filled.npy")
+            rows = on_disk.get("chunk_images")  # as the folder was written
+            if not isinstance(rows, int) or rows < 1:
+                raise corrupt(folder, "meta.json gives no chunk size")
+            _check_logits_file(folder, shape, np_dtype)
+            filled, crcs = _read_index(folder, shape, -(-shape[0] // rows))
             complete = bool(filled.all())
             if not complete:
                 _check_space(folder, shape, dtype, fraction=1.0 - float(filled.mean()))
-            # A complete table is only read: copy-on-write mapping, so a read-only cache folder works.
-            values = np.load(folder / "logits.npy", mmap_mode="c" if complete else "r+")
+                open(folder / FLUSH_LOCK, "a+b").close()  # flushes will write here: refuse a read-only folder now
+            # a private map: reads come from the file, entries filled here stay in memory until a flush
+            values = np.load(folder / LOGITS, mmap_mode="c")
         except UserError:
             raise
         except (OSError, ValueError) as err:
@@ -180,9 +348,8 @@ class LogitStore:
                 f"cannot use the teacher-logit cache in {folder}: {reason}; set train.cache_dir to a writable "
                 "folder or delete this one"
             ) from err
-        if values.shape != tuple(shape) or values.dtype != np.dtype(str(dtype).removeprefix("torch.")):
-            raise UserError(f"the teacher-logit cache {folder} is damaged (unexpected array); delete the folder")
-        return cls(_Files(folder, values, filled, writable=not complete), key, dtype)
+        files = _Files(folder, values, filled.copy(), filled, crcs, rows, writable=not complete)
+        return cls(files, key, dtype)
 
     # ------------------------------------------------------------------ access
 
@@ -202,21 +369,34 @@ class LogitStore:
         filled = self._filled if views is None else self._filled[:, views]
         return bool(filled.all())
 
+    def verify(self, indices: torch.Tensor | None = None) -> None:
+        """Check the checksums of the chunks holding ``indices`` (None: every chunk) not checked yet;
+        UserError naming the damaged images when one does not match."""
+        files = self._files
+        if indices is None:
+            files.verify(range(len(files.crcs)))
+        else:
+            files.verify_images(indices.cpu().numpy())
+
     def missing(self, indices: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
         """Positions (K,) int64 (CPU) of the entries ``(indices[k], views[k])`` not filled yet."""
-        return (~self._filled[indices.cpu(), views.cpu()]).nonzero().squeeze(1)
+        idx = indices.cpu()
+        self.verify(idx)
+        return (~self._filled[idx, views.cpu()]).nonzero().squeeze(1)
 
     def get(self, indices: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
         """Logits of entries ``(indices, views)`` (B,) -> (B, C) float32 on ``indices.device``."""
-        if self._values.device == indices.device:
-            return self._values[indices, views].float()
-        rows = self._values[indices.cpu(), views.cpu()]
+        if self._device_values is not None and self._device_values.device == indices.device:
+            return self._device_values[indices, views].float()  # to_device checked every chunk
+        idx = indices.cpu()
+        self.verify(idx)
+        rows = self._values[idx, views.cpu()]
         return rows.to(indices.device, non_blocking=True).float()
 
     def put(self, indices: torch.Tensor, views: torch.Tensor, logits: torch.Tensor) -> None:
         """Store ``logits`` (B, C) for entries ``(indices, views)`` (B,) and mark them filled."""
-        if self._values.device.type != "cpu":
-            raise RuntimeError("a store loaded into device memory is complete and read-only")
+        if self._device_values is not None:
+            raise RuntimeError("a store loaded into device memory is read-only")
         rows = logits.detach().to("cpu", self.dtype)
         if not torch.isfinite(rows).all():
             raise UserError(
@@ -229,7 +409,7 @@ class LogitStore:
         self._files.dirty = True
 
     def flush(self) -> None:
-        """Write filled logits and then the mask to disk (no-op when nothing changed)."""
+        """Write the entries filled here, then the mask and checksums, to disk (no-op when nothing changed)."""
         self._files.flush()
 
     def flush_if_due(self) -> None:
@@ -237,17 +417,19 @@ class LogitStore:
             self._files.flush()
 
     def to_device(self, device: torch.device) -> None:
-        """Load the table into ``device`` memory: lookups then stay on the device (no host sync).
-
-        Only for a table complete for every entry that will be looked up (no ``put`` afterwards).
-        """
+        """Load the table into ``device`` memory, every chunk checked first: lookups then stay on the
+        device (no host sync). Only for a table complete for every entry that will be looked up (no
+        ``put`` afterwards)."""
         if device.type == "cpu" or self._values.device == device:
             return
-        table = torch.empty(self._values.shape, dtype=self.dtype, device=device)
-        rows = max(1, COPY_CHUNK // max(1, self._values[0].numel() * self._values.element_size()))
-        for start in range(0, self._values.shape[0], rows):
-            table[start : start + rows].copy_(self._values[start : start + rows])
-        self._values = table
+        self.flush()
+        self.verify()
+        values = self._values
+        table = torch.empty(values.shape, dtype=self.dtype, device=device)
+        rows = max(1, COPY_CHUNK // max(1, values[0].numel() * values.element_size()))
+        for start in range(0, values.shape[0], rows):
+            table[start : start + rows].copy_(values[start : start + rows])
+        self._device_values = table
 
 
 def _check_space(folder: Path, shape: tuple[int, int, int], dtype: torch.dtype, fraction: float) -> None:
@@ -271,10 +453,12 @@ def _create(folder: Path, shape: tuple[int, int, int], dtype: torch.dtype, meta:
     tmp.mkdir()
     try:
         np_dtype = np.float16 if dtype == torch.float16 else np.float32
-        table = np.lib.format.open_memmap(tmp / "logits.npy", mode="w+", dtype=np_dtype, shape=shape)  # sparse
+        table = np.lib.format.open_memmap(tmp / LOGITS, mode="w+", dtype=np_dtype, shape=shape)  # sparse
         table.flush()
         del table
-        np.save(tmp / "filled.npy", np.zeros(shape[:2], dtype=bool))
+        filled, rows = np.zeros(shape[:2], dtype=bool), meta["chunk_images"]
+        crcs = [_crc(None, filled[c * rows : (c + 1) * rows]) for c in range(-(-shape[0] // rows))]
+        _write_index(tmp, filled, np.array(crcs, dtype=np.uint32))
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
         os.rename(tmp, folder)
     except OSError:

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from rld.errors import UserError
+from rld.errors import DivergedError, UserError
 
 SWEEP_EPILOG = """\
 Every KEY=V1,V2 override is an axis of the grid (commas inside [...] do not split: \
@@ -16,7 +16,8 @@ batch size, device and teacher train in lockstep on one data stream (one teacher
 lookup per step); different seeds cannot share a stream, so each seed's group runs after the \
 previous one. Each run gets its own folder OUT/KEY=VALUE,...,seed=S with config.yaml, metrics.csv and \
 checkpoints, exactly as `rld train` would write it; OUT/sweep.csv summarises them. --resume continues \
-every run from its last.pt; runs that are behind catch up with the group."""
+every run from its last.pt (or the step it stopped at); runs that are behind catch up with the group. \
+A run that diverges stops and the others go on; the exit status is then 3."""
 
 
 def _ints(text: str, what: str) -> list[int]:
@@ -61,7 +62,7 @@ def _cmd_cache(args: argparse.Namespace) -> None:
     )
 
 
-def _cmd_sweep(args: argparse.Namespace) -> None:
+def _cmd_sweep(args: argparse.Namespace) -> int:
     from rld.config import override_key, resolve, schedule_overrides, with_flags
     from rld.engine.sweep import sweep
 
@@ -74,6 +75,7 @@ def _cmd_sweep(args: argparse.Namespace) -> None:
         if "train.epochs" in grid_keys:
             raise UserError("--epochs and train.epochs=… both set train.epochs; give one of them")
         extra += schedule_overrides(resolve(args.preset, extra), args.epochs, keep=grid_keys)
+    args.resume_hint = "the same rld sweep command with --resume"
     if args.dry_run:
         from rld.config import to_yaml
         from rld.engine.sweep import group_runs, plan_sweep
@@ -87,16 +89,25 @@ def _cmd_sweep(args: argparse.Namespace) -> None:
             print(f"  {run.name}  (epochs={t.epochs} {schedule})")
         if len(runs) == 1:
             print(to_yaml(runs[0].cfg), end="")
-        return
+        return 0
     rows = sweep(args.preset, args.overrides, out=out, seeds=seeds, resume=args.resume, extra=extra)
+    diverged = [r for r in rows if r.get("status") == "diverged"]
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
-        return
-    print(f"{'run':40s} {'best top-1':>10s} {'last top-1':>10s}")
-    for r in rows:
-        last = r["last_top1"]
-        print(f"{r['run']:40s} {r['best_top1']:9.2f}% {'—' if last is None else f'{last:9.2f}%':>10s}")
-    print(f"summary → {Path(out) / 'sweep.csv'}")
+    else:
+        print(f"{'run':40s} {'best top-1':>10s} {'last top-1':>10s}")
+        for r in rows:
+            last = f"diverged @ {r['diverged_epoch']}" if r.get("status") == "diverged" else r["last_top1"]
+            last = "—" if last is None else last if isinstance(last, str) else f"{last:9.2f}%"
+            best = "—" if r["best_epoch"] == 0 else f"{r['best_top1']:9.2f}%"
+            print(f"{r['run']:40s} {best:>10s} {last:>10s}")
+        print(f"summary → {Path(out) / 'sweep.csv'}")
+    if diverged:
+        names = ", ".join(r["run"] for r in diverged)
+        message = f"{len(diverged)} of {len(rows)} runs diverged ({names}); the others finished"
+        print(f"rld: error: {message}", file=sys.stderr)
+        return DivergedError.exit_status
+    return 0
 
 
 def _cmd_bench(args: argparse.Namespace) -> None:

@@ -26,7 +26,7 @@ from torch import nn
 
 from rld.data.device_loader import CENTER_VIEW, NUM_VIEWS, OFFSETS, PAD, DeviceLoader
 
-CACHE_FORMAT = "rld-teacher-logits-2"
+CACHE_FORMAT = "rld-teacher-logits-3"
 VIEW_DEFINITION = f"view=(dy*{OFFSETS}+dx)*2+flip; pad={PAD} zeros; crop HxW at (dy,dx); flip=horizontal"
 HASH_CHUNK = 1024
 """Images rendered per chunk while hashing the training data."""

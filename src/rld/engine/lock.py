@@ -1,0 +1,205 @@
+"""One writer per run folder: an exclusive ``flock`` on ``RUN/rld.lock`` while a process trains the run.
+
+The lock is taken when the run starts writing its folder (after every check that could refuse the
+command, so that a refused command writes nothing) and held until training ends. The kernel releases
+it when the holder's file descriptor closes — on exit, on a crash, even after SIGKILL — so a stale
+lock (its holder gone) is simply taken over by the next process. The file's content names the
+holder (host, pid, since when), for the message of a process that is refused; it stays behind after
+the run, naming the last holder.
+
+Checks and lock are two steps, so a process re-checks the folder once it holds the lock: another
+process may have trained the run in between (:func:`folder_state`).
+
+On NFS, Linux emulates ``flock`` with POSIX byte-range locks, which the server arbitrates between
+machines (NFSv4, or NFSv3 with the lock manager): one writer per run folder across a cluster's shared
+file system.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import socket
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from rld.errors import RunFolderLocked, UserError
+
+LOCK_FILE = "rld.lock"
+# the files whose change means that another process trained the run (see folder_state)
+WATCHED = ("checkpoints/last.pt", "checkpoints/step.pt", "metrics.csv")
+
+_held: dict[Path, RunLock] = {}
+"""The run folders this process holds, by resolved path (a sweep takes them up front, its runs reuse them)."""
+
+
+class RunLock:
+    """The exclusive lock of one run folder (``acquire`` / ``release``)."""
+
+    def __init__(self, out: Path):
+        self.out = Path(out)
+        self.path = self.out / LOCK_FILE
+        self.fd: int | None = None
+        self.created: list[Path] = []  # what acquire created (folders, the lock file), for undo()
+        self.previous: bytes | None = None  # the lock file's content before acquire wrote its own
+
+    def acquire(self) -> None:
+        """Take the lock and write this process's name into it; UserError when another process holds it."""
+        try:
+            missing = [p for p in (self.out, *self.out.parents) if not p.exists()]
+            self.out.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise UserError(
+                f"cannot write to the output folder {self.out}: {err.strerror}; choose another --out"
+            ) from err
+        self.created = sorted(missing, key=lambda p: len(p.parts))
+        for _ in range(100):  # a lock file removed by its holder meanwhile (release) is opened again
+            existed, fd = self._open()
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as err:
+                holder = _read(fd)
+                os.close(fd)
+                if err.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                    raise UserError(f"cannot lock the run folder {self.out}: {err.strerror}") from err
+                raise RunFolderLocked(
+                    f"{self.out} is being trained by another process ({describe(holder)}); wait for it to "
+                    "finish or stop it (its run continues with --resume), or choose another --out",
+                    holder=describe(holder),
+                ) from None
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except OSError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        else:
+            raise UserError(f"cannot lock the run folder {self.out}: its lock file keeps changing")
+        self.fd = fd
+        if not existed:
+            self.created.append(self.path)
+        self.previous = _read(fd) if existed else None
+        record = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+        data = (json.dumps(record) + "\n").encode()
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, data, 0)
+
+    def _open(self) -> tuple[bool, int]:
+        existed = self.path.exists()
+        try:
+            return existed, os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as err:
+            raise UserError(
+                f"cannot write to the output folder {self.out}: {err.strerror}; choose another --out"
+            ) from err
+
+    def release(self) -> None:
+        """Give the lock back. A folder that never held more than the lock this process created (a
+        command stopped before its run started) is removed again, as if nothing had happened."""
+        if self.fd is None:
+            return
+        unused = self.path in self.created and {p.name for p in self.out.iterdir()} <= {LOCK_FILE}
+        if unused:
+            _remove(self.path)  # while still holding the lock; see acquire
+        os.close(self.fd)  # closing the descriptor releases the flock
+        self.fd = None
+        if unused:
+            for path in reversed(self.created[:-1]):
+                try:
+                    path.rmdir()
+                except OSError:
+                    break
+
+    def undo(self) -> None:
+        """Release and leave the folder as it was before :meth:`acquire` (a command refused after all)."""
+        if self.fd is not None and self.previous is not None:
+            os.ftruncate(self.fd, 0)
+            os.pwrite(self.fd, self.previous, 0)
+        elif self.fd is not None and self.path in self.created:
+            _remove(self.path)
+        self.release()
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink()
+    except OSError:
+        pass
+
+
+def _read(fd: int) -> bytes:
+    try:
+        return os.pread(fd, 4096, 0)
+    except OSError:
+        return b""
+
+
+def describe(content: bytes) -> str:
+    """``pid 123 on host h, since 2025-01-01 12:00:00 UTC`` from a lock file's content."""
+    try:
+        record = json.loads(content.decode())
+        return f"pid {record['pid']} on host {record['host']}, since {record['since']}"
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        return "a process that has not written its name yet"
+
+
+def hold(out: Path, expected: tuple | None = None) -> RunLock:
+    """Lock the run folder ``out`` for this process (or return the lock it holds already).
+
+    ``expected``: :func:`folder_state` when the command checked the folder; if another process has
+    changed the run since, the lock is given back (the folder as it was) and the command refused.
+    """
+    key = Path(out).resolve()
+    if key in _held:
+        return _held[key]
+    lock = RunLock(out)
+    lock.acquire()
+    if expected is not None and folder_state(out) != expected:
+        lock.undo()
+        raise UserError(
+            f"{out} changed while this command was starting: another process trained the run meanwhile; "
+            "run the command again (with --resume to continue the run)"
+        )
+    _held[key] = lock
+    return lock
+
+
+def hold_all(outs: Iterable[Path], expected: dict[Path, tuple] | None = None) -> list[RunLock]:
+    """Lock every folder of ``outs`` (as :func:`hold`); if one is refused, none stays locked or created."""
+    taken: list[RunLock] = []
+    try:
+        for out in outs:
+            key = Path(out).resolve()
+            fresh = key not in _held
+            lock = hold(out, (expected or {}).get(Path(out)))
+            if fresh:
+                taken.append(lock)
+    except BaseException:
+        for lock in reversed(taken):
+            _held.pop(lock.out.resolve(), None)
+            lock.undo()
+        raise
+    return taken
+
+
+def release(out: Path) -> None:
+    """Give back the lock of ``out`` if this process holds it."""
+    lock = _held.pop(Path(out).resolve(), None)
+    if lock is not None:
+        lock.release()
+
+
+def folder_state(out: Path) -> tuple:
+    """What identifies the state of a run folder: identity, size and time of its checkpoints and metrics."""
+    state = []
+    for name in WATCHED:
+        try:
+            st = (Path(out) / name).stat()
+            state.append((name, st.st_ino, st.st_size, st.st_mtime_ns))
+        except OSError:
+            state.append((name, None))
+    return tuple(state)

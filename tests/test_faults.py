@@ -1,0 +1,466 @@
+"""Faults a run meets on a shared cluster: divergence, preemption, a second writer, a full disk, a
+corrupt teacher-logit cache. Each fault is injected at an exact point (rld.engine.faults), never
+after a wall-clock delay."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import (
+    assert_same_run_state,
+    assert_same_tensors,
+    assert_user_error,
+    folder_snapshot,
+    load_last,
+    metric_rows,
+)
+from rld.cli import main
+from rld.config import resolve
+from rld.engine import faults, train
+from rld.engine.trainer import Run
+
+EPOCH_KEYS = ("model", "optimizer", "method")
+
+
+def _tiny(tiny_cifar: Path) -> list[str]:
+    """128 CIFAR-format images at batch 48: 3 steps per epoch, the last one a partial batch of 32."""
+    return ["data.name=cifar100", f"data.path={tiny_cifar}", "train.batch_size=48"]
+
+
+@pytest.fixture
+def fault(monkeypatch):
+    """``fault("KIND:N")``: RLD_FAULT for code run in this process (the counts start at 0); ``fault(None)``: none."""
+
+    def set_fault(text: str | None) -> None:
+        monkeypatch.setattr(faults, "_spec", faults._parse(text))
+        monkeypatch.setattr(faults, "_counts", dict.fromkeys(faults.POINTS, 0))
+
+    return set_fault
+
+
+@pytest.fixture
+def steps_taken(monkeypatch) -> list[int]:
+    """Counts the optimisation steps run in this process (plain loop and static step alike)."""
+    taken = [0]
+    step = Run.step
+
+    def counting(self, *args, **kwargs):
+        taken[0] += 1
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(Run, "step", counting)
+    return taken
+
+
+def _cli(capsys, *argv: str) -> tuple[int, str]:
+    code = main(list(argv))
+    return code, capsys.readouterr().err.strip()
+
+
+def _one_line(err: str) -> None:
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+
+
+def _rows(run: Path) -> list[dict[str, str]]:
+    with open(run / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+# ----------------------------------------------------------------------------- divergence
+
+
+def test_divergence_stops_with_status_3_and_keeps_the_last_finite_checkpoint(tmp_path, tiny_cifar, fault, capsys):
+    """A weight set to NaN after the first step of epoch 2: its next steps' losses are NaN. The run
+    stops at epoch 2 with one line and status 3; last.pt is epoch 1's, tensor for tensor; metrics.csv
+    shows epoch 2 as a diverged row."""
+    over = [*_tiny(tiny_cifar), "train.epochs=3"]
+    out = tmp_path / "run"
+    fault("nan_after_step:4")
+    code, err = _cli(capsys, "train", "demo/vanilla", *over, "--out", str(out))
+    assert code == 3, err
+    _one_line(err)
+    assert err == (
+        f"rld: error: {out}: training diverged in epoch 2: non-finite train_loss, loss_ce, weights; last.pt keeps "
+        "epoch 1. Lower train.lr or check the data (train.stop_on_nonfinite=false trains on regardless)"
+    )
+    train(resolve("demo/vanilla", [*_tiny(tiny_cifar), "train.epochs=1"]), tmp_path / "epoch1")
+    kept, epoch1 = load_last(out), load_last(tmp_path / "epoch1")
+    assert kept["epoch"] == 1
+    for key in EPOCH_KEYS:
+        assert_same_tensors(kept[key], epoch1[key], key)
+    assert_same_tensors(kept["rng"]["torch"], epoch1["rng"]["torch"], "rng")
+    rows = _rows(out)
+    assert [(r["epoch"], r["status"]) for r in rows] == [("1", ""), ("2", "diverged")]
+    assert rows[1]["train_loss"] == "nan" and rows[1]["test_top1"] == "" and rows[1]["steps"] == "3"
+    assert not (out / "checkpoints" / "step.pt").exists()
+    from rld.experiments.runs import RunRecord
+
+    assert RunRecord.load(out).epochs_done == 1  # the tables read the finished epochs only
+
+
+def test_a_diverging_setting_stops_the_run_unless_told_to_train_on(tmp_path, tiny_cifar, capsys):
+    """train.lr=1000: the weights overflow in epoch 2 (the loss stays finite but huge)."""
+    over = ["train", "demo/vanilla", *_tiny(tiny_cifar), "train.epochs=2", "train.lr=1000"]
+    code, err = _cli(capsys, *over, "--out", str(tmp_path / "stop"))
+    assert code == 3 and "training diverged in epoch 2: non-finite weights; last.pt keeps epoch 1" in err, err
+    assert load_last(tmp_path / "stop")["epoch"] == 1
+    assert main([*over, "train.stop_on_nonfinite=false", "--out", str(tmp_path / "on")]) == 0
+    assert [r.get("status") for r in _rows(tmp_path / "on")] == [None, None]  # no status column
+    assert load_last(tmp_path / "on")["epoch"] == 2
+
+
+def test_a_diverged_run_of_a_sweep_stops_and_the_others_finish(tmp_path, tiny_cifar, capsys):
+    out = tmp_path / "sweep"
+    code, err = _cli(
+        capsys, "sweep", "demo/vanilla", "train.lr=0.05,1000", *_tiny(tiny_cifar), "train.epochs=3", "--out", str(out)
+    )
+    assert code == 3
+    assert err == "rld: error: 1 of 2 runs diverged (train.lr=1000,seed=0); the others finished"
+    good, bad = out / "train.lr=0.05,seed=0", out / "train.lr=1000,seed=0"
+    assert load_last(good)["epoch"] == 3 and load_last(bad)["epoch"] == 1
+    assert [r["status"] for r in _rows(bad)] == ["", "diverged"]
+    summary = {r["run"]: r for r in csv.DictReader(open(out / "sweep.csv"))}
+    assert (summary[good.name]["status"], summary[bad.name]["status"]) == ("", "diverged")
+    assert summary[bad.name]["diverged_epoch"] == "2"
+
+
+# ----------------------------------------------------------------------------- preemption
+
+
+@pytest.fixture(scope="module")
+def rld_reference(tmp_path_factory, teacher_ckpt) -> tuple[list[str], Path]:
+    """demo/rld on 128 CIFAR-format images (3 steps per epoch), 2 epochs, never stopped: its overrides and folder."""
+    root = tmp_path_factory.mktemp("reference")
+    rng = np.random.default_rng(5)
+    data = root / "tiny.npz"
+    np.savez(
+        data,
+        train_x=rng.integers(0, 256, size=(128, 32, 32, 3), dtype=np.uint8),
+        train_y=rng.integers(0, 10, size=128),
+        test_x=rng.integers(0, 256, size=(64, 32, 32, 3), dtype=np.uint8),
+        test_y=rng.integers(0, 10, size=64),
+        classes=np.array([f"c{i}" for i in range(10)]),
+    )
+    over = [*_tiny(data), "train.epochs=2", f"model.teacher_checkpoint={teacher_ckpt}"]
+    train(resolve("demo/rld", over), root / "ref")
+    return over, root / "ref"
+
+
+@pytest.mark.parametrize("static_step", ["off", "on"])
+@pytest.mark.parametrize("sig", ["sigterm", "sigint"])
+def test_a_signal_mid_epoch_saves_the_position_and_resume_ends_bit_identical(
+    tmp_path, rld_reference, fault, steps_taken, capsys, sig, static_step
+):
+    """RLD (a teacher, a warm-up that reads the epoch), 3 steps per epoch: the signal comes after step
+    5 (epoch 2, step 2). The run saves step.pt there and exits 143 / 130; --resume trains the one
+    step left and ends with the uninterrupted run's metrics and every tensor of its last.pt (plain
+    loop and static step: the reference is the plain loop, which the static step equals exactly)."""
+    over, ref = rld_reference
+    out = tmp_path / "run"
+    args = ["train", "demo/rld", *over, f"train.static_step={static_step}", "--out", str(out), "--resume"]
+    fault(f"{sig}_after_step:5")
+    code, err = _cli(capsys, *args)
+    assert code == {"sigterm": 143, "sigint": 130}[sig], err
+    name = {"sigterm": "SIGTERM", "sigint": "SIGINT"}[sig]
+    assert err == (
+        f"rld: stopped by {name} in epoch 2 after step 2 of 3; its position is saved in "
+        f"{out}/checkpoints/step.pt; continue with: rld train --resume --out {out}"
+    )
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handlers are given back
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    saved = torch.load(out / "checkpoints" / "step.pt", weights_only=True)
+    assert (saved["epoch"], saved["position"]["epoch"], saved["position"]["step"]) == (1, 2, 2)
+    assert load_last(out)["epoch"] == 1 and [r["epoch"] for r in metric_rows(out / "metrics.csv")] == ["1"]
+
+    fault(None)
+    steps_taken[0] = 0
+    assert main(args) == 0
+    assert steps_taken[0] == 1  # only the step left
+    assert not (out / "checkpoints" / "step.pt").exists()
+    assert metric_rows(out / "metrics.csv") == metric_rows(ref / "metrics.csv")
+    assert_same_run_state(load_last(ref), load_last(out), ignore_config=("train.static_step",))
+    best = [torch.load(r / "checkpoints" / "best.pt", weights_only=True) for r in (ref, out)]
+    assert_same_tensors(best[0]["model"], best[1]["model"], "best.model")
+
+
+def test_periodic_mid_epoch_checkpoints_resume_exactly_after_a_crash(
+    tmp_path, tiny_cifar, fault, steps_taken, monkeypatch
+):
+    """train.checkpoint_every_steps=2: step.pt after step 2 of each epoch (3 steps). A crash inside
+    step 6 (the last of epoch 2, before its end) leaves step.pt at epoch 2 step 2; the resume trains
+    step 3 of epoch 2 and epoch 3, and ends exactly as a run never stopped."""
+    over = [*_tiny(tiny_cifar), "train.epochs=3", "train.checkpoint_every_steps=2"]
+    train(resolve("demo/vanilla", over), tmp_path / "ref")
+    assert not (tmp_path / "ref" / "checkpoints" / "step.pt").exists()  # removed at each epoch's end
+
+    class Crash(BaseException):
+        pass
+
+    def crash(status):
+        raise Crash(status)
+
+    monkeypatch.setattr(faults.os, "_exit", crash)  # the process "ends" at the fault point, writing nothing
+    out = tmp_path / "run"
+    fault("after_step:6")
+    with pytest.raises(Crash):
+        train(resolve("demo/vanilla", over), out)
+    saved = torch.load(out / "checkpoints" / "step.pt", weights_only=True)
+    assert (saved["position"]["epoch"], saved["position"]["step"], load_last(out)["epoch"]) == (2, 2, 1)
+    fault(None)
+    steps_taken[0] = 0
+    train(resolve("demo/vanilla", over), out, resume=True)
+    assert steps_taken[0] == 1 + 3
+    assert metric_rows(out / "metrics.csv") == metric_rows(tmp_path / "ref" / "metrics.csv")
+    assert_same_run_state(load_last(tmp_path / "ref"), load_last(out))
+
+
+def test_a_sweep_stopped_mid_epoch_resumes_every_run_exactly(tmp_path, tiny_cifar, fault, steps_taken, capsys):
+    """Two runs in lockstep (3 steps per epoch each): SIGTERM during the group's 4th step (epoch 2,
+    step 1) saves both runs' positions; the resumed sweep trains the 2 steps left of each and ends
+    with the metrics and last.pt of a sweep never stopped."""
+    grid = ["train.lr=0.05,0.1", *_tiny(tiny_cifar), "train.epochs=2"]
+    assert main(["sweep", "demo/vanilla", *grid, "--out", str(tmp_path / "ref")]) == 0
+    out = tmp_path / "sweep"
+    fault("sigterm_after_step:7")  # the first run's 4th step
+    code, err = _cli(capsys, "sweep", "demo/vanilla", *grid, "--out", str(out))
+    assert code == 143, err
+    assert "rld: stopped by SIGTERM in epoch 2 after step 1 of 3; the positions of its 2 runs are saved" in err
+    names = ["train.lr=0.05,seed=0", "train.lr=0.1,seed=0"]
+    for name in names:
+        saved = torch.load(out / name / "checkpoints" / "step.pt", weights_only=True)
+        assert (saved["position"]["epoch"], saved["position"]["step"]) == (2, 1)
+    fault(None)
+    steps_taken[0] = 0
+    assert main(["sweep", "demo/vanilla", *grid, "--out", str(out), "--resume"]) == 0
+    assert steps_taken[0] == 2 * 2
+    for name in names:
+        assert metric_rows(out / name / "metrics.csv") == metric_rows(tmp_path / "ref" / name / "metrics.csv")
+        assert_same_run_state(load_last(tmp_path / "ref" / name), load_last(out / name))
+
+
+def test_skipping_batches_gives_the_rest_of_the_epoch_in_both_loaders(tiny_cifar):
+    """The resumed position inside an epoch: the device loader and the DataLoader path (whose
+    skipped images are never loaded) yield exactly the epoch's remaining batches."""
+    from rld.data import build_data
+
+    for pipeline in ("device", "pil"):
+        data = build_data(
+            "cifar100", str(tiny_cifar), batch_size=48, device="cpu", seed=0, num_workers=0, pipeline=pipeline
+        )
+        loader = data.train
+        loader.set_epoch(4)
+        torch.manual_seed(0)
+        batches = iter(loader)
+        next(batches)
+        rng = torch.get_rng_state()  # what a checkpoint after the first step holds
+        whole = list(batches)
+        loader.set_epoch(4, start_batch=1)
+        torch.set_rng_state(rng)
+        rest = list(loader)
+        assert [len(b.targets) for b in rest] == [48, 32], pipeline
+        for a, b in zip(whole, rest):  # the same images, augmentation (views, PIL transforms) included
+            assert torch.equal(a.indices, b.indices) and torch.equal(a.images, b.images), pipeline
+        loader.set_epoch(4)
+        assert len(list(loader)) == 3  # the skip applies to one iteration only
+
+
+# ----------------------------------------------------------------------------- one writer per run folder
+
+
+def _waiting_holder(args: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "RLD_FAULT": "wait_after_step:4"}  # holds the folder mid-epoch 2, waiting
+    return subprocess.Popen(
+        [sys.executable, "-m", "rld.cli", *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+
+
+def _wait_for_holder(proc: subprocess.Popen) -> None:
+    """Until the process says it waits at its fault point (it holds the run folder then)."""
+    lines = []
+    for line in proc.stderr:
+        if line.startswith("RLD_FAULT: waiting"):
+            return
+        lines.append(line)
+    raise AssertionError(f"the first process ended before its fault point: {proc.wait()} {''.join(lines)[-2000:]}")
+
+
+def test_a_second_writer_is_refused_and_a_stale_lock_is_taken_over(tmp_path, tiny_cifar, capsys):
+    """Process A trains the run and holds its lock (waiting after step 4). A second `rld train` on the
+    folder is refused — one line naming A, the folder untouched. A is killed with SIGKILL: the kernel
+    releases its lock, the lock file still names it; the next `rld train --resume` takes the folder
+    over and finishes the run exactly."""
+    over = [*_tiny(tiny_cifar), "train.epochs=2"]
+    train(resolve("demo/vanilla", over), tmp_path / "ref")
+    out = tmp_path / "run"
+    args = ["train", "demo/vanilla", *over, "--out", str(out), "--resume"]
+    holder = _waiting_holder(args)
+    try:
+        _wait_for_holder(holder)
+        assert f'"pid": {holder.pid}' in (out / "rld.lock").read_text()
+        before = folder_snapshot(out)
+        code, err = _cli(capsys, *args)
+        assert_user_error(code, err, f"{out} is being trained by another process (pid {holder.pid} on host ")
+        assert f"on host {socket.gethostname()}, since 20" in err and "(its run continues with --resume)" in err
+        assert folder_snapshot(out) == before
+        holder.send_signal(signal.SIGKILL)
+        assert holder.wait(timeout=60) == -signal.SIGKILL
+    finally:
+        holder.kill()
+        holder.wait()
+    assert f'"pid": {holder.pid}' in (out / "rld.lock").read_text()  # stale: its holder is gone
+    assert main(args) == 0
+    assert f'"pid": {os.getpid()}' in (out / "rld.lock").read_text()
+    assert metric_rows(out / "metrics.csv") == metric_rows(tmp_path / "ref" / "metrics.csv")
+    assert_same_run_state(load_last(tmp_path / "ref"), load_last(out))
+
+
+def test_a_sweep_locks_every_run_folder_before_it_starts(tmp_path, tiny_cifar, capsys):
+    """A run folder of the grid held by another process: the sweep is refused and writes nothing."""
+    from rld.engine import lock
+
+    out = tmp_path / "sweep"
+    taken, free = out / "train.lr=0.1,seed=0", out / "train.lr=0.05,seed=0"
+    taken.mkdir(parents=True)
+    free.mkdir()
+    (free / "rld.lock").write_text('{"host": "h", "pid": 1, "since": "2025-01-01 00:00:00 UTC"}\n')  # its last holder
+    held = lock.RunLock(taken)
+    held.acquire()  # another holder (a lock of its own: flock locks belong to the open file)
+    try:
+        before = folder_snapshot(out)
+        code, err = _cli(capsys, "sweep", "demo/vanilla", "train.lr=0.05,0.1", *_tiny(tiny_cifar), "--out", str(out))
+        assert_user_error(code, err, f"{taken} is being trained by another process (pid {os.getpid()} on host ")
+        assert folder_snapshot(out) == before  # the first run's folder, locked first, is as it was
+        from rld.errors import RunFolderLocked
+
+        with pytest.raises(RunFolderLocked) as refused:  # what a launcher of many runs can catch
+            lock.RunLock(taken).acquire()
+        assert refused.value.holder.startswith(f"pid {os.getpid()} on host {socket.gethostname()}, since ")
+    finally:
+        held.release()
+
+
+# ----------------------------------------------------------------------------- a full disk
+
+
+def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, tiny_cifar, fault, capsys):
+    """The second write of last.pt (epoch 2's) fails with ENOSPC: status 2, one line saying what
+    failed and where; last.pt still loads and holds epoch 1; no temporary file is left behind."""
+    over = [*_tiny(tiny_cifar), "train.epochs=3"]
+    out = tmp_path / "run"
+    fault("enospc_before_rename:2")
+    code, err = _cli(capsys, "train", "demo/vanilla", *over, "--out", str(out))
+    last = out / "checkpoints" / "last.pt"
+    assert_user_error(code, err, f"cannot write {last}: No space left on device; the previous last.pt is intact")
+    assert "continue with --resume" in err
+    from rld.engine.checkpoint import load_run
+
+    assert load_run(last)["epoch"] == 1
+    assert [r["epoch"] for r in metric_rows(out / "metrics.csv")] == ["1"]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
+    train(resolve("demo/vanilla", [*_tiny(tiny_cifar), "train.epochs=1"]), tmp_path / "epoch1")
+    assert_same_tensors(load_last(out)["model"], load_last(tmp_path / "epoch1")["model"])
+
+
+# ----------------------------------------------------------------------------- a corrupt teacher-logit cache
+
+
+def _cache(tmp_path: Path):
+    from rld.data import ArraySplit, DeviceLoader
+    from rld.engine.trainer import TeacherForward
+    from rld.models import create_model
+
+    rng = np.random.default_rng(0)
+    split = ArraySplit(rng.integers(0, 256, size=(3, 32, 32, 3), dtype=np.uint8), np.arange(3, dtype=np.int64))
+    loader = DeviceLoader(split, 4, device="cpu", mean=(0.5,) * 3, std=(0.25,) * 3, train=True, flip=True)
+    torch.manual_seed(7)
+    forward = TeacherForward(create_model("resnet8", num_classes=10).eval().requires_grad_(False), amp=False)
+    cache = ["train.teacher_cache=full", f"train.cache_dir={tmp_path}", "train.cache_precision=float32"]
+    cfg = resolve("demo/rld", cache)
+    return cfg, forward, loader
+
+
+def _flip(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+def test_a_corrupt_teacher_logit_cache_is_never_used(tmp_path, monkeypatch):
+    """A complete float32 cache of 3 images, one image per checksummed chunk. A flipped byte in image
+    2's logits: full mode (which checks every chunk when it opens) refuses it; lazy mode opens it and
+    serves images 0 and 1, but refuses image 2 before returning anything. A truncated logits.npy and a
+    damaged index are refused when the cache opens. Each message says how to rebuild."""
+    from rld.data import Batch
+    from rld.errors import UserError
+    from rld.fast import cache
+
+    monkeypatch.setattr(cache, "CHUNK_BYTES", 162 * 10 * 4)  # one image per chunk
+    cfg, forward, loader = _cache(tmp_path)
+    folder = cache.open_teacher_cache(cfg, forward, loader, 10).store.folder
+    logits, index = folder / "logits.npy", folder / "index.npz"
+    good = logits.read_bytes()
+    _flip(logits, len(good) - 4 * 10 * 3)  # image 2, view 159
+
+    def refused(match: str, mode: str = "full"):
+        run_cfg = resolve(
+            "demo/rld", [f"train.teacher_cache={mode}", f"train.cache_dir={tmp_path}", "train.cache_precision=float32"]
+        )
+        with pytest.raises(UserError, match=match) as err:
+            cache.open_teacher_cache(run_cfg, forward, loader, 10)
+        assert f"it is not used. Delete the folder (rm -r '{folder}') and rebuild it with `rld cache" in str(err.value)
+
+    refused(r"is corrupt \(the logits of images 2-2 do not match their checksum\)")
+    lazy_cfg = resolve(
+        "demo/rld", ["train.teacher_cache=lazy", f"train.cache_dir={tmp_path}", "train.cache_precision=float32"]
+    )
+    lazy = cache.open_teacher_cache(lazy_cfg, forward, loader, 10)
+
+    def lookup(image: int) -> torch.Tensor:
+        idx, views = torch.tensor([image, image]), torch.tensor([3, 159])
+        return lazy(Batch(loader.render_views(idx, views), None, idx, views))
+
+    for image in (0, 1):
+        idx, views = torch.tensor([image, image]), torch.tensor([3, 159])
+        assert torch.equal(lookup(image), forward(Batch(loader.render_views(idx, views), None, idx, views)))
+    with pytest.raises(UserError, match=r"the logits of images 2-2 do not match their checksum"):
+        lookup(2)
+    assert lazy.computed == 0  # nothing was recomputed over the damage either
+    logits.write_bytes(good[:-100])
+    refused(r"logits.npy is truncated: [\d,]+ of [\d,]+ bytes", "lazy")
+    logits.write_bytes(good)
+    intact = index.read_bytes()
+    _flip(index, len(intact) // 2)
+    refused(r"index.npz is unreadable", "lazy")
+    index.write_bytes(intact)
+    assert cache.open_teacher_cache(cfg, forward, loader, 10).store.folder == folder  # repaired: used again
+
+
+def test_training_refuses_a_corrupt_cache_with_one_line(capsys, tmp_path, teacher_ckpt):
+    """`rld cache`, then a flipped byte: `rld train … train.teacher_cache=full` (and `rld cache`
+    itself) stop with status 2 and the rebuild hint, writing no run folder."""
+    rng = np.random.default_rng(3)
+    data = tmp_path / "two.npz"
+    images = {k: rng.integers(0, 256, size=(2, 32, 32, 3), dtype=np.uint8) for k in ("train_x", "test_x")}
+    np.savez(data, **images, train_y=np.arange(2), test_y=np.arange(2), classes=np.array([str(i) for i in range(10)]))
+    common = ["data.name=cifar100", f"data.path={data}", "--teacher", str(teacher_ckpt)]
+    assert main(["cache", "demo/rld", *common, "--cache-dir", str(tmp_path / "cache")]) == 0
+    (folder,) = (tmp_path / "cache").iterdir()
+    _flip(folder / "logits.npy", (folder / "logits.npy").stat().st_size - 7)
+    capsys.readouterr()
+    out = tmp_path / "run"
+    args = ["train", "demo/rld", *common, "train.teacher_cache=full", f"train.cache_dir={tmp_path / 'cache'}"]
+    code, err = _cli(capsys, *args, "--epochs", "1", "train.batch_size=2", "--out", str(out))
+    assert_user_error(code, err, f"the teacher-logit cache {folder} is corrupt (the logits of images 0-1 do not match")
+    assert "rebuild it with `rld cache" in err and not out.exists()
+    code, err = _cli(capsys, "cache", "demo/rld", *common, "--cache-dir", str(tmp_path / "cache"))
+    assert_user_error(code, err, "do not match their checksum")
