@@ -4,11 +4,12 @@ A run's configuration is resolved once — schema defaults ← preset ← YAML f
 validated, saved beside the run as ``config.yaml`` and passed down; nothing reads global state.
 
 Presets live in ``rld/configs/*.yaml`` (package data), with per-method fragments in
-``rld/configs/FAMILY/*.yaml``. Each family (``cifar100``, ``imagenet``, ``demo``) has a ``base`` configuration, per-method defaults
-(``methods``) and per-method training settings (``method_train``, for methods whose published
-protocol differs), per-model and per-teacher adjustments (``models``, ``teachers``), the
-teacher→student ``pairs`` and any explicitly named ``presets``. From them come the names
-``FAMILY/MODEL/vanilla``, ``FAMILY/TEACHER-STUDENT/METHOD`` and ``FAMILY/NAME``.
+``rld/configs/FAMILY/*.yaml``. Each family (``cifar100``, ``imagenet``, ``demo``) has a ``base``
+configuration, per-method defaults (``methods``) and per-method training settings
+(``method_train``, for methods whose published protocol differs), per-model and per-teacher
+adjustments (``models``, ``teachers``), the teacher→student ``pairs`` and any explicitly named
+``presets``. From them come the names ``FAMILY/MODEL/vanilla``, ``FAMILY/TEACHER-STUDENT/METHOD``
+and ``FAMILY/NAME``.
 """
 
 from __future__ import annotations
