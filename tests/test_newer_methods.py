@@ -198,6 +198,40 @@ def test_the_step_total_is_the_loss_module_and_the_published_equation(method, ov
     assert all(p.grad is not None for p in student.parameters() if p.requires_grad)
 
 
+def test_no_host_sync_in_a_step_plain_or_static(teacher_ckpt, tmp_path):
+    """What a CUDA-graph step needs, proved on the CPU: the step of each method never reads the host."""
+    from rld.data import build_data
+    from rld.engine.distributed import World
+    from rld.engine.static import StaticSteps, StepMember
+    from rld.engine.syncs import HostSyncCounter
+    from rld.engine.trainer import Run, build_teacher_fn, prepare_out_dir
+    from rld.losses import value_checks
+
+    data = build_data("digits", None, batch_size=16, eval_batch_size=512, device="cpu", seed=0, image_size=16)
+    batch = next(iter(data.train))
+    for method in NEWER:
+        cfg = resolve(f"demo/{method}", ["train.channels_last=false", f"model.teacher_checkpoint={teacher_ckpt}"])
+        teacher_fn = build_teacher_fn(cfg, 10, torch.device("cpu"))
+        runs = []
+        for kind in ("plain", "static"):
+            out = tmp_path / f"{method}-{kind}"
+            prepare_out_dir(out, resume=False)
+            runs.append(
+                Run(cfg, out, world=World(), device=torch.device("cpu"), num_classes=10, resume_from=None, resume=False)
+            )
+        plain, static_run = runs
+        plain.begin_epoch(1)
+        with value_checks(False), HostSyncCounter(fail=True):
+            plain.step(batch, teacher_fn(batch), 1)
+        static = StaticSteps([StepMember(static_run)], data.train, teacher_fn, capture=False)
+        static_run.begin_epoch(1)
+        static.start_epoch(1)
+        counter = HostSyncCounter(fail=True)
+        with value_checks(False), counter:
+            static.step(static.batch_sizes()[0])
+        assert (plain._steps, static_run._steps, counter.events) == (1, 1, []), method
+
+
 # ----------------------------------------------------------------------------- logit standardization
 
 
@@ -227,19 +261,24 @@ def test_logit_standardization_is_refused_as_the_published_code_does_not_define_
 
 def test_table_extra_dry_run_plans_the_newer_methods_beside_table3s(tmp_path, capsys):
     out, plan_file = tmp_path / "repro", tmp_path / "plan.json"
-    assert main(["reproduce", "table_extra", "--dry-run", "--json", str(plan_file), "--out", str(out)]) == 0
-    printed = capsys.readouterr().out
-    assert "table_extra: 149 runs (5 teacher, 18 student, 126 distill)" in printed
-    assert "cifar100/resnet56-resnet20/wttm/seed2  [gamma=0.2 beta=4.0 ce_weight=1.0]" in printed
-    body = json.loads(plan_file.read_text())
-    assert (body["table"], body["seeds"]) == ("table_extra", [0, 1, 2])
-    runs = body["runs"]
-    distilled = [r for r in runs if r["roles"] == ["distill"]]
+    # every run of the table, with Table 3's default seeds 0, 1, 2 (teachers: seed 0 only)
+    full = plan_table("table_extra", out)
+    assert full.seeds == (0, 1, 2) and len(full.runs) == 149
+    distilled = [r for r in full.runs if r.roles == ["distill"]]
     methods = ["kd", "dkd", "rld", "dist", "nkd", "wttm"]
-    assert {(r["teacher"] + "-" + r["student"], r["method"], r["seed"]) for r in distilled} == set(
+    assert {(f"{r.teacher}-{r.student}", r.method, r.seed) for r in distilled} == set(
         itertools.product(TABLE3_PAIRS, methods, [0, 1, 2])
     )
-    for r in distilled:
+    assert {r.seed for r in full.runs if "teacher" in r.roles} == {0}
+    # the command's dry run lists the runs with their resolved parameters (one seed keeps it short)
+    args = ["reproduce", "table_extra", "--dry-run", "--seeds", "0", "--json", str(plan_file), "--out", str(out)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "table_extra: 53 runs (5 teacher, 6 student, 42 distill)" in printed
+    assert "cifar100/resnet56-resnet20/wttm/seed0  [gamma=0.2 beta=4.0 ce_weight=1.0]" in printed
+    body = json.loads(plan_file.read_text())
+    assert (body["table"], body["seeds"]) == ("table_extra", [0])
+    for r in (r for r in body["runs"] if r["roles"] == ["distill"]):
         if r["method"] in NEWER:
             assert r["method_params"] == {**CIFAR100[r["method"]], "logit_standardization": False}
             assert (
@@ -248,8 +287,11 @@ def test_table_extra_dry_run_plans_the_newer_methods_beside_table3s(tmp_path, ca
     cells = {(c["row"], c["column"]): c["runs"] for c in body["cells"]}
     rows = list(dict.fromkeys(row for row, _ in cells))
     assert rows == ["Teacher", "Student", "KD", "DKD", "RLD", "DIST", "NKD", "WTTM", "MLKD"]
-    assert all(cells[("MLKD", column)] == [] for _, column in cells if _ == "MLKD")
-    assert all(len(cells[("WTTM", column)]) == 3 for _, column in cells if _ == "WTTM")
+    columns = [column for row, column in cells if row == "MLKD"]
+    assert len(columns) == 7 and all(cells[("MLKD", column)] == [] for column in columns)
+    labels = [pair.replace("-", " → ") for pair in TABLE3_PAIRS]
+    assert columns == labels
+    assert all(cells[("WTTM", label)] == [f"cifar100/{pair}/wttm/seed0"] for pair, label in zip(TABLE3_PAIRS, labels))
 
     # the same runs as Table 3 for what the two tables share, with --epochs scaled the same way
     for epochs in (None, 2):
