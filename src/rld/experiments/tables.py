@@ -5,7 +5,9 @@ student, a distilled student, or a method rld does not implement) and, for train
 :class:`Variant`: the registry method plus the overrides that make the table's setting (e.g.
 ``method.alpha=0`` for "without L_SCD"). Cells of different tables that describe the same
 training (Table 1's "M_ge with SCD", Table 3's RLD and Table 5's "CE+SCD+MCD" on
-resnet32x4→resnet8x4) share one variant key, hence one set of run folders.
+resnet32x4→resnet8x4) share one variant key, hence one set of run folders. ``table_extra`` goes
+beyond the paper (newer logit methods on Table 3's pairs, rld's own runs only) and shares Table 3's
+KD, DKD and RLD runs the same way.
 """
 
 from __future__ import annotations
