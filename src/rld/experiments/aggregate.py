@@ -84,6 +84,7 @@ class CellResult:
     paper: float | None
     planned: int
     values: dict[str, list[float]] = field(default_factory=dict)  # metric → values of finished runs
+    unavailable_text: str = "not available"  # what an unavailable cell reads
 
     @property
     def available(self) -> bool:
@@ -110,7 +111,7 @@ class CellResult:
 
     def text(self, metric: str, with_paper: bool = True) -> str:
         if not self.available:
-            return "not available"
+            return self.unavailable_text
         text = self.measured_text(metric)
         if with_paper and self.paper is not None:
             diff = self.diff(metric)
@@ -154,9 +155,10 @@ def collect(plan: Plan, metric: str = "best") -> TableResult:
             column=key[1],
             kind=cell.kind,
             top=cell.top,
-            paper=paper_value(plan.table.name, cell.paper_row, cell.paper_column),
+            paper=paper_value(plan.table.name, cell.paper_row, cell.paper_column) if plan.table.paper else None,
             planned=len(names),
             values={m: _values(done, TEACHER_METRIC if cell.kind == TEACHER else m, cell.top) for m in METRICS},
+            unavailable_text="not available yet" if key[0] in plan.table.row_notes else "not available",
         )
     return TableResult(plan.table, metric, plan.seeds, cells, list(results.values()))
 
@@ -206,12 +208,20 @@ def to_markdown(result: TableResult, options: dict | None = None) -> str:
     teachers += ", at the last epoch, whose weights the students distil from"
     legend = (
         f"Test {acc} accuracy (%) {METRIC_WORDS[metric]}: mean ± sample standard deviation over "
-        f"{_seed_words(result.seeds)} (teachers: {teachers}). In brackets the paper's number "
-        f"(arXiv 2408.07703v2, {spec.name.replace('table', 'Table ')}) and the difference measured − paper. "
-        "`[k/n]`: only k of the n planned runs have finished; `—`: none has."
+        f"{_seed_words(result.seeds)} (teachers: {teachers}). "
+        + (
+            f"In brackets the paper's number (arXiv 2408.07703v2, {spec.name.replace('table', 'Table ')}) and the "
+            "difference measured − paper. "
+            if spec.paper
+            else "rld's own runs: the paper has no numbers for this table. "
+        )
+        + "`[k/n]`: only k of the n planned runs have finished; `—`: none has."
     )
-    if any(not c.available for c in result.cells.values()):
+    unavailable = [r for r in spec.rows if any(c.row == r and not c.available for c in result.cells.values())]
+    if any(r not in spec.row_notes for r in unavailable):
         legend += " `not available`: a feature-distillation method rld does not implement."
+    for row in (r for r in unavailable if r in spec.row_notes):
+        legend += f" {row}: not available yet, {spec.row_notes[row]}."
     lines = [f"# {spec.title}", "", legend, ""]
     if spec.note:
         lines += [spec.note, ""]
@@ -249,7 +259,7 @@ def to_csv(result: TableResult) -> str:
                 line += [""] * 5
                 continue
             stats = cell.mean_std(metric)
-            mean = _fmt(stats[0]) if stats else ("not available" if not cell.available else "")
+            mean = _fmt(stats[0]) if stats else (cell.unavailable_text if not cell.available else "")
             std = _fmt(stats[1]) if stats else ""
             line += [
                 mean,

@@ -143,6 +143,13 @@ def select(table: TableSpec, pairs: list[str] | None = None, methods: list[str] 
                 f"{feature[unknown[0].lower()]} is a feature-distillation method rld does not implement "
                 f"(shown as 'not available'); {table.name}'s methods: {', '.join(valid)}"
             )
+        later = {r.lower(): r for r in table.row_notes}
+        if unknown and unknown[0].lower() in later:
+            row = later[unknown[0].lower()]
+            raise UserError(
+                f"{row} is not available yet in {table.name}: {table.row_notes[row]}; "
+                f"{table.name}'s methods: {', '.join(valid)}"
+            )
         if unknown:
             raise UserError(f"{table.name} has no {unknown[0]!r} rows; its methods: {', '.join(valid)}")
 

@@ -17,6 +17,10 @@ la         KD towards the teacher logits with max and true class swapped, T = 4,
 rc         1·CE + 1·KD + 0.1·RC, T = 4 (Cao et al. 2023)
 lr         label revision: CE + 4·MSE on right samples, 1·MSE to revised targets on wrong ones
 ctkd       0.1·CE + 0.9·KD at a learned temperature with gradient reversal (Li et al. 2023)
+dist       CE + 2·(β·inter + γ·intra), Pearson relations of the softmaxes, β = γ = 1, T = 4 (Huang et al. 2022)
+nkd        CE + t_y-weighted target term + γ·normalized non-target term, γ = 3.5, T = 3 (Yang et al. 2023)
+wttm       CE + β·U_γ(p_t)·KL(power-transformed teacher ‖ student), γ = 0.2, β = 4 (a documented choice:
+           the published per-pair values are in the paper's appendix only; Zheng & Yang 2024)
 =========  =====================================================================================
 
 ``logit_standardization``: the logits entering the distillation terms are z-scored per sample
@@ -33,6 +37,9 @@ dkd        alpha·w, beta·w, temperature = b
 rld        alpha·w, beta·w, temperature = b, scd_temperature = b
 rc         kd_weight·w, rc_weight·w, temperature = b
 lr         not defined by the published code: refused
+dist       not defined by the published code: refused
+nkd        not defined by the published code: refused
+wttm       not defined by the published code: refused
 =========  ===================================================================================
 """
 
@@ -42,7 +49,7 @@ import dataclasses
 from typing import Any
 
 from rld.errors import UserError
-from rld.methods import ctkd, dkd, kd, la, lr, rc, rld, vanilla
+from rld.methods import ctkd, dist, dkd, kd, la, lr, nkd, rc, rld, vanilla, wttm
 from rld.methods.base import (
     LS_KEYS,
     TEACHER_OUTPUTS,
@@ -65,6 +72,9 @@ METHODS: dict[str, MethodSpec] = {
         rc,
         lr,
         ctkd,
+        dist,
+        nkd,
+        wttm,
     )
 }
 
