@@ -87,8 +87,18 @@ def pair_label(pair: str) -> str:
     return pair.replace("-", " → ", 1)
 
 
-FEATURE_METHODS = ("FitNet", "AT", "RKD", "CRD", "OFD", "ReviewKD", "SimKD", "CAT-KD")
-IMAGENET_FEATURE_METHODS = ("AT", "OFD", "CRD", "ReviewKD", "SimKD", "CAT-KD")
+# Row label (= the paper's row key) → registry method, in the paper's order.
+FEATURE_METHODS = {
+    "FitNet": "fitnet",
+    "AT": "at",
+    "RKD": "rkd",
+    "CRD": "crd",
+    "OFD": "ofd",
+    "ReviewKD": "reviewkd",
+    "SimKD": "simkd",
+    "CAT-KD": "catkd",
+}
+IMAGENET_FEATURE_METHODS = {row: FEATURE_METHODS[row] for row in ("AT", "OFD", "CRD", "ReviewKD", "SimKD", "CAT-KD")}
 # Row label (= the paper's row key) → registry method, in the paper's order.
 LOGIT_METHODS = {"KD": "kd", "CTKD": "ctkd", "DKD": "dkd", "LA": "la", "RC": "rc", "LR": "lr", "RLD": "rld"}
 
@@ -122,7 +132,7 @@ RLD_MASK_G_NO_SCD = Variant("rld_mask-g_no-scd", "rld", ("method.mask=g", "metho
 
 
 def _comparison(name: str, title: str, family: str, pairs, feature_methods, tops=(1,)) -> TableSpec:
-    """Tables 2–4: teacher, student, feature methods (not available), logit methods × pairs."""
+    """Tables 2–4: teacher, student, feature methods, logit methods × pairs."""
     rows = ("Teacher", "Student", *feature_methods, *LOGIT_METHODS)
     columns, cells = [], {}
     for pair in pairs:
@@ -132,9 +142,7 @@ def _comparison(name: str, title: str, family: str, pairs, feature_methods, tops
             columns.append(column)
             cells[("Teacher", column)] = Cell(pair, TEACHER, "teacher", paper_column, top=top)
             cells[("Student", column)] = Cell(pair, STUDENT, "student", paper_column, top=top)
-            for row in feature_methods:
-                cells[(row, column)] = Cell(pair, UNAVAILABLE, row, paper_column, top=top)
-            for row, method in LOGIT_METHODS.items():
+            for row, method in {**feature_methods, **LOGIT_METHODS}.items():
                 cells[(row, column)] = Cell(pair, DISTILL, row, paper_column, Variant(method, method), top=top)
     groups = {**{r: "Feature" for r in feature_methods}, **{r: "Logit" for r in LOGIT_METHODS}}
     return TableSpec(name, title, family, rows, tuple(columns), cells, groups)
