@@ -137,12 +137,6 @@ def select(table: TableSpec, pairs: list[str] | None = None, methods: list[str] 
     if methods:
         valid = table.methods  # registry names; "vanilla" where the table has a plain-student row
         unknown = [m for m in methods if m not in valid]
-        missing = {c.paper_row.lower(): c.paper_row for c in table.cells.values() if c.kind == UNAVAILABLE}
-        if unknown and unknown[0].lower() in missing:
-            raise UserError(
-                f"{missing[unknown[0].lower()]} is not available in rld (its row shows the paper's numbers only); "
-                f"{table.name}'s methods: {', '.join(valid)}"
-            )
         later = {r.lower(): r for r in table.row_notes}
         if unknown and unknown[0].lower() in later:
             row = later[unknown[0].lower()]
