@@ -17,6 +17,10 @@ la         KD towards the teacher logits with max and true class swapped, T = 4,
 rc         1·CE + 1·KD + 0.1·RC, T = 4 (Cao et al. 2023)
 lr         label revision: CE + 4·MSE on right samples, 1·MSE to revised targets on wrong ones
 ctkd       0.1·CE + 0.9·KD at a learned temperature with gradient reversal (Li et al. 2023)
+fitnet     CE + 100·MSE(regressor(student hint layer), teacher guided layer), layer 2 (Romero et al.)
+at         CE + 1000·attention-map MSE over the stages, p = 2 (Zagoruyko & Komodakis 2017)
+rkd        CE + 25·distance + 50·angle relations of the pooled features (Park et al. 2019)
+ofd        CE + 0.001·partial L2 of connected student pre-ReLU stages to the margin-clipped teacher
 =========  =====================================================================================
 
 ``logit_standardization``: the logits entering the distillation terms are z-scored per sample
@@ -33,6 +37,7 @@ dkd        alpha·w, beta·w, temperature = b
 rld        alpha·w, beta·w, temperature = b, scd_temperature = b
 rc         kd_weight·w, rc_weight·w, temperature = b
 lr         not defined by the published code: refused
+fitnet ..  feature methods (fitnet, at, rkd, ofd): refused
 =========  ===================================================================================
 """
 
@@ -42,7 +47,7 @@ import dataclasses
 from typing import Any
 
 from rld.errors import UserError
-from rld.methods import ctkd, dkd, kd, la, lr, rc, rld, vanilla
+from rld.methods import at, ctkd, dkd, fitnet, kd, la, lr, ofd, rc, rkd, rld, vanilla
 from rld.methods.base import (
     LS_KEYS,
     TEACHER_OUTPUTS,
@@ -65,6 +70,10 @@ METHODS: dict[str, MethodSpec] = {
         rc,
         lr,
         ctkd,
+        fitnet,
+        at,
+        rkd,
+        ofd,
     )
 }
 
