@@ -122,7 +122,7 @@ def test_overrides_and_yaml_files(tmp_path):
         ("demo/rld", ["method.temperature=-1"], r"method 'rld': temperature must be > 0, got -1.0"),
         ("demo/rld", ["method.mask=gt"], r"mask must be one of 'ge', 'g'"),
         ("demo/kd", ["method.mask=g"], r"method 'kd' does not take mask \(it takes: temperature, ce_weight"),
-        ("demo/rld", ["method.name=fitnet"], r"unknown method 'fitnet'; available: vanilla, kd, dkd, rld"),
+        ("demo/rld", ["method.name=fitnett"], r"unknown method 'fitnett'; available: vanilla, kd, dkd, rld"),
         ("demo/rld", ["beta"], r"overrides must look like KEY=VALUE"),
         ("cifar100/resnet32x4-resnet8x4/rdl", [], r"unknown preset .*did you mean cifar100/resnet32x4-resnet8x4/rld"),
     ],

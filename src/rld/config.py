@@ -269,7 +269,7 @@ KEY_HELP = {
     "model.student_weights": "initial student weights: default | a library weight name | a local .pth/.safetensors",
     "model.teacher_weights": "teacher weights instead of teacher_checkpoint: default | a weight name | a local file",
     "model.freeze_backbone": "train only the student's classifier (linear probing)",
-    "method.name": "vanilla | kd | dkd | rld | la | rc | lr | ctkd | dist | nkd | wttm",
+    "method.name": "the method, by its registered name (key_help() lists them)",
     "method.alpha": "DKD: TCKD weight; RLD: SCD weight",
     "method.beta": "DKD: NCKD weight; RLD: MCD weight; DIST: inter-class relation weight; WTTM: weight of its term",
     "method.temperature": "distillation temperature T",
@@ -354,6 +354,7 @@ def key_help() -> dict[str, str]:
     from rld.methods import METHODS
 
     out = dict(KEY_HELP)
+    out["method.name"] = " | ".join(METHODS)
     for spec in METHODS.values():
         for f in dataclasses.fields(spec.config):
             text = f.metadata.get("help")

@@ -21,6 +21,10 @@ dist       CE + 2·(β·inter + γ·intra), Pearson relations of the softmaxes, 
 nkd        CE + t_y-weighted target term + γ·normalized non-target term, γ = 3.5, T = 3 (Yang et al. 2023)
 wttm       CE + β·U_γ(p_t)·KL(power-transformed teacher ‖ student), γ = 0.2, β = 4 (a documented choice:
            the published per-pair values are in the paper's appendix only; Zheng & Yang 2024)
+fitnet     CE + 100·MSE(regressor(student hint layer), teacher guided layer), layer 2 (Romero et al.)
+at         CE + 1000·attention-map MSE over the stages, p = 2 (Zagoruyko & Komodakis 2017)
+rkd        CE + 25·distance + 50·angle relations of the pooled features (Park et al. 2019)
+ofd        CE + 0.001·partial L2 of connected student pre-ReLU stages to the margin-clipped teacher
 =========  =====================================================================================
 
 ``logit_standardization``: the logits entering the distillation terms are z-scored per sample
@@ -40,6 +44,7 @@ lr         not defined by the published code: refused
 dist       not defined by the published code: refused
 nkd        not defined by the published code: refused
 wttm       not defined by the published code: refused
+fitnet ..  feature methods (fitnet, at, rkd, ofd): refused
 =========  ===================================================================================
 """
 
@@ -49,7 +54,7 @@ import dataclasses
 from typing import Any
 
 from rld.errors import UserError
-from rld.methods import ctkd, dist, dkd, kd, la, lr, nkd, rc, rld, vanilla, wttm
+from rld.methods import at, ctkd, dist, dkd, fitnet, kd, la, lr, nkd, ofd, rc, rkd, rld, vanilla, wttm
 from rld.methods.base import (
     LS_KEYS,
     TEACHER_OUTPUTS,
@@ -72,6 +77,10 @@ METHODS: dict[str, MethodSpec] = {
         rc,
         lr,
         ctkd,
+        fitnet,
+        at,
+        rkd,
+        ofd,
         dist,
         nkd,
         wttm,

@@ -1,9 +1,15 @@
 """Bring-your-own models: any torchvision or timm classifier behind the rld interface.
 
 ``create_model("torchvision:<name>")`` / ``create_model("timm:<name>")`` wrap the library's model
-in :class:`ExternalModel`. Only the logits and the pooled feature are available: their
-``forward_features`` returns empty ``feats`` and ``preact_feats`` lists, so they fit logit-based
-methods (KD, DKD, RLD, ...) and methods that read the pooled feature, but not stage-feature methods.
+in :class:`ExternalModel`. Every one gives the logits and the pooled feature, so all fit logit-based
+methods (KD, DKD, RLD, ...) and methods that read the pooled feature (RKD).
+
+Stage features: a ``timm:`` model that offers ``forward_intermediates`` (timm's API for the
+feature maps of one pass: ResNets, ConvNeXts, EfficientNets, ViTs, ...) fills ``feats`` with the
+maps it returns, in its ``feature_info`` order (for ResNets the stem, then each stage), and
+``preact_feats`` with the same list (timm exposes no pre-activation maps); FitNet and AT then work
+with it. ``torchvision:`` models and the other ``timm:`` models keep ``feats`` and ``preact_feats``
+empty: methods that read stage features refuse them when they are built.
 """
 
 from __future__ import annotations
@@ -26,30 +32,41 @@ class ExternalModel(FeatureModel):
     """Wraps a classifier ``net`` (under the state-dict prefix ``net.``).
 
     ``forward_features`` reads the pooled feature as the input of the final linear layer with a
-    forward pre-hook registered for the duration of the call; ``feats`` and ``preact_feats`` are
-    empty. ``forward`` is ``net``'s own forward.
+    forward pre-hook registered for the duration of the call. With ``stage_features`` (a timm
+    model with ``forward_intermediates``) it runs ``net.forward_intermediates(x)`` and
+    ``net.forward_head`` on its final output, which is timm's ``forward`` split in two (the same
+    operations, so the logits equal ``net(x)``), and lists the intermediate maps in ``feats`` and
+    ``preact_feats``; otherwise both lists are empty. ``forward`` is ``net``'s own forward.
     """
 
-    def __init__(self, net: nn.Module, classifier_name: str) -> None:
+    def __init__(self, net: nn.Module, classifier_name: str, stage_features: bool = False) -> None:
         super().__init__()
         self.net = net
         self.classifier_name = f"net.{classifier_name}"
+        self.stage_features = stage_features
 
     def forward(self, x: Tensor) -> Tensor:
         """``x: (B, 3, H, W)`` -> logits ``(B, num_classes)``."""
         return self.net(x)
 
     def forward_features(self, x: Tensor) -> Features:
-        """Logits and ``pooled`` (the classifier's input, ``(B, D)``); ``feats`` lists are empty."""
+        """Logits, ``pooled`` (the classifier's input, ``(B, D)``) and, with ``stage_features``, the
+        maps of ``forward_intermediates`` as ``feats`` (``preact_feats`` is the same list)."""
         captured: list[Tensor] = []
         handle = self.get_classifier().register_forward_pre_hook(lambda _, args: captured.append(args[0]))
+        feats: list[Tensor] = []
         try:
-            logits = self.net(x)
+            if self.stage_features:
+                final, intermediates = self.net.forward_intermediates(x)
+                feats = list(intermediates)
+                logits = self.net.forward_head(final)
+            else:
+                logits = self.net(x)
         finally:
             handle.remove()
         if len(captured) != 1:
             raise RuntimeError(f"{self.model_name}: the classifier ran {len(captured)} times in one forward pass")
-        return Features(logits=logits, feats=[], preact_feats=[], pooled=captured[0])
+        return Features(logits=logits, feats=feats, preact_feats=feats, pooled=captured[0])
 
 
 def _find_classifier(net: nn.Module, num_classes: int, model_name: str) -> str:
@@ -97,4 +114,5 @@ def create_timm_model(name: str, num_classes: int) -> ExternalModel:
     head = net.get_classifier() if hasattr(net, "get_classifier") else None
     head_names = [n for n, m in net.named_modules() if m is head and isinstance(m, nn.Linear)]
     classifier = head_names[0] if head_names else _find_classifier(net, num_classes, f"timm:{name}")
-    return ExternalModel(net, classifier)
+    stages = callable(getattr(net, "forward_intermediates", None)) and callable(getattr(net, "forward_head", None))
+    return ExternalModel(net, classifier, stage_features=stages)

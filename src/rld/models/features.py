@@ -20,7 +20,9 @@ class Features:
         logits: ``(B, num_classes)``, equal to ``model(x)``.
         feats: the output of each stage, ``(B, C_i, H_i, W_i)``; the first entry is the stem
             (the output of the first convolution layer or block), then one entry per stage.
-            Empty for ``torchvision:`` / ``timm:`` models.
+            ``timm:`` models that offer ``forward_intermediates`` list what it returns (for timm
+            ResNets the stem, then the four stages); other ``timm:`` models and ``torchvision:``
+            models have none (an empty list).
         preact_feats: for each entry of ``feats``, the tensor that the ReLU consuming it acts on,
             same shape as ``feats[i]``:
 
@@ -30,9 +32,10 @@ class Features:
               the BatchNorm that the following ReLU acts on (the next block's ``bn1``, or the
               final ``bn1``), as used by OFD and ReviewKD;
             * MobileNetV2 stages end in a linear bottleneck followed by a convolution, not by a
-              ReLU: there ``preact_feats[i] is feats[i]``.
+              ReLU: there ``preact_feats[i] is feats[i]``;
+            * ``timm:`` models: ``preact_feats is feats`` (timm exposes no pre-activation maps).
 
-            Empty for ``torchvision:`` / ``timm:`` models.
+            Empty where ``feats`` is.
         pooled: ``(B, D)``, the input of the final linear classifier (after global pooling), so
             ``model.get_classifier()(pooled) == logits``; None for the features of a pass that
             produced only logits (a logit method's student, cached teacher logits).
@@ -51,6 +54,11 @@ class FeatureModel(nn.Module):
     of their final ``nn.Linear``. ``forward`` returns ``forward_features(x).logits``, so both
     always agree exactly; the forward code has no data-dependent Python control flow, so
     models work with ``torch.compile``, ``channels_last`` inputs and autocast.
+
+    Models that can teach with OFD also define ``bn_before_relu() -> list[nn.BatchNorm2d]``: the
+    BatchNorm before the ReLU that ends each of the last ``k`` stages, in order, so that
+    ``bn_before_relu()[j]`` has ``preact_feats[-k + j].shape[1]`` channels (OFD's margins come from
+    its weight and bias). The CIFAR ShuffleNets and external models do not define it.
     """
 
     classifier_name: str = "fc"

@@ -68,6 +68,15 @@ class ImageNetResNet(FeatureModel):
         pooled = global_pool(out)
         return Features(logits=self.fc(pooled), feats=feats, preact_feats=preacts, pooled=pooled)
 
+    def bn_before_relu(self) -> list[nn.BatchNorm2d]:
+        """The BatchNorm ending the residual branch of the last block of stages 2-4 (``bn2`` of
+        basic blocks, ``bn3`` of bottlenecks): ``preact_feats[-3:]`` are their outputs plus the
+        shortcut. Stage 1 is left out as in mdistiller's ``get_bn_before_relu``
+        (``mdistiller/models/imagenet/resnet.py``), so OFD distils the last three stages; the
+        authors' own code (clovaai/overhaul-distillation ``ImageNet/models/ResNet.py``) lists all four."""
+        last = [stage[-1] for stage in (self.layer2, self.layer3, self.layer4)]
+        return [block.bn3 if hasattr(block, "bn3") else block.bn2 for block in last]
+
 
 def _conv_bn_relu(in_channels: int, out_channels: int, stride: int) -> ActSequential:
     return ActSequential(
@@ -122,6 +131,12 @@ class MobileNetV1(FeatureModel):
                 preacts.append(preact)
         pooled = global_pool(x)
         return Features(logits=self.fc(pooled), feats=feats, preact_feats=preacts, pooled=pooled)
+
+    def bn_before_relu(self) -> list[nn.BatchNorm2d]:
+        """The last BatchNorm of the blocks behind ``feats[1:]`` (``model.3``, ``.5``, ``.11``,
+        ``.13``), one per stage: ``preact_feats[1:]`` are their outputs (OFD's margins; mdistiller's
+        ``get_bn_before_relu`` in ``mdistiller/models/imagenet/mobilenetv1.py``)."""
+        return [self.model[i][-2] for i in _MOBILENETV1_FEATURES[1:]]
 
 
 @register_model("imagenet", "ResNet18")

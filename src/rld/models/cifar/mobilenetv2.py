@@ -85,6 +85,13 @@ class MobileNetV2(FeatureModel):
         pooled = global_pool(self.conv2(out))
         return Features(logits=self.classifier(pooled), feats=feats, preact_feats=preacts, pooled=pooled)
 
+    def bn_before_relu(self) -> list[nn.BatchNorm2d]:
+        """The BatchNorm ending the linear bottleneck of the last block of each feature group, one
+        per stage: ``preact_feats[1:]`` are their outputs (plus the residual where the block has
+        one). No ReLU follows them; OFD takes its margins from them all the same, as mdistiller's
+        ``get_bn_before_relu`` in ``mdistiller/models/cifar/mobilenetv2.py`` does."""
+        return [self.blocks[i][-1].conv[-1] for i in _FEATURE_GROUPS]
+
 
 @register_model("cifar100", "MobileNetV2")
 def mobilenetv2_half(num_classes: int) -> MobileNetV2:

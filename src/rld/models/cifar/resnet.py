@@ -82,6 +82,12 @@ class CifarResNet(FeatureModel):
         pooled = global_pool(out)
         return Features(logits=self.fc(pooled), feats=feats, preact_feats=preacts, pooled=pooled)
 
+    def bn_before_relu(self) -> list[nn.BatchNorm2d]:
+        """The BatchNorm ending each stage's residual branch (``bn2`` of its last block), one per stage:
+        ``preact_feats[1:]`` are their outputs plus the shortcut (OFD's margins; mdistiller's
+        ``get_bn_before_relu`` in ``mdistiller/models/cifar/resnet.py``)."""
+        return [stage[-1].bn2 for stage in (self.layer1, self.layer2, self.layer3)]
+
 
 _BASE = (16, 16, 32, 64)
 _X4 = (32, 64, 128, 256)

@@ -105,6 +105,14 @@ class CifarImageNetStyleResNet(FeatureModel):
         pooled = global_pool(out)
         return Features(logits=self.linear(pooled), feats=feats, preact_feats=preacts, pooled=pooled)
 
+    def bn_before_relu(self) -> list[nn.BatchNorm2d]:
+        """The BatchNorm ending each stage's residual branch (``bn2`` of basic blocks, ``bn3`` of
+        bottlenecks, in the last block), one per stage: ``preact_feats[1:]`` are their outputs plus
+        the shortcut (OFD's margins; mdistiller's ``get_bn_before_relu`` in
+        ``mdistiller/models/cifar/resnetv2.py``)."""
+        stages = (self.layer1, self.layer2, self.layer3, self.layer4)
+        return [stage[-1].bn3 if isinstance(stage[-1], Bottleneck) else stage[-1].bn2 for stage in stages]
+
 
 @register_model("cifar100", "ResNet18")
 def resnet18(num_classes: int) -> CifarImageNetStyleResNet:

@@ -64,6 +64,12 @@ class VGG(FeatureModel):
         pooled = global_pool(x)
         return Features(logits=self.classifier(pooled), feats=feats, preact_feats=preacts, pooled=pooled)
 
+    def bn_before_relu(self) -> list[nn.BatchNorm2d]:
+        """The last BatchNorm of blocks 1-4, one per stage after the first block (which plays the
+        stem): ``preact_feats[1:]`` are their outputs (OFD's margins; mdistiller's
+        ``get_bn_before_relu`` in ``mdistiller/models/cifar/vgg.py``)."""
+        return [block[-2] for block in (self.block1, self.block2, self.block3, self.block4)]
+
 
 @register_model("cifar100")
 def vgg8(num_classes: int) -> VGG:

@@ -98,6 +98,12 @@ class WideResNet(FeatureModel):
         pooled = global_pool(F.relu(preact))
         return Features(logits=self.fc(pooled), feats=feats, preact_feats=preacts, pooled=pooled)
 
+    def bn_before_relu(self) -> list[nn.BatchNorm2d]:
+        """The BatchNorm that the ReLU after each stage acts on (``bn1`` of the next stage's first
+        block, then the final ``bn1``), one per stage: ``preact_feats[1:]`` are their outputs (OFD's
+        margins; mdistiller's ``get_bn_before_relu`` in ``mdistiller/models/cifar/wrn.py``)."""
+        return [self.block2.layer[0].bn1, self.block3.layer[0].bn1, self.bn1]
+
 
 @register_model("cifar100")
 def wrn_16_1(num_classes: int) -> WideResNet:

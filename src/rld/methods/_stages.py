@@ -1,0 +1,42 @@
+"""What the feature-distillation methods (FitNet, AT, RKD, OFD) share: their cross-entropy term
+and the checks on the feature maps of the models they are built from."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from rld.losses._common import check_weight, compute_dtype
+from rld.methods.base import probe_features
+
+
+def ce_term(logits: Tensor, target: Tensor, weight: float) -> Tensor:
+    """``weight`` · CE(logits, target), computed in float32 (float64 stays float64): ``logits`` (B, C)."""
+    return weight * F.cross_entropy(logits.to(compute_dtype(logits)), target.long())
+
+
+def check_weights(params: dict, *names: str) -> None:
+    """ValueError unless each named parameter is a number >= 0."""
+    for name in names:
+        check_weight(name, params[name])
+
+
+def model_label(model: nn.Module) -> str:
+    """The name a model was created under (``resnet8``, ``torchvision:resnet18``), for messages."""
+    return getattr(model, "model_name", "") or type(model).__name__
+
+
+def stage_shapes(
+    model: nn.Module, input_shape: tuple[int, ...], kind: str, method: str, role: str
+) -> list[tuple[int, ...]]:
+    """The ``(C, H, W)`` of each map in ``Features.<kind>`` (``feats`` or ``preact_feats``) of
+    ``model`` for inputs of ``input_shape``; ValueError naming the model when it has none."""
+    feats = getattr(probe_features(model, input_shape), kind)
+    if not feats:
+        raise ValueError(
+            f"{method} reads the {role}'s stage features (Features.{kind}), and the {role} "
+            f"{model_label(model)!r} has none: torchvision: models, and timm: models without "
+            "forward_intermediates, give only logits and the pooled feature. Use a model of the zoo "
+            "(resnet8, wrn_16_2, MobileNetV2, ...) or a timm: model with forward_intermediates"
+        )
+    return [tuple(f.shape[1:]) for f in feats]
