@@ -66,7 +66,7 @@ class ImageNetResNet(FeatureModel):
             feats.append(out)
             preacts.append(preact)
         pooled = global_pool(out)
-        return Features(logits=self.fc(pooled), feats=feats, preact_feats=preacts, pooled=pooled)
+        return Features(logits=self.fc(pooled), feats=feats, preact_feats=preacts, pooled=pooled, pre_pool=out)
 
 
 def _conv_bn_relu(in_channels: int, out_channels: int, stride: int) -> ActSequential:
@@ -121,7 +121,7 @@ class MobileNetV1(FeatureModel):
                 feats.append(x)
                 preacts.append(preact)
         pooled = global_pool(x)
-        return Features(logits=self.fc(pooled), feats=feats, preact_feats=preacts, pooled=pooled)
+        return Features(logits=self.fc(pooled), feats=feats, preact_feats=preacts, pooled=pooled, pre_pool=x)
 
 
 @register_model("imagenet", "ResNet18")

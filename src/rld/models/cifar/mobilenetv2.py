@@ -82,8 +82,9 @@ class MobileNetV2(FeatureModel):
             if i in _FEATURE_GROUPS:
                 feats.append(out)
                 preacts.append(out)
-        pooled = global_pool(self.conv2(out))
-        return Features(logits=self.classifier(pooled), feats=feats, preact_feats=preacts, pooled=pooled)
+        head = self.conv2(out)
+        pooled = global_pool(head)
+        return Features(logits=self.classifier(pooled), feats=feats, preact_feats=preacts, pooled=pooled, pre_pool=head)
 
 
 @register_model("cifar100", "MobileNetV2")
