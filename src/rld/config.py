@@ -347,6 +347,7 @@ def key_help() -> dict[str, str]:
     from rld.methods import METHODS
 
     out = dict(KEY_HELP)
+    out["method.name"] = " | ".join(METHODS)
     for spec in METHODS.values():
         for f in dataclasses.fields(spec.config):
             text = f.metadata.get("help")

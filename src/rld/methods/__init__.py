@@ -17,6 +17,9 @@ la         KD towards the teacher logits with max and true class swapped, T = 4,
 rc         1·CE + 1·KD + 0.1·RC, T = 4 (Cao et al. 2023)
 lr         label revision: CE + 4·MSE on right samples, 1·MSE to revised targets on wrong ones
 ctkd       0.1·CE + 0.9·KD at a learned temperature with gradient reversal (Li et al. 2023)
+simkd      projector P to the teacher's final feature map, MSE weight 1, no CE; predicts with the
+           teacher's classifier on the pooled P(f_s) (Chen et al. 2022)
+catkd      CE + β·MSE of the class activation maps pooled to 2×2 (Guo et al. 2023)
 =========  =====================================================================================
 
 ``logit_standardization``: the logits entering the distillation terms are z-scored per sample
@@ -33,6 +36,8 @@ dkd        alpha·w, beta·w, temperature = b
 rld        alpha·w, beta·w, temperature = b, scd_temperature = b
 rc         kd_weight·w, rc_weight·w, temperature = b
 lr         not defined by the published code: refused
+simkd      no logit distillation term: refused
+catkd      no logit distillation term: refused
 =========  ===================================================================================
 """
 
@@ -42,7 +47,7 @@ import dataclasses
 from typing import Any
 
 from rld.errors import UserError
-from rld.methods import ctkd, dkd, kd, la, lr, rc, rld, vanilla
+from rld.methods import catkd, ctkd, dkd, kd, la, lr, rc, rld, simkd, vanilla
 from rld.methods.base import (
     LS_KEYS,
     TEACHER_OUTPUTS,
@@ -65,6 +70,8 @@ METHODS: dict[str, MethodSpec] = {
         rc,
         lr,
         ctkd,
+        simkd,
+        catkd,
     )
 }
 
