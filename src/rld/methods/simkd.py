@@ -84,10 +84,10 @@ def projector(s_n: int, t_n: int, factor: int = 2) -> nn.Sequential:
 
 def _last_map(features: Features, model: nn.Module, which: str) -> Tensor:
     if not features.feats:
+        name = getattr(model, "model_name", "") or type(model).__name__
         raise ValueError(
-            f"SimKD reads the {which}'s stage features, which model {getattr(model, 'model_name', '') or model!r} "
-            "does not provide (torchvision: and timm: models give logits and the pooled feature only); "
-            "use a model of the rld zoo"
+            f"SimKD reads the {which}'s stage features, which model {name!r} does not provide (torchvision: and "
+            "timm: models give logits and the pooled feature only); use a model of the rld zoo"
         )
     return features.feats[-1]
 
