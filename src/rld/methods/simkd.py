@@ -23,7 +23,8 @@ Published setting (DefangChen/SimKD ``scripts/run_distill.sh`` and ``README.md``
 ImageNet alike: ``--distill simkd -c 0 -d 0 -b 1``; ``-f/--factor`` default 2 in
 ``train_student.py``): no CE, no KD, feature weight 1, factor 2. The CE term, when switched on,
 reads the student's own logits, as ``helper/loops.py`` computes ``loss_cls`` before the
-prediction replaces them; the published KD term (``-d``) is 0 and is not offered.
+prediction replaces them; the published KD term (``-d``) is 0 and is not offered. Without the CE
+term nothing trains the student's own classifier: building the method freezes it.
 """
 
 from __future__ import annotations
@@ -123,6 +124,10 @@ class SimKD(Method):
         bias = classifier.bias.detach().clone().float() if classifier.bias is not None else torch.zeros(len(weight))
         self.register_buffer("teacher_weight", weight)
         self.register_buffer("teacher_bias", bias)
+        if not self.ce_weight:
+            # Nothing trains the student's own classifier (the published SGD skips a parameter
+            # without a gradient): frozen, so that DistributedDataParallel finds no unused parameter.
+            ctx.student.get_classifier().requires_grad_(False)
 
     def project(self, student: Features, update_stats: bool = True) -> Tensor:
         """P(f_s): (B, t_n, H, W), float32. ``update_stats=False`` runs the projector's BatchNorms
