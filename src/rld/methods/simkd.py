@@ -116,7 +116,8 @@ class SimKD(Method):
         t_n = f_t.shape[1]
         if t_n // factor < 1:
             raise ValueError(f"factor {factor} leaves no middle channels for a teacher feature of {t_n} channels")
-        # the student's map is pooled to the teacher's size when larger (SimKD.forward, models/util.py)
+        # the student's map is pooled to the teacher's size when larger (SimKD.forward, models/util.py,
+        # compares heights and pools to a square; here each side, the same for square maps)
         (hs, ws), (ht, wt) = f_s.shape[-2:], f_t.shape[-2:]
         self.student_size = (min(hs, ht), min(ws, wt))
         self.projector = projector(f_s.shape[1], t_n, factor)
