@@ -93,6 +93,14 @@ def _last_map(features: Features, model: nn.Module, which: str) -> Tensor:
     return features.feats[-1]
 
 
+def _channels_last(model: nn.Module) -> bool:
+    """Whether ``model``'s convolutions hold channels-last weights (then so do its feature maps)."""
+    for p in model.parameters():
+        if p.dim() == 4 and p.shape[1] > 1 and p.shape[2] * p.shape[3] > 1:
+            return p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+    return False
+
+
 class SimKD(Method):
     """The projector, the teacher classifier's frozen copy and the loss weights."""
 
@@ -121,6 +129,8 @@ class SimKD(Method):
         (hs, ws), (ht, wt) = f_s.shape[-2:], f_t.shape[-2:]
         self.student_size = (min(hs, ht), min(ws, wt))
         self.projector = projector(f_s.shape[1], t_n, factor)
+        if _channels_last(ctx.student):  # the layout of the features it reads (train.channels_last)
+            self.projector.to(memory_format=torch.channels_last)
         weight = classifier.weight.detach().clone().float()
         bias = classifier.bias.detach().clone().float() if classifier.bias is not None else torch.zeros(len(weight))
         self.register_buffer("teacher_weight", weight)
