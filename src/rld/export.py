@@ -198,8 +198,15 @@ class Predictor:
                 self.model = torch.jit.load(str(path), map_location="cpu", _extra_files=files).eval()
             self.meta = json.loads(files["rld.json"])
         else:
-            self.meta, state_dict, _ = _metadata_of_checkpoint(path, data_path)
-            self.model = _student(self.meta, state_dict)
+            from rld.engine.predictor import own_prediction, predictor
+
+            self.meta, state_dict, cfg = _metadata_of_checkpoint(path, data_path)
+            if own_prediction(cfg):  # the student with the method's modules (SimKD), as rld eval and export
+                from rld.engine import checkpoint as ckpt
+
+                self.model = predictor(cfg, ckpt.load_run(path))
+            else:
+                self.model = _student(self.meta, state_dict)
 
     @staticmethod
     def _from_safetensors(path: Path):

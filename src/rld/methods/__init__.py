@@ -17,14 +17,19 @@ la         KD towards the teacher logits with max and true class swapped, T = 4,
 rc         1·CE + 1·KD + 0.1·RC, T = 4 (Cao et al. 2023)
 lr         label revision: CE + 4·MSE on right samples, 1·MSE to revised targets on wrong ones
 ctkd       0.1·CE + 0.9·KD at a learned temperature with gradient reversal (Li et al. 2023)
-dist       CE + 2·(β·inter + γ·intra), Pearson relations of the softmaxes, β = γ = 1, T = 4 (Huang et al. 2022)
-nkd        CE + t_y-weighted target term + γ·normalized non-target term, γ = 3.5, T = 3 (Yang et al. 2023)
-wttm       CE + β·U_γ(p_t)·KL(power-transformed teacher ‖ student), γ = 0.2, β = 4 (a documented choice:
-           the published per-pair values are in the paper's appendix only; Zheng & Yang 2024)
 fitnet     CE + 100·MSE(regressor(student hint layer), teacher guided layer), layer 2 (Romero et al.)
 at         CE + 1000·attention-map MSE over the stages, p = 2 (Zagoruyko & Komodakis 2017)
 rkd        CE + 25·distance + 50·angle relations of the pooled features (Park et al. 2019)
+crd        CE + 0.8·contrastive NCE of 128-d embeddings against 16,384 other-class negatives (Tian et al.)
 ofd        CE + 0.001·partial L2 of connected student pre-ReLU stages to the margin-clipped teacher
+reviewkd   CE + warm-up·HCL of the attention-fused student stages to the teacher's (Chen et al. 2021)
+simkd      projector P to the teacher's final feature map, MSE weight 1, no CE; predicts with the
+           teacher's classifier on the pooled P(f_s) (Chen et al. 2022)
+catkd      CE + β·MSE of the class activation maps pooled to 2×2 (Guo et al. 2023)
+dist       CE + 2·(β·inter + γ·intra), Pearson relations of the softmaxes, β = γ = 1, T = 4 (Huang et al.)
+nkd        CE + t_y-weighted target term + γ·normalized non-target term, γ = 3.5, T = 3 (Yang et al. 2023)
+wttm       CE + β·U_γ(p_t)·KL(power-transformed teacher ‖ student), γ = 0.2, β = 4 (a documented choice:
+           the published per-pair values are in the paper's appendix only; Zheng & Yang 2024)
 =========  =====================================================================================
 
 ``logit_standardization``: the logits entering the distillation terms are z-scored per sample
@@ -41,10 +46,7 @@ dkd        alpha·w, beta·w, temperature = b
 rld        alpha·w, beta·w, temperature = b, scd_temperature = b
 rc         kd_weight·w, rc_weight·w, temperature = b
 lr         not defined by the published code: refused
-dist       not defined by the published code: refused
-nkd        not defined by the published code: refused
-wttm       not defined by the published code: refused
-fitnet ..  feature methods (fitnet, at, rkd, ofd): refused
+others     not defined by the published code (the feature methods, DIST, NKD, WTTM): refused
 =========  ===================================================================================
 """
 
@@ -54,7 +56,7 @@ import dataclasses
 from typing import Any
 
 from rld.errors import UserError
-from rld.methods import at, ctkd, dist, dkd, fitnet, kd, la, lr, nkd, ofd, rc, rkd, rld, vanilla, wttm
+from rld.methods import at, catkd, ctkd, dist, dkd, fitnet, kd, la, lr, nkd, ofd, rc, rkd, rld, simkd, vanilla, wttm
 from rld.methods.base import (
     LS_KEYS,
     TEACHER_OUTPUTS,
@@ -81,6 +83,8 @@ METHODS: dict[str, MethodSpec] = {
         at,
         rkd,
         ofd,
+        simkd,
+        catkd,
         dist,
         nkd,
         wttm,

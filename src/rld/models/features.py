@@ -39,12 +39,20 @@ class Features:
         pooled: ``(B, D)``, the input of the final linear classifier (after global pooling), so
             ``model.get_classifier()(pooled) == logits``; None for the features of a pass that
             produced only logits (a logit method's student, cached teacher logits).
+        pre_pool: ``(B, D, H, W)``, the map whose global average pool is ``pooled``: what the
+            classifier reads at every position before pooling (CAT-KD's class activation maps
+            apply the classifier to it; SimKD's teacher target). It is ``feats[-1]`` for the
+            post-activation networks; for pre-activation WRN the ReLU of ``preact_feats[-1]``; for
+            MobileNetV2 and ShuffleNetV2 the output of the final 1×1 convolution block that follows
+            the last stage. None where ``feats`` is empty (``torchvision:`` / ``timm:`` models, a
+            pass that produced only logits).
     """
 
     logits: Tensor
     feats: list[Tensor]
     preact_feats: list[Tensor]
     pooled: Tensor | None
+    pre_pool: Tensor | None = None
 
 
 class FeatureModel(nn.Module):

@@ -66,7 +66,7 @@ class ImageNetResNet(FeatureModel):
             feats.append(out)
             preacts.append(preact)
         pooled = global_pool(out)
-        return Features(logits=self.fc(pooled), feats=feats, preact_feats=preacts, pooled=pooled)
+        return Features(logits=self.fc(pooled), feats=feats, preact_feats=preacts, pooled=pooled, pre_pool=out)
 
     def bn_before_relu(self) -> list[nn.BatchNorm2d]:
         """The BatchNorm ending the residual branch of the last block of stages 2-4 (``bn2`` of
@@ -130,7 +130,7 @@ class MobileNetV1(FeatureModel):
                 feats.append(x)
                 preacts.append(preact)
         pooled = global_pool(x)
-        return Features(logits=self.fc(pooled), feats=feats, preact_feats=preacts, pooled=pooled)
+        return Features(logits=self.fc(pooled), feats=feats, preact_feats=preacts, pooled=pooled, pre_pool=x)
 
     def bn_before_relu(self) -> list[nn.BatchNorm2d]:
         """The last BatchNorm of the blocks behind ``feats[1:]`` (``model.3``, ``.5``, ``.11``,

@@ -82,8 +82,9 @@ class MobileNetV2(FeatureModel):
             if i in _FEATURE_GROUPS:
                 feats.append(out)
                 preacts.append(out)
-        pooled = global_pool(self.conv2(out))
-        return Features(logits=self.classifier(pooled), feats=feats, preact_feats=preacts, pooled=pooled)
+        head = self.conv2(out)
+        pooled = global_pool(head)
+        return Features(logits=self.classifier(pooled), feats=feats, preact_feats=preacts, pooled=pooled, pre_pool=head)
 
     def bn_before_relu(self) -> list[nn.BatchNorm2d]:
         """The BatchNorm ending the linear bottleneck of the last block of each feature group, one

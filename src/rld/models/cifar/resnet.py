@@ -80,7 +80,7 @@ class CifarResNet(FeatureModel):
         stages = (self.layer1, self.layer2, self.layer3)
         out, feats, preacts = stem_and_stages(self.bn1(self.conv1(x)), stages)
         pooled = global_pool(out)
-        return Features(logits=self.fc(pooled), feats=feats, preact_feats=preacts, pooled=pooled)
+        return Features(logits=self.fc(pooled), feats=feats, preact_feats=preacts, pooled=pooled, pre_pool=out)
 
     def bn_before_relu(self) -> list[nn.BatchNorm2d]:
         """The BatchNorm ending each stage's residual branch (``bn2`` of its last block), one per stage:

@@ -103,7 +103,7 @@ class CifarImageNetStyleResNet(FeatureModel):
         stages = (self.layer1, self.layer2, self.layer3, self.layer4)
         out, feats, preacts = stem_and_stages(self.bn1(self.conv1(x)), stages)
         pooled = global_pool(out)
-        return Features(logits=self.linear(pooled), feats=feats, preact_feats=preacts, pooled=pooled)
+        return Features(logits=self.linear(pooled), feats=feats, preact_feats=preacts, pooled=pooled, pre_pool=out)
 
     def bn_before_relu(self) -> list[nn.BatchNorm2d]:
         """The BatchNorm ending each stage's residual branch (``bn2`` of basic blocks, ``bn3`` of

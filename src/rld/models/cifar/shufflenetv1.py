@@ -85,7 +85,7 @@ class ShuffleNetV1(FeatureModel):
         stages = (self.layer1, self.layer2, self.layer3)
         out, feats, preacts = stem_and_stages(self.bn1(self.conv1(x)), stages)
         pooled = global_pool(out)
-        return Features(logits=self.linear(pooled), feats=feats, preact_feats=preacts, pooled=pooled)
+        return Features(logits=self.linear(pooled), feats=feats, preact_feats=preacts, pooled=pooled, pre_pool=out)
 
 
 @register_model("cifar100", "ShuffleV1")

@@ -112,8 +112,9 @@ class ShuffleNetV2(FeatureModel):
     def forward_features(self, x: Tensor) -> Features:
         stages = (self.layer1, self.layer2, self.layer3)
         out, feats, preacts = stem_and_stages(self.bn1(self.conv1(x)), stages)
-        pooled = global_pool(F.relu(self.bn2(self.conv2(out))))
-        return Features(logits=self.linear(pooled), feats=feats, preact_feats=preacts, pooled=pooled)
+        head = F.relu(self.bn2(self.conv2(out)))
+        pooled = global_pool(head)
+        return Features(logits=self.linear(pooled), feats=feats, preact_feats=preacts, pooled=pooled, pre_pool=head)
 
 
 @register_model("cifar100", "ShuffleV2")

@@ -62,7 +62,7 @@ class VGG(FeatureModel):
             if i < 3:  # a 32x32 input is pooled to 4x4 before the last two blocks
                 x = self.pool(x)
         pooled = global_pool(x)
-        return Features(logits=self.classifier(pooled), feats=feats, preact_feats=preacts, pooled=pooled)
+        return Features(logits=self.classifier(pooled), feats=feats, preact_feats=preacts, pooled=pooled, pre_pool=x)
 
     def bn_before_relu(self) -> list[nn.BatchNorm2d]:
         """The last BatchNorm of blocks 1-4, one per stage after the first block (which plays the

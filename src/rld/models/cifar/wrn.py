@@ -95,8 +95,9 @@ class WideResNet(FeatureModel):
         preact = self.bn1(out)
         feats.append(out)
         preacts.append(preact)
-        pooled = global_pool(F.relu(preact))
-        return Features(logits=self.fc(pooled), feats=feats, preact_feats=preacts, pooled=pooled)
+        head = F.relu(preact)
+        pooled = global_pool(head)
+        return Features(logits=self.fc(pooled), feats=feats, preact_feats=preacts, pooled=pooled, pre_pool=head)
 
     def bn_before_relu(self) -> list[nn.BatchNorm2d]:
         """The BatchNorm that the ReLU after each stage acts on (``bn1`` of the next stage's first
