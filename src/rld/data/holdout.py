@@ -127,6 +127,11 @@ class LabelledSubset(Dataset):
         """(N,) int64 labels of the subset, in order (no image is read)."""
         return self._labels
 
+    @property
+    def transform(self) -> Any:
+        """The transform of the items (``base``'s): what an export records as the preprocessing."""
+        return self.base.transform
+
     def __getitem__(self, index: int) -> tuple[Any, int]:
         return self.base[self.indices[index]]
 

@@ -47,7 +47,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
 from rld.config import RunConfig, resolve_with_flags
 from rld.engine import checkpoint as ckpt
@@ -272,12 +271,10 @@ def validation_top1(run_dir: Path, epochs: int) -> float:
 def _order(values: list[str], value: str) -> tuple:
     """Sort key of a grid value: numbers by value, anything else in the order given (after them)."""
     try:
-        parsed = yaml.safe_load(value)
-    except yaml.YAMLError:
-        parsed = None
-    if isinstance(parsed, int | float) and not isinstance(parsed, bool):
-        return (0, float(parsed), 0)
-    return (1, 0.0, values.index(value))
+        number = float(value)
+    except ValueError:
+        return (1, 0.0, values.index(value))
+    return (0, number, 0)
 
 
 def mean(values: list[float]) -> float:
