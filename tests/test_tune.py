@@ -21,6 +21,7 @@ from rld.data import build as data_build
 from rld.data import build_data, load_digits
 from rld.data.device_loader import DeviceLoader
 from rld.data.holdout import holdout_split
+from rld.errors import UserError
 from rld.experiments import tune as tuning
 from rld.experiments.runs import read_config
 from rld.experiments.tune import choose
@@ -237,6 +238,17 @@ def test_choose_orders_numbers_by_value_and_other_values_as_given():
     assert choose(axes, points, [1.0, 2.0, 3.0, 3.0]) == 3
     # the mean is exactly rounded: the same values in any order give the same mean
     assert tuning.mean([0.1, 0.2, 0.3]) == tuning.mean([0.3, 0.1, 0.2])
+
+
+def test_the_validation_score_is_the_last_epoch_of_a_finished_run(tmp_path):
+    """The grid is scored by its runs' last epoch (not their best); an unfinished run is refused."""
+    run = tmp_path / "run"
+    run.mkdir()
+    rows = ["epoch,train_loss,train_top1,test_loss,test_top1,test_top5", "1,2,10,2,55.5,90", "2,1,20,1,41.25,95"]
+    (run / "metrics.csv").write_text("\n".join(rows) + "\n")
+    assert tuning.validation_top1(run, 2) == 41.25
+    with pytest.raises(UserError, match="has not finished its 3 epochs; continue the tune with --resume"):
+        tuning.validation_top1(run, 3)
 
 
 # ----------------------------------------------------------------------------- end to end

@@ -40,6 +40,7 @@ import itertools
 import json
 import logging
 import math
+import os
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -404,6 +405,8 @@ def _check_final_folder(out: Path, cfg: RunConfig, point: dict[str, str]) -> Non
 def tune(plan: TunePlan, *, resume: bool = False) -> dict[str, Any]:
     """Run a planned tune (see the module docstring); returns what ``tune.json`` holds."""
     out = plan.out
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UserError("rld tune runs in one process: start it without torchrun")
     if not resume and (out / TUNE_FILE).exists():
         raise UserError(f"{out} already holds a tune; add --resume to continue it or choose another --out")
     for run in plan.grid:  # every grid run may start (or resume) before anything is written
