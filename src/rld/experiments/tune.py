@@ -50,6 +50,7 @@ import numpy as np
 import torch
 
 from rld.config import RunConfig, resolve_with_flags
+from rld.data.sources import SPLIT_FILE
 from rld.engine import checkpoint as ckpt
 from rld.engine import train
 from rld.engine.distributed import World
@@ -177,7 +178,7 @@ def plan_tune(
         key = item.partition("=")[0].strip()
         if key in swept:
             raise UserError(f"{key} is both a grid key and an override; give its values in --grid only")
-        if len(split_values(item.partition("=")[2])) > 1 and item not in fixed:
+        if len(split_values(item.partition("=")[2])) > 1:
             raise UserError(f"{item!r}: several values are a grid axis; give it with --grid")
     if not 0 < val_fraction < 1:
         raise UserError(f"--val-fraction must be in (0, 1), got {val_fraction}")
@@ -215,14 +216,8 @@ def probe_data(plan: TunePlan):
     """The data of the first grid run, built on the CPU (no image is read, the test split is not
     built): its :class:`~rld.data.holdout.Holdout` and, for a single folder or a manifest, its
     train/test split (the one saved in the tune folder when resuming)."""
-    saved = plan.out if (plan.out / _split_file()).is_file() else None
+    saved = plan.out if (plan.out / SPLIT_FILE).is_file() else None
     return build_run_data(plan.grid[0].cfg, torch.device("cpu"), World(), saved)
-
-
-def _split_file() -> str:
-    from rld.data.sources import SPLIT_FILE
-
-    return SPLIT_FILE
 
 
 def val_split_record(plan: TunePlan, holdout) -> dict[str, Any]:
@@ -248,7 +243,7 @@ def _check_saved_split(path: Path, record: dict[str, Any]) -> None:
 
 def _pin(folder: Path, split_text: str) -> None:
     """Save the tune's train/test split in a run folder (``split.json``), where the run reads it."""
-    path = folder / _split_file()
+    path = folder / SPLIT_FILE
     if path.is_file():
         if path.read_text() != split_text:
             raise UserError(f"{path} holds another train/test split than the tune's; choose another --out")
