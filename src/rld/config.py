@@ -46,6 +46,10 @@ class DataConfig:
     skip_bad_images: bool = False  # leave unreadable images out (counted in the log) instead of stopping
     image_column: str = "image"  # data.name=hf: the column of the images
     label_column: str = "label"  # data.name=hf: the column of the labels
+    # Hold out this stratified fraction of the training split and evaluate on it instead of the test
+    # split, which is then never built (rld tune's grid runs; rld.data.holdout). None: no hold-out.
+    holdout: float | None = None
+    holdout_seed: int = 0  # seed of the data.holdout split (the same held-out images for every run seed)
 
 
 @dataclass
@@ -262,6 +266,8 @@ KEY_HELP = {
     "data.skip_bad_images": "leave unreadable images out (counted in the log) instead of stopping",
     "data.image_column": "data.name=hf: the column holding the images",
     "data.label_column": "data.name=hf: the column holding the labels",
+    "data.holdout": "evaluate on this stratified fraction of the training split (never on the test split); rld tune",
+    "data.holdout_seed": "seed of the data.holdout split (the same held-out images for every run seed)",
     "model.student": "the model trained (a zoo name, torchvision:NAME or timm:NAME)",
     "model.teacher": "the frozen teacher's architecture (distillation methods)",
     "model.teacher_checkpoint": "the teacher's weights (absolute once resolved); --teacher",
@@ -501,6 +507,12 @@ def validate(cfg: RunConfig) -> None:
             "data.val_fraction must be in (0, 1)",
             cfg.data.val_fraction,
         ),
+        (
+            cfg.data.holdout is None or 0 < cfg.data.holdout < 1,
+            "data.holdout must be in (0, 1)",
+            cfg.data.holdout,
+        ),
+        (cfg.data.holdout_seed >= 0, "data.holdout_seed must be >= 0", cfg.data.holdout_seed),
         (
             cfg.data.train_per_class is None or cfg.data.train_per_class > 0,
             "data.train_per_class must be > 0",

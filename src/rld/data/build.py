@@ -13,7 +13,8 @@ import torch
 from rld.data.arrays import load_cifar100
 from rld.data.device_loader import DeviceLoader
 from rld.data.digits import load_digits
-from rld.data.folder import load_image_folders
+from rld.data.folder import load_image_folders, load_train_folder
+from rld.data.holdout import Holdout, carve_arrays, carve_dataset
 from rld.data.pil import ArrayImageDataset, array_transform
 from rld.data.torch_loader import IndexedDataset, TorchLoader
 from rld.data.types import ArrayDataset, ArraySplit, Loader
@@ -38,6 +39,7 @@ class DataBundle:
     classes: list[str]
     name: str
     split: Any = None  # the train/validation split of a single folder or a manifest (rld.data.sources.Split)
+    holdout: Holdout | None = None  # data.holdout: the part of the training split that ``test`` evaluates
 
 
 def _world(distributed: bool) -> tuple[int, int]:
@@ -113,6 +115,8 @@ def build_data(
     split: Any = None,
     image_column: str = "image",
     label_column: str = "label",
+    holdout: float | None = None,
+    holdout_seed: int = 0,
 ) -> DataBundle:
     """Build the training and evaluation loaders of data set ``name``.
 
@@ -143,6 +147,9 @@ def build_data(
         skip_bad_images: leave unreadable images out (counted in the log) instead of stopping.
         split: a saved :class:`~rld.data.sources.Split` to use instead of splitting anew.
         image_column, label_column: the columns of a Hugging Face data set (``name="hf"``).
+        holdout: hold out this stratified fraction of the training split (seeded by ``holdout_seed``,
+            the same for every ``seed``): ``train`` loads the rest, ``test`` the held-out images with the
+            evaluation transform, and the data set's test split is not built (:mod:`rld.data.holdout`).
     """
     key = str(name).lower()
     if key not in DATASETS:
@@ -170,6 +177,9 @@ def build_data(
             data = load_cifar100(path)
         if train_per_class is not None:
             data = dataclasses.replace(data, train=first_per_class(data.train, train_per_class))
+        carved = None
+        if holdout is not None:
+            data, carved = carve_arrays(data, holdout, holdout_seed)
         train, test = _array_loaders(
             data,
             pipeline,
@@ -178,7 +188,7 @@ def build_data(
             num_workers=num_workers,
             common=common,
         )
-        return DataBundle(train, test, data.num_classes, list(data.classes), data.name)
+        return DataBundle(train, test, data.num_classes, list(data.classes), data.name, holdout=carved)
 
     if not path:
         raise UserError(
@@ -200,6 +210,7 @@ def build_data(
             val_fraction=val_fraction,
             seed=seed,
             image_size=size,
+            held_out=holdout is None,
         )
     else:
         if split is None and root.suffix.lower() == ".csv":
@@ -212,11 +223,17 @@ def build_data(
                 )
             split = sources.folder_split(root, val_fraction, seed)
         if split is not None:
-            train_set, test_set = sources.split_datasets(split, size, skip_bad_images)
+            train_set, test_set = sources.split_datasets(split, size, skip_bad_images, held_out=holdout is None)
             classes = list(split.classes)
         else:
-            train_set, test_set = load_image_folders(path, size)
+            train_set, test_set = (
+                load_image_folders(path, size) if holdout is None else (load_train_folder(path, size), None)
+            )
             classes = list(train_set.classes)
+    carved = None
+    if holdout is not None:  # the data set's own evaluation part was never built (test_set is None)
+        eval_transform = sources.image_transform(train=False, image_size=size)
+        train_set, test_set, carved = carve_dataset(train_set, eval_transform, holdout, holdout_seed)
     return DataBundle(
         TorchLoader(IndexedDataset(train_set), batch_size, train=True, num_workers=num_workers, **common),
         TorchLoader(IndexedDataset(test_set), eval_batch_size, train=False, num_workers=num_workers, **common),
@@ -224,4 +241,5 @@ def build_data(
         classes,
         key,
         split,
+        carved,
     )

@@ -68,3 +68,12 @@ def load_image_folders(
             f"only in val: {only_test}); both need the same <class> folders"
         )
     return train, test
+
+
+def load_train_folder(root: str | os.PathLike[str], image_size: int = IMAGE_SIZE) -> datasets.ImageFolder:
+    """Only the training ``ImageFolder`` under ``root`` (``ROOT/train``), with the training transform;
+    the evaluation folder is not looked at (``data.holdout``: the evaluation images come from ``train``)."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise UserError(f"image folder {root} not found: expected the layout {LAYOUT}")
+    return _image_folder(_split_dir(root, ("train",)), folder_transform(train=True, image_size=image_size))

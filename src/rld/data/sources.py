@@ -177,9 +177,14 @@ class ImageListDataset(Dataset):
         return self.transform(image), label
 
 
-def split_datasets(split: Split, image_size: int, skip_bad: bool = False) -> tuple[Dataset, Dataset]:
-    """The training and validation data sets of ``split`` with their transforms."""
+def split_datasets(
+    split: Split, image_size: int, skip_bad: bool = False, *, held_out: bool = True
+) -> tuple[Dataset, Dataset | None]:
+    """The training and validation data sets of ``split`` with their transforms; without ``held_out``
+    the validation part is not built (None): none of its files is looked at."""
     train = ImageListDataset(split.root, split.train, image_transform(train=True, image_size=image_size), skip_bad)
+    if not held_out:
+        return train, None
     val = ImageListDataset(split.root, split.val, image_transform(train=False, image_size=image_size), skip_bad)
     return train, val
 
@@ -217,13 +222,15 @@ def hf_datasets(
     val_fraction: float | None = None,
     seed: int = 0,
     image_size: int = IMAGE_SIZE_DEFAULT,
-) -> tuple[Dataset, Dataset, list[str]]:
+    held_out: bool = True,
+) -> tuple[Dataset, Dataset | None, list[str]]:
     """Training and validation sets of a Hugging Face data set: a folder written by
     ``save_to_disk`` or a hub name (``pip install datasets``; the hub's cache serves offline machines).
 
     Its ``train`` split trains; ``validation`` (or ``test``) evaluates, or ``data.val_fraction`` of
     ``train`` (stratified, seeded) when there is neither. Class names come from the label column's
-    ``ClassLabel`` feature (else the sorted label values)."""
+    ``ClassLabel`` feature (else the sorted label values). Without ``held_out`` the evaluation set is
+    not built (None; ``data.val_fraction`` still takes its part out of ``train``)."""
     try:
         import datasets
     except ImportError as err:
@@ -243,16 +250,17 @@ def hf_datasets(
             )
     feature = train.features[label_column]
     classes = list(feature.names) if hasattr(feature, "names") else [str(v) for v in sorted(set(train[label_column]))]
-    held_out = next((data[name] for name in ("validation", "test") if name in data), None)
-    if held_out is None:
+    evaluated = next((name for name in ("validation", "test") if name in data), None)
+    held = data[evaluated] if evaluated is not None and held_out else None
+    if evaluated is None:
         if val_fraction is None:
             raise UserError(f"the Hugging Face data set {path!r} has no validation/test split: set data.val_fraction")
         items = [(str(i), int(y)) for i, y in enumerate(train[label_column])]
         tr, va = _stratified(items, val_fraction, seed)
-        held_out = train.select([int(i) for i, _ in va])
+        held = train.select([int(i) for i, _ in va]) if held_out else None
         train = train.select([int(i) for i, _ in tr])
-    return (
-        HFImageDataset(train, image_column, label_column, image_transform(train=True, image_size=image_size)),
-        HFImageDataset(held_out, image_column, label_column, image_transform(train=False, image_size=image_size)),
-        classes,
-    )
+    train_set = HFImageDataset(train, image_column, label_column, image_transform(train=True, image_size=image_size))
+    if held is None:
+        return train_set, None, classes
+    eval_transform = image_transform(train=False, image_size=image_size)
+    return train_set, HFImageDataset(held, image_column, label_column, eval_transform), classes

@@ -172,6 +172,7 @@ def stream_signature(cfg: RunConfig) -> tuple:
     return (
         cfg.seed,
         (d.name, d.path, d.pipeline, d.num_workers, d.eval_batch_size, d.train_per_class, d.image_size),
+        (d.val_fraction, d.holdout, d.holdout_seed, d.skip_bad_images, d.image_column, d.label_column),
         (t.batch_size, t.device, t.deterministic, t.channels_last, t.amp),
         (m.teacher, m.teacher_checkpoint, m.teacher_weights, m.dataset),
         (t.teacher_cache, t.cache_dir, t.cache_precision),
@@ -232,7 +233,8 @@ def _run_group(group: list[SweepRun], resume_from: dict[Path, Path | None], resu
     cfg0 = group[0].cfg
     world = World()
     device = setup(cfg0, world)
-    data = build_run_data(cfg0, device, world)
+    # a train/validation split saved in the first run's folder (split.json) is used again, as rld train does
+    data = build_run_data(cfg0, device, world, group[0].out)
     needs_teacher = any(get_spec(r.cfg.method.name).needs_teacher for r in group)
     teacher_fn = build_teacher_fn(cfg0, data.num_classes, device, data.train) if needs_teacher else None
     members: list[Member] = []
@@ -247,7 +249,7 @@ def _run_group(group: list[SweepRun], resume_from: dict[Path, Path | None], resu
             resume=resume,
             **method_inputs(r.cfg, data, teacher_fn),
         )
-        run.data_info = data_info(data)
+        run.data_info, run.split = data_info(data), data.split
         cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
         members.append(Member(run, torch.get_rng_state(), cuda_rng, r))
 

@@ -635,11 +635,12 @@ class Run:
                     if key != "epoch":
                         self.tb.add_scalar(key, value, epoch)
             log.info(
-                "%sepoch %d/%d  loss %.4f  test top-1 %.2f  top-5 %.2f  (best %.2f @ %d)  lr %.4g  %.1fs",
+                "%sepoch %d/%d  loss %.4f  %s top-1 %.2f  top-5 %.2f  (best %.2f @ %d)  lr %.4g  %.1fs",
                 f"[{self.out.name}] " if self.out.name else "",
                 epoch,
                 self.cfg.train.epochs,
                 row["train_loss"],
+                "val" if self.cfg.data.holdout is not None else "test",  # data.holdout: held-out training images
                 row["test_top1"],
                 row["test_top5"],
                 self.best["test_top1"],
@@ -760,6 +761,8 @@ def data_options(cfg: RunConfig, run_dir: Path | None = None) -> dict[str, Any]:
         image_column=d.image_column,
         label_column=d.label_column,
         image_size=d.image_size,
+        holdout=d.holdout,
+        holdout_seed=d.holdout_seed,
     )
 
 

@@ -1,4 +1,4 @@
-"""``rld reproduce``, ``rld plot`` and ``rld report``: argument parsing and printing only."""
+"""``rld reproduce``, ``rld tune``, ``rld plot`` and ``rld report``: argument parsing and printing only."""
 
 from __future__ import annotations
 
@@ -64,6 +64,52 @@ def _cmd_reproduce(args: argparse.Namespace) -> None:
     print()
     print(result.files["markdown"].read_text())
     print("written: " + ", ".join(str(p) for p in result.files.values()))
+
+
+def _cmd_tune(args: argparse.Namespace) -> None:
+    from rld.experiments import tune as tuning
+
+    seeds = _seeds(args.seeds) if args.seeds is not None else None
+    name = Path(args.preset).stem if args.preset.endswith((".yaml", ".yml")) else args.preset
+    out = Path(args.out) if args.out else Path("runs") / "tune" / name
+    flags = {"model.teacher_checkpoint": args.teacher, "data.path": args.data, "train.device": args.device}
+    plan = tuning.plan_tune(
+        args.preset,
+        args.grid,
+        out=out,
+        overrides=list(args.overrides),
+        seeds=seeds,
+        val_fraction=args.val_fraction,
+        split_seed=args.split_seed,
+        epochs=args.epochs,
+        flags=flags,
+    )
+    if args.dry_run:
+        print("\n".join(tuning.describe(plan, tuning.probe_data(plan).holdout)))
+        return
+    result = tuning.tune(plan, resume=args.resume)
+    if args.json:
+        import json
+
+        print(json.dumps(result, indent=2))
+        return
+    keys = plan.keys
+    seeds_head = " ".join(f"{'seed ' + str(s):>8s}" for s in plan.seeds)
+    print(f"\nvalidation top-1 (%) at the last epoch (epoch {plan.train_epochs}):")
+    print("  " + " ".join(f"{k:>22s}" for k in keys) + f" {seeds_head} {'mean':>8s}")
+    for p in result["points"]:
+        mark = "  <- chosen" if p["values"] == result["chosen"] else ""
+        per_seed = " ".join(f"{p['val_top1'][str(s)]:8.2f}" for s in plan.seeds)
+        values = " ".join(f"{p['values'][k]:>22s}" for k in keys)
+        print(f"  {values} {per_seed} {p['val_top1_mean']:8.2f}{mark}")
+    final = result["final"]
+    print(f"rule: {result['rule']}")
+    print(f"chosen: {tuning.point_text(result['chosen'])}")
+    print(
+        f"final test top-1 (last epoch, whole training set): {final['test_top1_mean']:.2f} ± "
+        f"{final['test_top1_std']:.2f} % over {len(final['runs'])} seed(s) -> {plan.out / tuning.FINAL_DIR}"
+    )
+    print(f"written: {plan.out / tuning.CSV_FILE}" + (f", {plan.out / result['figure']}" if result["figure"] else ""))
 
 
 def _cmd_plot(args: argparse.Namespace) -> None:
@@ -148,6 +194,48 @@ def add_commands(sub) -> None:
     )
     p.add_argument("--device", help="cpu, cuda or cuda:N")
     p.set_defaults(func=_cmd_reproduce)
+
+    p = sub.add_parser(
+        "tune",
+        help="choose hyper-parameters on a validation split of the training set, then one clean final run",
+        description=(
+            "Hold out a stratified, seeded part of the TRAINING set (OUT/val_split.json), train every grid point "
+            "and seed on the rest in lockstep (OUT/grid/), choose the point with the best mean validation top-1 "
+            "at the last epoch (ties: the smaller value of the first grid key, then the next), retrain it on the "
+            "whole training set (OUT/final/seed=S, as rld train would) and report its test top-1: the only runs "
+            "that read the test split. Writes OUT/tune.csv, OUT/tune.png (two-key grids) and OUT/tune.json."
+        ),
+        epilog=(
+            "--grid items with a single value apply to every run, like KEY=VALUE overrides; write overrides "
+            "before --grid or after another option."
+        ),
+    )
+    p.add_argument("preset", metavar="PRESET_OR_YAML", help="a preset name (`rld presets`) or a YAML file")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="applied to every run, e.g. data.image_size=16")
+    p.add_argument(
+        "--grid",
+        nargs="+",
+        required=True,
+        metavar="KEY=V1,V2",
+        help="the grid's axes, e.g. --grid method.beta=2,4,8,16 method.temperature=2,3,4,5",
+    )
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.1,
+        help="fraction of the training set held out for validation (stratified; default: 0.1)",
+    )
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the validation split (default: 0)")
+    p.add_argument("--seeds", metavar="S1,S2", help="training seeds of every point (default: the config's seed)")
+    p.add_argument("--teacher", metavar="CKPT", help="teacher checkpoint (= model.teacher_checkpoint=CKPT)")
+    p.add_argument("--data", metavar="PATH", help="data set location (= data.path=PATH)")
+    p.add_argument("--out", help="tune folder (default: runs/tune/PRESET)")
+    p.add_argument("--epochs", type=int, help="N epochs, lr schedule, warm-up and CTKD ramp scaled (as in rld train)")
+    p.add_argument("--resume", action="store_true", help="continue the tune in --out (every run from its last.pt)")
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N (= train.device=…)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan (grid, seeds, validation split, final run)")
+    p.add_argument("--json", action="store_true", help="print the result (what OUT/tune.json holds) as JSON")
+    p.set_defaults(func=_cmd_tune)
 
     p = sub.add_parser("plot", help="figures of the paper from run folders (PNG)")
     kinds = p.add_subparsers(dest="kind", required=True, metavar="KIND")

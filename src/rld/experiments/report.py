@@ -1,11 +1,14 @@
 """``rld report``: one self-contained HTML page about the runs under a folder.
 
 The page holds, in order: the tables written by ``rld reproduce`` and ``rld demo`` (``table*.md`` /
-``table*.csv``: the reproduced numbers beside the paper's), a table of the runs (every folder with
-``config.yaml`` and ``metrics.csv``) with the time each took and the machine it ran on (from the
-run's ``environment.json`` where one was written), the learning curves (test top-1 and train loss
-per epoch) of each group of runs (the runs in one folder, e.g. the seeds of one method), every PNG
-figure found under the folder, and each run's configuration in a collapsible block.
+``table*.csv``: the reproduced numbers beside the paper's), each ``rld tune`` folder (``tune.json``:
+the grid's validation top-1 per seed, the selection rule, the chosen point, its final test top-1 and
+the heat map), a table of the runs (every folder with ``config.yaml`` and ``metrics.csv``) with the
+time each took and the machine it ran on (from the run's ``environment.json`` where one was
+written; a run that evaluates held-out training images, ``data.holdout``, says "validation"), the
+learning curves (test top-1 and train loss per epoch) of each group of runs (the runs in one
+folder, e.g. the seeds of one method), every PNG figure found under the folder, and each run's
+configuration in a collapsible block.
 
 The page is one file: figures are embedded as base64 PNG, the style sheet is inline, nothing is
 loaded from the network and there is no script, so it can be mailed or archived on its own.
@@ -72,14 +75,15 @@ def run_row(record: RunRecord, root: Path) -> RunRow:
     cfg = record.config
     best, last = record.best, record.last
     done = f"{record.epochs_done}/{cfg.train.epochs}"
+    held_out = ", validation" if cfg.data.holdout is not None else ""  # data.holdout: held-out training images
     return RunRow(
         name=str(record.path.relative_to(root)) if record.path != root else record.path.name,
         model=cfg.model.student,
         teacher=cfg.model.teacher or "",
         method=cfg.method.name + (" + LS" if cfg.method.logit_standardization else ""),
         epochs=done if record.finished else f"{done} (unfinished)",
-        best=f"{best['test_top1']:.2f} (epoch {best['epoch']})" if best else "",
-        last=f"{last['test_top1']:.2f}" if last else "",
+        best=f"{best['test_top1']:.2f} (epoch {best['epoch']}{held_out})" if best else "",
+        last=f"{last['test_top1']:.2f}" + (" (validation)" if held_out else "") if last else "",
         time=format_seconds(record.total_time) if record.metrics else "",
         hardware=hardware_text(record.path),
     )
@@ -175,8 +179,13 @@ def _tables_section(root: Path) -> list[str]:
     return parts
 
 
-def _figures_section(root: Path, exclude: Path | None) -> list[str]:
-    paths = [p for p in sorted(root.rglob("*.png")) if exclude is None or p.resolve() != exclude]
+def _figures_section(root: Path, exclude: Path | None, shown: set[Path] = frozenset()) -> list[str]:
+    """Every PNG under ``root`` but ``exclude`` and those already ``shown`` (resolved paths) elsewhere."""
+    paths = [
+        p
+        for p in sorted(root.rglob("*.png"))
+        if (exclude is None or p.resolve() != exclude) and p.resolve() not in shown
+    ]
     parts = []
     for path in paths[:MAX_FIGURES]:
         rel = str(path.relative_to(root))
@@ -184,6 +193,61 @@ def _figures_section(root: Path, exclude: Path | None) -> list[str]:
     if len(paths) > MAX_FIGURES:
         parts.append(f"<p>{len(paths) - MAX_FIGURES} more PNG files under the folder are not embedded.</p>")
     return parts
+
+
+def _tune_section(root: Path, folders: list[Path]) -> tuple[list[str], set[Path]]:
+    """One block per ``rld tune`` folder: the plan, the rule, the grid's validation top-1 (tune.csv),
+    the chosen point, the final test top-1 and the heat map; and the figures it embedded."""
+    from rld.experiments.tune import CSV_FILE, read_tune
+
+    parts: list[str] = []
+    shown: set[Path] = set()
+    for folder in folders:
+        rel = html.escape(str(folder.relative_to(root)) if folder != root else folder.name)
+        try:
+            t = read_tune(folder)
+        except UserError as err:
+            parts.append(f"<h3>{rel}</h3><p>{html.escape(str(err))}</p>")
+            continue
+        grid = "; ".join(f"{k} ∈ {{{', '.join(map(str, v))}}}" for k, v in t.get("grid", {}).items())
+        v = t.get("validation", {})
+        seeds = ", ".join(str(s) for s in t.get("seeds", []))
+        parts += [
+            f"<h3>{html.escape(str(t.get('preset', '')))} <code>{rel}</code></h3>",
+            f"<p>Grid {html.escape(grid)}; seeds {html.escape(seeds)}; {t.get('epochs')} epochs per run. "
+            f"Validation: {v.get('val_size')} of the {v.get('train_size')} training images held out (fraction "
+            f"{v.get('fraction')}, stratified, split seed {v.get('split_seed')}; <code>{rel}/{v.get('file')}</code>), "
+            "never the test split.</p>",
+            f"<p>Rule: {html.escape(str(t.get('rule', '')))}.</p>",
+        ]
+        table = folder / CSV_FILE
+        if table.is_file():
+            parts.append(csv_to_html(table.read_text()))
+        chosen = t.get("chosen")
+        if chosen is None:
+            parts.append("<p>No point chosen yet: the grid has not finished (continue with <code>--resume</code>).</p>")
+            continue
+        point = " ".join(f"{k}={val}" for k, val in chosen.items())
+        parts.append(
+            f"<p><b>Chosen:</b> <code>{html.escape(point)}</code> (mean validation top-1 "
+            f"{float(t['chosen_val_top1']):.2f}%).</p>"
+        )
+        final = t.get("final")
+        if final:
+            per_seed = ", ".join(f"seed {r['seed']}: {float(r['test_top1']):.2f}" for r in final["runs"])
+            parts.append(
+                f"<p><b>Final test top-1</b> (the chosen point retrained on the whole training set, last epoch "
+                f"{final['epoch']}): {float(final['test_top1_mean']):.2f} ± {float(final['test_top1_std']):.2f}% "
+                f"({html.escape(per_seed)}).</p>"
+            )
+        else:
+            parts.append("<p>The final run has not finished (continue with <code>--resume</code>).</p>")
+        figure = folder / str(t.get("figure") or "")
+        if t.get("figure") and figure.is_file():
+            shown.add(figure.resolve())
+            caption = html.escape(f"{rel}/{figure.name}")
+            parts.append(f"<figure>{_img(figure.read_bytes(), caption)}<figcaption>{caption}</figcaption></figure>")
+    return parts, shown
 
 
 def curve_groups(records: list[RunRecord], root: Path) -> dict[str, list[tuple[str, RunRecord]]]:
@@ -233,14 +297,19 @@ def build_report(root: str | Path, *, title: str | None = None, exclude: Path | 
         raise UserError(f"{root} is not a folder")
     records = [RunRecord.load(p) for p in find_runs(root)]
     tables = _tables_section(root)
-    figures = _figures_section(root, exclude)
-    if not records and not tables and not figures:
+    from rld.experiments.tune import TUNE_FILE
+
+    tunes, shown = _tune_section(root, sorted(p.parent for p in root.rglob(TUNE_FILE)))
+    figures = _figures_section(root, exclude, shown)
+    if not records and not tables and not figures and not tunes:
         raise UserError(f"found no runs (folders with config.yaml and metrics.csv), tables or figures under {root}")
     title = title or f"rld report: {root.resolve().name}"
     rows = [run_row(r, root) for r in records]
     sections: list[tuple[str, str, list[str]]] = []
     if tables:
         sections.append(("tables", "Results", tables))
+    if tunes:
+        sections.append(("tune", "Hyper-parameter tuning", tunes))
     if records:
         header = [
             "run", "model", "teacher", "method", "epochs", "best top-1 (%)", "last top-1 (%)", "time", "hardware",

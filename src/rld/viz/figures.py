@@ -177,3 +177,39 @@ def learning_curves_figure(curves: list[tuple[str, list[dict]]], title: str = "L
         ax_loss.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False)
     fig.suptitle(title)
     return fig
+
+
+def tune_heatmap_figure(
+    row_key: str,
+    row_values: list[str],
+    col_key: str,
+    col_values: list[str],
+    means: np.ndarray,
+    chosen: tuple[int, int],
+    title: str,
+) -> Figure:
+    """``rld tune`` of a two-key grid: the mean validation top-1 of every point (rows: the first key's
+    values, columns: the second's; ``means`` (R, C), NaN where a point has no result), each cell
+    labelled with its value and the chosen point framed in red."""
+    from matplotlib.patches import Rectangle
+
+    rows, cols = means.shape
+    fig = Figure(figsize=(1.3 * cols + 3.2, 1.0 * rows + 2.2), layout="constrained")
+    ax = fig.subplots()
+    finite = means[np.isfinite(means)]
+    vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    if vmax <= vmin:  # every point alike: a one-point scale around the value
+        vmin, vmax = vmin - 0.5, vmax + 0.5
+    image = ax.imshow(means, cmap="viridis", vmin=vmin, vmax=vmax, aspect="auto")
+    for r in range(rows):
+        for c in range(cols):
+            value = means[r, c]
+            text = "—" if not np.isfinite(value) else f"{value:.2f}"
+            dark = np.isfinite(value) and value < (vmin + vmax) / 2
+            ax.text(c, r, text, ha="center", va="center", fontsize=9, color="white" if dark else "black")
+    ax.add_patch(Rectangle((chosen[1] - 0.5, chosen[0] - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2.5))
+    ax.set_xticks(range(cols), col_values), ax.set_yticks(range(rows), row_values)
+    ax.set_xlabel(col_key), ax.set_ylabel(row_key)
+    fig.colorbar(image, ax=ax, shrink=0.85, label="validation top-1 (%)")
+    ax.set_title(title, fontsize=10)
+    return fig
