@@ -280,7 +280,7 @@ KEY_HELP = {
     "method.beta": "DKD: NCKD weight; RLD: MCD weight; DIST: inter-class relation weight; WTTM: weight of its term",
     "method.temperature": "distillation temperature T",
     "method.scd_temperature": "RLD: temperature of SCD (default: method.temperature)",
-    "method.warmup_epochs": "DKD/RLD: linear warm-up of the distillation terms, in epochs",
+    "method.warmup_epochs": "DKD/RLD/ReviewKD: linear warm-up of the distillation terms, in epochs",
     "method.mask": "RLD: ge (M_ge, the paper's) | g (the ablation of Table 1)",
     "method.logit_standardization": "z-score the logits of the distillation terms and set b, w (Sun et al. 2024)",
     "method.ls_temperature": "logit standardization: base temperature b (default 2)",

@@ -56,7 +56,27 @@ import dataclasses
 from typing import Any
 
 from rld.errors import UserError
-from rld.methods import at, catkd, ctkd, dist, dkd, fitnet, kd, la, lr, nkd, ofd, rc, rkd, rld, simkd, vanilla, wttm
+from rld.methods import (
+    at,
+    catkd,
+    crd,
+    ctkd,
+    dist,
+    dkd,
+    fitnet,
+    kd,
+    la,
+    lr,
+    nkd,
+    ofd,
+    rc,
+    reviewkd,
+    rkd,
+    rld,
+    simkd,
+    vanilla,
+    wttm,
+)
 from rld.methods.base import (
     LS_KEYS,
     TEACHER_OUTPUTS,
@@ -82,7 +102,9 @@ METHODS: dict[str, MethodSpec] = {
         fitnet,
         at,
         rkd,
+        crd,
         ofd,
+        reviewkd,
         simkd,
         catkd,
         dist,
