@@ -1,0 +1,421 @@
+"""CRD and ReviewKD: the methods against independent recomputations from the pure losses, the
+published per-model values, the sampler of negatives, exact resume (memory banks, Z and the RNG
+included), the static step, and the presets."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import assert_same_run_state, load_last, metric_rows, run_rld
+from rld.cli import main
+from rld.config import list_presets, resolve, resolve_with_flags
+from rld.engine import train
+from rld.engine.distributed import World
+from rld.engine.faults import FAULT_EXIT_STATUS
+from rld.engine.static import StaticSteps, StepMember
+from rld.engine.syncs import HostSyncCounter
+from rld.engine.trainer import Run, build_run_data, build_teacher_fn, method_inputs, prepare_out_dir
+from rld.errors import UserError
+from rld.losses import crd_nce_loss, crd_scores, hcl_loss, value_checks
+from rld.methods import MethodContext, build_method, get_spec
+from rld.methods.base import probe_features
+from rld.methods.reviewkd import review_layout
+from rld.models import create_model
+from rld.models.features import Features
+
+# The demo presets on 200 training images (20 per class) at 16x16, batch 32: 7 steps per epoch,
+# the last one a partial batch of 8.
+SMALL = ["data.image_size=16", "data.train_per_class=20", "train.batch_size=32"]
+CIFAR_PAIRS = [
+    "resnet32x4-resnet8x4",
+    "resnet32x4-ShuffleV2",
+    "resnet32x4-wrn_16_2",
+    "resnet32x4-wrn_40_2",
+    "wrn_40_2-resnet8x4",
+    "wrn_40_2-MobileNetV2",
+    "wrn_40_2-wrn_16_2",
+    "wrn_40_2-wrn_40_1",
+    "vgg13-vgg8",
+    "vgg13-MobileNetV2",
+    "ResNet50-MobileNetV2",
+    "resnet56-resnet20",
+    "resnet110-resnet32",
+    "resnet110-resnet20",
+]
+IMAGENET_PAIRS = ["ResNet34-ResNet18", "ResNet50-MobileNetV1"]
+
+
+def _context(labels: torch.Tensor, num_classes: int, student: str = "resnet8", teacher: str = "resnet8"):
+    return MethodContext(
+        student=create_model(student, num_classes=num_classes),
+        teacher=create_model(teacher, num_classes=num_classes),
+        num_classes=num_classes,
+        input_shape=(3, 16, 16),
+        num_samples=len(labels),
+        train_targets=labels,
+        seed=0,
+    )
+
+
+def _pooled_features(batch: int, dim: int, num_classes: int) -> Features:
+    return Features(logits=torch.randn(batch, num_classes), feats=[], preact_feats=[], pooled=torch.randn(batch, dim))
+
+
+# ----------------------------------------------------------------------------- CRD
+
+
+def test_crd_negatives_are_uniform_draws_from_the_other_classes():
+    torch.manual_seed(0)
+    sizes = (5, 15, 20)  # unequal classes, shuffled so that no class is a contiguous block
+    labels = torch.cat([torch.full((n,), c) for c, n in enumerate(sizes)])[torch.randperm(sum(sizes))]
+    crd = build_method({"name": "crd", "nce_k": 6000, "feat_dim": 8}, _context(labels, 3))
+    assert get_spec("crd").uses_rng
+    index = torch.tensor([0, 7, 19, 33, 39])
+    target = labels[index]
+    torch.manual_seed(1)
+    contrast = crd.contrast_indices(index, target)
+    assert contrast.shape == (5, 6001) and contrast.dtype == torch.int64
+    assert torch.equal(contrast[:, 0], index)  # the positive: the sample itself
+    assert (labels[contrast[:, 1:]] != target[:, None]).all()  # negatives: other classes only
+    for row, y in zip(contrast[:, 1:], target):
+        others = (labels != y).nonzero().flatten()
+        counts = torch.bincount(row, minlength=len(labels))[others].double()
+        expected = 6000 / len(others)  # uniform over every sample of the other classes
+        assert counts.sum() == 6000 and counts.min() > 0.6 * expected and counts.max() < 1.4 * expected
+    torch.manual_seed(1)  # drawn from the global generator: the same state, the same draws
+    assert torch.equal(crd.contrast_indices(index, target), contrast)
+
+
+def _crd_reference(crd, memory_s, memory_t, s: Features, t: Features, target, contrast, z=None):
+    """CRD's total from the pure functions, in float64: embeddings, gathers from the memories as they
+    were before the step, scores, Z (estimated when not given), the two NCE terms, CE."""
+    d = torch.float64
+
+    def embed(e, x):
+        return F.normalize(x.to(d) @ e.linear.weight.detach().to(d).t() + e.linear.bias.detach().to(d), dim=1)
+
+    v_s, v_t = embed(crd.embed_s, s.pooled), embed(crd.embed_t, t.pooled)
+    scores_s = crd_scores(v_s, memory_t.to(d)[contrast], 0.07)  # student against the teacher's memory
+    scores_t = crd_scores(v_t, memory_s.to(d)[contrast], 0.07)
+    n = memory_s.shape[0]
+    if z is None:
+        z = (scores_s.mean() * n, scores_t.mean() * n)
+    nce = crd_nce_loss(scores_s / z[0], n) + crd_nce_loss(scores_t / z[1], n)
+    ce = F.cross_entropy(s.logits.to(d), target)
+    return ce + 0.8 * nce, z, (v_s, v_t)
+
+
+def _published_update(memory: torch.Tensor, v: torch.Tensor, index, momentum: float = 0.5) -> torch.Tensor:
+    """crd/memory.py: rows ← momentum·row + (1 − momentum)·v, divided by their L2 norm."""
+    rows = memory[index].double() * momentum + v * (1 - momentum)
+    expected = memory.double().clone()
+    expected[index] = rows / rows.pow(2).sum(dim=1, keepdim=True).sqrt()
+    return expected
+
+
+def test_crd_step_equals_the_pure_functions_and_updates_the_memory_as_published(monkeypatch):
+    torch.manual_seed(0)
+    labels = torch.arange(30) % 3
+    crd = build_method({"name": "crd", "nce_k": 50, "feat_dim": 16}, _context(labels, 3))
+    assert (crd.ce_weight, crd.feat_weight, crd.nce_t, crd.nce_momentum) == (1.0, 0.8, 0.07, 0.5)
+    assert crd.memory_s.shape == crd.memory_t.shape == (30, 16)
+    bound = 1 / math.sqrt(16 / 3)  # the published initialisation: uniform in ±1/sqrt(dim/3)
+    assert crd.memory_s.abs().max() <= bound and crd.memory_s.min() < -0.8 * bound < 0.8 * bound < crd.memory_s.max()
+    assert not torch.equal(crd.memory_s, crd.memory_t) and (crd.z < 0).all()
+    drawn = []
+    draw = crd.contrast_indices
+    monkeypatch.setattr(crd, "contrast_indices", lambda i, y: drawn.append(draw(i, y)) or drawn[-1])
+    z_first = None
+    for step, index in enumerate((torch.tensor([3, 14, 0, 27, 8, 22]), torch.tensor([1, 5, 9, 13, 17, 21]))):
+        s, t = _pooled_features(6, 64, 3), _pooled_features(6, 64, 3)
+        target = labels[index]
+        before = (crd.memory_s.clone(), crd.memory_t.clone())
+        total, parts = crd(s, t, target, 1, index)
+        expected, z, (v_s, v_t) = _crd_reference(crd, *before, s, t, target, drawn[-1], z_first)
+        assert set(parts) == {"ce", "crd"} and parts["ce"] + parts["crd"] == total
+        assert total.item() == pytest.approx(expected.item(), rel=1e-5)
+        if step == 0:  # Z set once, on the first batch, as the published memory does
+            z_first = z
+            assert crd.z.tolist() == pytest.approx([z[0].item(), z[1].item()], rel=1e-5)
+            z_kept = crd.z.clone()
+        else:  # then kept, whatever the batch
+            assert torch.equal(crd.z, z_kept)
+            assert _crd_reference(crd, *before, s, t, target, drawn[-1])[1][0] != pytest.approx(z_first[0].item())
+        for memory, old, v in ((crd.memory_s, before[0], v_s), (crd.memory_t, before[1], v_t)):
+            torch.testing.assert_close(memory.double(), _published_update(old, v, index), rtol=1e-6, atol=1e-7)
+            untouched = torch.ones(30, dtype=torch.bool)
+            untouched[index] = False
+            assert torch.equal(memory[untouched], old[untouched])
+        total.backward()
+        assert crd.embed_s.linear.weight.grad is not None and crd.embed_t.linear.weight.grad is not None
+    assert {k for k, _ in crd.named_buffers()} >= {"memory_s", "memory_t", "z"}
+    assert set(crd.state_dict()) == {
+        "memory_s",
+        "memory_t",
+        "z",
+        *(f"embed_{w}.linear.{p}" for w in "st" for p in ("weight", "bias")),
+    }
+
+
+def test_crd_refuses_a_batch_without_indices_and_a_data_set_without_labels():
+    labels = torch.arange(12) % 3
+    crd = build_method({"name": "crd", "nce_k": 8}, _context(labels, 3))
+    s, t = _pooled_features(4, 64, 3), _pooled_features(4, 64, 3)
+    with pytest.raises(ValueError, match="crd needs each sample's index in the training set"):
+        crd(s, t, labels[:4], 1, None)
+    unlabelled = _context(labels, 3)
+    unlabelled.train_targets = None
+    with pytest.raises(UserError, match="method 'crd': .* needs the training labels"):
+        build_method({"name": "crd"}, unlabelled)
+    with pytest.raises(UserError, match="every training sample has the same label"):
+        build_method({"name": "crd"}, _context(torch.zeros(6, dtype=torch.int64), 3))
+    with pytest.raises(UserError, match="nce_momentum must be in"):
+        resolve("demo/crd", ["method.nce_momentum=1"])
+
+
+# ----------------------------------------------------------------------------- ReviewKD
+
+# mdistiller's per-model values (SHAPES and OUT_SHAPES deepest first, IN_CHANNELS and OUT_CHANNELS
+# shallowest first), which rld derives from the models' features.
+PUBLISHED_LAYOUTS = {
+    # mdistiller mdistiller/engine/cfg.py, REVIEWKD defaults (its configs/cifar100/reviewkd.yaml is this pair)
+    ("resnet32x4", "resnet8x4"): ([1, 8, 16, 32], [1, 8, 16, 32], [64, 128, 256, 256], [64, 128, 256, 256]),
+    # dvlab-research/ReviewKD CIFAR-100/model/reviewkd.py, build_review_kd ('wrn', r = 2); the same in
+    # ZaberKo/GDKD configs/cifar100/reviewkd/wrn40_2_wrn_16_2.yaml (an mdistiller fork)
+    ("wrn_40_2", "wrn_16_2"): ([1, 8, 16, 32], [1, 8, 16, 32], [32, 64, 128, 128], [32, 64, 128, 128]),
+    # build_review_kd 'vgg'; GDKD configs/cifar100/reviewkd/vgg13_vgg8.yaml
+    ("vgg13", "vgg8"): ([1, 4, 4, 8, 16], [1, 4, 4, 8, 16], [128, 256, 512, 512, 512], [128, 256, 512, 512, 512]),
+    # build_review_kd 'shufflev2'; GDKD configs/cifar100/reviewkd/res32x4_shuv2.yaml
+    ("resnet32x4", "ShuffleV2"): ([1, 4, 8, 16], [1, 8, 16, 32], [116, 232, 464, 1024], [64, 128, 256, 256]),
+    # build_review_kd 'shufflev1'; GDKD res32x4_shuv1.yaml, wrn40_2_shuv1.yaml
+    ("resnet32x4", "ShuffleV1"): ([1, 4, 8, 16], [1, 8, 16, 32], [240, 480, 960, 960], [64, 128, 256, 256]),
+    ("wrn_40_2", "ShuffleV1"): ([1, 4, 8, 16], [1, 8, 16, 32], [240, 480, 960, 960], [32, 64, 128, 128]),
+    # build_review_kd 'wrn' (r = 1, the teacher's out_channels fixed to wrn_40_2's); GDKD wrn40_2_wrn_40_1.yaml
+    ("wrn_40_2", "wrn_40_1"): ([1, 8, 16, 32], [1, 8, 16, 32], [16, 32, 64, 64], [32, 64, 128, 128]),
+    # GDKD res56_res20.yaml, res110_res32.yaml (build_review_kd 'resnet')
+    ("resnet56", "resnet20"): ([1, 8, 16, 32], [1, 8, 16, 32], [16, 32, 64, 64], [16, 32, 64, 64]),
+    ("resnet110", "resnet32"): ([1, 8, 16, 32], [1, 8, 16, 32], [16, 32, 64, 64], [16, 32, 64, 64]),
+    # build_review_kd 'mobile' (vgg and ResNet50 teachers); GDKD vgg13_mv2.yaml, res50_mv2.yaml
+    ("vgg13", "MobileNetV2"): ([1, 2, 4, 8, 16], [1, 4, 4, 8, 16], [12, 16, 48, 160, 1280], [128, 256, 512, 512, 512]),
+    ("ResNet50", "MobileNetV2"): (
+        [1, 2, 4, 8, 16],
+        [1, 4, 8, 16, 32],
+        [12, 16, 48, 160, 1280],
+        [256, 512, 1024, 2048, 2048],
+    ),
+}
+
+
+def _as_published(layout):
+    return (
+        [h for h, _ in reversed(layout.shapes)],
+        [h for h, _ in reversed(layout.out_shapes)],
+        list(layout.in_channels),
+        list(layout.out_channels),
+    )
+
+
+@pytest.mark.parametrize("pair", list(PUBLISHED_LAYOUTS), ids="-".join)
+def test_reviewkd_layout_derived_from_the_models_equals_the_published_one(pair):
+    teacher, student = (create_model(name, num_classes=100) for name in pair)
+    layout = review_layout(probe_features(student, (3, 32, 32), 1), probe_features(teacher, (3, 32, 32), 1))
+    assert all(h == w for h, w in (*layout.shapes, *layout.out_shapes))  # square maps, as the configs write them
+    assert _as_published(layout) == PUBLISHED_LAYOUTS[pair]
+    assert layout.mid_channels == min(512, layout.in_channels[-1])  # mdistiller ReviewKD.__init__
+
+
+def test_reviewkd_layout_on_imagenet_equals_the_published_configs():
+    models = {n: create_model(n, num_classes=1000, dataset="imagenet") for n in ("ResNet18", "ResNet34", "MobileNetV1")}
+    models["ResNet50"] = create_model("ResNet50", num_classes=1000, dataset="imagenet")
+    f = {n: probe_features(m, (3, 224, 224), 1) for n, m in models.items()}
+    # mdistiller configs/imagenet/r34_r18/reviewkd.yaml (STU_PREACT True)
+    r18 = review_layout(f["ResNet18"], f["ResNet34"], stu_preact=True)
+    channels = [64, 128, 256, 512, 512]
+    assert _as_published(r18) == ([1, 7, 14, 28, 56], [1, 7, 14, 28, 56], channels, channels)
+    assert r18.mid_channels == 512
+    # configs/imagenet/r50_mv1/reviewkd.yaml (MAX_MID_CHANNEL 256, ReviewKD ImageNet/models/reviewkd.py)
+    mv1 = review_layout(f["MobileNetV1"], f["ResNet50"], stu_preact=True, max_mid_channels=256)
+    assert _as_published(mv1) == (
+        [1, 7, 14, 28, 56],
+        [1, 7, 14, 28, 56],
+        [128, 256, 512, 1024, 1024],
+        [256, 512, 1024, 2048, 2048],
+    )
+    assert mv1.mid_channels == 256
+    for pair, max_mid in (("ResNet34-ResNet18", 512), ("ResNet50-MobileNetV1", 256)):
+        m = resolve(f"imagenet/{pair}/reviewkd").method
+        assert (m.stu_preact, m.warmup_epochs, m.max_mid_channels) == (True, 1.0, max_mid)
+
+
+def _bn(x, bn):
+    return F.batch_norm(x, None, None, bn.weight, bn.bias, training=True, eps=bn.eps)
+
+
+def _abf(abf, x, residual, out_size):
+    """The published ABF.forward written with functional operations and the module's weights."""
+    x = _bn(F.conv2d(x, abf.conv1[0].weight), abf.conv1[1])
+    if residual is not None:
+        residual = F.interpolate(residual, size=x.shape[-2:], mode="nearest")
+        att = torch.sigmoid(F.conv2d(torch.cat([x, residual], 1), abf.att_conv[0].weight, abf.att_conv[0].bias))
+        x = x * att[:, 0:1] + residual * att[:, 1:2]
+    if x.shape[-2:] != out_size:
+        x = F.interpolate(x, size=out_size, mode="nearest")
+    return _bn(F.conv2d(x, abf.conv2[0].weight, padding=1), abf.conv2[1]), x
+
+
+def test_reviewkd_total_equals_the_abf_chain_and_hcl_with_its_warmup():
+    """vgg8 student (5 levels, 8x8 down to 1x1 at 16x16 inputs) and resnet20 teacher (4 levels, 16x16
+    down to 1x1): the deepest 4 levels are paired, and the fused maps are resized to the teacher's."""
+    torch.manual_seed(0)
+    ctx = _context(torch.arange(10), 10, student="vgg8", teacher="resnet20")
+    method = build_method({"name": "reviewkd", "feat_weight": 5.0}, ctx)
+    lay = method.layout
+    assert (lay.in_channels, lay.out_channels, lay.mid_channels) == ((256, 512, 512, 512), (16, 32, 64, 64), 512)
+    assert (lay.shapes, lay.out_shapes) == (((4, 4), (2, 2), (2, 2), (1, 1)), ((16, 16), (8, 8), (4, 4), (1, 1)))
+    x = torch.randn(6, 3, 16, 16)
+    s = ctx.student.forward_features(x)
+    with torch.no_grad():
+        t = ctx.teacher.forward_features(x)
+    target = torch.randint(0, 10, (6,))
+    student_levels = [*s.feats[1:], s.pooled[:, :, None, None]][-4:]  # post-activation (STU_PREACT False)
+    teacher_levels = [*t.preact_feats[1:], t.pooled[:, :, None, None]]
+    with torch.no_grad():
+        out, residual = _abf(method.abfs[3], student_levels[3], None, (1, 1))
+        fused = [out]
+        for i in (2, 1, 0):
+            out, residual = _abf(method.abfs[i], student_levels[i], residual, teacher_levels[i].shape[-2:])
+            fused.insert(0, out)
+        hcl = hcl_loss(fused, teacher_levels)
+        ce = F.cross_entropy(s.logits, target)
+    for epoch, factor in ((5, 0.25), (torch.tensor(30.0), 1.0), (torch.tensor(2.0), 0.1)):
+        total, parts = method(s, t, target, epoch, None)
+        assert set(parts) == {"ce", "review"} and parts["ce"] + parts["review"] == total
+        assert parts["review"].item() == pytest.approx(5.0 * factor * hcl.item(), rel=1e-5)
+        assert total.item() == pytest.approx(ce.item() + 5.0 * factor * hcl.item(), rel=1e-5)
+    total.backward()
+    assert all(p.grad is not None for p in method.abfs.parameters())
+
+
+def test_reviewkd_refuses_models_without_stage_features():
+    pytest.importorskip("torchvision")
+    ctx = _context(torch.arange(10), 10)
+    ctx.student = create_model("torchvision:resnet18", num_classes=10)
+    with pytest.raises(UserError, match=r"reviewkd fuses stage features, which model 'torchvision:resnet18'"):
+        build_method({"name": "reviewkd"}, ctx)
+
+
+def test_epochs_flag_scales_the_reviewkd_warmup():
+    cfg = resolve_with_flags("cifar100/resnet32x4-resnet8x4/reviewkd", [], epochs=24)
+    assert (cfg.train.epochs, cfg.method.warmup_epochs, cfg.train.lr_milestones) == (24, 2.0, [15, 18, 21])
+    kept = resolve_with_flags("cifar100/resnet32x4-resnet8x4/reviewkd", ["method.warmup_epochs=10"], epochs=24)
+    assert kept.method.warmup_epochs == 10.0
+    assert resolve_with_flags("demo/reviewkd", [], epochs=2).method.warmup_epochs == pytest.approx(0.6)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def _small(method: str, teacher_ckpt, *extra: str):
+    over = [*SMALL, f"model.teacher_checkpoint={teacher_ckpt}", *extra]
+    return over, resolve_with_flags(f"demo/{method}", over, epochs=2)
+
+
+@pytest.mark.parametrize("method", ["crd", "reviewkd"])
+def test_a_step_reads_nothing_on_the_host(method, teacher_ckpt, tmp_path):
+    """Plain and static steps (the epoch as a device scalar) without a host synchronisation."""
+    _, cfg = _small(method, teacher_ckpt)
+    cpu = torch.device("cpu")
+    data = build_run_data(cfg, cpu, World())
+    teacher_fn = build_teacher_fn(cfg, data.num_classes, cpu)
+    prepare_out_dir(tmp_path / "r", resume=False)
+    run = Run(
+        cfg,
+        tmp_path / "r",
+        world=World(),
+        device=cpu,
+        num_classes=10,
+        resume_from=None,
+        resume=False,
+        **method_inputs(cfg, data, teacher_fn),
+    )
+    batch = next(iter(data.train))
+    run.begin_epoch(1)
+    static = StaticSteps([StepMember(run)], data.train, teacher_fn, capture=False)
+    static.start_epoch(1)
+    with value_checks(False), HostSyncCounter(fail=True):
+        run.step(batch, teacher_fn(batch, features=True), 1)
+        static.step(32)
+    assert run._steps == 2
+
+
+def _assert_crash_and_exact_resume(method: str, over: list[str], ref, out) -> None:
+    args = ["train", f"demo/{method}", *over, "--epochs", "2", "--out", str(out), "--resume"]
+    crashed = run_rld(*args, fault="after_step:9")  # inside epoch 2 (7 steps per epoch)
+    assert crashed.returncode == FAULT_EXIT_STATUS, crashed.stderr[-2000:]
+    assert load_last(out)["epoch"] == 1
+    assert main(args) == 0
+    assert metric_rows(ref / "metrics.csv") == metric_rows(out / "metrics.csv")
+    assert_same_run_state(load_last(ref), load_last(out))
+
+
+def test_crd_trains_resumes_exactly_and_its_static_step_equals_the_plain_loop(tmp_path, teacher_ckpt):
+    """demo/crd for 2 epochs. Its NCE term rises while the memory banks, random at first, fill with
+    the networks' embeddings (the published memory does the same; it falls once the embeddings
+    separate the classes, after a few epochs of the demo): here the CE part falls, the NCE term
+    stays finite. A run killed inside epoch 2 and resumed ends bit-identical (memories, Z, RNG)."""
+    over, cfg = _small("crd", teacher_ckpt)
+    assert cfg.method.nce_k == 256
+    train(cfg, tmp_path / "ref")
+    rows = metric_rows(tmp_path / "ref" / "metrics.csv")
+    assert [int(r["steps"]) for r in rows] == [7, 7]
+    assert float(rows[1]["loss_ce"]) < float(rows[0]["loss_ce"])
+    assert all(math.isfinite(float(r["loss_crd"])) and float(r["loss_crd"]) > 0 for r in rows)
+    state = load_last(tmp_path / "ref")["method"]
+    assert (state["z"] > 0).all() and state["memory_s"].shape == (200, 128)
+    torch.testing.assert_close(state["memory_s"].norm(dim=1), torch.ones(200))  # every row updated: unit length
+
+    _assert_crash_and_exact_resume("crd", over, tmp_path / "ref", tmp_path / "crashed")
+
+    train(resolve_with_flags("demo/crd", [*over, "train.static_step=on"], epochs=2), tmp_path / "static")
+    assert metric_rows(tmp_path / "ref" / "metrics.csv") == metric_rows(tmp_path / "static" / "metrics.csv")
+    ref, static = load_last(tmp_path / "ref"), load_last(tmp_path / "static")
+    assert_same_run_state(ref, static, ignore_config=("train.static_step",))
+
+
+def test_reviewkd_trains_with_a_falling_loss_and_resumes_exactly(tmp_path, teacher_ckpt):
+    over, cfg = _small("reviewkd", teacher_ckpt)
+    train(cfg, tmp_path / "ref")
+    rows = metric_rows(tmp_path / "ref" / "metrics.csv")
+    assert float(rows[1]["train_loss"]) < float(rows[0]["train_loss"])
+    assert float(rows[1]["loss_review"]) < float(rows[0]["loss_review"])
+    _assert_crash_and_exact_resume("reviewkd", over, tmp_path / "ref", tmp_path / "crashed")
+
+
+# ----------------------------------------------------------------------------- presets
+
+
+def test_presets_list_every_pair_and_resolve(capsys):
+    assert main(["presets"]) == 0
+    listed = set(capsys.readouterr().out.split())
+    for method in ("crd", "reviewkd"):
+        names = {f"cifar100/{p}/{method}" for p in CIFAR_PAIRS} | {f"imagenet/{p}/{method}" for p in IMAGENET_PAIRS}
+        assert names | {f"demo/{method}"} <= listed
+        assert {n for n in list_presets() if n.endswith(f"/{method}")} == names | {f"demo/{method}"}
+        for name in sorted(names | {f"demo/{method}"}):
+            resolve(name)
+    crd = resolve("cifar100/resnet32x4-ShuffleV2/crd")
+    assert (crd.method.feat_weight, crd.method.nce_k, crd.method.nce_t, crd.train.lr) == (0.8, 16384, 0.07, 0.01)
+    assert resolve("cifar100/vgg13-vgg8/crd").train.lr == 0.05
+    weights = {p: resolve(f"cifar100/{p}/reviewkd").method.feat_weight for p in CIFAR_PAIRS}
+    assert weights["resnet32x4-resnet8x4"] == 5.0 and weights["resnet32x4-ShuffleV2"] == 8.0
+    assert (weights["resnet56-resnet20"], weights["resnet110-resnet32"]) == (0.6, 1.0)
+    for pair in IMAGENET_PAIRS:
+        for method in ("crd", "reviewkd"):
+            c = resolve(f"imagenet/{pair}/{method}")
+            assert (c.train.batch_size, c.train.lr, c.train.epochs, c.train.lr_step) == (256, 0.1, 100, 30)
+    assert resolve("imagenet/ResNet50-MobileNetV1/reviewkd").method.feat_weight == 8.0
+    assert resolve("imagenet/ResNet34-ResNet18/reviewkd").method.feat_weight == 1.0
