@@ -109,7 +109,7 @@ def _crd_reference(crd, memory_s, memory_t, s: Features, t: Features, target, co
     return ce + 0.8 * nce, z, (v_s, v_t)
 
 
-def _published_update(memory: torch.Tensor, v: torch.Tensor, index, momentum: float = 0.5) -> torch.Tensor:
+def _published_update(memory: torch.Tensor, v: torch.Tensor, index, momentum: float) -> torch.Tensor:
     """crd/memory.py: rows ← momentum·row + (1 − momentum)·v, divided by their L2 norm."""
     rows = memory[index].double() * momentum + v * (1 - momentum)
     expected = memory.double().clone()
@@ -120,11 +120,19 @@ def _published_update(memory: torch.Tensor, v: torch.Tensor, index, momentum: fl
 def test_crd_step_equals_the_pure_functions_and_updates_the_memory_as_published(monkeypatch):
     torch.manual_seed(0)
     labels = torch.arange(30) % 3
-    crd = build_method({"name": "crd", "nce_k": 50, "feat_dim": 16}, _context(labels, 3))
-    assert (crd.ce_weight, crd.feat_weight, crd.nce_t, crd.nce_momentum) == (1.0, 0.8, 0.07, 0.5)
-    assert crd.memory_s.shape == crd.memory_t.shape == (30, 16)
+    assert get_spec("crd").params == {
+        "ce_weight": 1.0,
+        "feat_weight": 0.8,
+        "feat_dim": 128,
+        "nce_k": 16384,
+        "nce_t": 0.07,
+        "nce_momentum": 0.5,
+    }
+    crd = build_method({"name": "crd", "nce_k": 50, "feat_dim": 16, "nce_momentum": 0.7}, _context(labels, 3))
     bound = 1 / math.sqrt(16 / 3)  # the published initialisation: uniform in ±1/sqrt(dim/3)
-    assert crd.memory_s.abs().max() <= bound and crd.memory_s.min() < -0.8 * bound < 0.8 * bound < crd.memory_s.max()
+    for memory in (crd.memory_s, crd.memory_t):
+        assert memory.shape == (30, 16) and memory.abs().max() <= bound
+        assert memory.min() < -0.9 * bound and memory.max() > 0.9 * bound and abs(memory.mean()) < 0.05 * bound
     assert not torch.equal(crd.memory_s, crd.memory_t) and (crd.z < 0).all()
     drawn = []
     draw = crd.contrast_indices
@@ -146,7 +154,7 @@ def test_crd_step_equals_the_pure_functions_and_updates_the_memory_as_published(
             assert torch.equal(crd.z, z_kept)
             assert _crd_reference(crd, *before, s, t, target, drawn[-1])[1][0] != pytest.approx(z_first[0].item())
         for memory, old, v in ((crd.memory_s, before[0], v_s), (crd.memory_t, before[1], v_t)):
-            torch.testing.assert_close(memory.double(), _published_update(old, v, index), rtol=1e-6, atol=1e-7)
+            torch.testing.assert_close(memory.double(), _published_update(old, v, index, 0.7), rtol=1e-6, atol=1e-7)
             untouched = torch.ones(30, dtype=torch.bool)
             untouched[index] = False
             assert torch.equal(memory[untouched], old[untouched])
@@ -267,22 +275,37 @@ def _abf(abf, x, residual, out_size):
     return _bn(F.conv2d(x, abf.conv2[0].weight, padding=1), abf.conv2[1]), x
 
 
-def test_reviewkd_total_equals_the_abf_chain_and_hcl_with_its_warmup():
-    """vgg8 student (5 levels, 8x8 down to 1x1 at 16x16 inputs) and resnet20 teacher (4 levels, 16x16
-    down to 1x1): the deepest 4 levels are paired, and the fused maps are resized to the teacher's."""
+# At 16x16 inputs. vgg8 -> resnet20: 5 student levels against 4 (the deepest 4 are paired), fused
+# maps enlarged to the teacher's sizes. resnet8 -> ShuffleV2 (student pre-activation): fused maps
+# shrunk to the teacher's, then the residual enlarged to the next student level.
+REVIEW_CASES = {
+    ("vgg8", "resnet20", False): (
+        ((256, 512, 512, 512), (16, 32, 64, 64), 512),
+        (((4, 4), (2, 2), (2, 2), (1, 1)), ((16, 16), (8, 8), (4, 4), (1, 1))),
+    ),
+    ("resnet8", "ShuffleV2", True): (
+        ((16, 32, 64, 64), (116, 232, 464, 1024), 64),
+        (((16, 16), (8, 8), (4, 4), (1, 1)), ((8, 8), (4, 4), (2, 2), (1, 1))),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(REVIEW_CASES), ids=lambda c: f"{c[0]}-from-{c[1]}")
+def test_reviewkd_total_equals_the_abf_chain_and_hcl_with_its_warmup(case):
+    student_name, teacher_name, preact = case
     torch.manual_seed(0)
-    ctx = _context(torch.arange(10), 10, student="vgg8", teacher="resnet20")
-    method = build_method({"name": "reviewkd", "feat_weight": 5.0}, ctx)
+    ctx = _context(torch.arange(10), 10, student=student_name, teacher=teacher_name)
+    method = build_method({"name": "reviewkd", "feat_weight": 5.0, "stu_preact": preact}, ctx)
     lay = method.layout
-    assert (lay.in_channels, lay.out_channels, lay.mid_channels) == ((256, 512, 512, 512), (16, 32, 64, 64), 512)
-    assert (lay.shapes, lay.out_shapes) == (((4, 4), (2, 2), (2, 2), (1, 1)), ((16, 16), (8, 8), (4, 4), (1, 1)))
+    channels, sizes = REVIEW_CASES[case]
+    assert ((lay.in_channels, lay.out_channels, lay.mid_channels), (lay.shapes, lay.out_shapes)) == (channels, sizes)
     x = torch.randn(6, 3, 16, 16)
     s = ctx.student.forward_features(x)
     with torch.no_grad():
         t = ctx.teacher.forward_features(x)
     target = torch.randint(0, 10, (6,))
-    student_levels = [*s.feats[1:], s.pooled[:, :, None, None]][-4:]  # post-activation (STU_PREACT False)
-    teacher_levels = [*t.preact_feats[1:], t.pooled[:, :, None, None]]
+    student_levels = [*(s.preact_feats if preact else s.feats)[1:], s.pooled[:, :, None, None]][-4:]
+    teacher_levels = [*t.preact_feats[1:], t.pooled[:, :, None, None]][-4:]
     with torch.no_grad():
         out, residual = _abf(method.abfs[3], student_levels[3], None, (1, 1))
         fused = [out]
@@ -390,8 +413,8 @@ def test_reviewkd_trains_with_a_falling_loss_and_resumes_exactly(tmp_path, teach
     over, cfg = _small("reviewkd", teacher_ckpt)
     train(cfg, tmp_path / "ref")
     rows = metric_rows(tmp_path / "ref" / "metrics.csv")
-    assert float(rows[1]["train_loss"]) < float(rows[0]["train_loss"])
-    assert float(rows[1]["loss_review"]) < float(rows[0]["loss_review"])
+    assert 0 < float(rows[1]["train_loss"]) < float(rows[0]["train_loss"])
+    assert 0 < float(rows[1]["loss_review"]) < float(rows[0]["loss_review"])
     _assert_crash_and_exact_resume("reviewkd", over, tmp_path / "ref", tmp_path / "crashed")
 
 
