@@ -34,6 +34,7 @@ TABLE3_PAIRS = [
     ("resnet110", "resnet20"),
 ]
 LOGIT_METHODS = ["kd", "ctkd", "dkd", "la", "rc", "lr", "rld"]
+FEATURE_METHODS = ["fitnet", "at", "rkd", "crd", "ofd", "reviewkd", "simkd", "catkd"]
 
 
 # ----------------------------------------------------------------------------- planning
@@ -42,9 +43,9 @@ LOGIT_METHODS = ["kd", "ctkd", "dkd", "la", "rc", "lr", "rld"]
 def test_table3_dry_run_lists_every_run(tmp_path, capsys):
     out, plan_file = tmp_path / "repro", tmp_path / "plan.json"
     assert main(["reproduce", "table3", "--dry-run", "--json", str(plan_file), "--out", str(out)]) == 0
-    assert "170 runs" in capsys.readouterr().out
+    assert "338 runs" in capsys.readouterr().out
     runs = json.loads(plan_file.read_text())["runs"]
-    assert len(runs) == 170
+    assert len(runs) == 5 + 6 * 3 + 7 * 15 * 3
     teachers = [r for r in runs if "teacher" in r["roles"]]
     students = [r for r in runs if r["roles"] == ["student"]]
     distilled = [r for r in runs if r["roles"] == ["distill"]]
@@ -55,9 +56,10 @@ def test_table3_dry_run_lists_every_run(tmp_path, capsys):
     assert {(r["student"], r["seed"]) for r in students} == set(
         itertools.product(["resnet8x4", "vgg8", "wrn_40_1", "wrn_16_2", "resnet20", "resnet32"], [0, 1, 2])
     )
-    assert len(distilled) == 7 * 7 * 3
+    assert len(distilled) == 7 * (8 + 7) * 3  # the feature and the logit methods
     assert {(r["teacher"], r["student"], r["method"], r["seed"]) for r in distilled} == {
-        (t, s, m, seed) for (t, s), m, seed in itertools.product(TABLE3_PAIRS, LOGIT_METHODS, [0, 1, 2])
+        (t, s, m, seed)
+        for (t, s), m, seed in itertools.product(TABLE3_PAIRS, FEATURE_METHODS + LOGIT_METHODS, [0, 1, 2])
     }
     by_name = {r["name"]: r for r in runs}
     root = out.resolve()
@@ -98,7 +100,7 @@ def test_tables_share_runs_and_set_the_papers_variants(tmp_path):
     assert "cifar100/resnet8x4/vanilla/seed2" in t5  # Table 5's CE row is the plain student
 
     t2 = {r.name: r for r in plan_table("table2", tmp_path).runs}
-    assert len(t2) == 4 + 5 * 3 - 1 + 7 * 7 * 3  # wrn_40_2 seed 0 is a teacher and a plain student
+    assert len(t2) == 4 + 5 * 3 - 1 + 7 * (8 + 7) * 3  # wrn_40_2 seed 0 is a teacher and a plain student
     assert t2["cifar100/wrn_40_2/vanilla/seed0"].roles == ["teacher", "student"]
     assert t2["cifar100/ResNet50-MobileNetV2/rld/seed0"].config().train.lr == 0.01
 
