@@ -1,5 +1,5 @@
-"""What the feature-distillation methods (FitNet, AT, RKD, OFD) share: their cross-entropy term
-and the checks on the feature maps of the models they are built from."""
+"""What the feature-distillation methods (FitNet, AT, RKD, CRD, OFD, ReviewKD) share: their
+cross-entropy term and the checks on the feature maps of the models they are built from."""
 
 from __future__ import annotations
 
@@ -26,6 +26,16 @@ def model_label(model: nn.Module) -> str:
     return getattr(model, "model_name", "") or type(model).__name__
 
 
+def no_stage_features(method: str, role: str, model: nn.Module, kind: str = "feats") -> ValueError:
+    """The error for a ``role`` model (student / teacher) whose ``Features.<kind>`` is empty."""
+    return ValueError(
+        f"{method} reads the {role}'s stage features (Features.{kind}), and the {role} "
+        f"{model_label(model)!r} has none: torchvision: models, and timm: models without "
+        "forward_intermediates, give only logits and the pooled feature. Use a model of the zoo "
+        "(resnet8, wrn_16_2, MobileNetV2, ...) or a timm: model with forward_intermediates"
+    )
+
+
 def stage_shapes(
     model: nn.Module, input_shape: tuple[int, ...], kind: str, method: str, role: str
 ) -> list[tuple[int, ...]]:
@@ -33,10 +43,5 @@ def stage_shapes(
     ``model`` for inputs of ``input_shape``; ValueError naming the model when it has none."""
     feats = getattr(probe_features(model, input_shape), kind)
     if not feats:
-        raise ValueError(
-            f"{method} reads the {role}'s stage features (Features.{kind}), and the {role} "
-            f"{model_label(model)!r} has none: torchvision: models, and timm: models without "
-            "forward_intermediates, give only logits and the pooled feature. Use a model of the zoo "
-            "(resnet8, wrn_16_2, MobileNetV2, ...) or a timm: model with forward_intermediates"
-        )
+        raise no_stage_features(method, role, model, kind)
     return [tuple(f.shape[1:]) for f in feats]

@@ -46,7 +46,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rld.losses import crd_nce_loss, crd_scores
-from rld.losses._common import check_positive, check_weight
+from rld.losses._common import check_positive
+from rld.methods._stages import ce_term, check_weights, model_label
 from rld.methods.base import Method, MethodConfig, MethodContext, MethodSpec, needs_context, probe_features
 from rld.models.features import Features
 
@@ -97,10 +98,6 @@ def _mean_over_processes(t: Tensor) -> Tensor:
     return t / world
 
 
-def _model_name(model: nn.Module) -> str:
-    return getattr(model, "model_name", "") or type(model).__name__
-
-
 class CRD(Method):
     """CRD's embeddings (trained), memory banks and Z (buffers: saved and restored with the run)."""
 
@@ -115,7 +112,7 @@ class CRD(Method):
         for role, model in (("student", ctx.student), ("teacher", ctx.teacher)):
             pooled = probe_features(model, ctx.input_shape).pooled
             if pooled is None:
-                raise ValueError(f"crd embeds the {role}'s pooled feature, which model {_model_name(model)!r} lacks")
+                raise ValueError(f"crd embeds the {role}'s pooled feature, which model {model_label(model)!r} lacks")
             dims.append(pooled.shape[1])
         labels = ctx.train_targets
         if labels is None:
@@ -192,7 +189,7 @@ class CRD(Method):
         nce = crd_nce_loss(scores_s / z[0], self.n_data) + crd_nce_loss(scores_t / z[1], self.n_data)
         self._update_memory(v_s, v_t, index)
         parts = {
-            "ce": self.ce_weight * F.cross_entropy(student.logits.float(), target),
+            "ce": ce_term(student.logits, target, self.ce_weight),
             "crd": self.feat_weight * nce,
         }
         return parts["ce"] + parts["crd"], parts
@@ -204,8 +201,7 @@ def _check_int(name: str, value: Any, low: int) -> None:
 
 
 def check(params: dict[str, Any]) -> None:
-    check_weight("ce_weight", params["ce_weight"])
-    check_weight("feat_weight", params["feat_weight"])
+    check_weights(params, "ce_weight", "feat_weight")
     _check_int("feat_dim", params["feat_dim"], 1)
     _check_int("nce_k", params["nce_k"], 1)
     check_positive("nce_t", params["nce_t"])

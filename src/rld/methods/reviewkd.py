@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rld.losses import hcl_loss, warmup_factor
-from rld.losses._common import check_weight
+from rld.methods._stages import ce_term, check_weights, no_stage_features
 from rld.methods.base import Method, MethodConfig, MethodContext, MethodSpec, needs_context, probe_features
 from rld.models.features import Features
 
@@ -74,24 +74,13 @@ class ReviewLayout:
     mid_channels: int
 
 
-def _model_name(model: nn.Module | None) -> str:
-    return (getattr(model, "model_name", "") or type(model).__name__) if model is not None else "?"
-
-
 def review_layout(
-    student: Features,
-    teacher: Features,
-    stu_preact: bool = False,
-    max_mid_channels: int = 512,
-    names: tuple[str, str] = ("student", "teacher"),
+    student: Features, teacher: Features, stu_preact: bool = False, max_mid_channels: int = 512
 ) -> ReviewLayout:
     """The fusion modules' layout from the student's and teacher's Features (of a probe batch)."""
-    for name, f in zip(names, (student, teacher)):
-        if len(f.feats) < 2 or f.pooled is None:
-            raise ValueError(
-                f"reviewkd fuses stage features, which model {name!r} does not provide (a torchvision:/timm: "
-                "model has none); choose a model of the rld zoo"
-            )
+    for role, f in (("student", student), ("teacher", teacher)):
+        if len(f.feats) < 2 or len(f.preact_feats) < 2 or f.pooled is None:
+            raise ValueError(f"ReviewKD needs stage features after the stem and the pooled feature of the {role}")
     s, t = review_levels(student, stu_preact), review_levels(teacher, True)
     n = min(len(s), len(t))
     s, t = s[-n:], t[-n:]
@@ -137,12 +126,16 @@ class ReviewKD(Method):
         self.spec = spec
         self.ce_weight, self.feat_weight = float(params["ce_weight"]), float(params["feat_weight"])
         self.warmup_epochs, self.stu_preact = float(params["warmup_epochs"]), bool(params["stu_preact"])
+        features = {}
+        for role, model, kind in (
+            ("student", ctx.student, "preact_feats" if self.stu_preact else "feats"),
+            ("teacher", ctx.teacher, "preact_feats"),
+        ):
+            features[role] = probe_features(model, ctx.input_shape)
+            if not getattr(features[role], kind):
+                raise no_stage_features("ReviewKD", role, model, kind)
         self.layout = review_layout(
-            probe_features(ctx.student, ctx.input_shape),
-            probe_features(ctx.teacher, ctx.input_shape),
-            self.stu_preact,
-            int(params["max_mid_channels"]),
-            names=(_model_name(ctx.student), _model_name(ctx.teacher)),
+            features["student"], features["teacher"], self.stu_preact, int(params["max_mid_channels"])
         )
         lay = self.layout
         n = len(lay.in_channels)
@@ -169,16 +162,14 @@ class ReviewKD(Method):
         fused = self.fuse(s, [tuple(f.shape[-2:]) for f in t])
         review = hcl_loss(fused, t)
         parts = {
-            "ce": self.ce_weight * F.cross_entropy(student.logits.float(), target),
+            "ce": ce_term(student.logits, target, self.ce_weight),
             "review": self.feat_weight * warmup_factor(epoch, self.warmup_epochs) * review,
         }
         return parts["ce"] + parts["review"], parts
 
 
 def check(params: dict[str, Any]) -> None:
-    check_weight("ce_weight", params["ce_weight"])
-    check_weight("feat_weight", params["feat_weight"])
-    check_weight("warmup_epochs", params["warmup_epochs"])
+    check_weights(params, "ce_weight", "feat_weight", "warmup_epochs")
     mid = params["max_mid_channels"]
     if isinstance(mid, bool) or not isinstance(mid, int) or mid < 1:
         raise ValueError(f"max_mid_channels must be an integer >= 1, got {mid!r}")
