@@ -5,15 +5,17 @@ included), the static step, and the presets."""
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import assert_same_run_state, load_last, metric_rows, run_rld
+from conftest import assert_same_run_state, load_last, metric_rows
 from rld.cli import main
 from rld.config import list_presets, resolve, resolve_with_flags
-from rld.engine import train
 from rld.engine.distributed import World
 from rld.engine.faults import FAULT_EXIT_STATUS
 from rld.engine.static import StaticSteps, StepMember
@@ -327,8 +329,14 @@ def test_reviewkd_refuses_models_without_stage_features():
     pytest.importorskip("torchvision")
     ctx = _context(torch.arange(10), 10)
     ctx.student = create_model("torchvision:resnet18", num_classes=10)
-    with pytest.raises(UserError, match=r"reviewkd fuses stage features, which model 'torchvision:resnet18'"):
+    with pytest.raises(
+        UserError, match=r"ReviewKD reads the student's stage features .* 'torchvision:resnet18' has none"
+    ):
         build_method({"name": "reviewkd"}, ctx)
+    ctx = _context(torch.arange(10), 10)
+    ctx.teacher = create_model("torchvision:resnet18", num_classes=10)
+    with pytest.raises(UserError, match=r"ReviewKD reads the teacher's stage features \(Features.preact_feats\)"):
+        build_method({"name": "reviewkd", "stu_preact": True}, ctx)
 
 
 def test_epochs_flag_scales_the_reviewkd_warmup():
@@ -342,15 +350,14 @@ def test_epochs_flag_scales_the_reviewkd_warmup():
 # ----------------------------------------------------------------------------- training
 
 
-def _small(method: str, teacher_ckpt, *extra: str):
-    over = [*SMALL, f"model.teacher_checkpoint={teacher_ckpt}", *extra]
-    return over, resolve_with_flags(f"demo/{method}", over, epochs=2)
+def _small(method: str, teacher_ckpt):
+    return resolve_with_flags(f"demo/{method}", [*SMALL, f"model.teacher_checkpoint={teacher_ckpt}"], epochs=2)
 
 
 @pytest.mark.parametrize("method", ["crd", "reviewkd"])
 def test_a_step_reads_nothing_on_the_host(method, teacher_ckpt, tmp_path):
     """Plain and static steps (the epoch as a device scalar) without a host synchronisation."""
-    _, cfg = _small(method, teacher_ckpt)
+    cfg = _small(method, teacher_ckpt)
     cpu = torch.device("cpu")
     data = build_run_data(cfg, cpu, World())
     teacher_fn = build_teacher_fn(cfg, data.num_classes, cpu)
@@ -375,47 +382,92 @@ def test_a_step_reads_nothing_on_the_host(method, teacher_ckpt, tmp_path):
     assert run._steps == 2
 
 
-def _assert_crash_and_exact_resume(method: str, over: list[str], ref, out) -> None:
-    args = ["train", f"demo/{method}", *over, "--epochs", "2", "--out", str(out), "--resume"]
-    crashed = run_rld(*args, fault="after_step:9")  # inside epoch 2 (7 steps per epoch)
-    assert crashed.returncode == FAULT_EXIT_STATUS, crashed.stderr[-2000:]
+def _train_args(method: str, teacher_ckpt, out, *extra: str) -> list[str]:
+    return [
+        "train",
+        f"demo/{method}",
+        *SMALL,
+        "--epochs",
+        "2",
+        "--teacher",
+        str(teacher_ckpt),
+        "--out",
+        str(out),
+        *extra,
+    ]
+
+
+TRAINING_TESTS = {"crd": "test_crd_trains_resumes_exactly_and", "reviewkd": "test_reviewkd_trains_with_a_falling"}
+
+
+@pytest.fixture(scope="module")
+def killed_runs(request, tmp_path_factory, teacher_ckpt):
+    """Each method's demo run killed by RLD_FAULT after step 9 (inside epoch 2, 7 steps per epoch),
+    in processes started together for the selected tests (most of a process's time is its imports)."""
+    root = tmp_path_factory.mktemp("killed")
+    env = {k: v for k, v in os.environ.items() if k != "RLD_FAULT"}
+    env["RLD_FAULT"] = "after_step:9"
+    names = {item.originalname for item in request.session.items}
+    procs = {}
+    for method, test in TRAINING_TESTS.items():
+        if any(name.startswith(test) for name in names):
+            log = open(root / f"{method}.log", "w")
+            args = _train_args(method, teacher_ckpt, root / method)
+            procs[method] = (
+                subprocess.Popen([sys.executable, "-m", "rld.cli", *args], env=env, stdout=log, stderr=log),
+                log,
+            )
+    yield root, procs
+    for proc, log in procs.values():
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def _assert_killed_run_resumes_exactly(method: str, teacher_ckpt, killed_runs, ref) -> None:
+    root, procs = killed_runs
+    proc, _ = procs[method]
+    assert proc.wait(timeout=300) == FAULT_EXIT_STATUS, (root / f"{method}.log").read_text()[-2000:]
+    out = root / method
     assert load_last(out)["epoch"] == 1
-    assert main(args) == 0
+    assert main([*_train_args(method, teacher_ckpt, out), "--resume"]) == 0
     assert metric_rows(ref / "metrics.csv") == metric_rows(out / "metrics.csv")
     assert_same_run_state(load_last(ref), load_last(out))
 
 
-def test_crd_trains_resumes_exactly_and_its_static_step_equals_the_plain_loop(tmp_path, teacher_ckpt):
+def test_crd_trains_resumes_exactly_and_its_static_step_equals_the_plain_loop(tmp_path, teacher_ckpt, killed_runs):
     """demo/crd for 2 epochs. Its NCE term rises while the memory banks, random at first, fill with
     the networks' embeddings (the published memory does the same; it falls once the embeddings
     separate the classes, after a few epochs of the demo): here the CE part falls, the NCE term
-    stays finite. A run killed inside epoch 2 and resumed ends bit-identical (memories, Z, RNG)."""
-    over, cfg = _small("crd", teacher_ckpt)
-    assert cfg.method.nce_k == 256
-    train(cfg, tmp_path / "ref")
-    rows = metric_rows(tmp_path / "ref" / "metrics.csv")
+    stays finite. A run killed inside epoch 2 and resumed ends bit-identical (memories, Z, RNG);
+    the static step trains exactly as the plain loop."""
+    ref = tmp_path / "ref"
+    assert main(_train_args("crd", teacher_ckpt, ref)) == 0
+    assert resolve_with_flags("demo/crd", [], epochs=2).method.nce_k == 256
+    rows = metric_rows(ref / "metrics.csv")
     assert [int(r["steps"]) for r in rows] == [7, 7]
     assert float(rows[1]["loss_ce"]) < float(rows[0]["loss_ce"])
     assert all(math.isfinite(float(r["loss_crd"])) and float(r["loss_crd"]) > 0 for r in rows)
-    state = load_last(tmp_path / "ref")["method"]
+    state = load_last(ref)["method"]
     assert (state["z"] > 0).all() and state["memory_s"].shape == (200, 128)
     torch.testing.assert_close(state["memory_s"].norm(dim=1), torch.ones(200))  # every row updated: unit length
 
-    _assert_crash_and_exact_resume("crd", over, tmp_path / "ref", tmp_path / "crashed")
+    _assert_killed_run_resumes_exactly("crd", teacher_ckpt, killed_runs, ref)
 
-    train(resolve_with_flags("demo/crd", [*over, "train.static_step=on"], epochs=2), tmp_path / "static")
-    assert metric_rows(tmp_path / "ref" / "metrics.csv") == metric_rows(tmp_path / "static" / "metrics.csv")
-    ref, static = load_last(tmp_path / "ref"), load_last(tmp_path / "static")
-    assert_same_run_state(ref, static, ignore_config=("train.static_step",))
+    static = tmp_path / "static"
+    assert main(_train_args("crd", teacher_ckpt, static, "train.static_step=on")) == 0
+    assert metric_rows(ref / "metrics.csv") == metric_rows(static / "metrics.csv")
+    assert_same_run_state(load_last(ref), load_last(static), ignore_config=("train.static_step",))
 
 
-def test_reviewkd_trains_with_a_falling_loss_and_resumes_exactly(tmp_path, teacher_ckpt):
-    over, cfg = _small("reviewkd", teacher_ckpt)
-    train(cfg, tmp_path / "ref")
-    rows = metric_rows(tmp_path / "ref" / "metrics.csv")
+def test_reviewkd_trains_with_a_falling_loss_and_resumes_exactly(tmp_path, teacher_ckpt, killed_runs):
+    ref = tmp_path / "ref"
+    assert main(_train_args("reviewkd", teacher_ckpt, ref)) == 0
+    rows = metric_rows(ref / "metrics.csv")
     assert 0 < float(rows[1]["train_loss"]) < float(rows[0]["train_loss"])
     assert 0 < float(rows[1]["loss_review"]) < float(rows[0]["loss_review"])
-    _assert_crash_and_exact_resume("reviewkd", over, tmp_path / "ref", tmp_path / "crashed")
+    _assert_killed_run_resumes_exactly("reviewkd", teacher_ckpt, killed_runs, ref)
 
 
 # ----------------------------------------------------------------------------- presets
