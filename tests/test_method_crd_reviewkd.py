@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import subprocess
 import sys
 
@@ -397,26 +398,29 @@ def _train_args(method: str, teacher_ckpt, out, *extra: str) -> list[str]:
     ]
 
 
-TRAINING_TESTS = {"crd": "test_crd_trains_resumes_exactly_and", "reviewkd": "test_reviewkd_trains_with_a_falling"}
+# run -> (method, the test that reads it, RLD_FAULT): killed after step 9 (inside epoch 2, 7 steps per
+# epoch), or preempted there (SIGTERM: the position inside the epoch is saved as step.pt)
+KILLED_RUNS = {
+    "crd": ("crd", "test_crd_trains_resumes_exactly_and", "after_step:9"),
+    "crd-preempted": ("crd", "test_crd_trains_resumes_exactly_and", "sigterm_after_step:9"),
+    "reviewkd": ("reviewkd", "test_reviewkd_trains_with_a_falling", "after_step:9"),
+}
 
 
 @pytest.fixture(scope="module")
 def killed_runs(request, tmp_path_factory, teacher_ckpt):
-    """Each method's demo run killed by RLD_FAULT after step 9 (inside epoch 2, 7 steps per epoch),
-    in processes started together for the selected tests (most of a process's time is its imports)."""
+    """The demo runs of :data:`KILLED_RUNS` stopped by their RLD_FAULT, in processes started together
+    for the selected tests (most of a process's time is its imports)."""
     root = tmp_path_factory.mktemp("killed")
-    env = {k: v for k, v in os.environ.items() if k != "RLD_FAULT"}
-    env["RLD_FAULT"] = "after_step:9"
     names = {item.originalname for item in request.session.items}
     procs = {}
-    for method, test in TRAINING_TESTS.items():
+    for run, (method, test, fault) in KILLED_RUNS.items():
         if any(name.startswith(test) for name in names):
-            log = open(root / f"{method}.log", "w")
-            args = _train_args(method, teacher_ckpt, root / method)
-            procs[method] = (
-                subprocess.Popen([sys.executable, "-m", "rld.cli", *args], env=env, stdout=log, stderr=log),
-                log,
-            )
+            env = {**{k: v for k, v in os.environ.items() if k != "RLD_FAULT"}, "RLD_FAULT": fault}
+            log = open(root / f"{run}.log", "w")
+            args = _train_args(method, teacher_ckpt, root / run)
+            proc = subprocess.Popen([sys.executable, "-m", "rld.cli", *args], env=env, stdout=log, stderr=log)
+            procs[run] = (proc, log)
     yield root, procs
     for proc, log in procs.values():
         if proc.poll() is None:
@@ -425,13 +429,18 @@ def killed_runs(request, tmp_path_factory, teacher_ckpt):
         log.close()
 
 
-def _assert_killed_run_resumes_exactly(method: str, teacher_ckpt, killed_runs, ref) -> None:
+def _assert_killed_run_resumes_exactly(run: str, teacher_ckpt, killed_runs, ref) -> None:
     root, procs = killed_runs
-    proc, _ = procs[method]
-    assert proc.wait(timeout=300) == FAULT_EXIT_STATUS, (root / f"{method}.log").read_text()[-2000:]
-    out = root / method
+    proc, _ = procs[run]
+    preempted = KILLED_RUNS[run][2].startswith("sigterm")
+    expected = 128 + signal.SIGTERM if preempted else FAULT_EXIT_STATUS
+    assert proc.wait(timeout=300) == expected, (root / f"{run}.log").read_text()[-2000:]
+    out = root / run
     assert load_last(out)["epoch"] == 1
-    assert main([*_train_args(method, teacher_ckpt, out), "--resume"]) == 0
+    if preempted:  # saved after step 2 of epoch 2
+        position = torch.load(out / "checkpoints" / "step.pt", weights_only=True)["position"]
+        assert (position["epoch"], position["step"]) == (2, 2)
+    assert main([*_train_args(KILLED_RUNS[run][0], teacher_ckpt, out), "--resume"]) == 0
     assert metric_rows(ref / "metrics.csv") == metric_rows(out / "metrics.csv")
     assert_same_run_state(load_last(ref), load_last(out))
 
@@ -440,8 +449,8 @@ def test_crd_trains_resumes_exactly_and_its_static_step_equals_the_plain_loop(tm
     """demo/crd for 2 epochs. Its NCE term rises while the memory banks, random at first, fill with
     the networks' embeddings (the published memory does the same; it falls once the embeddings
     separate the classes, after a few epochs of the demo): here the CE part falls, the NCE term
-    stays finite. A run killed inside epoch 2 and resumed ends bit-identical (memories, Z, RNG);
-    the static step trains exactly as the plain loop."""
+    stays finite. A run killed inside epoch 2 (resumed from epoch 1) and one preempted there (resumed
+    from that step) end bit-identical (memories, Z, RNG); the static step trains as the plain loop."""
     ref = tmp_path / "ref"
     assert main(_train_args("crd", teacher_ckpt, ref)) == 0
     assert resolve_with_flags("demo/crd", [], epochs=2).method.nce_k == 256
@@ -454,6 +463,7 @@ def test_crd_trains_resumes_exactly_and_its_static_step_equals_the_plain_loop(tm
     torch.testing.assert_close(state["memory_s"].norm(dim=1), torch.ones(200))  # every row updated: unit length
 
     _assert_killed_run_resumes_exactly("crd", teacher_ckpt, killed_runs, ref)
+    _assert_killed_run_resumes_exactly("crd-preempted", teacher_ckpt, killed_runs, ref)  # from step.pt
 
     static = tmp_path / "static"
     assert main(_train_args("crd", teacher_ckpt, static, "train.static_step=on")) == 0
