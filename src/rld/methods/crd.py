@@ -174,8 +174,8 @@ class CRD(Method):
     ) -> tuple[Tensor, dict[str, Tensor]]:
         if index is None:
             raise ValueError(
-                "crd needs each sample's index in the training set (the batch has none): its memory has one "
-                "entry per sample; use a loader that tracks indices (data.pipeline=device)"
+                "crd needs each sample's index in the training set (Batch.indices) and the batch has none: "
+                "its memories hold one entry per training sample"
             )
         if teacher is None or teacher.pooled is None or student.pooled is None:
             raise ValueError("crd needs the pooled features of the student and the teacher")
