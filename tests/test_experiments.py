@@ -122,6 +122,13 @@ def test_tables_share_runs_and_set_the_papers_variants(tmp_path):
         "imagenet/ResNet50/vanilla",
     }
     assert t4.table.rows[:3] == ("Teacher", "Student", "AT")
+    feature = {
+        (r.method, r.teacher, r.seed) for r in t4.runs if r.method in ("at", "ofd", "crd", "reviewkd", "simkd", "catkd")
+    }
+    assert feature == set(
+        itertools.product(["at", "ofd", "crd", "reviewkd", "simkd", "catkd"], ["ResNet34", "ResNet50"], [0, 1, 2])
+    )
+    assert t4.run("imagenet/ResNet50-MobileNetV1/simkd/seed0").config().train.epochs == 120  # SimKD's protocol
 
 
 def test_shrunk_reproduction_options(tmp_path):
