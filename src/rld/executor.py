@@ -27,8 +27,9 @@ launch of the same command resumes them too.
 
 Each task sees the launching process's ``RLD_*`` environment variables (``RLD_COMPILE_LOSSES``, …)
 and runs in its working folder where the worker's machine has it (a shared file system), so that
-relative paths mean the same there. A worker's training lines go to its Ray log (``/tmp/ray/session_latest/logs/worker-*.err`` on its
-machine); the launching process logs one line per finished run.
+relative paths mean the same there. A worker's training lines go to its Ray log
+(``/tmp/ray/session_latest/logs/worker-*.err`` on its machine); the launching process logs one line
+per finished run.
 """
 
 from __future__ import annotations
@@ -130,15 +131,17 @@ def exit_status(outcomes: Sequence[Outcome]) -> int:
     return DivergedError.exit_status if all(o.status == DIVERGED for o in bad) else 2
 
 
-def failure_summary(outcomes: Sequence[Outcome]) -> str:
-    """``N of M runs did not finish:`` and one indented line per such run (empty when all finished)."""
+def failure_summary(outcomes: Sequence[Outcome], again: str = "the same command again resumes them") -> str:
+    """``N of M runs did not finish:``, one indented line per such run, and ``again`` (how to continue
+    them) unless they all diverged; empty when every run finished."""
     bad = [o for o in outcomes if not o.ok]
     if not bad:
         return ""
     lines = [f"{len(bad)} of {len(outcomes)} runs did not finish:"]
     lines += [f"  {o.run}: {o.status}: {o.message}" for o in bad]
-    if any(o.status in (BUSY, BLOCKED, FAILED, STOPPED) for o in bad):
-        lines.append("  the same command again resumes them (runs being trained elsewhere are left to that process)")
+    if any(o.status != DIVERGED for o in bad):
+        busy = any(o.status == BUSY for o in bad)
+        lines.append(f"  {again}" + (" (runs being trained elsewhere are left to that process)" if busy else ""))
     return "\n".join(lines)
 
 

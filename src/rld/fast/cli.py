@@ -116,7 +116,10 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     if executor.kind != "local":
         outcomes = [_outcome(r) for r in rows]
         if exit_status(outcomes):
-            print(f"rld: error: {failure_summary(outcomes)}", file=sys.stderr)
+            print(
+                f"rld: error: {failure_summary(outcomes, 'the same command with --resume continues them')}",
+                file=sys.stderr,
+            )
         return exit_status(outcomes)
     if diverged:
         names = ", ".join(r["run"] for r in diverged)
