@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 
 from conftest import assert_same_run_state, load_last, metric_lines, metric_rows
+from rld import executor as ex
 from rld.cli import main
 from rld.engine import lock
+from rld.errors import DivergedError, RunFolderLocked
 
 PAIR = "cifar100/resnet56-resnet20"
 TEACHER, KD, RLD = "cifar100/resnet56/vanilla/seed0", f"{PAIR}/kd/seed0", f"{PAIR}/rld/seed0"
@@ -124,3 +126,68 @@ def test_ray_missing_is_one_line_naming_the_extra(monkeypatch, capsys, tmp_path)
     err = capsys.readouterr().err.strip()
     assert err == "rld: error: --executor ray needs Ray, which is not installed: pip install 'rld[ray]'"
     assert not any(tmp_path.iterdir())
+
+
+class WorkerCrashedError(Exception):
+    """Named as Ray's exception for a task whose worker died."""
+
+
+def test_units_wait_for_their_predecessors_and_a_failure_blocks_only_its_dependents():
+    """The scheduling of ``--executor ray`` with a stand-in for Ray that runs each task when it is
+    submitted and returns results in submission order: a student starts after its teacher finished;
+    the students of a teacher being trained elsewhere (and theirs) are not started; a dead worker
+    fails its unit only; the exit status is 2, or 3 when only divergences remain."""
+    submitted: list[str] = []
+
+    class Ref:
+        def __init__(self, value):
+            self.value = value
+
+    class FakeRay:
+        @staticmethod
+        def wait(refs, num_returns=1):
+            return refs[:1], refs[1:]
+
+        @staticmethod
+        def get(ref):
+            if isinstance(ref.value, Exception):
+                raise ref.value
+            return ref.value
+
+    class Task:
+        @staticmethod
+        def remote(fn, args, runs, name, cwd):
+            submitted.append(name)
+            return Ref(WorkerCrashedError("died") if name == "t3" else ex._run(fn, args, runs))
+
+    def trains(name):
+        return [ex.Outcome(name, ex.DONE, best_top1=1.0, last_top1=1.0)]
+
+    def locked(name):
+        raise RunFolderLocked(f"{name} is locked", holder="pid 1 on host h, since now")
+
+    def diverges(name):
+        raise DivergedError(f"{name} diverged", epoch=1, parts=["train_loss"])
+
+    units = [
+        ex.Unit("t1", trains, ("t1",), ("t1",)),
+        ex.Unit("t2", locked, ("t2",), ("t2",)),
+        ex.Unit("t3", trains, ("t3",), ("t3",)),
+        ex.Unit("s1", trains, ("s1",), ("s1",), after=("t1",)),
+        ex.Unit("s2", trains, ("s2",), ("s2",), after=("t2",)),
+        ex.Unit("s2b", trains, ("s2b",), ("s2b",), after=("s2",)),
+        ex.Unit("d1", diverges, ("d1",), ("d1",), after=("t1",)),
+    ]
+    progress = ex._Progress(len(units), None)
+    outcomes = {o.run: o for o in ex._schedule(FakeRay, Task, units, progress)}
+    assert submitted == ["t1", "t2", "t3", "s1", "d1"]  # s1 and d1 once t1 had finished; s2, s2b never
+    assert {name: o.status for name, o in outcomes.items()} == {
+        "t1": "done", "t2": "busy", "t3": "failed", "s1": "done", "s2": "blocked", "s2b": "blocked", "d1": "diverged",
+    }  # fmt: skip
+    assert outcomes["t2"].message == "being trained elsewhere (pid 1 on host h, since now)"
+    assert outcomes["t3"].message.startswith("the process training it died (WorkerCrashedError)")
+    assert outcomes["s2"].message == "not started: t2 did not finish (busy)"
+    assert outcomes["s2b"].message == "not started: s2 did not finish (blocked)"
+    assert ex.exit_status(list(outcomes.values())) == 2
+    assert ex.exit_status([outcomes["t1"], outcomes["d1"]]) == 3
+    assert ex.exit_status([outcomes["t1"], outcomes["s1"]]) == 0

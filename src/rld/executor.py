@@ -317,7 +317,7 @@ def _resources(ray, options: ExecutorOptions) -> tuple[float, float, str]:
     cpus = options.cpus_per_run
     if gpus and not any(n.get("GPU", 0) >= gpus and n.get("CPU", 0) >= cpus for n in nodes):
         log.warning(
-            "no machine of the Ray cluster has %g GPU and %g CPU free to give a run: the runs wait for one "
+            "no machine of the Ray cluster has %g GPU and %g CPU for a run: the runs wait for one "
             "(an autoscaling cluster adds it; otherwise stop with Ctrl-C and use --gpus-per-run 0)",
             gpus,
             cpus,

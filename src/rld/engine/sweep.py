@@ -442,6 +442,7 @@ def _train_groups_elsewhere(groups, runs, summary, executor: ex.ExecutorOptions)
             row["error"] = outcome.message
         rows[r.name] = {**row, "out": str(r.out)}
         if summary is not None:
+            summary.parent.mkdir(parents=True, exist_ok=True)  # no group may have started
             _write_summary(summary, [rows[n] for n in names if n in rows])
 
     ex.execute(units, executor, on_outcome=add)

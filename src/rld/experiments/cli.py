@@ -138,10 +138,10 @@ def add_commands(sub) -> None:
             "as its GPUs (or CPUs) allow. RAY_ADDRESS names the cluster (`ray start --head` on one machine, `ray "
             "start --address HEAD:6379` on the others, or Ray on SLURM / Kubernetes); without it a Ray instance on "
             "this machine uses all its GPUs. --out must be on a file system every machine sees. A run another "
-            "process is training is left to it, a finished run is skipped, and a run whose worker died is resumed by "
-            "the next launch. One line per finished run, the runs that did not finish at the end. Exit status: 0 "
-            "every run finished; 3 the only runs that did not finish diverged; 2 others did not (failed, being "
-            "trained elsewhere, their teacher did not finish)."
+            "process is training is left to it, a finished run is skipped, and a run whose worker died is started "
+            "again (--retries) or resumed by the next launch. One line per finished run, the runs that did not "
+            "finish at the end. Exit status: 0 every run finished; 3 the only runs that did not finish diverged; 2 "
+            "others did not (failed, being trained elsewhere, their teacher did not finish)."
         ),
     )
     p.add_argument("table", metavar="TABLE", help=f"one of {', '.join(TABLES)}")
