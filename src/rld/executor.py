@@ -240,6 +240,7 @@ def run_unit(
     ``cwd``: the launching process's folder; where the worker sees it too (a shared file system), the
     unit runs in it, so that relative paths (``--out runs/x``, ``data.path``) mean what they meant there."""
     _log_to_stderr(name)
+    _threads_for_assigned_cpus()
     previous = os.getcwd()
     if cwd and os.path.isdir(cwd):
         os.chdir(cwd)
@@ -271,6 +272,17 @@ def _run(fn: Callable[..., list[Outcome]], args: tuple, runs: tuple[str, ...]) -
     for o in outcomes:
         o.seconds = time.monotonic() - start if o.seconds is None else o.seconds
     return outcomes
+
+
+def _threads_for_assigned_cpus() -> None:
+    """torch's intra-op threads = the CPUs Ray gave this task (a worker serves many tasks, and torch
+    keeps the thread count it started with)."""
+    import ray
+    import torch
+
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
+    if cpus:
+        torch.set_num_threads(max(1, int(cpus)))
 
 
 def _log_to_stderr(name: str) -> None:
