@@ -16,6 +16,10 @@ temporary file is written and fsynced and before it is renamed over ``last.pt``)
     set one weight of the run that just stepped to NaN (a divergence: the next step's loss is NaN);
 ``enospc_before_rename:N``
     fail that write with ``OSError(ENOSPC)`` (a full disk).
+
+``RLD_FAULT_RUN=TEXT`` counts only the points reached by the run whose folder path ends with TEXT
+(e.g. ``kd/seed0``): among runs spread over several processes (``--executor ray``), the fault
+strikes the process that trains that run, whichever it is.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import errno
 import os
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 from rld.errors import UserError
@@ -44,6 +49,7 @@ KINDS = tuple(FAULTS)
 POINTS = ("after_step", "before_rename")
 _counts = dict.fromkeys(POINTS, 0)
 _spec: tuple[str, int] | None | bool = False  # False: not read yet
+_run_filter: str | None = None  # RLD_FAULT_RUN, read with _spec
 
 
 def _parse(text: str | None) -> tuple[str, int] | None:
@@ -56,11 +62,15 @@ def _parse(text: str | None) -> tuple[str, int] | None:
 
 
 def reached(point: str, run: Any = None) -> None:
-    """Count one ``point``; act if ``RLD_FAULT`` names this occurrence (``run``: the run that stepped)."""
-    global _spec
+    """Count one ``point``; act if ``RLD_FAULT`` names this occurrence (``run``: the run that stepped
+    or whose checkpoint is written)."""
+    global _spec, _run_filter
     if _spec is False:
         _spec = _parse(os.environ.get("RLD_FAULT"))
+        _run_filter = os.environ.get("RLD_FAULT_RUN", "").strip().rstrip("/") or None
     if _spec is None or FAULTS[_spec[0]][0] != point:
+        return
+    if _run_filter is not None and (run is None or not Path(run.out).as_posix().endswith(_run_filter)):
         return
     _counts[point] += 1
     if _counts[point] == _spec[1]:

@@ -32,6 +32,12 @@ there, else from the epoch's start (:mod:`rld.engine.guard`).
 Faults. Every run folder is locked before the first group starts (:mod:`rld.engine.lock`): if another
 process trains one of them, the sweep is refused and writes nothing. A run whose loss goes non-finite
 stops (its summary row gets ``status`` ``diverged``); the others go on.
+
+Executors. By default the groups run one after another in this process. With a ``ray`` executor
+(:mod:`rld.executor`) every group is a task of a Ray cluster and the groups run side by side
+(one GPU each by default); each task locks its own group's folders, so a group that another process
+is training is reported (``status`` ``busy``) and the others go on; a group whose task failed gets
+rows with its ``status`` and ``error``. ``sweep.csv`` is rewritten as each group ends.
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ from typing import Any
 
 import torch
 
+from rld import executor as ex
 from rld.config import RunConfig, resolve
 from rld.data.types import Batch
 from rld.engine import checkpoint as ckpt
@@ -337,22 +344,34 @@ def sweep(
     seeds: list[int] | None = None,
     resume: bool = False,
     extra: list[str] | tuple[str, ...] = (),
+    executor: ex.ExecutorOptions | None = None,
 ) -> list[dict[str, Any]]:
-    """Plan and train a lockstep sweep (see the module docstring); returns one summary per run."""
+    """Plan and train a lockstep sweep (see the module docstring); returns one summary per run.
+    ``executor``: where the groups train (default: in this process, one after another)."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UserError("rld sweep runs in one process: start it without torchrun")
     out = Path(out)
     runs = plan_sweep(source, overrides, seeds=seeds, out=out, extra=extra)
-    return train_runs(runs, summary=out / "sweep.csv", resume=resume)
+    return train_runs(runs, summary=out / "sweep.csv", resume=resume, executor=executor)
 
 
-def train_runs(runs: list[SweepRun], *, summary: Path | None = None, resume: bool = False) -> list[dict[str, Any]]:
+def train_runs(
+    runs: list[SweepRun],
+    *,
+    summary: Path | None = None,
+    resume: bool = False,
+    executor: ex.ExecutorOptions | None = None,
+) -> list[dict[str, Any]]:
     """Train planned runs (each with its own configuration and folder) in lockstep groups of one data
-    stream (:func:`group_runs`); ``summary``: a CSV rewritten after each group. One summary per run."""
+    stream (:func:`group_runs`); ``summary``: a CSV rewritten after each group. One summary per run.
+
+    With a ``ray`` ``executor`` each group is a task (see the module docstring)."""
     groups = group_runs(runs)
     # every run's folder is checked up front (existing runs, another configuration): nothing starts
     # unless all can, and nothing is written before
     resume_from = {r.out: prepare_out_dir(r.out, resume, r.cfg) for r in runs}
+    if executor is not None and executor.kind != "local":
+        return _train_groups_elsewhere(groups, runs, summary, executor)
     for group in groups:
         _lockstep_positions(group, resume_from)
     # then every run folder is locked (one writer per run) until the sweep ends; if another process
@@ -392,3 +411,41 @@ def _train_groups(groups, runs, resume_from, resume, summary) -> list[dict[str, 
         if summary is not None:
             _write_summary(summary, rows)
     return rows
+
+
+def group_unit(group: list[SweepRun]) -> list[ex.Outcome]:
+    """A lockstep group as a unit of :mod:`rld.executor`, trained in the process that runs it.
+
+    Its runs are resumed (``resume=True``): the command checked their folders before it started
+    them, so what a folder holds now was trained by this command (an earlier attempt whose worker
+    died) or by another launch of it, and is continued, never trained again."""
+    outcomes = []
+    for row in train_runs(group, resume=True):
+        diverged = row.get("status") == "diverged"
+        message = f"training diverged in epoch {row.get('diverged_epoch')}" if diverged else ""
+        status = ex.DIVERGED if diverged else ex.DONE
+        outcomes.append(ex.Outcome(row["run"], status, message, None, row["best_top1"], row["last_top1"], row))
+    return outcomes
+
+
+def _train_groups_elsewhere(groups, runs, summary, executor: ex.ExecutorOptions) -> list[dict[str, Any]]:
+    names = [r.name for r in runs]
+    units = [
+        ex.Unit(f"group {i} (seed {g[0].cfg.seed}, {len(g)} runs)", group_unit, (g,), tuple(r.name for r in g))
+        for i, g in enumerate(groups, 1)
+    ]
+    by_name = {r.name: r for r in runs}
+    rows: dict[str, dict[str, Any]] = {}
+
+    def add(outcome: ex.Outcome) -> None:
+        r = by_name[outcome.run]
+        row = outcome.row or {"run": r.name, "seed": r.cfg.seed, **r.values, "status": outcome.status}
+        if outcome.row is None and outcome.message:
+            row["error"] = outcome.message
+        rows[r.name] = {**row, "out": str(r.out)}
+        if summary is not None:
+            summary.parent.mkdir(parents=True, exist_ok=True)  # no group may have started
+            _write_summary(summary, [rows[n] for n in names if n in rows])
+
+    ex.execute(units, executor, on_outcome=add)
+    return [rows[n] for n in names if n in rows]

@@ -684,7 +684,7 @@ class Run:
         path = None
         try:
             for path, state in files.items():
-                ckpt.save_atomic(state, path, before_rename=_before_rename if path.name == "last.pt" else None)
+                ckpt.save_atomic(state, path, before_rename=self._before_rename if path.name == "last.pt" else None)
             if rows is not None:
                 path = self.out / "metrics.csv"
                 _write_metrics(path, rows)
@@ -695,6 +695,9 @@ class Run:
                 f"cannot write {path}: {reason}; {kept}. Free space on that disk (or make the folder writable), "
                 "then continue with --resume"
             ) from err
+
+    def _before_rename(self) -> None:
+        faults.reached("before_rename", self)
 
     def close(self) -> dict[str, Any]:
         if self.tb is not None:
@@ -719,10 +722,6 @@ def _match_buffer_layouts(optimizer: torch.optim.Optimizer) -> None:
             for key, buf in optimizer.state.get(p, {}).items():
                 if isinstance(buf, torch.Tensor) and buf.shape == p.shape and buf.stride() != p.stride():
                     optimizer.state[p][key] = torch.empty_like(p).copy_(buf)
-
-
-def _before_rename() -> None:
-    faults.reached("before_rename")
 
 
 def setup(cfg: RunConfig, world: World) -> torch.device:

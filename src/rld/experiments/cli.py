@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from rld.errors import UserError
@@ -22,10 +23,14 @@ def _seeds(text: str) -> list[int]:
         raise UserError(f"--seeds takes comma-separated integers (e.g. 0,1,2), got {text!r}") from None
 
 
-def _cmd_reproduce(args: argparse.Namespace) -> None:
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from rld.executor import failure_summary, import_ray, options_from_args
     from rld.experiments.plan import parse_teacher_checkpoints, plan_table
     from rld.experiments.reproduce import reproduce
 
+    executor = options_from_args(args, args.device)
+    if executor.kind == "ray" and not args.dry_run:
+        import_ray()  # before planning: a missing Ray is said at once
     overrides = list(args.overrides) + ([f"train.device={args.device}"] if args.device else [])
     plan = plan_table(
         args.table,
@@ -59,11 +64,14 @@ def _cmd_reproduce(args: argparse.Namespace) -> None:
             print(f"  {run.status:8s} {run.name}" + (f"  [{shown}]" if shown else "") + amp)
         if args.json:
             print(f"plan written to {args.json}")
-        return
-    result = reproduce(plan, metric=args.metric)
+        return 0
+    result = reproduce(plan, metric=args.metric, executor=executor)
     print()
     print(result.files["markdown"].read_text())
     print("written: " + ", ".join(str(p) for p in result.files.values()))
+    if result.exit_status:
+        print(f"rld: error: {failure_summary(result.outcomes)}", file=sys.stderr)
+    return result.exit_status
 
 
 def _cmd_tune(args: argparse.Namespace) -> None:
@@ -160,6 +168,7 @@ def _data_device(p: argparse.ArgumentParser) -> None:
 
 def add_commands(sub) -> None:
     """Register ``reproduce``, ``plot`` and ``report`` on the ``rld`` command's subparsers."""
+    from rld.executor import add_arguments as add_executor_arguments
     from rld.experiments.tables import TABLES
 
     p = sub.add_parser(
@@ -169,6 +178,16 @@ def add_commands(sub) -> None:
             "Plan every run of a table (teachers first, seed 0; students with every seed), train what is "
             "missing, resume what is unfinished, and write the table beside the paper's numbers to "
             "OUT/tables/TABLE.md and .csv."
+        ),
+        epilog=(
+            "--executor ray: every run is a task of a Ray cluster, teachers before their students, as many at once "
+            "as its GPUs (or CPUs) allow. RAY_ADDRESS names the cluster (`ray start --head` on one machine, `ray "
+            "start --address HEAD:6379` on the others, or Ray on SLURM / Kubernetes); without it a Ray instance on "
+            "this machine uses all its GPUs. --out must be on a file system every machine sees. A run another "
+            "process is training is left to it, a finished run is skipped, and a run whose worker died is started "
+            "again (--retries) or resumed by the next launch. One line per finished run, the runs that did not "
+            "finish at the end. Exit status: 0 every run finished; 3 the only runs that did not finish diverged; 2 "
+            "others did not (failed, being trained elsewhere, their teacher did not finish)."
         ),
     )
     p.add_argument("table", metavar="TABLE", help=f"one of {', '.join(TABLES)}")
@@ -193,6 +212,7 @@ def add_commands(sub) -> None:
         help="use this checkpoint as the MODEL teacher instead of training one (repeatable)",
     )
     p.add_argument("--device", help="cpu, cuda or cuda:N")
+    add_executor_arguments(p)
     p.set_defaults(func=_cmd_reproduce)
 
     p = sub.add_parser(

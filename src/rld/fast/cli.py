@@ -17,7 +17,11 @@ lookup per step); different seeds cannot share a stream, so each seed's group ru
 previous one. Each run gets its own folder OUT/KEY=VALUE,...,seed=S with config.yaml, metrics.csv and \
 checkpoints, exactly as `rld train` would write it; OUT/sweep.csv summarises them. --resume continues \
 every run from its last.pt (or the step it stopped at); runs that are behind catch up with the group. \
-A run that diverges stops and the others go on; the exit status is then 3."""
+A run that diverges stops and the others go on; the exit status is then 3. \
+--executor ray makes every group a task of a Ray cluster (RAY_ADDRESS, else this machine), the \
+groups side by side, one GPU each by default; a group another process is training is left to it, the \
+others go on, and the exit status is 2 when a group did not finish for another reason than \
+divergence (its runs are listed at the end; --resume continues them)."""
 
 
 def _ints(text: str, what: str) -> list[int]:
@@ -65,7 +69,11 @@ def _cmd_cache(args: argparse.Namespace) -> None:
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from rld.config import override_key, resolve, schedule_overrides, with_flags
     from rld.engine.sweep import sweep
+    from rld.executor import exit_status, failure_summary, import_ray, options_from_args
 
+    executor = options_from_args(args, args.device)
+    if executor.kind == "ray" and not args.dry_run:
+        import_ray()
     seeds = _ints(args.seeds, "--seeds") if args.seeds else None
     name = Path(args.preset).stem if args.preset.endswith((".yaml", ".yml")) else args.preset
     out = args.out or Path("runs") / "sweeps" / name
@@ -90,24 +98,44 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         if len(runs) == 1:
             print(to_yaml(runs[0].cfg), end="")
         return 0
-    rows = sweep(args.preset, args.overrides, out=out, seeds=seeds, resume=args.resume, extra=extra)
+    rows = sweep(args.preset, args.overrides, out=out, seeds=seeds, resume=args.resume, extra=extra, executor=executor)
     diverged = [r for r in rows if r.get("status") == "diverged"]
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
     else:
         print(f"{'run':40s} {'best top-1':>10s} {'last top-1':>10s}")
         for r in rows:
+            if "best_epoch" not in r:  # a group that did not train (--executor ray)
+                print(f"{r['run']:40s} {'—':>10s} {r['status']:>10s}")
+                continue
             last = f"diverged @ {r['diverged_epoch']}" if r.get("status") == "diverged" else r["last_top1"]
             last = "—" if last is None else last if isinstance(last, str) else f"{last:9.2f}%"
             best = "—" if r["best_epoch"] == 0 else f"{r['best_top1']:9.2f}%"
             print(f"{r['run']:40s} {best:>10s} {last:>10s}")
         print(f"summary → {Path(out) / 'sweep.csv'}")
+    if executor.kind != "local":
+        outcomes = [_outcome(r) for r in rows]
+        if exit_status(outcomes):
+            print(
+                f"rld: error: {failure_summary(outcomes, 'the same command with --resume continues them')}",
+                file=sys.stderr,
+            )
+        return exit_status(outcomes)
     if diverged:
         names = ", ".join(r["run"] for r in diverged)
         message = f"{len(diverged)} of {len(rows)} runs diverged ({names}); the others finished"
         print(f"rld: error: {message}", file=sys.stderr)
         return DivergedError.exit_status
     return 0
+
+
+def _outcome(row: dict):
+    from rld import executor as ex
+
+    status = row.get("status") or ex.DONE
+    diverged = f"training diverged in epoch {row.get('diverged_epoch')}" if status == "diverged" else ""
+    message = row.get("error") or diverged
+    return ex.Outcome(row["run"], status, message)
 
 
 def _cmd_bench(args: argparse.Namespace) -> None:
@@ -135,6 +163,8 @@ def _cmd_bench(args: argparse.Namespace) -> None:
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Register ``cache``, ``sweep`` and ``bench`` on the ``rld`` sub-command parser."""
+    from rld.executor import add_arguments as add_executor_arguments
+
     p = sub.add_parser("cache", help="compute and store the teacher's logits for every augmentation view")
     p.add_argument("preset", metavar="PRESET_OR_YAML", help="the distillation preset the cache is for")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="as for rld train")
@@ -169,6 +199,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue the runs in --out")
     p.add_argument("--data", metavar="PATH", help="data set location")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: auto)")
+    add_executor_arguments(p)
     p.set_defaults(func=_cmd_sweep)
 
     p = sub.add_parser("bench", help="ms per training step: conventional vs default vs cached teacher logits")
