@@ -23,6 +23,7 @@ from rld.errors import UserError
 from rld.losses import at_loss, hint_loss, ofd_loss, ofd_margin, rkd_loss
 from rld.methods import MethodContext, build_method
 from rld.models import create_model
+from rld.viz.compute import time_accuracy_points
 
 METHODS = ["fitnet", "at", "rkd", "ofd"]
 # Digits at 16x16, 10 images per class, batch 32: 4 steps per epoch (the last one of 4 images).
@@ -362,8 +363,15 @@ def test_two_demo_epochs_lower_the_loss_and_a_killed_run_resumes_exactly(tmp_pat
     assert ref_state["method"].keys() == state["method"].keys()
     if name in ("fitnet", "ofd"):  # the trained regressor / connectors (and OFD's margins) are saved and restored
         assert ref_state["method_parameters"] > 0 and any("running_mean" in k for k in state["method"])
+    # Figure 6's bubble: the trainable parameters the method added, as the run counted them
+    trained = sum(v.numel() for k, v in ref_state["method"].items() if not k.endswith(BUFFER_SUFFIXES))
+    (point,) = time_accuracy_points([ref])
+    assert point.extra_params == ref_state["method_parameters"] == trained
     assert_same_run_state(ref_state, state, ignore_config=("train.static_step",))
     assert metric_rows(ref / "metrics.csv") == metric_rows(out / "metrics.csv")
+
+
+BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked") + tuple(f"margin{i}" for i in range(8))
 
 
 # ----------------------------------------------------------------------------- presets
