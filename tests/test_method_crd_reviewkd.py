@@ -23,6 +23,7 @@ from rld.engine.static import StaticSteps, StepMember
 from rld.engine.syncs import HostSyncCounter
 from rld.engine.trainer import Run, build_run_data, build_teacher_fn, method_inputs, prepare_out_dir
 from rld.errors import UserError
+from rld.experiments.tables import TABLE2_PAIRS, TABLE3_PAIRS, TABLE4_PAIRS
 from rld.losses import crd_nce_loss, crd_scores, hcl_loss, value_checks
 from rld.methods import MethodContext, build_method, get_spec
 from rld.methods.base import probe_features
@@ -33,23 +34,8 @@ from rld.models.features import Features
 # The demo presets on 200 training images (20 per class) at 16x16, batch 32: 7 steps per epoch,
 # the last one a partial batch of 8.
 SMALL = ["data.image_size=16", "data.train_per_class=20", "train.batch_size=32"]
-CIFAR_PAIRS = [
-    "resnet32x4-resnet8x4",
-    "resnet32x4-ShuffleV2",
-    "resnet32x4-wrn_16_2",
-    "resnet32x4-wrn_40_2",
-    "wrn_40_2-resnet8x4",
-    "wrn_40_2-MobileNetV2",
-    "wrn_40_2-wrn_16_2",
-    "wrn_40_2-wrn_40_1",
-    "vgg13-vgg8",
-    "vgg13-MobileNetV2",
-    "ResNet50-MobileNetV2",
-    "resnet56-resnet20",
-    "resnet110-resnet32",
-    "resnet110-resnet20",
-]
-IMAGENET_PAIRS = ["ResNet34-ResNet18", "ResNet50-MobileNetV1"]
+CIFAR_PAIRS = [*TABLE2_PAIRS, *TABLE3_PAIRS]  # the 14 CIFAR-100 pairs of the paper
+IMAGENET_PAIRS = list(TABLE4_PAIRS)
 
 
 def _context(labels: torch.Tensor, num_classes: int, student: str = "resnet8", teacher: str = "resnet8"):

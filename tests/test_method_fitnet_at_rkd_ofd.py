@@ -20,6 +20,7 @@ from rld.cli import main
 from rld.config import list_presets, resolve
 from rld.engine.faults import FAULT_EXIT_STATUS
 from rld.errors import UserError
+from rld.experiments.tables import TABLE2_PAIRS, TABLE3_PAIRS, TABLE4_PAIRS
 from rld.losses import at_loss, hint_loss, ofd_loss, ofd_margin, rkd_loss
 from rld.methods import MethodContext, build_method
 from rld.models import create_model
@@ -29,23 +30,8 @@ METHODS = ["fitnet", "at", "rkd", "ofd"]
 # Digits at 16x16, 10 images per class, batch 32: 4 steps per epoch (the last one of 4 images).
 TINY = ["data.image_size=16", "data.train_per_class=10", "train.batch_size=32", "data.eval_batch_size=512"]
 STEPS_PER_EPOCH = 4
-PAIRS = [
-    "resnet32x4-resnet8x4",
-    "resnet32x4-ShuffleV2",
-    "resnet32x4-wrn_16_2",
-    "resnet32x4-wrn_40_2",
-    "wrn_40_2-resnet8x4",
-    "wrn_40_2-MobileNetV2",
-    "wrn_40_2-wrn_16_2",
-    "wrn_40_2-wrn_40_1",
-    "vgg13-vgg8",
-    "vgg13-MobileNetV2",
-    "ResNet50-MobileNetV2",
-    "resnet56-resnet20",
-    "resnet110-resnet32",
-    "resnet110-resnet20",
-]
-IMAGENET_PAIRS = ["ResNet34-ResNet18", "ResNet50-MobileNetV1"]
+PAIRS = [*TABLE2_PAIRS, *TABLE3_PAIRS]  # the 14 CIFAR-100 pairs of the paper
+IMAGENET_PAIRS = list(TABLE4_PAIRS)
 
 
 def _context(student: nn.Module, teacher: nn.Module, side: int = 16) -> MethodContext:

@@ -20,27 +20,13 @@ from rld.config import list_presets, resolve
 from rld.engine import train
 from rld.engine.faults import FAULT_EXIT_STATUS
 from rld.errors import UserError
+from rld.experiments.tables import TABLE2_PAIRS, TABLE3_PAIRS, TABLE4_PAIRS
 from rld.losses import cat_loss, class_activation_maps
 from rld.methods import MethodContext, build_method
 from rld.models import create_model
 
-PAIRS = [
-    "resnet32x4-resnet8x4",
-    "resnet32x4-ShuffleV2",
-    "resnet32x4-wrn_16_2",
-    "resnet32x4-wrn_40_2",
-    "wrn_40_2-resnet8x4",
-    "wrn_40_2-MobileNetV2",
-    "wrn_40_2-wrn_16_2",
-    "wrn_40_2-wrn_40_1",
-    "vgg13-vgg8",
-    "vgg13-MobileNetV2",
-    "ResNet50-MobileNetV2",
-    "resnet56-resnet20",
-    "resnet110-resnet32",
-    "resnet110-resnet20",
-]
-IMAGENET_PAIRS = ["ResNet34-ResNet18", "ResNet50-MobileNetV1"]
+PAIRS = [*TABLE2_PAIRS, *TABLE3_PAIRS]  # the 14 CIFAR-100 pairs of the paper
+IMAGENET_PAIRS = list(TABLE4_PAIRS)
 METHODS = ["simkd", "catkd"]
 STEPS_PER_EPOCH = 7  # 20 images of each of the 10 digits at batch 32
 FAST = [

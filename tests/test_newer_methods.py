@@ -17,28 +17,14 @@ from rld.engine import train
 from rld.engine.trainer import StudentAndMethod
 from rld.errors import UserError
 from rld.experiments import collect, plan_table, to_markdown
+from rld.experiments.tables import TABLE2_PAIRS, TABLE3_PAIRS, TABLE4_PAIRS
 from rld.losses import DISTLoss, NKDLoss, WTTMLoss
 from rld.methods import build_method, get_spec, ls_adjustments, method_params
 from rld.models import create_model
 
 NEWER = ("dist", "nkd", "wttm")
-CIFAR_PAIRS = (
-    "resnet32x4-resnet8x4",
-    "resnet32x4-ShuffleV2",
-    "resnet32x4-wrn_16_2",
-    "resnet32x4-wrn_40_2",
-    "wrn_40_2-resnet8x4",
-    "wrn_40_2-MobileNetV2",
-    "wrn_40_2-wrn_16_2",
-    "wrn_40_2-wrn_40_1",
-    "vgg13-vgg8",
-    "vgg13-MobileNetV2",
-    "ResNet50-MobileNetV2",
-    "resnet56-resnet20",
-    "resnet110-resnet32",
-    "resnet110-resnet20",
-)
-IMAGENET_PAIRS = ("ResNet34-ResNet18", "ResNet50-MobileNetV1")
+CIFAR_PAIRS = [*TABLE2_PAIRS, *TABLE3_PAIRS]  # the 14 CIFAR-100 pairs of the paper
+IMAGENET_PAIRS = list(TABLE4_PAIRS)
 TABLE3_PAIRS = (
     "resnet32x4-resnet8x4",
     "vgg13-vgg8",

@@ -1,4 +1,4 @@
-"""What the feature-distillation methods (FitNet, AT, RKD, CRD, OFD, ReviewKD) share: their
+"""What the feature-distillation methods share: their
 cross-entropy term and the checks on the feature maps of the models they are built from."""
 
 from __future__ import annotations
@@ -19,6 +19,20 @@ def check_weights(params: dict, *names: str) -> None:
     """ValueError unless each named parameter is a number >= 0."""
     for name in names:
         check_weight(name, params[name])
+
+
+def check_int(params: dict, name: str, low: int) -> None:
+    """ValueError unless the named parameter is an integer >= ``low`` (not a bool)."""
+    value = params[name]
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
+def check_flags(params: dict, *names: str) -> None:
+    """ValueError unless each named parameter is true or false."""
+    for name in names:
+        if not isinstance(params[name], bool):
+            raise ValueError(f"{name} must be true or false, got {params[name]!r}")
 
 
 def model_label(model: nn.Module) -> str:

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rld.losses import cat_loss, class_activation_maps
-from rld.losses._common import is_number
+from rld.methods._stages import check_flags, check_int, check_weights
 from rld.methods.base import Method, MethodConfig, MethodContext, MethodSpec, needs_context, probe_features
 from rld.models.features import Features
 
@@ -69,16 +69,9 @@ class CATKDConfig(MethodConfig):
 
 
 def _check(params: dict[str, Any]) -> None:
-    for key in ("ce_weight", "feat_weight"):
-        value = params[key]
-        if not is_number(value) or value != value or value < 0:
-            raise ValueError(f"{key} must be a number >= 0, got {value!r}")
-    resolution = params["cam_resolution"]
-    if type(resolution) is not int or resolution < 1:
-        raise ValueError(f"cam_resolution must be an integer >= 1, got {resolution!r}")
-    for key in ("normalize", "binarize_teacher"):
-        if not isinstance(params[key], bool):
-            raise ValueError(f"{key} must be true or false, got {params[key]!r}")
+    check_weights(params, "ce_weight", "feat_weight")
+    check_int(params, "cam_resolution", 1)
+    check_flags(params, "normalize", "binarize_teacher")
 
 
 def _final_map(features: Features, model: nn.Module, which: str) -> int:

@@ -47,7 +47,7 @@ from torch import Tensor, nn
 
 from rld.losses import crd_nce_loss, crd_scores
 from rld.losses._common import check_positive
-from rld.methods._stages import ce_term, check_weights, model_label
+from rld.methods._stages import ce_term, check_int, check_weights, model_label
 from rld.methods.base import Method, MethodConfig, MethodContext, MethodSpec, needs_context, probe_features
 from rld.models.features import Features
 
@@ -195,15 +195,10 @@ class CRD(Method):
         return parts["ce"] + parts["crd"], parts
 
 
-def _check_int(name: str, value: Any, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-
-
 def check(params: dict[str, Any]) -> None:
     check_weights(params, "ce_weight", "feat_weight")
-    _check_int("feat_dim", params["feat_dim"], 1)
-    _check_int("nce_k", params["nce_k"], 1)
+    check_int(params, "feat_dim", 1)
+    check_int(params, "nce_k", 1)
     check_positive("nce_t", params["nce_t"])
     m = params["nce_momentum"]
     if isinstance(m, bool) or not isinstance(m, int | float) or not 0 <= m < 1:

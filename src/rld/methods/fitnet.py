@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rld.losses import hint_loss
-from rld.methods._stages import ce_term, check_weights, model_label, stage_shapes
+from rld.methods._stages import ce_term, check_int, check_weights, model_label, stage_shapes
 from rld.methods.base import Method, MethodConfig, MethodContext, MethodSpec, needs_context
 
 
@@ -88,9 +88,7 @@ class FitNet(Method):
 
 def _check(params: dict[str, Any]) -> None:
     check_weights(params, "ce_weight", "feat_weight")
-    layer = params["hint_layer"]
-    if isinstance(layer, bool) or not isinstance(layer, int) or layer < 0:
-        raise ValueError(f"hint_layer must be an integer >= 0 (an index in Features.feats), got {layer!r}")
+    check_int(params, "hint_layer", 0)  # an index in Features.feats
 
 
 def _build(params: dict[str, Any], ctx: MethodContext | None) -> Method:

@@ -35,7 +35,7 @@ from typing import Any
 from torch import nn
 
 from rld.losses import ofd_loss, ofd_margin
-from rld.methods._stages import ce_term, check_weights, model_label, stage_shapes
+from rld.methods._stages import ce_term, check_int, check_weights, model_label, stage_shapes
 from rld.methods.base import Method, MethodConfig, MethodContext, MethodSpec, needs_context
 
 
@@ -90,9 +90,7 @@ class OFD(Method):
 
 def _check(params: dict[str, Any]) -> None:
     check_weights(params, "ce_weight", "feat_weight")
-    k = params["connector_kernel"]
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"connector_kernel must be an integer >= 1, got {k!r}")
+    check_int(params, "connector_kernel", 1)
 
 
 def teacher_bns(teacher: nn.Module, stages: list[tuple[int, ...]]) -> list[nn.BatchNorm2d]:

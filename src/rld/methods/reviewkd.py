@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rld.losses import hcl_loss, warmup_factor
-from rld.methods._stages import ce_term, check_weights, no_stage_features
+from rld.methods._stages import ce_term, check_flags, check_int, check_weights, no_stage_features
 from rld.methods.base import Method, MethodConfig, MethodContext, MethodSpec, needs_context, probe_features
 from rld.models.features import Features
 
@@ -170,11 +170,8 @@ class ReviewKD(Method):
 
 def check(params: dict[str, Any]) -> None:
     check_weights(params, "ce_weight", "feat_weight", "warmup_epochs")
-    mid = params["max_mid_channels"]
-    if isinstance(mid, bool) or not isinstance(mid, int) or mid < 1:
-        raise ValueError(f"max_mid_channels must be an integer >= 1, got {mid!r}")
-    if not isinstance(params["stu_preact"], bool):
-        raise ValueError(f"stu_preact must be true or false, got {params['stu_preact']!r}")
+    check_int(params, "max_mid_channels", 1)
+    check_flags(params, "stu_preact")
 
 
 def build(params: dict[str, Any], ctx: MethodContext | None) -> ReviewKD:

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rld.losses import simkd_loss
-from rld.losses._common import is_number
+from rld.methods._stages import check_int, check_weights
 from rld.methods.base import Method, MethodConfig, MethodContext, MethodSpec, needs_context, probe_features
 from rld.models.features import Features
 
@@ -58,13 +58,8 @@ class SimKDConfig(MethodConfig):
 
 
 def _check(params: dict[str, Any]) -> None:
-    for key in ("ce_weight", "feat_weight"):
-        value = params[key]
-        if not is_number(value) or value != value or value < 0:
-            raise ValueError(f"{key} must be a number >= 0, got {value!r}")
-    factor = params["factor"]
-    if type(factor) is not int or factor < 1:
-        raise ValueError(f"factor must be an integer >= 1, got {factor!r}")
+    check_weights(params, "ce_weight", "feat_weight")
+    check_int(params, "factor", 1)
 
 
 def projector(s_n: int, t_n: int, factor: int = 2) -> nn.Sequential:
