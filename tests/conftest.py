@@ -43,10 +43,14 @@ def teacher_ckpt(tmp_path_factory) -> Path:
 @pytest.fixture()
 def tiny_cifar(tmp_path) -> Path:
     """A CIFAR-format .npz: 128 training and 64 test images of random pixels, 10 classes."""
+    return write_tiny_cifar(tmp_path / "tiny.npz")
+
+
+def write_tiny_cifar(path: Path) -> Path:
+    """Write the ``tiny_cifar`` data set (always the same pixels and labels) to ``path``."""
     import numpy as np
 
     rng = np.random.default_rng(5)
-    path = tmp_path / "tiny.npz"
     np.savez(
         path,
         train_x=rng.integers(0, 256, size=(128, 32, 32, 3), dtype=np.uint8),

@@ -23,6 +23,7 @@ from conftest import (
     folder_snapshot,
     load_last,
     metric_rows,
+    write_tiny_cifar,
 )
 from rld.cli import main
 from rld.config import resolve
@@ -141,16 +142,7 @@ def test_a_diverged_run_of_a_sweep_stops_and_the_others_finish(tmp_path, tiny_ci
 def rld_reference(tmp_path_factory, teacher_ckpt) -> tuple[list[str], Path]:
     """demo/rld on 128 CIFAR-format images (3 steps per epoch), 2 epochs, never stopped: its overrides and folder."""
     root = tmp_path_factory.mktemp("reference")
-    rng = np.random.default_rng(5)
-    data = root / "tiny.npz"
-    np.savez(
-        data,
-        train_x=rng.integers(0, 256, size=(128, 32, 32, 3), dtype=np.uint8),
-        train_y=rng.integers(0, 10, size=128),
-        test_x=rng.integers(0, 256, size=(64, 32, 32, 3), dtype=np.uint8),
-        test_y=rng.integers(0, 10, size=64),
-        classes=np.array([f"c{i}" for i in range(10)]),
-    )
+    data = write_tiny_cifar(root / "tiny.npz")
     over = [*_tiny(data), "train.epochs=2", f"model.teacher_checkpoint={teacher_ckpt}"]
     train(resolve("demo/rld", over), root / "ref")
     return over, root / "ref"

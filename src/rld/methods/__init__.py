@@ -216,7 +216,7 @@ def build_method(cfg, ctx: MethodContext | None = None) -> Method:
     spec = get_spec(_values(cfg)["name"])
     if not spec.reads_features:
         return spec.build(params, ctx)
-    if ctx is None:
+    if ctx is None or (ctx.teacher is None and spec.needs_teacher):
         raise UserError(f"method {spec.name!r} reads features: it is built with the student and teacher models")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(ctx.seed)

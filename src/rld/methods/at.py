@@ -23,7 +23,7 @@ from typing import Any
 from rld.losses import at_loss
 from rld.losses._common import check_positive
 from rld.methods._stages import ce_term, check_weights, model_label, stage_shapes
-from rld.methods.base import Method, MethodConfig, MethodContext, MethodSpec, needs_context
+from rld.methods.base import Method, MethodConfig, MethodContext, MethodSpec
 
 
 @dataclass
@@ -57,9 +57,7 @@ def _check(params: dict[str, Any]) -> None:
     check_positive("p", params["p"])
 
 
-def _build(params: dict[str, Any], ctx: MethodContext | None) -> Method:
-    _check(params)
-    ctx = needs_context(SPEC, ctx)
+def _build(params: dict[str, Any], ctx: MethodContext) -> Method:
     counts = []
     for role, model in (("student", ctx.student), ("teacher", ctx.teacher)):
         shapes = stage_shapes(model, ctx.input_shape, "feats", "AT", role)

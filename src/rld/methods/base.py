@@ -129,8 +129,9 @@ class MethodSpec:
 
     ``build(params, ctx)`` makes its :class:`Method` from its parameters (the fields of ``config``
     but ``name`` and the logit-standardization keys, plus ``logit_standardization``) and a
-    :class:`MethodContext` (None is enough for methods that read logits only). ``check(params)``
-    raises ValueError for a bad value without building anything.
+    :class:`MethodContext` (None for methods that read logits only). ``check(params)`` raises
+    ValueError for a bad value without building anything. :func:`rld.methods.build_method` runs the
+    check and supplies the context before ``build`` is called, so a build only constructs.
     """
 
     name: str
@@ -215,12 +216,3 @@ def probe_features(model: nn.Module, input_shape: tuple[int, ...], batch: int = 
             return model.forward_features(torch.zeros(batch, *input_shape, device=device))
     finally:
         model.train(was_training)
-
-
-def needs_context(spec: MethodSpec, ctx: MethodContext | None) -> MethodContext:
-    """``ctx``, or an error naming the method when it is missing (a feature method's build)."""
-    if ctx is None:
-        raise ValueError(f"method {spec.name!r} is built from the student and teacher models: pass a MethodContext")
-    if ctx.teacher is None and spec.needs_teacher:
-        raise ValueError(f"method {spec.name!r} needs the teacher model in its MethodContext")
-    return ctx

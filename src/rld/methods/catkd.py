@@ -42,7 +42,7 @@ from torch import nn
 
 from rld.losses import cat_loss, class_activation_maps
 from rld.methods._stages import check_flags, check_int, check_weights
-from rld.methods.base import Method, MethodConfig, MethodContext, MethodSpec, needs_context, probe_features
+from rld.methods.base import Method, MethodConfig, MethodContext, MethodSpec, probe_features
 from rld.models.features import Features
 
 
@@ -137,8 +137,7 @@ class CATKD(Method):
         return sum(parts.values()), parts
 
 
-def _build(params: dict[str, Any], ctx: MethodContext | None) -> Method:
-    ctx = needs_context(SPEC, ctx)
+def _build(params: dict[str, Any], ctx: MethodContext) -> Method:
     return CATKD(SPEC, params, ctx)
 
 

@@ -48,7 +48,7 @@ from torch import Tensor, nn
 from rld.losses import crd_nce_loss, crd_scores
 from rld.losses._common import check_positive
 from rld.methods._stages import ce_term, check_int, check_weights, model_label
-from rld.methods.base import Method, MethodConfig, MethodContext, MethodSpec, needs_context, probe_features
+from rld.methods.base import Method, MethodConfig, MethodContext, MethodSpec, probe_features
 from rld.models.features import Features
 
 
@@ -205,9 +205,8 @@ def check(params: dict[str, Any]) -> None:
         raise ValueError(f"nce_momentum must be in [0, 1), got {m!r}")
 
 
-def build(params: dict[str, Any], ctx: MethodContext | None) -> CRD:
-    check(params)
-    return CRD(SPEC, params, needs_context(SPEC, ctx))
+def build(params: dict[str, Any], ctx: MethodContext) -> CRD:
+    return CRD(SPEC, params, ctx)
 
 
 SPEC = MethodSpec(

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from rld.losses import hint_loss
 from rld.methods._stages import ce_term, check_int, check_weights, model_label, stage_shapes
-from rld.methods.base import Method, MethodConfig, MethodContext, MethodSpec, needs_context
+from rld.methods.base import Method, MethodConfig, MethodContext, MethodSpec
 
 
 @dataclass
@@ -91,9 +91,7 @@ def _check(params: dict[str, Any]) -> None:
     check_int(params, "hint_layer", 0)  # an index in Features.feats
 
 
-def _build(params: dict[str, Any], ctx: MethodContext | None) -> Method:
-    _check(params)
-    ctx = needs_context(SPEC, ctx)
+def _build(params: dict[str, Any], ctx: MethodContext) -> Method:
     layer = params["hint_layer"]
     shapes = {}
     for role, model in (("student", ctx.student), ("teacher", ctx.teacher)):

@@ -36,7 +36,7 @@ from torch import nn
 
 from rld.losses import ofd_loss, ofd_margin
 from rld.methods._stages import ce_term, check_int, check_weights, model_label, stage_shapes
-from rld.methods.base import Method, MethodConfig, MethodContext, MethodSpec, needs_context
+from rld.methods.base import Method, MethodConfig, MethodContext, MethodSpec
 
 
 @dataclass
@@ -118,9 +118,7 @@ def teacher_bns(teacher: nn.Module, stages: list[tuple[int, ...]]) -> list[nn.Ba
     return bns
 
 
-def _build(params: dict[str, Any], ctx: MethodContext | None) -> Method:
-    _check(params)
-    ctx = needs_context(SPEC, ctx)
+def _build(params: dict[str, Any], ctx: MethodContext) -> Method:
     stages = {}
     for role, model in (("student", ctx.student), ("teacher", ctx.teacher)):
         stages[role] = stage_shapes(model, ctx.input_shape, "preact_feats", "OFD", role)[1:]

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from rld.losses import hcl_loss, warmup_factor
 from rld.methods._stages import ce_term, check_flags, check_int, check_weights, no_stage_features
-from rld.methods.base import Method, MethodConfig, MethodContext, MethodSpec, needs_context, probe_features
+from rld.methods.base import Method, MethodConfig, MethodContext, MethodSpec, probe_features
 from rld.models.features import Features
 
 
@@ -174,9 +174,8 @@ def check(params: dict[str, Any]) -> None:
     check_flags(params, "stu_preact")
 
 
-def build(params: dict[str, Any], ctx: MethodContext | None) -> ReviewKD:
-    check(params)
-    return ReviewKD(SPEC, params, needs_context(SPEC, ctx))
+def build(params: dict[str, Any], ctx: MethodContext) -> ReviewKD:
+    return ReviewKD(SPEC, params, ctx)
 
 
 SPEC = MethodSpec(

@@ -61,8 +61,7 @@ def _check(params: dict[str, Any]) -> None:
     check_weights(params, "ce_weight", "feat_weight", "distance_weight", "angle_weight")
 
 
-def _build(params: dict[str, Any], ctx: MethodContext | None) -> Method:
-    _check(params)
+def _build(params: dict[str, Any], ctx: MethodContext) -> Method:
     keys = ("ce_weight", "feat_weight", "distance_weight", "angle_weight")
     return RKD(SPEC, *(params[k] for k in keys))
 

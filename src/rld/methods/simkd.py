@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from rld.losses import simkd_loss
 from rld.methods._stages import check_int, check_weights
-from rld.methods.base import Method, MethodConfig, MethodContext, MethodSpec, needs_context, probe_features
+from rld.methods.base import Method, MethodConfig, MethodContext, MethodSpec, probe_features
 from rld.models.features import Features
 
 
@@ -169,8 +169,7 @@ class SimKD(Method):
         return sum(p.numel() for p in self.projector.parameters())
 
 
-def _build(params: dict[str, Any], ctx: MethodContext | None) -> Method:
-    ctx = needs_context(SPEC, ctx)
+def _build(params: dict[str, Any], ctx: MethodContext) -> Method:
     return SimKD(SPEC, params, ctx)
 
 
