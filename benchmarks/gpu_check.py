@@ -7,11 +7,15 @@
    the plain loop; its parameters, optimizer state, per-epoch losses and step counts compared.
 2. ``host_syncs``: the host synchronisations (``aten._local_scalar_dense`` and device-to-host copies)
    during one epoch of training steps (``--small``: 3 steps), plain loop and whole step; 0 expected.
-3. ``bench``: ``rld bench`` (resnet32x4 -> resnet8x4, RLD, batch 64): conventional, default_eager,
-   default, cached and, on CUDA, sweep_4 and sweep_16, with whether each step was captured.
-4. ``cache_build``: the teacher forwards of a sample of cache entries, timed and extrapolated to the
+3. ``stacked``: a sweep of four students stacked into one batched step (``train.batch_students=on``)
+   and one after another: how far each stacked run ends from its twin, beside how far runs are apart.
+4. ``bench``: ``rld bench`` (resnet32x4 -> resnet8x4, RLD, batch 64): conventional, default_eager,
+   default, cached and, on CUDA, sweep_4 and sweep_16 (stacked, and one by one), with whether each
+   step was captured.
+5. ``cache_build``: the teacher forwards of a sample of cache entries, timed and extrapolated to the
    full CIFAR-100 cache (50,000 images x 162 views).
-5. ``captures``: every capture attempt that was logged (size, success or the reason it failed).
+6. ``captures``: every capture attempt that was logged (size, success or the reason it failed);
+   ``targets``: the figures below against their targets.
 
 On the CPU (``--device cpu``) the same checks run without capture; ``--small`` shrinks the bench for
 a quick run (the test suite runs it so). Targets (one H100/H200): default <= 1.0 ms/step, cached
@@ -104,6 +108,66 @@ def check_equality(device: str, folder: Path, epochs: int) -> dict[str, Any]:
     return out
 
 
+def check_stacked(device: str, folder: Path, epochs: int) -> dict[str, Any]:
+    """A sweep of four RLD students (β 2 and 8 × lr 0.05 and 0.02) with the students stacked into one
+    batched step and one after another (both with the whole-step path): how far each stacked run
+    ends from its one-by-one twin (float rounding only), beside how far the runs are apart."""
+    from rld.engine.sweep import sweep
+
+    teacher = _teacher(folder)
+    over = [
+        f"train.device={device}",
+        f"train.epochs={epochs}",
+        "train.batch_size=128",
+        "data.eval_batch_size=512",
+        "data.train_per_class=30",
+        "model.teacher=resnet8",
+        f"model.teacher_checkpoint={teacher}",
+        "train.static_step=on",
+    ]
+    grid = ["method.beta=2,8", "train.lr=0.05,0.02"]
+    out: dict[str, Any] = {}
+    for mode in ("on", "off"):
+        t0 = time.perf_counter()
+        sweep("demo/rld", grid, out=folder / mode, extra=[*over, f"train.batch_students={mode}"])
+        out[f"seconds_batch_students_{mode}"] = time.perf_counter() - t0
+
+    def weights(mode: str, run: str) -> torch.Tensor:
+        state = torch.load(folder / mode / run / "checkpoints/last.pt", weights_only=True, map_location="cpu")
+        return torch.cat([v.double().flatten() for k, v in state["model"].items() if v.is_floating_point()])
+
+    runs = sorted(p.name for p in (folder / "on").iterdir() if p.is_dir())
+    apart = float((weights("off", runs[0]) - weights("off", runs[-1])).norm())
+    out["runs"] = {
+        run: {"distance_to_one_by_one": float((weights("on", run) - weights("off", run)).norm())} for run in runs
+    }
+    out["distance_between_runs"] = apart
+    out["max_relative_distance"] = max(r["distance_to_one_by_one"] for r in out["runs"].values()) / apart
+    return out
+
+
+def targets(report: dict[str, Any]) -> dict[str, Any]:
+    """The GPU targets of resnet32x4 -> resnet8x4 RLD at batch 64 against the measured figures."""
+    results = report.get("bench", {}).get("results", {})
+
+    def figure(path: str, key: str):
+        return results.get(path, {}).get(key)
+
+    wanted = [
+        ("default_ms_per_step", figure("default", "ms_per_step"), "<=", 1.0),
+        ("cached_ms_per_step", figure("cached", "ms_per_step"), "<=", 0.5),
+        ("sweep_16_speedup_vs_default", figure("sweep_16", "speedup_vs_default"), ">=", 8.0),
+    ]
+    return {
+        name: {
+            "measured": value,
+            "target": f"{op} {bound}",
+            "met": None if value is None else (value <= bound if op == "<=" else value >= bound),
+        }
+        for name, value, op, bound in wanted
+    }
+
+
 def count_host_syncs(device: str, folder: Path, max_steps: int | None = None) -> dict[str, Any]:
     """Host synchronisations during one epoch of training steps, plain loop and whole step (eager:
     what a capture records). Value checks of the losses run on CPU tensors only; they are switched
@@ -161,7 +225,7 @@ def bench(device: str, small: bool) -> dict[str, Any]:
             batch_size=8,
             workers=0,
             synthetic_size=64,
-            sweep_sizes=(),
+            sweep_sizes=(2,),
         )
     else:
         sweeps = (4, 16) if device.startswith("cuda") else ()
@@ -220,6 +284,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         steps = [
             ("equality", lambda: check_equality(args.device, folder / "equality", 1 if args.small else 3)),
             ("host_syncs", lambda: count_host_syncs(args.device, folder / "host_syncs", 3 if args.small else None)),
+            ("stacked", lambda: check_stacked(args.device, folder / "stacked", 1 if args.small else 2)),
             ("bench", lambda: bench(args.device, args.small)),
             ("cache_build", lambda: cache_build(args.device, args.small)),
         ]
@@ -233,6 +298,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             report[name + "_seconds"] = time.perf_counter() - t0
             args.out.write_text(json.dumps(report, indent=2, default=str) + "\n")
     report["captures"] = captures.records
+    report["targets"] = targets(report)
     report["total_seconds"] = time.perf_counter() - started
     args.out.write_text(json.dumps(report, indent=2, default=str) + "\n")
     eq, syncs = report.get("equality", {}), report.get("host_syncs", {})

@@ -17,6 +17,7 @@ import torch
 from rld.config import resolve
 from rld.data import ArraySplit, DeviceLoader, build_data
 from rld.engine import train
+from rld.engine.batched import GroupStep
 from rld.engine.distributed import World
 from rld.engine.static import StaticSteps, StepMember
 from rld.engine.sweep import Member, group_step
@@ -90,6 +91,15 @@ def test_no_host_sync_in_a_sweep_step_or_with_cached_teacher_logits(teacher, dig
         r.begin_epoch(1)
     with value_checks(False), HostSyncCounter(fail=True):
         group_step(members, batch, teacher_fn, 1)
+    # the same runs with their students stacked (rld.engine.batched; CTKD's trainable temperature too)
+    runs.append(_run(_cfg("ctkd", teacher), tmp_path / "ctkd"))
+    runs[-1].begin_epoch(1)
+    members.append(Member(runs[-1], torch.get_rng_state()))
+    stepper = GroupStep(members, batched=True)
+    assert stepper.stacked == 3
+    with value_checks(False), HostSyncCounter(fail=True):
+        group_step(members, batch, teacher_fn, 1, stepper)
+    assert [r._steps for r in runs] == [2, 2, 1]
     # a full teacher-logit cache of a tiny data set: lookups on the device only
     rng = np.random.default_rng(0)
     split = ArraySplit(rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, 6).astype(np.int64))
@@ -198,3 +208,9 @@ def test_gpu_check_runs_end_to_end_on_the_cpu(tmp_path):
     assert {k: v["host_syncs"] for k, v in report["host_syncs"].items()} == {"plain": 0, "static": 0}
     assert report["host_syncs"]["static"]["cpu_sgd_lr_reads"] > 0  # the CPU-only exemption is visible
     assert "default_eager" in report["bench"]["results"] and report["cache_build"]["sample_views"] == 32
+    sweeps = report["bench"]["results"]
+    assert (sweeps["sweep_2"]["students_stacked"], sweeps["sweep_2_stacked"]["students_stacked"]) == (0, 2)
+    stacked = report["stacked"]
+    assert len(stacked["runs"]) == 4 and 0 < stacked["max_relative_distance"] < 0.1
+    assert set(report["targets"]) == {"default_ms_per_step", "cached_ms_per_step", "sweep_16_speedup_vs_default"}
+    assert report["targets"]["sweep_16_speedup_vs_default"]["met"] is None  # not measured on the CPU

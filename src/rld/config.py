@@ -102,6 +102,9 @@ class TrainConfig:
     # Whole-step execution (rld.engine.static): the step reads everything from device buffers and,
     # on CUDA, is replayed as CUDA graphs. auto = on for CUDA with the device-resident loader.
     static_step: str = "auto"  # auto | on | off
+    # Sweeps (rld.engine.batched): the students of one architecture in a lockstep group step as one
+    # batched computation (torch.func.vmap); equal to their single runs up to float rounding.
+    batch_students: str = "auto"  # auto (on CUDA) | on | off (one after another, bit-identical)
     # Faults (rld.engine.guard): stop at the epoch whose loss (or weights) went non-finite, keeping the
     # last finite checkpoint; save the exact position inside an epoch every N steps (0: at epoch ends only).
     stop_on_nonfinite: bool = True
@@ -315,6 +318,7 @@ KEY_HELP = {
     "train.cache_dir": "where teacher-logit caches live (default ~/.cache/rld/teacher-logits)",
     "train.cache_precision": "float16 | float32 storage of cached logits",
     "train.static_step": "auto | on | off: whole-step execution (CUDA graphs on CUDA)",
+    "train.batch_students": "auto | on | off: step a sweep's students of one architecture together (auto: on CUDA)",
     "train.stop_on_nonfinite": "stop (exit status 3) at an epoch whose loss or weights went non-finite; keep last.pt",
     "train.checkpoint_every_steps": "also save the exact position inside an epoch every N steps (step.pt; 0: off)",
 }
@@ -486,7 +490,9 @@ def validate(cfg: RunConfig) -> None:
     """Value checks the types cannot express; raises UserError naming the key."""
     t = cfg.train
     # YAML reads on/off as booleans (and OmegaConf may keep them as "True"/"False")
-    t.static_step = {"true": "on", "false": "off"}.get(str(t.static_step).lower(), t.static_step)
+    on_off = {"true": "on", "false": "off"}
+    t.static_step = on_off.get(str(t.static_step).lower(), t.static_step)
+    t.batch_students = on_off.get(str(t.batch_students).lower(), t.batch_students)
     checks = [
         (t.epochs > 0, "train.epochs must be > 0", t.epochs),
         (t.batch_size > 0, "train.batch_size must be > 0", t.batch_size),
@@ -521,6 +527,11 @@ def validate(cfg: RunConfig) -> None:
         # teacher-logit cache (rld.fast.cache)
         (t.teacher_cache in ("off", "lazy", "full"), "train.teacher_cache must be off, lazy or full", t.teacher_cache),
         (t.static_step in ("auto", "on", "off"), "train.static_step must be auto, on or off", t.static_step),
+        (
+            t.batch_students in ("auto", "on", "off"),
+            "train.batch_students must be auto, on or off",
+            t.batch_students,
+        ),
         (t.checkpoint_every_steps >= 0, "train.checkpoint_every_steps must be >= 0", t.checkpoint_every_steps),
         (
             t.cache_precision in ("float16", "float32"),

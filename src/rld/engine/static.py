@@ -9,6 +9,8 @@ when the epoch begins, and one step is
     lookup)  →  for every student: forward, loss, backward, SGD update, metrics added in place  →
     advance the position
 
+(the students of a sweep's group one after another, or stacked: :mod:`rld.engine.batched`)
+
 which reads no Python value that changes inside an epoch: the learning rate and the epoch (for the
 warm-up) are device scalars of each run (:meth:`Run.use_device_scalars
 <rld.engine.trainer.Run.use_device_scalars>`), filled when the epoch begins. So the step is a
@@ -38,6 +40,7 @@ import torch
 
 from rld.data.device_loader import DeviceLoader
 from rld.data.types import Batch
+from rld.engine.batched import GroupStep
 from rld.errors import UserError
 
 log = logging.getLogger("rld")
@@ -91,8 +94,12 @@ class StaticSteps:
         *,
         capture: bool | None = None,
         warmup: int = 2,
+        batched: bool = False,
     ):
+        """``batched``: students of one architecture step as one batched computation
+        (:class:`~rld.engine.batched.GroupStep`)."""
         self.members, self.loader, self.teacher_fn = members, loader, teacher_fn
+        self.stepper = GroupStep(members, batched)
         device = loader.device
         self.capture = device.type == "cuda" if capture is None else capture
         drawing = [m.run.method.name for m in members if m.run.method.spec.uses_rng]
@@ -157,12 +164,7 @@ class StaticSteps:
         indices, views = self._order[at], self._views[at]
         batch = Batch(self.loader.render_views(indices, views), self.loader.targets(indices), indices, views)
         teacher = teacher_outputs(self.teacher_fn, batch, [m.run.method for m in self.members])
-        for m in self.members:
-            if swap_rng:
-                m.enter()
-            m.run.step(batch, teacher if m.run.needs_teacher else None, 0)
-            if swap_rng:
-                m.leave()
+        self.stepper(batch, teacher, 0, swap_rng)
         self._pos += size
 
     def _step(self, size: int) -> None:

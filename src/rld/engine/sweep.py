@@ -10,12 +10,14 @@ Groups. Runs that would see the same batches share one data stream: same seed (t
 augmentation are a function of seed and epoch), data set, batch size, device and teacher (with its
 cache settings). Different seeds cannot share a stream, so the runs are grouped by this stream
 signature and the groups run one after another. Within a group every batch is produced once and
-the teacher forward (or cache lookup) runs once; then the students step in turn on it
-(:func:`group_step`, grouped execution). With ``train.static_step`` (the default on CUDA) the
-group's whole step — batch, teacher, every student's forward, backward and update — is one
-:class:`~rld.engine.static.StaticSteps` step, replayed as one CUDA graph per batch size. Students of
-one architecture could instead be stacked with ``torch.func.stack_module_state`` + ``vmap`` into
-one batched forward; on the CPU stepping them in turn costs the same arithmetic.
+the teacher forward (or cache lookup) runs once; then the students step on it (:func:`group_step`).
+With ``train.batch_students`` (``auto``: on CUDA) the students of one architecture whose methods read
+only logits step as one batched computation (:mod:`rld.engine.batched`: stacked parameters,
+``vmap``), equal to their single runs up to float rounding; the others (and every student with
+``off``, the default on the CPU, where batching saves nothing) step in turn, bit-identical to their
+single runs. With ``train.static_step`` (the default on CUDA) the group's whole step — batch,
+teacher, every student's forward, backward and update — is one
+:class:`~rld.engine.static.StaticSteps` step, replayed as one CUDA graph per batch size.
 
 Folders: ``OUT/<key>=<value>,…,seed=<S>`` (e.g. ``runs/sweep/method.beta=8,seed=0``) and
 ``OUT/sweep.csv``, one summary row per run. The time columns of ``metrics.csv`` (``epoch_time``,
@@ -59,6 +61,7 @@ from rld.config import RunConfig, resolve
 from rld.data.types import Batch
 from rld.engine import checkpoint as ckpt
 from rld.engine import guard, lock
+from rld.engine.batched import GroupStep, batch_students_wanted
 from rld.engine.distributed import World
 from rld.engine.static import StaticSteps, StepMember, static_step_wanted
 from rld.engine.trainer import (
@@ -180,7 +183,7 @@ def stream_signature(cfg: RunConfig) -> tuple:
         cfg.seed,
         (d.name, d.path, d.pipeline, d.num_workers, d.eval_batch_size, d.train_per_class, d.image_size),
         (d.val_fraction, d.holdout, d.holdout_seed, d.skip_bad_images, d.image_column, d.label_column),
-        (t.batch_size, t.device, t.deterministic, t.channels_last, t.amp),
+        (t.batch_size, t.device, t.deterministic, t.channels_last, t.amp, t.batch_students),
         (m.teacher, m.teacher_checkpoint, m.teacher_weights, m.dataset),
         (t.teacher_cache, t.cache_dir, t.cache_precision),
     )
@@ -226,14 +229,14 @@ class Member:
             self.leave()
 
 
-def group_step(members: list[Member], batch: Batch, teacher_fn: Any, epoch: int) -> None:
-    """One training step of every member on ``batch``: one teacher forward (or cache lookup),
-    then each student's step in turn. The teacher's outputs are shared, read-only, by the students."""
+def group_step(
+    members: list[Member], batch: Batch, teacher_fn: Any, epoch: int, stepper: GroupStep | None = None
+) -> None:
+    """One training step of every member on ``batch``: one teacher forward (or cache lookup), then
+    the students' steps (``stepper``, default: each in turn). The teacher's outputs are shared,
+    read-only, by the students."""
     teacher = teacher_outputs(teacher_fn, batch, [m.run.method for m in members])
-    for m in members:
-        m.enter()
-        m.run.step(batch, teacher if m.run.needs_teacher else None, epoch)
-        m.leave()
+    (stepper or GroupStep(members))(batch, teacher, epoch)
 
 
 def _run_group(group: list[SweepRun], resume_from: dict[Path, Path | None], resume: bool) -> list[dict[str, Any]]:
@@ -263,7 +266,9 @@ def _run_group(group: list[SweepRun], resume_from: dict[Path, Path | None], resu
     first = min(m.run.start_epoch for m in members)
     last = max(m.run.cfg.train.epochs for m in members)
     static = static_step_wanted(cfg0.train.static_step, data.train, teacher_fn, world.distributed)
+    batched = batch_students_wanted(cfg0.train.batch_students, device)
     static_steps: dict[tuple[int, ...], StaticSteps] = {}  # per set of active runs (catch-up epochs)
+    steppers: dict[tuple[int, ...], GroupStep] = {}
     failed: dict[int, DivergedError] = {}  # runs that diverged stop; the others go on
     with guard.StopSignals() as stop:
         for epoch in range(first, last + 1):
@@ -288,7 +293,7 @@ def _run_group(group: list[SweepRun], resume_from: dict[Path, Path | None], resu
                 if key not in static_steps:
                     static_steps.clear()  # a new set of active runs: free the graphs (and pools) of the last one
                     step_members = [StepMember(m.run, m.enter, m.leave) for m in active]
-                    static_steps[key] = StaticSteps(step_members, data.train, teacher_fn)
+                    static_steps[key] = StaticSteps(step_members, data.train, teacher_fn, batched=batched)
                 static_steps[key].run_epoch(
                     epoch,
                     lambda sizes, desc=desc: _progress(sizes, len(sizes), world, desc),
@@ -296,9 +301,13 @@ def _run_group(group: list[SweepRun], resume_from: dict[Path, Path | None], resu
                     after_step=after_step,
                 )
             else:
+                key = tuple(id(m) for m in active)
+                if key not in steppers:
+                    steppers.clear()
+                    steppers[key] = GroupStep(active, batched)
                 data.train.set_epoch(epoch, start_batch=start)
                 for k, batch in enumerate(_progress(data.train, len(data.train) - start, world, desc), start + 1):
-                    group_step(active, batch, teacher_fn, epoch)
+                    group_step(active, batch, teacher_fn, epoch, steppers[key])
                     after_step(k)
             for m in active:
                 m.enter()

@@ -240,7 +240,15 @@ def _tensorboard(out: Path, world: World):
 # is not one of them: bf16 autocast changes the student's numbers.)
 EXECUTION_KEYS = {
     "model": ("teacher_checkpoint",),
-    "train": ("device", "cache_dir", "static_step", "channels_last", "stop_on_nonfinite", "checkpoint_every_steps"),
+    "train": (
+        "device",
+        "cache_dir",
+        "static_step",
+        "batch_students",
+        "channels_last",
+        "stop_on_nonfinite",
+        "checkpoint_every_steps",
+    ),
 }
 
 
@@ -582,6 +590,11 @@ class Run:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
+        self.record(y, logits, loss, parts)
+
+    def record(self, y: torch.Tensor, logits: torch.Tensor, loss: torch.Tensor, parts: dict[str, torch.Tensor]) -> None:
+        """Add a finished step to the epoch's metrics, in place on the device: ``y`` (B,) targets,
+        ``logits`` (B, C) what the student predicted, the step's loss and its named parts."""
         n = float(len(y))
         self._seen += n
         self._correct += (logits.detach().argmax(dim=1) == y).sum()

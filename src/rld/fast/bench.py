@@ -14,7 +14,10 @@
   (:mod:`rld.fast.cache`). Filling the entries those steps use (their teacher forwards) is timed
   apart as ``cache_build_s``, opening the cache (key hashing, file creation) as ``cache_open_s``.
 * ``sweep_M`` — M students of the same configuration stepped in lockstep on one stream with cached
-  teacher logits (one CUDA graph for the whole group's step); measured on CUDA only by default.
+  teacher logits (one CUDA graph for the whole group's step), as ``rld sweep`` steps them on the
+  device (``train.batch_students``: stacked into one batched computation on CUDA, one after another
+  on the CPU); ``sweep_M_one_by_one`` / ``sweep_M_stacked`` the other way, side by side. Measured on
+  CUDA only by default (``--sweep 4`` on the CPU).
 
 Each path runs ``warmup`` untimed steps, then ``steps`` timed ones; with ``rounds > 1`` the paths
 take turns, round after round, so that a change of background load hits all of them. Reported:
@@ -46,6 +49,7 @@ from rld.data import CIFAR100_MEAN, CIFAR100_STD, ArrayDataset, ArraySplit, Devi
 from rld.data.device_loader import as_device
 from rld.data.pil import ArrayImageDataset, array_transform
 from rld.data.types import Batch
+from rld.engine.batched import GroupStep, batch_students_wanted
 from rld.engine.distributed import World
 from rld.engine.static import StaticSteps, StepMember
 from rld.engine.sweep import Member, group_step
@@ -209,10 +213,15 @@ class DevicePath:
     loop; full batches only (one shape), the epochs following one another.
     """
 
-    def __init__(self, loader: DeviceLoader, runs: list[Run], teacher_fn: Any, static: bool = False):
+    def __init__(
+        self, loader: DeviceLoader, runs: list[Run], teacher_fn: Any, static: bool = False, batched: bool = False
+    ):
         self.loader, self.teacher_fn = loader, teacher_fn
         self.members = [Member(run, torch.get_rng_state()) for run in runs]
-        self.static = StaticSteps([StepMember(run) for run in runs], loader, teacher_fn) if static else None
+        self.static = (
+            StaticSteps([StepMember(run) for run in runs], loader, teacher_fn, batched=batched) if static else None
+        )
+        self.stepper = self.static.stepper if self.static is not None else GroupStep(self.members, batched)
         for run in runs:
             run.begin_epoch(1)
         self._it = self._batches() if self.static is None else None
@@ -231,7 +240,7 @@ class DevicePath:
 
     def step(self) -> None:
         if self.static is None:
-            group_step(self.members, next(self._it), self.teacher_fn, 1)
+            group_step(self.members, next(self._it), self.teacher_fn, 1, self.stepper)
             return
         if self._left == 0:
             self.static.start_epoch(self._epoch)
@@ -355,8 +364,12 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
         }
         if cacheable:
             paths["cached"] = DevicePath(fresh_loader(), runs(1, "cached"), lookup, static)
+        # each sweep as `rld sweep` steps it on this device (train.batch_students), and the other way
+        stacked = batch_students_wanted(cfg.train.batch_students, device)
+        other = "sweep_{}_one_by_one" if stacked else "sweep_{}_stacked"
         for m in sweep_sizes if cacheable else ():
-            paths[f"sweep_{m}"] = DevicePath(fresh_loader(), runs(m, f"sweep{m}-"), lookup, static)
+            paths[f"sweep_{m}"] = DevicePath(fresh_loader(), runs(m, f"sweep{m}-"), lookup, static, stacked)
+            paths[other.format(m)] = DevicePath(fresh_loader(), runs(m, f"other{m}-"), lookup, static, not stacked)
         times: dict[str, list[list[float]]] = {name: [] for name in paths}
         for _ in range(opts.rounds):
             for name, path in paths.items():
@@ -370,6 +383,8 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
             "round_medians_ms": [statistics.median(r) for r in rounds],
             "captured": bool(getattr(paths[name], "captured", False)),
         }
+        if name.startswith("sweep_"):
+            results[name]["students_stacked"] = paths[name].stepper.stacked
     conv = results["conventional"]["ms_per_step"]
     for name in ("default_eager", "default", "cached"):
         if name in results:
@@ -384,10 +399,12 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
             reason = "measured on CUDA only (see rld.fast.bench)" if cacheable else "needs the teacher-logit cache"
             results[f"sweep_{m}"] = {"measured": False, "reason": reason}
     for m in sweep_sizes if cacheable else ():
-        r = results[f"sweep_{m}"]
-        r["students"] = m
-        r["ms_per_student_step"] = r["ms_per_step"] / m
-        r["speedup_vs_separate_cached"] = results["cached"]["ms_per_step"] * m / r["ms_per_step"]
+        for name in (f"sweep_{m}", other.format(m)):
+            r = results[name]
+            r["students"] = m
+            r["ms_per_student_step"] = r["ms_per_step"] / m
+            r["speedup_vs_separate_cached"] = results["cached"]["ms_per_step"] * m / r["ms_per_step"]
+            r["speedup_vs_default"] = results["default"]["ms_per_step"] * m / r["ms_per_step"]
     return {
         "device": device.type,
         "device_name": device_name(device),
@@ -436,14 +453,20 @@ def _sync(device: torch.device) -> None:
 def format_report(report: dict[str, Any]) -> str:
     """A small table of the report for the terminal."""
     lines = [f"{report['device_name']} · torch {report['torch']} · {report['data']}"]
-    lines.append(f"{'path':14s} {'ms/step':>9s} {'x conventional':>15s}")
+    lines.append(f"{'path':20s} {'ms/step':>9s} {'x conventional':>15s}")
     for name, r in report["results"].items():
         if not r.get("measured", True):
-            lines.append(f"{name:14s} {'—':>9s}  ({r['reason']})")
+            lines.append(f"{name:20s} {'—':>9s}  ({r['reason']})")
             continue
         speed = r.get("speedup_vs_conventional")
-        graph = "  (CUDA graph)" if r.get("captured") else ""
-        lines.append(f"{name:14s} {r['ms_per_step']:9.1f} {'' if speed is None else f'{speed:14.2f}x'}{graph}")
+        notes = ["CUDA graph"] if r.get("captured") else []
+        if "students" in r:
+            notes.append(
+                f"{r['students']} students, {r['students_stacked']} stacked: "
+                f"{r['speedup_vs_separate_cached']:.1f}x the student-steps/s of one cached run"
+            )
+        note = f"  ({'; '.join(notes)})" if notes else ""
+        lines.append(f"{name:20s} {r['ms_per_step']:9.1f} {'' if speed is None else f'{speed:14.2f}x'}{note}")
     cached = report["results"]["cached"]
     if cached.get("measured", True):
         lines.append(
