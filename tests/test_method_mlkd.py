@@ -11,13 +11,16 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageEnhance, ImageOps
+from torchvision import transforms as T
 
 from conftest import assert_same_run_state, assert_user_error, load_last, metric_rows, run_rld
 from rld.cli import main
 from rld.config import list_presets, resolve
 from rld.data import build_data
 from rld.data.device_loader import DeviceLoader
+from rld.data.pil import ArrayImageDataset
 from rld.data.strong import OP_INDEX, OPS, StrongPlan, rand_augment
+from rld.data.torch_loader import TorchLoader, TwoCrops
 from rld.data.types import ArraySplit
 from rld.engine import train
 from rld.engine.faults import FAULT_EXIT_STATUS
@@ -303,6 +306,15 @@ def test_the_pil_pipeline_yields_the_strong_view_too(tiny_cifar):
     assert all(torch.equal(a.strong, b.strong) for a, b in zip(first, second))
     assert all((a.strong - a.images).abs().amax() > 1e-3 for a in first)
     assert next(iter(data.test)).strong is None
+    # without random crops, a resume inside the epoch gets the same strong views of the remaining positions
+    stats = dict(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    plain = T.Compose([T.ToTensor(), T.Normalize(**stats)])
+    loader = TorchLoader(
+        ArrayImageDataset(_split(), TwoCrops(plain)), 16, train=True, device="cpu", seed=3, num_workers=0,
+        strong=(stats["mean"], stats["std"]),
+    )  # fmt: skip
+    whole = _epoch(loader, 1)
+    assert len(whole) == 3 and all(torch.equal(a.strong, b.strong) for a, b in zip(whole[1:], _epoch(loader, 1, 1)))
 
 
 # ----------------------------------------------------------------------------- training
@@ -316,7 +328,7 @@ def test_demo_preset_trains_two_epochs_with_a_falling_loss(pipeline, tmp_path, t
     rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
     assert [r["epoch"] for r in rows] == ["1", "2"]
     losses = [float(r["train_loss"]) for r in rows]
-    assert all(map(math.isfinite, losses)) and losses[1] < losses[0], losses
+    assert all(map(math.isfinite, losses)) and losses[1] < 0.8 * losses[0], losses
     for row in rows:  # the logged parts are MLKD's and sum to the loss
         parts = [float(row[f"loss_{p}"]) for p in ("ce", "kd_weak", "kd_strong", "cc", "bc")]
         assert sum(parts) == pytest.approx(float(row["train_loss"]), rel=1e-4)
