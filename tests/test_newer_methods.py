@@ -249,9 +249,9 @@ def test_table_extra_dry_run_plans_the_newer_methods_beside_table3s(tmp_path, ca
     out, plan_file = tmp_path / "repro", tmp_path / "plan.json"
     # every run of the table, with Table 3's default seeds 0, 1, 2 (teachers: seed 0 only)
     full = plan_table("table_extra", out)
-    assert full.seeds == (0, 1, 2) and len(full.runs) == 149
+    assert full.seeds == (0, 1, 2) and len(full.runs) == 170
     distilled = [r for r in full.runs if r.roles == ["distill"]]
-    methods = ["kd", "dkd", "rld", "dist", "nkd", "wttm"]
+    methods = ["kd", "dkd", "rld", "dist", "nkd", "wttm", "mlkd"]
     assert {(f"{r.teacher}-{r.student}", r.method, r.seed) for r in distilled} == set(
         itertools.product(TABLE3_PAIRS, methods, [0, 1, 2])
     )
@@ -260,7 +260,7 @@ def test_table_extra_dry_run_plans_the_newer_methods_beside_table3s(tmp_path, ca
     args = ["reproduce", "table_extra", "--dry-run", "--seeds", "0", "--json", str(plan_file), "--out", str(out)]
     assert main(args) == 0
     printed = capsys.readouterr().out
-    assert "table_extra: 53 runs (5 teacher, 6 student, 42 distill)" in printed
+    assert "table_extra: 60 runs (5 teacher, 6 student, 49 distill)" in printed
     assert "cifar100/resnet56-resnet20/wttm/seed0  [gamma=0.2 beta=4.0 ce_weight=1.0]" in printed
     body = json.loads(plan_file.read_text())
     assert (body["table"], body["seeds"]) == ("table_extra", [0])
@@ -274,10 +274,13 @@ def test_table_extra_dry_run_plans_the_newer_methods_beside_table3s(tmp_path, ca
     rows = list(dict.fromkeys(row for row, _ in cells))
     assert rows == ["Teacher", "Student", "KD", "DKD", "RLD", "DIST", "NKD", "WTTM", "MLKD"]
     columns = [column for row, column in cells if row == "MLKD"]
-    assert len(columns) == 7 and all(cells[("MLKD", column)] == [] for column in columns)
     labels = [pair.replace("-", " → ") for pair in TABLE3_PAIRS]
     assert columns == labels
-    assert all(cells[("WTTM", label)] == [f"cifar100/{pair}/wttm/seed0"] for pair, label in zip(TABLE3_PAIRS, labels))
+    for method in ("wttm", "mlkd"):
+        row = method.upper()
+        assert all(
+            cells[(row, label)] == [f"cifar100/{pair}/{method}/seed0"] for pair, label in zip(TABLE3_PAIRS, labels)
+        )
 
     # the same runs as Table 3 for what the two tables share, with --epochs scaled the same way
     for epochs in (None, 2):
@@ -292,13 +295,15 @@ def test_table_extra_dry_run_plans_the_newer_methods_beside_table3s(tmp_path, ca
         assert wttm.config().train.lr_milestones == ([150, 180, 210] if epochs is None else [1, 2, 2])
         assert wttm.config().seed == 1
 
-    # the table: rld's own runs, no paper numbers; MLKD not available yet, and why
+    # the table: rld's own runs, no paper numbers; MLKD's row marked as another protocol, and why
     markdown = to_markdown(collect(plan_table("table_extra", out, seeds=[0])))
     assert "the paper has no numbers for this table" in markdown
     assert "In brackets the paper's number" not in markdown and "(paper " not in markdown
-    assert "MLKD: not available yet, different protocol (strong augmentation, several views)." in markdown
-    assert "| Newer logit | MLKD | not available yet |" in markdown and "feature-distillation" not in markdown
-    with pytest.raises(UserError, match=r"MLKD is not available yet in table_extra: different protocol \(strong"):
-        plan_table("table_extra", out, methods=["mlkd"])
+    assert "MLKD: different protocol (its own strong augmentation" in markdown
+    assert "| Newer logit | MLKD (different protocol) | — |" in markdown
+    assert "not available" not in markdown and "feature-distillation" not in markdown
+    assert [r.name for r in plan_table("table_extra", out, seeds=[0], methods=["mlkd"]).runs][-1] == (
+        "cifar100/resnet110-resnet20/mlkd/seed0"
+    )
     small = plan_table("table_extra", out, seeds=[0], pairs=["resnet56-resnet20"], methods=["nkd"])
     assert [r.name for r in small.runs] == ["cifar100/resnet56/vanilla/seed0", "cifar100/resnet56-resnet20/nkd/seed0"]

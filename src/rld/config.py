@@ -6,7 +6,8 @@ validated, saved beside the run as ``config.yaml`` and passed down; nothing read
 Presets live in ``rld/configs/*.yaml`` (package data), with per-method fragments in
 ``rld/configs/FAMILY/*.yaml``. Each family (``cifar100``, ``imagenet``, ``demo``) has a ``base``
 configuration, per-method defaults (``methods``) and per-method training settings
-(``method_train``, for methods whose published protocol differs), per-model and per-teacher
+(``method_train``, for methods whose published protocol differs; ``pair_train``, where it differs
+per teacher→student pair), per-model and per-teacher
 adjustments (``models``, ``teachers``), the teacher→student ``pairs`` and any explicitly named
 ``presets``. From them come the names ``FAMILY/MODEL/vanilla``, ``FAMILY/TEACHER-STUDENT/METHOD``
 and ``FAMILY/NAME``.
@@ -177,6 +178,7 @@ def _presets_of(family: str) -> dict[str, dict]:
                 (models.get(student) or {}).get("train_cfg"),
                 _method_part(fam, method, teachers.get(teacher), pair_adjust),
                 (fam.get("method_train") or {}).get(method),
+                ((fam.get("pair_train") or {}).get(pair) or {}).get(method),
             )
     for name, preset in (fam.get("presets") or {}).items():
         method = preset.get("method", {}).get("name", "vanilla")
@@ -558,6 +560,11 @@ def validate(cfg: RunConfig) -> None:
         raise UserError(
             f"method {cfg.method.name!r} reads the teacher's features, which the teacher-logit cache does not hold: "
             "set train.teacher_cache=off"
+        )
+    if t.teacher_cache != "off" and spec.strong_view:
+        raise UserError(
+            f"method {cfg.method.name!r} trains on a strongly augmented view drawn afresh every step, which the "
+            "teacher-logit cache cannot hold: set train.teacher_cache=off"
         )
     if (cfg.model.teacher_checkpoint or cfg.model.teacher_weights) and not spec.needs_teacher:
         raise UserError(

@@ -16,7 +16,7 @@ from rld.data.digits import load_digits
 from rld.data.folder import load_image_folders, load_train_folder
 from rld.data.holdout import Holdout, carve_arrays, carve_dataset
 from rld.data.pil import ArrayImageDataset, array_transform
-from rld.data.torch_loader import IndexedDataset, TorchLoader
+from rld.data.torch_loader import IndexedDataset, TorchLoader, TwoCrops, with_two_crops
 from rld.data.types import ArrayDataset, ArraySplit, Loader
 from rld.errors import UserError
 
@@ -78,21 +78,23 @@ def _array_loaders(
     eval_batch_size: int,
     num_workers: int,
     common: dict,
+    strong_view: bool = False,
 ) -> tuple[Loader, Loader]:
     """Train and test loaders of an in-memory data set; ``common``: the loaders' shared keywords
     (device, seed, channels_last, rank, world_size)."""
     if pipeline == "device":
         stats = dict(mean=data.mean, std=data.std, flip=data.flip)
         return (
-            DeviceLoader(data.train, batch_size, train=True, **stats, **common),
+            DeviceLoader(data.train, batch_size, train=True, strong=strong_view, **stats, **common),
             DeviceLoader(data.test, eval_batch_size, train=False, **stats, **common),
         )
     size = (int(data.train.x.shape[1]), int(data.train.x.shape[2]))
     loaders = []
     for split, train, bs in ((data.train, True, batch_size), (data.test, False, eval_batch_size)):
         transform = array_transform(data.mean, data.std, train=train, flip=data.flip, size=size)
-        dataset = ArrayImageDataset(split, transform)
-        loaders.append(TorchLoader(dataset, bs, train=train, num_workers=num_workers, **common))
+        strong = (data.mean, data.std) if strong_view and train else None
+        dataset = ArrayImageDataset(split, TwoCrops(transform) if strong else transform)
+        loaders.append(TorchLoader(dataset, bs, train=train, num_workers=num_workers, strong=strong, **common))
     return loaders[0], loaders[1]
 
 
@@ -117,6 +119,7 @@ def build_data(
     label_column: str = "label",
     holdout: float | None = None,
     holdout_seed: int = 0,
+    strong_view: bool = False,
 ) -> DataBundle:
     """Build the training and evaluation loaders of data set ``name``.
 
@@ -187,6 +190,7 @@ def build_data(
             eval_batch_size=eval_batch_size,
             num_workers=num_workers,
             common=common,
+            strong_view=strong_view,
         )
         return DataBundle(train, test, data.num_classes, list(data.classes), data.name, holdout=carved)
 
@@ -234,8 +238,11 @@ def build_data(
     if holdout is not None:  # the data set's own evaluation part was never built (test_set is None)
         eval_transform = sources.image_transform(train=False, image_size=size)
         train_set, test_set, carved = carve_dataset(train_set, eval_transform, holdout, holdout_seed)
+    strong = with_two_crops(train_set, f"the strong view of data set {key}") if strong_view else None
     return DataBundle(
-        TorchLoader(IndexedDataset(train_set), batch_size, train=True, num_workers=num_workers, **common),
+        TorchLoader(
+            IndexedDataset(train_set), batch_size, train=True, num_workers=num_workers, strong=strong, **common
+        ),
         TorchLoader(IndexedDataset(test_set), eval_batch_size, train=False, num_workers=num_workers, **common),
         len(classes),
         classes,

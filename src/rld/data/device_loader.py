@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from rld.data.sampling import check_rank, check_seed, epoch_generator, pad_to, padded_length
+from rld.data.strong import StrongAugment, StrongPlan, strong_plan
 from rld.data.types import ArraySplit, Batch
 from rld.errors import UserError
 
@@ -86,6 +87,9 @@ class DeviceLoader:
         channels_last: yield images in ``torch.channels_last`` memory format.
         rank, world_size: shard of the epoch's order taken by this process (see
             :mod:`rld.data.sampling`); the defaults mean a single process.
+        strong: also yield each batch's strongly augmented view (``Batch.strong``; training only):
+            an independent crop and flip, then RandAugment and Cutout (:mod:`rld.data.strong`),
+            drawn from a stream of its own per ``(seed, epoch)``.
 
     Semantics match ``DataLoader(shuffle=train, drop_last=False)``: the last partial batch is
     included and ``len(loader) == ceil(M / batch_size)`` with ``M`` this rank's sample count.
@@ -113,6 +117,7 @@ class DeviceLoader:
         channels_last: bool = False,
         rank: int = 0,
         world_size: int = 1,
+        strong: bool = False,
     ):
         _check_split(split)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -141,6 +146,7 @@ class DeviceLoader:
         self._rows = torch.arange(self.height, device=self.device)
         self._cols = torch.arange(self.width, device=self.device)
         self._eval_plan: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.strong = StrongAugment(mean, std, self.device) if strong and self.train else None
 
     @property
     def num_samples(self) -> int:
@@ -189,14 +195,30 @@ class DeviceLoader:
         Returns (B, 3, H, W) float32 normalised images (channels_last if the loader is). Views
         must lie in ``0 .. NUM_VIEWS - 1``; they are not checked here, to avoid a host sync.
         """
+        images = self._pixels(indices, views).float().div_(255).sub_(self._mean).div_(self._std)
+        images = images.permute(0, 3, 1, 2)  # NCHW view of NHWC memory, i.e. channels_last
+        return images if self.channels_last else images.contiguous()
+
+    def _pixels(self, indices: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
+        """(B, H, W, 3) uint8 crops of samples ``indices`` under ``views``."""
         dy, dx, flip = decode_views(views)
         rows = dy[:, None] + self._rows  # (B, H)
         cols = torch.where(flip[:, None].bool(), self.width - 1 - self._cols, self._cols)
         cols = dx[:, None] + cols  # (B, W), reversed for flipped samples
-        pixels = self._x[indices[:, None, None], rows[:, :, None], cols[:, None, :]]  # (B, H, W, 3)
-        images = pixels.float().div_(255).sub_(self._mean).div_(self._std)
-        images = images.permute(0, 3, 1, 2)  # NCHW view of NHWC memory, i.e. channels_last
-        return images if self.channels_last else images.contiguous()
+        return self._x[indices[:, None, None], rows[:, :, None], cols[:, None, :]]
+
+    def strong_plan(self, epoch: int) -> StrongPlan:
+        """This rank's strong views of ``epoch`` (:func:`rld.data.strong.strong_plan`), on the CPU,
+        row k for the k-th position of :meth:`epoch_plan`. Does not change the loader's state."""
+        return strong_plan(
+            self.seed, epoch, self.n, flip=self.flip, offsets=OFFSETS, rank=self.rank, world_size=self.world_size
+        )
+
+    def render_strong(self, indices: torch.Tensor, plan: StrongPlan) -> torch.Tensor:
+        """The strong views (B, 3, H, W) float32 of samples ``indices`` under ``plan`` (B rows, on the device)."""
+        pixels = self._pixels(indices, plan.views).permute(0, 3, 1, 2).float()
+        images = self.strong.from_pixels(pixels, plan)
+        return images.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
 
     @property
     def labels(self) -> torch.Tensor:
@@ -221,10 +243,12 @@ class DeviceLoader:
         self._epoch += 1
         self._start = 0
         order, views = self._device_plan(epoch)
-        return self._batches(order[skip:], views[skip:])
+        strong = self.strong_plan(epoch)[skip:].to(self.device) if self.strong is not None else None
+        return self._batches(order[skip:], views[skip:], strong)
 
-    def _batches(self, order: torch.Tensor, views: torch.Tensor) -> Iterator[Batch]:
+    def _batches(self, order: torch.Tensor, views: torch.Tensor, strong: StrongPlan | None = None) -> Iterator[Batch]:
         for start in range(0, order.numel(), self.batch_size):
             idx = order[start : start + self.batch_size]
             v = views[start : start + self.batch_size]
-            yield Batch(self.render_views(idx, v), self._y[idx], idx, v)
+            extra = None if strong is None else self.render_strong(idx, strong[start : start + self.batch_size])
+            yield Batch(self.render_views(idx, v), self._y[idx], idx, v, extra)

@@ -6,6 +6,11 @@ conventional CPU/PIL pipeline of the array data sets. The sample order comes fro
 loader, sharded across ranks like ``DistributedSampler``. The augmentation draws happen in the
 workers with torch's random generator, which the DataLoader seeds from ``seed``; unlike the order,
 they are not a pure function of ``(seed, epoch)``.
+
+With ``strong`` (MLKD's strong view, :mod:`rld.data.strong`) the workers crop and flip every image
+twice (:class:`TwoCrops`), and the second crop gets RandAugment and Cutout on the training device,
+with the operations and magnitudes of the epoch's strong plan at the sample's position: a pure
+function of ``(seed, epoch, position)``, the same draws as the device-resident loader's.
 """
 
 from __future__ import annotations
@@ -16,10 +21,46 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from rld.data.device_loader import as_device
+from rld.data.device_loader import OFFSETS, as_device
 from rld.data.sampling import EpochSampler, check_seed
+from rld.data.strong import StrongAugment, strong_plan
 from rld.data.types import Batch
 from rld.errors import UserError
+
+
+class TwoCrops:
+    """A transform applied twice to the same image, independently: ``(transform(x), transform(x))``
+    (the weak view and the crop of the strong one)."""
+
+    def __init__(self, transform: Any):
+        self.transform = transform
+
+    def __call__(self, image: Any) -> tuple[Any, Any]:
+        return self.transform(image), self.transform(image)
+
+
+def normalization(transform: Any) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """``(mean, std)`` of the ``Normalize`` step of a torchvision ``Compose``, or None."""
+    from torchvision import transforms as T
+
+    for step in getattr(transform, "transforms", []):
+        if isinstance(step, T.Normalize):
+            return tuple(float(v) for v in step.mean), tuple(float(v) for v in step.std)
+    return None
+
+
+def with_two_crops(dataset: Any, what: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Make ``dataset`` (or the data set it wraps: ``.dataset`` of a subset, ``.base``) crop every image
+    twice (:class:`TwoCrops`); returns the normalisation of its transform. UserError when it has no
+    torchvision transform ending in ``Normalize``. ``what`` names the need in the message."""
+    holder = dataset
+    while holder is not None and not hasattr(holder, "transform"):
+        holder = getattr(holder, "dataset", None) or getattr(holder, "base", None)
+    stats = normalization(getattr(holder, "transform", None))
+    if stats is None:
+        raise UserError(f"{what}: this data set's training images have no torchvision transform to crop them twice")
+    holder.transform = TwoCrops(holder.transform)
+    return stats
 
 
 class IndexedDataset(Dataset):
@@ -57,6 +98,9 @@ class TorchLoader:
         num_workers: worker processes; 0 loads in the main process. Workers are persistent.
         channels_last: deliver images in ``torch.channels_last`` memory format.
         rank, world_size: this process's shard under data parallelism.
+        strong: ``(mean, std)`` of the images: items are ``((weak, strong crop), target, index)``
+            (:class:`TwoCrops`) and batches carry ``Batch.strong``, the strong crops after RandAugment
+            and Cutout (:mod:`rld.data.strong`). Training only.
 
     Each ``iter(loader)`` uses the current epoch and then advances it; :meth:`set_epoch` sets it
     explicitly (it is forwarded to the sampler, so callers need no access to the sampler).
@@ -75,6 +119,7 @@ class TorchLoader:
         channels_last: bool = False,
         rank: int = 0,
         world_size: int = 1,
+        strong: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
     ):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise UserError(f"batch size must be a positive integer, got {batch_size!r}")
@@ -84,6 +129,8 @@ class TorchLoader:
         self.device = as_device(device)
         self.channels_last = bool(channels_last)
         self.sampler = EpochSampler(len(dataset), shuffle=train, seed=seed, rank=rank, world_size=world_size)
+        self.strong = StrongAugment(*strong, self.device) if strong is not None and train else None
+        self._world = (int(rank), int(world_size))
         self._pin = self.device.type == "cuda"
         self.loader = DataLoader(
             dataset,
@@ -115,10 +162,25 @@ class TorchLoader:
 
     def __iter__(self) -> Iterator[Batch]:
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        plan, position = None, self.sampler.skip
+        if self.strong is not None:  # before the DataLoader's iteration advances the sampler's epoch
+            rank, world_size = self._world
+            n = self.sampler.n
+            plan = strong_plan(
+                self.sampler.seed, self.sampler.epoch, n, flip=False, offsets=OFFSETS, rank=rank, world_size=world_size
+            )  # its crops are unused here: the workers crop
         for images, targets, indices in self.loader:
+            strong = None
+            if plan is not None:
+                images, crops = images
+                rows = plan[position : position + len(targets)].to(self.device)
+                position += len(targets)
+                crops = crops.to(self.device, non_blocking=self._pin)
+                strong = self.strong.from_normalized(crops, rows).contiguous(memory_format=fmt)
             yield Batch(
                 images.to(self.device, non_blocking=self._pin, memory_format=fmt),
                 targets.to(self.device, non_blocking=self._pin),
                 indices.to(self.device, non_blocking=self._pin),
                 None,
+                strong,
             )

@@ -60,11 +60,21 @@ def static_step_wanted(setting: str, loader: Any, teacher_fn: Any, distributed: 
     """Whether ``train.static_step`` = ``setting`` means the static step for this run or group.
 
     ``on`` asks for it (and needs the device-resident loader); ``auto`` takes it on CUDA when the
-    data, the teacher provider and the process set allow a capture; ``off`` never.
+    data, the teacher provider and the process set allow a capture; ``off`` never. A loader that
+    yields a strongly augmented view (``Batch.strong``, MLKD's) runs the plain loop: the static step
+    renders the protocol's view only (``auto`` skips it, ``on`` is refused).
     """
     if setting == "off":
         return False
-    capturable = isinstance(loader, DeviceLoader) and not distributed and not getattr(teacher_fn, "lazy", False)
+    strong = getattr(loader, "strong", None) is not None
+    capturable = (
+        isinstance(loader, DeviceLoader) and not distributed and not getattr(teacher_fn, "lazy", False) and not strong
+    )
+    if setting == "on" and strong:
+        raise UserError(
+            "train.static_step=on cannot run a method that trains on a strongly augmented view (MLKD): "
+            "use train.static_step=auto or off"
+        )
     if setting == "on":
         if not isinstance(loader, DeviceLoader):
             raise UserError("train.static_step=on needs the device-resident loader (data.pipeline=device)")

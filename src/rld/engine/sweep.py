@@ -177,10 +177,12 @@ def plan_sweep(
 
 
 def stream_signature(cfg: RunConfig) -> tuple:
-    """Runs with equal signatures see identical batches and teacher logits: they can share a stream."""
+    """Runs with equal signatures see identical batches and teacher logits: they can share a stream.
+    The views a method trains on are part of it (a strong view makes other batches)."""
     d, m, t = cfg.data, cfg.model, cfg.train
     return (
         cfg.seed,
+        get_spec(cfg.method.name).views,
         (d.name, d.path, d.pipeline, d.num_workers, d.eval_batch_size, d.train_per_class, d.image_size),
         (d.val_fraction, d.holdout, d.holdout_seed, d.skip_bad_images, d.image_column, d.label_column),
         (t.batch_size, t.device, t.deterministic, t.channels_last, t.amp, t.batch_students),

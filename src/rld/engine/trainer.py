@@ -27,7 +27,7 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -40,7 +40,7 @@ from rld.engine import faults, guard, lock
 from rld.engine.distributed import World, all_sum, barrier, init_world, main_decides, shutdown
 from rld.engine.static import StaticSteps, StepMember, static_step_wanted
 from rld.errors import UserError
-from rld.methods import MethodContext, build_method, get_spec, logits_only
+from rld.methods import MethodContext, StrongView, build_method, get_spec, logits_only
 from rld.models import create_model, load_checkpoint
 from rld.models.features import Features
 from rld.models.weights import create_pretrained, freeze_backbone
@@ -336,15 +336,27 @@ class TeacherForward:
         return dataclasses.replace(out, logits=logits) if features else logits
 
 
-def teacher_outputs(teacher_fn, batch, methods) -> torch.Tensor | Features | None:
+class TeacherViews(NamedTuple):
+    """The teacher's outputs on both views of a batch (for methods that train on the strong view)."""
+
+    weak: torch.Tensor | Features
+    strong: torch.Tensor | Features
+
+
+def teacher_outputs(teacher_fn, batch, methods) -> torch.Tensor | Features | TeacherViews | None:
     """What ``methods`` (stepped on the same batch) read from the teacher, computed once: None when
-    none needs the teacher, its logits when they read only those, else its :class:`Features`."""
+    none needs the teacher, its logits when they read only those, else its :class:`Features`; and
+    when one of them trains on the strong view (``batch.strong``), those of both views as
+    :class:`TeacherViews`."""
     specs = [m.spec for m in methods if m.needs_teacher]
     if teacher_fn is None or not specs:
         return None
-    if any(spec.teacher_features for spec in specs):
-        return teacher_fn(batch, features=True)
-    return teacher_fn(batch)
+    features = any(spec.teacher_features for spec in specs)
+    weak = teacher_fn(batch, features=True) if features else teacher_fn(batch)
+    if batch.strong is None or not any(spec.strong_view for spec in specs):
+        return weak
+    strong = batch._replace(images=batch.strong, views=None, strong=None)
+    return TeacherViews(weak, teacher_fn(strong, features=True) if features else teacher_fn(strong))
 
 
 class StudentAndMethod(nn.Module):
@@ -358,6 +370,9 @@ class StudentAndMethod(nn.Module):
     target, epoch, index)``: ``(logits, total, parts)`` of a training step; the student runs under
     bf16 autocast when ``amp`` (``forward_features`` when the method reads its features), and the
     method gets float32 logits. ``teacher``: the teacher's logits, its Features, or None.
+    A method that trains on the strong view (``spec.views``) also gets ``strong`` (the images) and
+    ``teacher_strong`` (the teacher's outputs on them): the student runs on each view as a batch of
+    its own, and the method is called with a :class:`~rld.methods.base.StrongView`.
     """
 
     def __init__(self, student: nn.Module, method: nn.Module, amp: bool):
@@ -365,24 +380,39 @@ class StudentAndMethod(nn.Module):
         self.student, self.method, self.amp = student, method, amp
         self.own_prediction = method.spec.own_prediction
 
-    def forward(self, x: torch.Tensor, teacher=None, target=None, epoch=None, index=None):
-        # no autocast weight cache: it cannot live across CUDA-graph replays (rld.engine.static)
+    def forward(self, x: torch.Tensor, teacher=None, target=None, epoch=None, index=None, strong=None,
+                teacher_strong=None):  # fmt: skip
         training_step = target is not None
+        student = self._student(x, training_step)
+        if not training_step:
+            return self.method.predict(student).logits.float() if self.own_prediction else student.logits
+        if isinstance(teacher, torch.Tensor):
+            teacher = logits_only(teacher)
+        extra = {}
+        if self.method.spec.strong_view:
+            if strong is None:
+                raise UserError(
+                    f"method {self.method.name!r} trains on a strongly augmented view too: its batches need "
+                    "Batch.strong (rld.data.build_data(..., strong_view=True))"
+                )
+            if isinstance(teacher_strong, torch.Tensor):
+                teacher_strong = logits_only(teacher_strong)
+            extra["strong"] = StrongView(self._student(strong, True), teacher_strong)
+        loss, parts = self.method(student, teacher, target, epoch, index, **extra)
+        if self.own_prediction:
+            with torch.no_grad():
+                return self.method.predict(student).logits, loss, parts
+        return student.logits, loss, parts
+
+    def _student(self, x: torch.Tensor, training_step: bool) -> Features:
+        """The student's outputs on ``x`` (bf16 autocast in a training step with ``amp``), logits float32."""
+        # no autocast weight cache: it cannot live across CUDA-graph replays (rld.engine.static)
         features = self.method.spec.student_features or self.own_prediction
         with torch.autocast(
             x.device.type, dtype=torch.bfloat16, enabled=self.amp and training_step, cache_enabled=False
         ):
             student = self.student.forward_features(x) if features else logits_only(self.student(x))
-        student = dataclasses.replace(student, logits=student.logits.float())
-        if not training_step:
-            return self.method.predict(student).logits.float() if self.own_prediction else student.logits
-        if isinstance(teacher, torch.Tensor):
-            teacher = logits_only(teacher)
-        loss, parts = self.method(student, teacher, target, epoch, index)
-        if self.own_prediction:
-            with torch.no_grad():
-                return self.method.predict(student).logits, loss, parts
-        return student.logits, loss, parts
+        return dataclasses.replace(student, logits=student.logits.float())
 
     def forward_features(self, x: torch.Tensor) -> Features:
         """Features of what the student predicts with (evaluation; the figures read ``logits`` and ``pooled``)."""
@@ -581,12 +611,18 @@ class Run:
 
     def step(self, batch, teacher: torch.Tensor | Features | None, epoch: int) -> None:
         """One optimisation step on ``batch`` with what the method reads from the teacher (its logits
-        or Features; :func:`teacher_outputs`); metrics accumulate in place on the device (no host
-        sync). With :meth:`use_device_scalars` the method gets the epoch from its device scalar."""
+        or Features, or both views' as :class:`TeacherViews`; :func:`teacher_outputs`); metrics
+        accumulate in place on the device (no host sync). With :meth:`use_device_scalars` the method
+        gets the epoch from its device scalar."""
         x, y = batch.images, batch.targets
         if self.device_scalars is not None:
             epoch = self.device_scalars[1]
-        logits, loss, parts = self.model(x, teacher, y, epoch, batch.indices)
+        extra = {}
+        if isinstance(teacher, TeacherViews):
+            teacher, extra["teacher_strong"] = teacher
+        if self.method.spec.strong_view:
+            extra["strong"] = batch.strong
+        logits, loss, parts = self.model(x, teacher, y, epoch, batch.indices, **extra)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -789,6 +825,7 @@ def build_run_data(cfg: RunConfig, device: torch.device, world: World, out: Path
         channels_last=cfg.train.channels_last,
         distributed=world.distributed,
         train_per_class=cfg.data.train_per_class,
+        strong_view=get_spec(cfg.method.name).strong_view,
         **data_options(cfg, out),
     )
 

@@ -180,7 +180,7 @@ def _md_table(result: TableResult, metric: str, with_paper: bool) -> list[str]:
         for column in spec.columns:
             cell = result.cells.get((row, column))
             cells.append("" if cell is None else cell.text(metric, with_paper))
-        lines.append(_md_row(([spec.groups.get(row, "")] if typed else []) + [row, *cells]))
+        lines.append(_md_row(([spec.groups.get(row, "")] if typed else []) + [spec.row_tag(row), *cells]))
     return lines
 
 
@@ -222,6 +222,8 @@ def to_markdown(result: TableResult, options: dict | None = None) -> str:
         legend += " `not available`: a feature-distillation method rld does not implement."
     for row in (r for r in unavailable if r in spec.row_notes):
         legend += f" {row}: not available yet, {spec.row_notes[row]}."
+    for row in (r for r in spec.rows if r in spec.row_notes and r not in unavailable):
+        legend += f" {row}: {spec.row_notes[row]}."
     lines = [f"# {spec.title}", "", legend, ""]
     if spec.note:
         lines += [spec.note, ""]
@@ -252,7 +254,7 @@ def to_csv(result: TableResult) -> str:
         header += [f"{column} {what}" for what in ("mean", "std", "n", "paper", "diff")]
     writer.writerow(header)
     for row in spec.rows:
-        line = [row]
+        line = [spec.row_tag(row)]
         for column in spec.columns:
             cell = result.cells.get((row, column))
             if cell is None:

@@ -30,6 +30,9 @@ dist       CE + 2·(β·inter + γ·intra), Pearson relations of the softmaxes, 
 nkd        CE + t_y-weighted target term + γ·normalized non-target term, γ = 3.5, T = 3 (Yang et al. 2023)
 wttm       CE + β·U_γ(p_t)·KL(power-transformed teacher ‖ student), γ = 0.2, β = 4 (a documented choice:
            the published per-pair values are in the paper's appendix only; Zheng & Yang 2024)
+mlkd       0.1·(CE(weak) + CE(strong)) + 0.9·(KD at T, 3, 5, 2, 6 + class- and batch-level Gram
+           alignment), T = 4, on a weak and a strong (RandAugment + Cutout) view of every image: its
+           own augmentation (``views=("weak", "strong")``; Jin et al. 2023)
 =========  =====================================================================================
 
 ``logit_standardization``: the logits entering the distillation terms are z-scored per sample
@@ -45,6 +48,7 @@ la         temperature = b; its weight is unchanged (the published LA loss never
 dkd        alpha·w, beta·w, temperature = b
 rld        alpha·w, beta·w, temperature = b, scd_temperature = b
 rc         kd_weight·w, rc_weight·w, temperature = b
+mlkd       kd_weight = w (set), temperature = b; CE weight unchanged; only its KD terms standardized
 lr         not defined by the published code: refused
 others     not defined by the published code (the feature methods, DIST, NKD, WTTM): refused
 =========  ===================================================================================
@@ -67,6 +71,7 @@ from rld.methods import (
     kd,
     la,
     lr,
+    mlkd,
     nkd,
     ofd,
     rc,
@@ -85,6 +90,7 @@ from rld.methods.base import (
     MethodConfig,
     MethodContext,
     MethodSpec,
+    StrongView,
     logits_only,
 )
 
@@ -110,6 +116,7 @@ METHODS: dict[str, MethodSpec] = {
         dist,
         nkd,
         wttm,
+        mlkd,
     )
 }
 
@@ -237,6 +244,7 @@ __all__ = [
     "MethodConfig",
     "MethodContext",
     "MethodSpec",
+    "StrongView",
     "build_method",
     "get_spec",
     "list_methods",

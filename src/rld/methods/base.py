@@ -10,7 +10,11 @@ exactly what the spec asks for and never branches on a method's name:
 * a method that reads only the teacher's logits gets them from a teacher forward or from the
   teacher-logit cache, and its student runs ``model(x)``;
 * a method that reads features gets :class:`~rld.models.features.Features` of one forward pass of
-  the student and of the teacher (``forward_features``).
+  the student and of the teacher (``forward_features``);
+* a method whose ``views`` include ``"strong"`` (MLKD) trains on a strongly augmented view of every
+  image too: the loaders yield it (``Batch.strong``, :mod:`rld.data.strong`), the student and the
+  teacher run on it as well, and the method gets both as a :class:`StrongView` (its ``strong``
+  keyword). The teacher-logit cache cannot hold random views, so such a method runs without it.
 
 The module owns its trainable parts (regressors, connectors, embeddings, CTKD's temperature) and
 buffers (CRD's memory); the engine trains them with the student, as one module under DDP, and
@@ -71,14 +75,29 @@ class MethodContext:
     seed: int = 0
 
 
+VIEWS = ("weak", "strong")
+"""The views of a batch a method may train on: the protocol's augmentation (every method) and a
+strong one (RandAugment and Cutout, :mod:`rld.data.strong`)."""
+
+
+@dataclass
+class StrongView:
+    """What the student and the teacher output on the strongly augmented view of the batch:
+    :class:`~rld.models.features.Features` of the same kind as those of the weak view."""
+
+    student: Features
+    teacher: Features | None
+
+
 class Method(nn.Module):
     """A configured method: ``method(student, teacher, target, epoch, index) → (total, parts)``.
 
     ``student`` and ``teacher`` are :class:`~rld.models.features.Features` (the teacher's is None
     for methods without one); ``target`` (B,) the labels; ``epoch`` counts from 1 and may be a 0-d
     tensor (warm-ups); ``index`` (B,) the samples' positions in the training set, or None where the
-    loader does not track them. ``parts`` are the named, weighted terms that sum to ``total``
-    (plus, for display, detached values such as CTKD's temperature).
+    loader does not track them. A method whose spec's ``views`` include ``"strong"`` is also called
+    with ``strong=``:class:`StrongView` (the others never are). ``parts`` are the named, weighted
+    terms that sum to ``total`` (plus, for display, detached values such as CTKD's temperature).
     """
 
     spec: MethodSpec
@@ -144,6 +163,12 @@ class MethodSpec:
     ls: LSRule | None = None  # None: logit standardization is not defined for the method (refused)
     uses_rng: bool = False  # draws random numbers in its step (CRD's negatives)
     own_prediction: bool = False  # predicts with more than the student (Method.predict; SimKD)
+    views: tuple[str, ...] = ("weak",)  # the views of a batch it trains on (VIEWS; MLKD adds "strong")
+
+    @property
+    def strong_view(self) -> bool:
+        """Whether a step also runs the student and teacher on the strongly augmented view."""
+        return "strong" in self.views
 
     @property
     def needs_teacher(self) -> bool:
