@@ -123,6 +123,8 @@ def test_only_runs_that_can_be_stacked_are(tmp_path, caplog, teacher_ckpt):
     assert "method fitnet reads the student's features" in caplog.text
     assert "no other run has its student" in caplog.text
     assert why_not_stacked(runs[1]) == "method fitnet reads the student's features"
+    mlkd = _runs(tmp_path, "k", [("demo/mlkd", [])], teacher=teacher)[0]
+    assert why_not_stacked(mlkd) == "method mlkd trains on a strongly augmented view too"
     unbatched = GroupStep(members, batched=False)
     assert unbatched.units == members and unbatched.stacked == 0
     batch, logits = _batches(1)[0]

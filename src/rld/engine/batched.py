@@ -19,7 +19,8 @@ float32 rounding (a few ulp per step, which training then amplifies like any cha
 ``train.batch_students=off`` steps the students one after another, bit-identical to single runs.
 
 What stacks (:func:`stack_key`): students of one architecture, layout and precision whose method reads
-only the logits (not the student's features, no prediction of its own) and draws no random numbers,
+only the logits of the protocol's view (not the student's features, no prediction of its own, no
+strongly augmented view) and draws no random numbers,
 and without active dropout (vmap cannot give each student the random stream of its single run). The
 other runs of the group step one after another, as before.
 """
@@ -50,6 +51,8 @@ def why_not_stacked(run: Any) -> str | None:
     spec = run.method.spec
     if spec.student_features or spec.own_prediction:
         return f"method {spec.name} reads the student's features"
+    if spec.strong_view:
+        return f"method {spec.name} trains on a strongly augmented view too"
     if spec.uses_rng:
         return f"method {spec.name} draws random numbers in its step"
     if any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in run.student.modules()):
