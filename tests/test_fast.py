@@ -347,8 +347,9 @@ def test_bench_reports_every_path(tmp_path, monkeypatch):
     assert report["device"] == "cpu" and report["data"].startswith("synthetic")
     assert report["config"]["steps"] == 3 and report["config"]["rounds"] == 2
     res = report["results"]
-    assert list(res)[:5] == ["conventional", "default_eager", "default", "cached", "sweep_2"]
-    for name in ("conventional", "default_eager", "default", "cached", "sweep_2"):
+    paths = ["conventional", "default_eager", "default", "cached", "sweep_2", "sweep_2_stacked"]
+    assert list(res)[:6] == paths
+    for name in paths:
         assert (res[name]["ms_per_step"], res[name]["round_medians_ms"]) == (1000.0, [1000.0, 1000.0]), name
         assert res[name]["captured"] is False, name  # no CUDA graph on the CPU
     assert res["default"]["speedup_vs_conventional"] == res["cached"]["speedup_vs_conventional"] == 1.0
@@ -359,11 +360,14 @@ def test_bench_reports_every_path(tmp_path, monkeypatch):
         "compiled_losses": False,  # the suite runs the kernel eagerly (RLD_COMPILE_LOSSES=0)
     }
     assert (res["sweep_2"]["students"], res["sweep_2"]["ms_per_student_step"]) == (2, 500.0)
-    assert res["sweep_2"]["speedup_vs_separate_cached"] == 2.0
+    assert res["sweep_2"]["speedup_vs_separate_cached"] == res["sweep_2"]["speedup_vs_default"] == 2.0
+    # on the CPU `rld sweep` steps the students one after another; the stacked way is measured beside it
+    assert (res["sweep_2"]["students_stacked"], res["sweep_2_stacked"]["students_stacked"]) == (0, 2)
+    assert res["sweep_2_stacked"]["ms_per_student_step"] == 500.0
     assert res["cached"]["cache_entries"] == 2 * (1 + 3) * 8  # the rounds' warm-up and timed batches of 8
     assert (res["cached"]["cache_open_s"], res["cached"]["cache_build_s"]) == (1.0, 1.0)
     # 2 readings each for opening and filling the cache, then per round and path: one before the steps, one per step
-    assert clock.readings == 2 + 2 + 2 * 5 * (3 + 1)
+    assert clock.readings == 2 + 2 + 2 * 6 * (3 + 1)
     assert res["sweep_4"] == {"measured": False, "reason": "measured on CUDA only (see rld.fast.bench)"}
 
 
