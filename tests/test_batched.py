@@ -119,6 +119,7 @@ def test_only_runs_that_can_be_stacked_are(tmp_path, caplog, teacher_ckpt):
     stacks = [u for u in step.units if isinstance(u, StudentStack)]
     assert [[runs.index(r) for r in s.runs] for s in stacks] == [[0, 2, 4]] and step.stacked == 3
     assert [members.index(u) for u in step.units if not isinstance(u, StudentStack)] == [1, 3]
+    assert "3 students (resnet8) step as one batched computation" in caplog.text
     assert "2 of 5 runs step one after another" in caplog.text
     assert "method fitnet reads the student's features" in caplog.text
     assert "no other run has its student" in caplog.text

@@ -161,6 +161,8 @@ class GroupStep:
                 self.units.append(StudentStack([m.run for m in group]))
             else:
                 singles += group
+        for unit in self.units:
+            log.info("%d students (%s) step as one batched computation", len(unit.runs), unit.runs[0].cfg.model.student)
         if batched and stacks and singles:
             reasons = sorted({why_not_stacked(m.run) or "no other run has its student" for m in singles})
             log.info("%d of %d runs step one after another (%s)", len(singles), len(members), "; ".join(reasons))
