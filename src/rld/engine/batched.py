@@ -101,7 +101,7 @@ class StudentStack:
     def _one(self, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor], x: torch.Tensor):
         return functional_call(self.frame, (params, buffers), (x,))
 
-    def logits(self, x: torch.Tensor) -> tuple[torch.Tensor, list[list[torch.Tensor]]]:
+    def logits(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """``(M, B, C)`` float32 logits of every student on ``x`` (B, …), in training mode, and the stacked
         buffers after the forward (BatchNorm statistics updated as M single forwards would)."""
         for frame_module, module in self._pairs:  # train/eval as the runs are (a frozen backbone's BatchNorm)
