@@ -175,3 +175,16 @@ def run_rld(*args: str, fault: str | None = None) -> subprocess.CompletedProcess
     if fault:
         env["RLD_FAULT"] = fault
     return subprocess.run([sys.executable, "-m", "rld.cli", *args], env=env, capture_output=True, text=True)
+
+
+def save_hf_folder(root: Path, out: Path, classes: tuple[str, ...]) -> Path:
+    """The PNG images of ``root/<class>/*.png`` as a Hugging Face ``datasets`` folder with one
+    ``train`` split (``image``, ``label``), saved to ``out``; skips the test without ``datasets``."""
+    from PIL import Image
+
+    datasets = pytest.importorskip("datasets")
+    files = sorted(root.rglob("*.png"))
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=list(classes))})
+    rows = {"image": [Image.open(f).copy() for f in files], "label": [classes.index(f.parent.name) for f in files]}
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict(rows, features=features)}).save_to_disk(str(out))
+    return out

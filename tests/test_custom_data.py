@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import assert_user_error
+from conftest import assert_user_error, save_hf_folder
 from rld.cli import main
 from rld.config import resolve
 from rld.data import build_data
@@ -68,14 +68,8 @@ def _source(kind: str, root: Path, tmp_path: Path) -> list[str]:
         lines = ["path,label"] + [f"{p.relative_to(root)},{p.parent.name}" for p in sorted(root.rglob("*.png"))]
         (root / "labels.csv").write_text("\n".join(lines) + "\n")
         return [f"data.path={root / 'labels.csv'}", "data.val_fraction=0.4"]
-    datasets = pytest.importorskip("datasets")
-    files = sorted(root.rglob("*.png"))
-    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=list(CLASSES))})
-    rows = {"image": [Image.open(f).copy() for f in files], "label": [CLASSES.index(f.parent.name) for f in files]}
-    datasets.DatasetDict({"train": datasets.Dataset.from_dict(rows, features=features)}).save_to_disk(
-        str(tmp_path / "hf")
-    )
-    return ["data.name=hf", f"data.path={tmp_path / 'hf'}", "data.val_fraction=0.4"]
+    hf = save_hf_folder(root, tmp_path / "hf", CLASSES)
+    return ["data.name=hf", f"data.path={hf}", "data.val_fraction=0.4"]
 
 
 def _validation_files(kind: str, bundle, root: Path, tmp_path: Path) -> list[str]:

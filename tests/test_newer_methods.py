@@ -25,15 +25,6 @@ from rld.models import create_model
 NEWER = ("dist", "nkd", "wttm")
 CIFAR_PAIRS = [*TABLE2_PAIRS, *TABLE3_PAIRS]  # the 14 CIFAR-100 pairs of the paper
 IMAGENET_PAIRS = list(TABLE4_PAIRS)
-TABLE3_PAIRS = (
-    "resnet32x4-resnet8x4",
-    "vgg13-vgg8",
-    "wrn_40_2-wrn_40_1",
-    "wrn_40_2-wrn_16_2",
-    "resnet56-resnet20",
-    "resnet110-resnet32",
-    "resnet110-resnet20",
-)
 
 # The published settings, written out independently of the method files.
 CIFAR100 = {

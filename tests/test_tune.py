@@ -15,7 +15,14 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import assert_same_run_state, assert_user_error, load_last, metric_lines, metric_rows
+from conftest import (
+    assert_same_run_state,
+    assert_user_error,
+    load_last,
+    metric_lines,
+    metric_rows,
+    save_hf_folder,
+)
 from rld.cli import main
 from rld.data import build as data_build
 from rld.data import build_data, load_digits
@@ -100,14 +107,7 @@ def _kind(kind: str, tmp_path: Path, tiny_cifar: Path) -> tuple[str, str | None,
         (root / "labels.csv").write_text("\n".join(lines) + "\n")
         root = root / "labels.csv"
     if kind == "hf":
-        datasets = pytest.importorskip("datasets")
-        files = sorted(root.rglob("*.png"))
-        features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=list(CLASSES))})
-        rows = {"image": [Image.open(f).copy() for f in files], "label": [CLASSES.index(f.parent.name) for f in files]}
-        datasets.DatasetDict({"train": datasets.Dataset.from_dict(rows, features=features)}).save_to_disk(
-            str(tmp_path / "hf")
-        )
-        return "hf", str(tmp_path / "hf"), {"image_size": 16, "val_fraction": 0.2}, []
+        return "hf", str(save_hf_folder(root, tmp_path / "hf", CLASSES)), {"image_size": 16, "val_fraction": 0.2}, []
     return "imagefolder", str(root), {"image_size": 16, "val_fraction": 0.2}, []
 
 
