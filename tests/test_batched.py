@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import assert_user_error, load_last, metric_rows, run_rld
+from conftest import assert_same_run_state, assert_user_error, load_last, metric_rows, run_rld
 from rld.config import resolve
 from rld.data.types import Batch
 from rld.engine import batched
@@ -44,8 +44,8 @@ def _runs(tmp_path: Path, tag: str, specs: list[tuple[str, list[str]]], teacher=
     return made
 
 
-def _batches(steps: int) -> list[tuple[Batch, torch.Tensor]]:
-    g = torch.Generator().manual_seed(3)
+def _batches(steps: int, seed: int = 3) -> list[tuple[Batch, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
     return [
         (
             Batch(torch.randn(24, 3, 32, 32, generator=g), torch.randint(0, 10, (24,), generator=g), None, None),
@@ -63,23 +63,26 @@ SPECS = [
 ]
 
 
-def test_a_stacked_step_equals_each_runs_own_step(tmp_path, monkeypatch):
+@pytest.mark.parametrize("streams", [[0, 0, 0], [1, 0, 1]], ids=["one-stream", "two-streams"])
+def test_a_stacked_step_equals_each_runs_own_step(tmp_path, monkeypatch, streams):
     """Three steps of three stacked runs give each run the parameters, BatchNorm statistics,
-    momentum buffers and metrics of its own steps. In float64 (students, data and teacher, with the
-    casts to float32 made no-ops) rounding is ~1e-16, so any real difference shows; the runs differ
-    from one another by far more (a run given another's gradient or statistics would fail)."""
+    momentum buffers and metrics of its own steps, on one data stream or each on its own stream's
+    batches (two seeds of a group). In float64 (students, data and teacher, with the casts to float32
+    made no-ops) rounding is ~1e-16, so any real difference shows; the runs differ from one another
+    by far more (a run given another's gradient, statistics or batch would fail)."""
     monkeypatch.setattr(torch.Tensor, "float", lambda self: self)
     torch.manual_seed(0)
     stacked, alone = _runs(tmp_path, "s", SPECS), _runs(tmp_path, "a", SPECS)
     for run in (*stacked, *alone):
         run.student.double()
     start = {k: v.clone() for k, v in alone[0].student.state_dict().items()}
-    stack = StudentStack(stacked)
-    for batch, teacher in _batches(3):
-        batch, teacher = batch._replace(images=batch.images.double()), teacher.double()
-        stack.step(batch, teacher, 4)
-        for run in alone:
-            run.step(batch, teacher if run.needs_teacher else None, 4)
+    stack = StudentStack(stacked, streams)
+    for step in zip(_batches(3, seed=3), _batches(3, seed=4)):  # the step's batch of streams 0 and 1
+        batches = [b._replace(images=b.images.double()) for b, _ in step]
+        teachers = [t.double() for _, t in step]
+        stack.step(batches, teachers, 4)
+        for run, s in zip(alone, streams):
+            run.step(batches[s], teachers[s] if run.needs_teacher else None, 4)
     for a, b in zip(stacked, alone):
         sa, sb = a.student.state_dict(), b.student.state_dict()
         for name in sb:
@@ -132,7 +135,7 @@ def test_only_runs_that_can_be_stacked_are(tmp_path, caplog, teacher_ckpt):
     from rld.engine.trainer import TeacherForward
 
     outputs = TeacherForward(teacher, amp=False)(batch, features=True)
-    step(batch, outputs, 4)  # every kind of unit steps once
+    step([batch], [outputs], 4)  # every kind of unit steps once
     assert [r._steps for r in runs] == [1] * 5
     assert batch_students_wanted("auto", torch.device("cuda")) and batch_students_wanted("on", torch.device("cpu"))
     assert not batch_students_wanted("auto", torch.device("cpu")) and not batch_students_wanted(
@@ -205,3 +208,69 @@ def test_batch_students_setting_is_checked_and_may_change_on_resume(tmp_path, te
     ]
     rows = sweep("demo/rld", ["method.beta=2,8"], out=out, resume=True, extra=[*resumed, "train.batch_students=off"])
     assert [len(metric_rows(out / r["run"] / "metrics.csv")) for r in rows] == [2, 2]
+
+
+def test_seeds_share_one_batched_step_each_on_its_own_stream(tmp_path, teacher_ckpt, monkeypatch, caplog):
+    """With batched students the runs of two seeds form one group: each step stacks the four students,
+    each on its own seed's batch. The static step trains them exactly as the plain loop does, and each
+    run ends where its one-by-one twin (two groups, bit-identical to the single runs) does, up to
+    rounding: far closer than the runs of the grid are to one another."""
+    over = [*FAST, f"model.teacher_checkpoint={teacher_ckpt}"]
+    grid = ["method.beta=2,8"]
+    with caplog.at_level(logging.INFO, logger="rld"):
+        sweep("demo/rld", grid, seeds=[0, 1], out=tmp_path / "alone", extra=[*over, "train.batch_students=off"])
+    assert "sweep: 4 runs in 2 lockstep group(s) (seed 0: 2 runs; seed 1: 2 runs)" in caplog.text
+    caplog.clear()
+    calls = _count_stacked_steps(monkeypatch)
+    for static in ("off", "on"):
+        with caplog.at_level(logging.INFO, logger="rld"):
+            extra = [*over, "train.batch_students=on", f"train.static_step={static}"]
+            rows = sweep("demo/rld", grid, seeds=[0, 1], out=tmp_path / f"static={static}", extra=extra)
+        assert calls == [4] * 6  # 300 images at batch 128: 3 steps per epoch, every one of all four students
+        calls.clear()
+        assert "sweep: 4 runs in 1 lockstep group(s) (seeds 0, 1: 4 runs)" in caplog.text
+        assert "4 students (resnet8, 2 seeds) step as one batched computation" in caplog.text
+        caplog.clear()
+    names = [r["run"] for r in rows]
+    assert names == [f"method.beta={b},seed={s}" for s in (0, 1) for b in (2, 8)]
+    states = {}
+    for name in names:
+        # the static step and the plain loop do the same arithmetic on the same batches
+        plain, static, alone = (tmp_path / folder / name for folder in ("static=off", "static=on", "alone"))
+        assert metric_rows(plain / "metrics.csv") == metric_rows(static / "metrics.csv")
+        assert_same_run_state(load_last(plain), load_last(static), ignore_config=("train.static_step",))
+        states[name] = _flat(load_last(static)["model"]), _flat(load_last(alone)["model"])
+    apart = (states["method.beta=2,seed=1"][1] - states["method.beta=8,seed=1"][1]).norm()
+    for stacked, alone in states.values():
+        assert (stacked - alone).norm() < 0.1 * apart
+
+
+def test_a_group_of_two_seeds_stepped_one_by_one_is_bit_identical_to_the_single_runs(
+    tmp_path, teacher_ckpt, monkeypatch, caplog
+):
+    """The plumbing of a group of several seeds, without the rounding of a stacked step: with no
+    student allowed to stack, the two seeds still train in one group (one loader per seed over one
+    copy of the data, the teacher run once on both seeds' batches and split back), and every run
+    ends bit for bit as in the one-by-one sweep, a group per seed, itself equal to the single runs."""
+    over = [*FAST, f"model.teacher_checkpoint={teacher_ckpt}"]
+    sweep(
+        "demo/rld",
+        ["train.lr=0.05,0.02"],
+        seeds=[0, 1],
+        out=tmp_path / "alone",
+        extra=[*over, "train.batch_students=off"],
+    )
+    monkeypatch.setattr(batched, "stack_key", lambda run: None)
+    with caplog.at_level(logging.INFO, logger="rld"):
+        rows = sweep(
+            "demo/rld",
+            ["train.lr=0.05,0.02"],
+            seeds=[0, 1],
+            out=tmp_path / "group",
+            extra=[*over, "train.batch_students=on"],
+        )
+    assert "sweep: 4 runs in 1 lockstep group(s) (seeds 0, 1: 4 runs)" in caplog.text
+    for row in rows:
+        group, alone = tmp_path / "group" / row["run"], tmp_path / "alone" / row["run"]
+        assert metric_rows(group / "metrics.csv") == metric_rows(alone / "metrics.csv")
+        assert_same_run_state(load_last(alone), load_last(group), ignore_config=("train.batch_students",))

@@ -210,6 +210,12 @@ def test_sweep_planning_grid_folders_and_groups(tmp_path):
     assert [len(g) for g in groups] == [4, 4] and [g[0].cfg.seed for g in groups] == [0, 1]
     batch_sizes = plan_sweep("demo/rld", ["train.batch_size=64,128"], seeds=None, out=tmp_path)
     assert len(group_runs(batch_sizes)) == 2  # another batch size is another data stream
+    # with batched students the seeds of a seed-free data set share a group, each on its own stream
+    batched = plan_sweep("demo/rld", ["method.beta=2,8", "train.batch_students=on"], seeds=[0, 1], out=tmp_path)
+    assert [[r.name for r in g] for g in group_runs(batched)] == [[r.name for r in batched]]
+    assert [len(g) for g in group_runs(batched, share_seeds=False)] == [2, 2]  # e.g. each a Ray task
+    pil = plan_sweep("demo/rld", ["train.batch_students=on", "data.pipeline=pil"], seeds=[0, 1], out=tmp_path)
+    assert len(group_runs(pil)) == 2  # one loader per seed there: no shared step
     with pytest.raises(UserError, match="either as --seeds or as seed=V1,V2"):
         plan_sweep("demo/rld", ["seed=0,1"], seeds=[2], out=tmp_path)
     with pytest.raises(UserError, match="sweep overrides must look like KEY=V1,V2"):

@@ -240,6 +240,38 @@ def test_a_sweep_stopped_mid_epoch_resumes_every_run_exactly(tmp_path, tiny_cifa
         assert_same_run_state(load_last(tmp_path / "ref" / name), load_last(out / name))
 
 
+def test_a_sweep_of_two_seeds_stacked_in_one_group_resumes_exactly(tmp_path, tiny_cifar, fault, monkeypatch, capsys):
+    """Two seeds x two learning rates with batched students: one group, every step one stacked
+    computation of the four students, each on its own seed's batch. SIGTERM in its 4th step (epoch 2,
+    step 1) saves the four positions; the resumed sweep trains the 2 steps left of each and ends with
+    the metrics and last.pt of the same sweep never stopped."""
+    grid = ["train.lr=0.05,0.1", *_tiny(tiny_cifar), "train.epochs=2", "train.batch_students=on"]
+    assert main(["sweep", "demo/vanilla", *grid, "--seeds", "0,1", "--out", str(tmp_path / "ref")]) == 0
+    out = tmp_path / "sweep"
+    fault("sigterm_after_step:13")  # the first student's 4th step (the signal is read after the whole step)
+    code, err = _cli(capsys, "sweep", "demo/vanilla", *grid, "--seeds", "0,1", "--out", str(out))
+    assert code == 143, err
+    assert "rld: stopped by SIGTERM in epoch 2 after step 1 of 3; the positions of its 4 runs are saved" in err
+    names = [f"train.lr={lr},seed={s}" for s in (0, 1) for lr in (0.05, 0.1)]
+    for name in names:
+        saved = torch.load(out / name / "checkpoints" / "step.pt", weights_only=True)
+        assert (saved["position"]["epoch"], saved["position"]["step"]) == (2, 1)
+    fault(None)
+    recorded = [0]  # student steps, stacked or not
+    record = Run.record
+
+    def counting(self, *args):
+        recorded[0] += 1
+        return record(self, *args)
+
+    monkeypatch.setattr(Run, "record", counting)
+    assert main(["sweep", "demo/vanilla", *grid, "--seeds", "0,1", "--out", str(out), "--resume"]) == 0
+    assert recorded[0] == 4 * 2
+    for name in names:
+        assert metric_rows(out / name / "metrics.csv") == metric_rows(tmp_path / "ref" / name / "metrics.csv")
+        assert_same_run_state(load_last(tmp_path / "ref" / name), load_last(out / name))
+
+
 def test_skipping_batches_gives_the_rest_of_the_epoch_in_both_loaders(tiny_cifar):
     """The resumed position inside an epoch: the device loader and the DataLoader path (whose
     skipped images are never loaded) yield exactly the epoch's remaining batches."""

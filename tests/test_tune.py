@@ -335,7 +335,7 @@ def test_a_single_folder_tune_shares_one_split_and_never_reads_its_test_images(t
     argv = ["tune", "demo/vanilla", *data, "--grid", "train.lr=0.01,0.05", "--seeds", "0,1", "--epochs", "1"]
     assert main([*argv, "--out", str(out), "--val-fraction", "0.25", "--dry-run"]) == 0
     plan = capsys.readouterr().out
-    assert "4 runs in 2 data stream(s)" in plan and "validation: 5 of the 18 training images held out" in plan
+    assert "4 runs in 2 lockstep group(s)" in plan and "validation: 5 of the 18 training images held out" in plan
     assert not out.exists()  # a dry run writes nothing
     reads = Reads(monkeypatch)
     _phases(monkeypatch, reads)

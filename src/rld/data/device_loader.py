@@ -18,6 +18,7 @@ is the un-augmented image. :meth:`DeviceLoader.render_views` produces the images
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 
 import numpy as np
@@ -147,6 +148,13 @@ class DeviceLoader:
         self._cols = torch.arange(self.width, device=self.device)
         self._eval_plan: tuple[torch.Tensor, torch.Tensor] | None = None
         self.strong = StrongAugment(mean, std, self.device) if strong and self.train else None
+
+    def with_seed(self, seed: int) -> DeviceLoader:
+        """The same loader with another seed (another order and augmentation per epoch), sharing this
+        one's device-resident images; it starts at epoch 0."""
+        other = copy.copy(self)
+        other.seed, other._epoch, other._start = check_seed(seed), 0, 0
+        return other
 
     @property
     def num_samples(self) -> int:

@@ -64,6 +64,11 @@ class Batch(NamedTuple):
     strong: torch.Tensor | None = None
 
 
+def concat_batches(batches: list[Batch]) -> Batch:
+    """The batches as one, field by field (a field is None in all of them or in none)."""
+    return Batch(*(None if parts[0] is None else torch.cat(parts) for parts in zip(*batches)))
+
+
 class Loader(Protocol):
     """The interface the engine relies on; both loader kinds of this package implement it."""
 

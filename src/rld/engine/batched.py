@@ -18,6 +18,11 @@ product may sum in another order than the single one: a stacked student equals i
 float32 rounding (a few ulp per step, which training then amplifies like any change of kernel).
 ``train.batch_students=off`` steps the students one after another, bit-identical to single runs.
 
+Streams. A group may train runs of several seeds, each on its own data stream (its data order and
+augmentation): the step then gets one batch per stream, every run reads its own stream's batch and
+teacher outputs, and a stack takes the runs of several streams at once (each student's forward gets
+its own stream's images: the input is batched along the students too).
+
 What stacks (:func:`stack_key`): students of one architecture, layout and precision whose method reads
 only the logits of the protocol's view (not the student's features, no prediction of its own, no
 strongly augmented view) and draws no random numbers,
@@ -84,10 +89,14 @@ def stack_key(run: Any) -> tuple | None:
 class StudentStack:
     """M ≥ 2 runs whose students step as one batched computation (see the module docstring)."""
 
-    def __init__(self, runs: list[Any]):
+    def __init__(self, runs: list[Any], streams: list[int] | None = None):
+        """``streams[i]``: the data stream run ``i`` trains on (default: one stream for all)."""
         if len(runs) < 2 or len({stack_key(r) for r in runs}) != 1 or stack_key(runs[0]) is None:
             raise ValueError("a StudentStack takes two or more runs of one stack_key")
         self.runs = runs
+        self.streams = [0] * len(runs) if streams is None else list(streams)
+        if len(self.streams) != len(runs):
+            raise ValueError("a StudentStack takes one stream per run")
         first = runs[0].student
         # the architecture without storage: functional_call supplies the stacked tensors
         self.frame = copy.deepcopy(first).to("meta")
@@ -96,14 +105,16 @@ class StudentStack:
         self.buffer_names = [name for name, _ in first.named_buffers()]
         self._params = [[dict(r.student.named_parameters())[n] for n in self.param_names] for r in runs]
         self._buffers = [[dict(r.student.named_buffers())[n] for n in self.buffer_names] for r in runs]
-        self._forward = vmap(self._one, in_dims=(0, 0, None))
+        self._forward = vmap(self._one, in_dims=(0, 0, None))  # one input for all students
+        self._forward_own = vmap(self._one, in_dims=(0, 0, 0))  # an input per student
 
     def _one(self, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor], x: torch.Tensor):
         return functional_call(self.frame, (params, buffers), (x,))
 
-    def logits(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def logits(self, x: torch.Tensor, own: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """``(M, B, C)`` float32 logits of every student on ``x`` (B, …), in training mode, and the stacked
-        buffers after the forward (BatchNorm statistics updated as M single forwards would)."""
+        buffers after the forward (BatchNorm statistics updated as M single forwards would). ``own``:
+        ``x`` is (M, B, …), student ``i`` runs on ``x[i]``."""
         for frame_module, module in self._pairs:  # train/eval as the runs are (a frozen backbone's BatchNorm)
             frame_module.training = module.training
         # in the default layout: vmap has no batching rule for the restriding a channels-last
@@ -113,21 +124,24 @@ class StudentStack:
         amp = self.runs[0].amp
         # no autocast weight cache: it cannot live across CUDA-graph replays (rld.engine.static)
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp, cache_enabled=False):
-            out = self._forward(params, buffers, x.contiguous())
+            out = (self._forward_own if own else self._forward)(params, buffers, x.contiguous())
         return out.float(), [buffers[n] for n in self.buffer_names]
 
-    def step(self, batch: Any, teacher: Any, epoch: Any) -> None:
-        """One training step of every run of the stack on ``batch`` (what :meth:`Run.step
-        <rld.engine.trainer.Run.step>` does for one run), with the teacher's shared outputs."""
-        y = batch.targets
-        logits, buffers = self.logits(batch.images)
-        if isinstance(teacher, torch.Tensor):
-            teacher = logits_only(teacher)
+    def step(self, batches: list[Any], teachers: list[Any], epoch: Any) -> None:
+        """One training step of every run of the stack (what :meth:`Run.step
+        <rld.engine.trainer.Run.step>` does for one run): run ``i`` on ``batches[streams[i]]`` with the
+        teacher's outputs ``teachers[streams[i]]`` (shared, read-only)."""
+        if len(set(self.streams)) == 1:
+            logits, buffers = self.logits(batches[self.streams[0]].images)
+        else:
+            logits, buffers = self.logits(torch.stack([batches[s].images for s in self.streams]), own=True)
+        teachers = [logits_only(t) if isinstance(t, torch.Tensor) else t for t in teachers]
         results, total = [], None
         for i, run in enumerate(self.runs):
+            batch, teacher = batches[self.streams[i]], teachers[self.streams[i]]
             run_epoch = run.device_scalars[1] if run.device_scalars is not None else epoch
             loss, parts = run.method(
-                logits_only(logits[i]), teacher if run.needs_teacher else None, y, run_epoch, batch.indices
+                logits_only(logits[i]), teacher if run.needs_teacher else None, batch.targets, run_epoch, batch.indices
             )
             results.append((loss, parts))
             total = loss if total is None else total + loss
@@ -140,13 +154,14 @@ class StudentStack:
                     buffer.copy_(stacked[i])
         for i, run in enumerate(self.runs):
             run.optimizer.step()
-            run.record(y, logits[i].detach(), *results[i])
+            run.record(batches[self.streams[i]].targets, logits[i].detach(), *results[i])
 
 
 class GroupStep:
-    """Steps the members of a lockstep group (objects with ``run``, ``enter``, ``leave``) on one batch:
-    with ``batched``, the runs of each :func:`stack_key` (two or more) as a :class:`StudentStack`,
-    every other run by its own :meth:`Run.step <rld.engine.trainer.Run.step>` inside its RNG state."""
+    """Steps the members of a lockstep group (objects with ``run``, ``stream``, ``enter``, ``leave``), each
+    on the batch of its data stream: with ``batched``, the runs of each :func:`stack_key` (two or more,
+    of any streams) as a :class:`StudentStack`, every other run by its own :meth:`Run.step
+    <rld.engine.trainer.Run.step>` inside its RNG state."""
 
     def __init__(self, members: list[Any], batched: bool = False):
         self.members = members
@@ -158,27 +173,35 @@ class GroupStep:
             (stacks.setdefault(key, []) if key is not None else singles).append(m)
         for group in stacks.values():
             if len(group) > 1:
-                self.units.append(StudentStack([m.run for m in group]))
+                self.units.append(StudentStack([m.run for m in group], [m.stream for m in group]))
             else:
                 singles += group
         for unit in self.units:
-            log.info("%d students (%s) step as one batched computation", len(unit.runs), unit.runs[0].cfg.model.student)
+            seeds = len(set(unit.streams))
+            log.info(
+                "%d students (%s%s) step as one batched computation",
+                len(unit.runs),
+                unit.runs[0].cfg.model.student,
+                f", {seeds} seeds" if seeds > 1 else "",
+            )
         if batched and stacks and singles:
             reasons = sorted({why_not_stacked(m.run) or "no other run has its student" for m in singles})
             log.info("%d of %d runs step one after another (%s)", len(singles), len(members), "; ".join(reasons))
         self.units += sorted(singles, key=members.index)
         self.stacked = sum(len(u.runs) for u in self.units if isinstance(u, StudentStack))
 
-    def __call__(self, batch: Any, teacher: Any, epoch: Any, swap_rng: bool = True) -> None:
-        """One step of every member; ``teacher``: the teacher's outputs of :func:`teacher_outputs
-        <rld.engine.trainer.teacher_outputs>` (shared, read-only). ``swap_rng``: each single run's
-        global RNG state is swapped in around its step (a stack draws no random numbers)."""
+    def __call__(self, batches: list[Any], teachers: list[Any], epoch: Any, swap_rng: bool = True) -> None:
+        """One step of every member; per data stream, ``batches`` its batch and ``teachers`` the
+        teacher's outputs on it (of :func:`teacher_outputs <rld.engine.trainer.teacher_outputs>`;
+        shared, read-only). ``swap_rng``: each single run's global RNG state is swapped in around its
+        step (a stack draws no random numbers)."""
         for unit in self.units:
             if isinstance(unit, StudentStack):
-                unit.step(batch, teacher, epoch)
+                unit.step(batches, teachers, epoch)
                 continue
             if swap_rng:
                 unit.enter()
-            unit.run.step(batch, teacher if unit.run.needs_teacher else None, epoch)
+            teacher = teachers[unit.stream] if unit.run.needs_teacher else None
+            unit.run.step(batches[unit.stream], teacher, epoch)
             if swap_rng:
                 unit.leave()

@@ -9,7 +9,8 @@ when the epoch begins, and one step is
     lookup)  →  for every student: forward, loss, backward, SGD update, metrics added in place  →
     advance the position
 
-(the students of a sweep's group one after another, or stacked: :mod:`rld.engine.batched`)
+(the students of a sweep's group one after another, or stacked: :mod:`rld.engine.batched`; a group
+of several seeds reads one batch per seed, each from its own plan, at the same position)
 
 which reads no Python value that changes inside an epoch: the learning rate and the epoch (for the
 warm-up) are device scalars of each run (:meth:`Run.use_device_scalars
@@ -49,9 +50,10 @@ log = logging.getLogger("rld")
 @dataclass
 class StepMember:
     """A run stepped by :class:`StaticSteps`; ``enter``/``leave`` wrap its eager work (a sweep swaps
-    each run's RNG state in and out there)."""
+    each run's RNG state in and out there); ``stream``: which of the loaders it trains on."""
 
     run: Any
+    stream: int = 0
     enter: Callable[[], None] = lambda: None
     leave: Callable[[], None] = lambda: None
 
@@ -90,16 +92,18 @@ def static_step_wanted(setting: str, loader: Any, teacher_fn: Any, distributed: 
 
 
 class StaticSteps:
-    """The training steps of runs that share a device-resident loader and a teacher provider.
+    """The training steps of runs that share device-resident loaders and a teacher provider.
 
-    ``members`` are stepped in lockstep on the same batches (one run, or a sweep's group). Call
-    :meth:`run_epoch` between the runs' ``begin_epoch`` and ``end_epoch``.
+    ``members`` are stepped in lockstep (one run, or a sweep's group), each on the batches of its
+    stream's loader: ``loader`` is one loader or a list of them, which differ only in their seed (one
+    data set, batch size and sample count). Call :meth:`run_epoch` between the runs' ``begin_epoch``
+    and ``end_epoch``.
     """
 
     def __init__(
         self,
         members: list[StepMember],
-        loader: DeviceLoader,
+        loader: DeviceLoader | list[DeviceLoader],
         teacher_fn: Callable[[Batch], torch.Tensor] | None,
         *,
         capture: bool | None = None,
@@ -108,9 +112,18 @@ class StaticSteps:
     ):
         """``batched``: students of one architecture step as one batched computation
         (:class:`~rld.engine.batched.GroupStep`)."""
-        self.members, self.loader, self.teacher_fn = members, loader, teacher_fn
+        self.loaders = list(loader) if isinstance(loader, (list, tuple)) else [loader]
+        self.loader = self.loaders[0]
+        if any(
+            (lo.num_samples, lo.batch_size) != (self.loader.num_samples, self.loader.batch_size) for lo in self.loaders
+        ):
+            raise ValueError("the loaders of a StaticSteps must have one sample count and batch size")
+        if any(not 0 <= m.stream < len(self.loaders) for m in members):
+            raise ValueError("a member's stream has no loader")
+        self.members, self.teacher_fn = members, teacher_fn
+        self._methods = [[m.run.method for m in members if m.stream == s] for s in range(len(self.loaders))]
         self.stepper = GroupStep(members, batched)
-        device = loader.device
+        device = self.loader.device
         self.capture = device.type == "cuda" if capture is None else capture
         drawing = [m.run.method.name for m in members if m.run.method.spec.uses_rng]
         if self.capture and len(members) > 1 and drawing:
@@ -123,11 +136,11 @@ class StaticSteps:
         self.warmup = warmup
         for m in members:
             m.run.use_device_scalars()  # (also inside an epoch already begun)
-        n = loader.num_samples
-        self._order = torch.zeros(n, dtype=torch.int64, device=device)
-        self._views = torch.zeros(n, dtype=torch.int64, device=device)
+        shape = (len(self.loaders), self.loader.num_samples)  # the plan of each stream
+        self._order = torch.zeros(shape, dtype=torch.int64, device=device)
+        self._views = torch.zeros(shape, dtype=torch.int64, device=device)
         self._pos = torch.zeros((), dtype=torch.int64, device=device)
-        self._offsets = torch.arange(loader.batch_size, device=device)
+        self._offsets = torch.arange(self.loader.batch_size, device=device)
         self._graphs: dict[int, Any] = {}
         self._eager_runs: Counter[int] = Counter()
         self.attempts: list[dict[str, Any]] = []  # every capture attempt: size, captured, error
@@ -156,10 +169,11 @@ class StaticSteps:
                 after_step(k)
 
     def start_epoch(self, epoch: int, start: int = 0) -> None:
-        """Load the loader's plan of ``epoch`` into the static buffers and move to batch ``start``."""
-        order, views = self.loader.epoch_plan(epoch)
-        self._order.copy_(order)
-        self._views.copy_(views)
+        """Load the loaders' plans of ``epoch`` into the static buffers and move to batch ``start``."""
+        for s, loader in enumerate(self.loaders):
+            order, views = loader.epoch_plan(epoch)
+            self._order[s].copy_(order)
+            self._views[s].copy_(views)
         self._pos.fill_(start * self.loader.batch_size)  # every batch before the last is full
 
     def step(self, size: int) -> None:
@@ -168,13 +182,15 @@ class StaticSteps:
 
     def _body(self, size: int, swap_rng: bool = True) -> None:
         """One step on the next ``size`` samples of the plan: device work only."""
-        from rld.engine.trainer import teacher_outputs
+        from rld.engine.trainer import stream_teacher_outputs
 
         at = self._pos + self._offsets[:size]
-        indices, views = self._order[at], self._views[at]
-        batch = Batch(self.loader.render_views(indices, views), self.loader.targets(indices), indices, views)
-        teacher = teacher_outputs(self.teacher_fn, batch, [m.run.method for m in self.members])
-        self.stepper(batch, teacher, 0, swap_rng)
+        batches = []
+        for s, loader in enumerate(self.loaders):
+            indices, views = self._order[s][at], self._views[s][at]
+            batches.append(Batch(loader.render_views(indices, views), loader.targets(indices), indices, views))
+        teachers = stream_teacher_outputs(self.teacher_fn, batches, self._methods)
+        self.stepper(batches, teachers, 0, swap_rng)
         self._pos += size
 
     def _step(self, size: int) -> None:

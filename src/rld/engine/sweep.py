@@ -8,15 +8,23 @@ exactly as if it were trained alone by ``rld train`` with the same configuration
 
 Groups. Runs that would see the same batches share one data stream: same seed (the data order and
 augmentation are a function of seed and epoch), data set, batch size, device and teacher (with its
-cache settings). Different seeds cannot share a stream, so the runs are grouped by this stream
-signature and the groups run one after another. Within a group every batch is produced once and
-the teacher forward (or cache lookup) runs once; then the students step on it (:func:`group_step`).
-With ``train.batch_students`` (``auto``: on CUDA) the students of one architecture whose methods read
-only logits step as one batched computation (:mod:`rld.engine.batched`: stacked parameters,
-``vmap``), equal to their single runs up to float rounding; the others (and every student with
-``off``, the default on the CPU, where batching saves nothing) step in turn, bit-identical to their
-single runs. With ``train.static_step`` (the default on CUDA) the group's whole step — batch,
-teacher, every student's forward, backward and update — is one
+cache settings) — the stream signature (:func:`stream_signature`). The runs of one stream train in
+one lockstep group: every batch is produced once and the teacher forward (or cache lookup) runs
+once; then the students step on it (:func:`group_step`). With ``train.batch_students`` (``auto``:
+on CUDA) the students of one architecture whose methods read only logits step as one batched
+computation (:mod:`rld.engine.batched`: stacked parameters, ``vmap``), equal to their single runs up
+to float rounding; the others (and every student with ``off``, the default on the CPU, where
+batching saves nothing) step in turn, bit-identical to their single runs.
+
+Seeds. With batched students, the runs of several seeds train in one group too when their data sets
+are equal whatever the seed (the device-resident data sets: digits and cifar100 with
+``data.pipeline=device``; a folder's validation split depends on the seed) and the groups run in
+this process (:func:`group_runs`): every seed keeps its own data stream — one loader per seed over
+the one copy of the images on the device — the teacher runs once per step on the seeds' batches
+together, and the students of all seeds stack into one batched computation, each on its own
+seed's batch. Otherwise (``off``, other data, a ``ray`` executor) each seed is a group of its own and
+the groups run one after another. With ``train.static_step`` (the default on CUDA) the group's whole
+step — batches, teacher, every student's forward, backward and update — is one
 :class:`~rld.engine.static.StaticSteps` step, replayed as one CUDA graph per batch size.
 
 Folders: ``OUT/<key>=<value>,…,seed=<S>`` (e.g. ``runs/sweep/method.beta=8,seed=0``) and
@@ -74,7 +82,7 @@ from rld.engine.trainer import (
     method_inputs,
     prepare_out_dir,
     setup,
-    teacher_outputs,
+    stream_teacher_outputs,
 )
 from rld.errors import DivergedError, UserError
 from rld.methods import get_spec
@@ -191,12 +199,46 @@ def stream_signature(cfg: RunConfig) -> tuple:
     )
 
 
-def group_runs(runs: list[SweepRun]) -> list[list[SweepRun]]:
-    """Runs grouped by :func:`stream_signature`, in order of first appearance."""
+SEED_FREE_DATA = ("digits", "cifar100")
+"""Data sets whose images and splits do not depend on the seed (with ``data.pipeline=device``)."""
+
+
+def seeds_share_a_group(cfg: RunConfig) -> bool:
+    """Whether runs of ``cfg``'s settings and other seeds may train in one group: their students step
+    batched (``train.batch_students`` on, or ``auto`` on CUDA) on device-resident data that is the same
+    for every seed, each seed on its own stream."""
+    d, t = cfg.data, cfg.train
+    if d.pipeline != "device" or d.name not in SEED_FREE_DATA:
+        return False
+    name = ("cuda" if torch.cuda.is_available() else "cpu") if t.device == "auto" else t.device
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        return False  # the run refuses it (rld.engine.trainer.resolve_device)
+    return batch_students_wanted(t.batch_students, device)
+
+
+def group_runs(runs: list[SweepRun], share_seeds: bool = True) -> list[list[SweepRun]]:
+    """Runs grouped by :func:`stream_signature`, in order of first appearance; with ``share_seeds``,
+    the streams of several seeds form one group where :func:`seeds_share_a_group` (its runs seed-major)."""
     groups: dict[tuple, list[SweepRun]] = {}
     for run in runs:
-        groups.setdefault(stream_signature(run.cfg), []).append(run)
+        signature = stream_signature(run.cfg)
+        key = signature[1:] if share_seeds and seeds_share_a_group(run.cfg) else signature
+        groups.setdefault(key, []).append(run)
     return list(groups.values())
+
+
+def group_seeds(group: list[SweepRun]) -> list[int]:
+    """The seeds of a group's data streams, in order of first appearance."""
+    return list(dict.fromkeys(r.cfg.seed for r in group))
+
+
+def describe_group(group: list[SweepRun]) -> str:
+    """``"seed 0: 4 runs"`` or ``"seeds 0, 1: 8 runs"``."""
+    seeds = group_seeds(group)
+    which = f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {', '.join(map(str, seeds))}"
+    return f"{which}: {len(group)} run{'s' if len(group) != 1 else ''}"
 
 
 # ----------------------------------------------------------------------------- execution
@@ -204,12 +246,14 @@ def group_runs(runs: list[SweepRun]) -> list[list[SweepRun]]:
 
 @dataclass
 class Member:
-    """A run of a group and its own global-RNG state, swapped in around its work (``enter``/``leave``)."""
+    """A run of a group and its own global-RNG state, swapped in around its work (``enter``/``leave``);
+    ``stream``: which data stream of the group (which seed's loader) it trains on."""
 
     run: Run
     rng: torch.Tensor
     cuda_rng: torch.Tensor | None = None
     sweep_run: SweepRun | None = field(default=None, repr=False)
+    stream: int = 0
 
     def enter(self) -> None:
         torch.set_rng_state(self.rng)
@@ -232,13 +276,20 @@ class Member:
 
 
 def group_step(
-    members: list[Member], batch: Batch, teacher_fn: Any, epoch: int, stepper: GroupStep | None = None
+    members: list[Member],
+    batches: Batch | list[Batch],
+    teacher_fn: Any,
+    epoch: int,
+    stepper: GroupStep | None = None,
 ) -> None:
-    """One training step of every member on ``batch``: one teacher forward (or cache lookup), then
-    the students' steps (``stepper``, default: each in turn). The teacher's outputs are shared,
-    read-only, by the students."""
-    teacher = teacher_outputs(teacher_fn, batch, [m.run.method for m in members])
-    (stepper or GroupStep(members))(batch, teacher, epoch)
+    """One training step of every member, each on the batch of its stream (``batches``: one per
+    stream, or the one batch of a single stream): one teacher forward (or cache lookup), then the
+    students' steps (``stepper``, default: each in turn). The teacher's outputs are shared, read-only,
+    by the students."""
+    batches = [batches] if isinstance(batches, Batch) else list(batches)
+    methods = [[m.run.method for m in members if m.stream == s] for s in range(len(batches))]
+    teachers = stream_teacher_outputs(teacher_fn, batches, methods)
+    (stepper or GroupStep(members))(batches, teachers, epoch)
 
 
 def _run_group(group: list[SweepRun], resume_from: dict[Path, Path | None], resume: bool) -> list[dict[str, Any]]:
@@ -247,6 +298,8 @@ def _run_group(group: list[SweepRun], resume_from: dict[Path, Path | None], resu
     device = setup(cfg0, world)
     # a train/validation split saved in the first run's folder (split.json) is used again, as rld train does
     data = build_run_data(cfg0, device, world, group[0].out)
+    seeds = group_seeds(group)  # one data stream per seed, over the one copy of the data set
+    loaders = [data.train, *(data.train.with_seed(seed) for seed in seeds[1:])]
     needs_teacher = any(get_spec(r.cfg.method.name).needs_teacher for r in group)
     teacher_fn = build_teacher_fn(cfg0, data.num_classes, device, data.train) if needs_teacher else None
     members: list[Member] = []
@@ -263,7 +316,7 @@ def _run_group(group: list[SweepRun], resume_from: dict[Path, Path | None], resu
         )
         run.data_info, run.split = data_info(data), data.split
         cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-        members.append(Member(run, torch.get_rng_state(), cuda_rng, r))
+        members.append(Member(run, torch.get_rng_state(), cuda_rng, r, seeds.index(r.cfg.seed)))
 
     first = min(m.run.start_epoch for m in members)
     last = max(m.run.cfg.train.epochs for m in members)
@@ -294,8 +347,8 @@ def _run_group(group: list[SweepRun], resume_from: dict[Path, Path | None], resu
                 key = tuple(id(m) for m in active)
                 if key not in static_steps:
                     static_steps.clear()  # a new set of active runs: free the graphs (and pools) of the last one
-                    step_members = [StepMember(m.run, m.enter, m.leave) for m in active]
-                    static_steps[key] = StaticSteps(step_members, data.train, teacher_fn, batched=batched)
+                    step_members = [StepMember(m.run, m.stream, m.enter, m.leave) for m in active]
+                    static_steps[key] = StaticSteps(step_members, loaders, teacher_fn, batched=batched)
                 static_steps[key].run_epoch(
                     epoch,
                     lambda sizes, desc=desc: _progress(sizes, len(sizes), world, desc),
@@ -307,9 +360,11 @@ def _run_group(group: list[SweepRun], resume_from: dict[Path, Path | None], resu
                 if key not in steppers:
                     steppers.clear()
                     steppers[key] = GroupStep(active, batched)
-                data.train.set_epoch(epoch, start_batch=start)
-                for k, batch in enumerate(_progress(data.train, len(data.train) - start, world, desc), start + 1):
-                    group_step(active, batch, teacher_fn, epoch, steppers[key])
+                for loader in loaders:
+                    loader.set_epoch(epoch, start_batch=start)
+                batches = zip(*loaders)  # step k: batch k of every seed's stream
+                for k, step_batches in enumerate(_progress(batches, len(data.train) - start, world, desc), start + 1):
+                    group_step(active, step_batches, teacher_fn, epoch, steppers[key])
                     after_step(k)
             for m in active:
                 m.enter()
@@ -377,7 +432,7 @@ def train_runs(
     stream (:func:`group_runs`); ``summary``: a CSV rewritten after each group. One summary per run.
 
     With a ``ray`` ``executor`` each group is a task (see the module docstring)."""
-    groups = group_runs(runs)
+    groups = group_runs(runs, share_seeds=executor is None or executor.kind == "local")
     # every run's folder is checked up front (existing runs, another configuration): nothing starts
     # unless all can, and nothing is written before
     resume_from = {r.out: prepare_out_dir(r.out, resume, r.cfg) for r in runs}
@@ -411,10 +466,7 @@ def _lockstep_positions(group: list[SweepRun], resume_from: dict[Path, Path | No
 
 def _train_groups(groups, runs, resume_from, resume, summary) -> list[dict[str, Any]]:
     log.info(
-        "sweep: %d runs in %d group(s) of one data stream each (%s)",
-        len(runs),
-        len(groups),
-        ", ".join(f"seed {g[0].cfg.seed}: {len(g)}" for g in groups),
+        "sweep: %d runs in %d lockstep group(s) (%s)", len(runs), len(groups), "; ".join(map(describe_group, groups))
     )
     rows: list[dict[str, Any]] = []
     for group in groups:
@@ -442,7 +494,7 @@ def group_unit(group: list[SweepRun]) -> list[ex.Outcome]:
 def _train_groups_elsewhere(groups, runs, summary, executor: ex.ExecutorOptions) -> list[dict[str, Any]]:
     names = [r.name for r in runs]
     units = [
-        ex.Unit(f"group {i} (seed {g[0].cfg.seed}, {len(g)} runs)", group_unit, (g,), tuple(r.name for r in g))
+        ex.Unit(f"group {i} ({describe_group(g)})", group_unit, (g,), tuple(r.name for r in g))
         for i, g in enumerate(groups, 1)
     ]
     by_name = {r.name: r for r in runs}

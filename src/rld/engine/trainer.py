@@ -35,6 +35,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from rld.config import TEACHER_PRECISIONS, RunConfig, from_dict, to_yaml
 from rld.data import build_data
+from rld.data.types import concat_batches
 from rld.engine import checkpoint as ckpt
 from rld.engine import faults, guard, lock
 from rld.engine.distributed import World, all_sum, barrier, init_world, main_decides, shutdown
@@ -357,6 +358,16 @@ def teacher_outputs(teacher_fn, batch, methods) -> torch.Tensor | Features | Tea
         return weak
     strong = batch._replace(images=batch.strong, views=None, strong=None)
     return TeacherViews(weak, teacher_fn(strong, features=True) if features else teacher_fn(strong))
+
+
+def stream_teacher_outputs(teacher_fn, batches, methods) -> list:
+    """:func:`teacher_outputs` of each data stream's batch (``methods[s]``: those stepped on
+    ``batches[s]``). When they all read only the teacher's logits, the teacher runs once on the
+    batches together (one forward or cache lookup of all their samples), split back per stream."""
+    specs = [m.spec for ms in methods for m in ms if m.needs_teacher]
+    if len(batches) == 1 or teacher_fn is None or not specs or any(s.teacher_features or s.strong_view for s in specs):
+        return [teacher_outputs(teacher_fn, b, ms) for b, ms in zip(batches, methods)]
+    return list(teacher_fn(concat_batches(batches)).split([len(b.targets) for b in batches]))
 
 
 class StudentAndMethod(nn.Module):

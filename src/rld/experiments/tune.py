@@ -369,7 +369,7 @@ def describe(plan: TunePlan, holdout) -> list[str]:
     lines = [
         f"tune {plan.source} -> {plan.out}",
         "grid: " + "; ".join(f"{k} = {', '.join(vs)}" for k, vs in plan.axes) + f" ({len(plan.points)} points)"
-        f" x seeds {', '.join(map(str, plan.seeds))} = {len(plan.grid)} runs in {len(groups)} data stream(s), "
+        f" x seeds {', '.join(map(str, plan.seeds))} = {len(plan.grid)} runs in {len(groups)} lockstep group(s), "
         f"{plan.train_epochs} epochs each ({schedule})",
         f"validation: {holdout.val_size} of the {n} training images held out (fraction {plan.val_fraction}, "
         f"stratified, split seed {plan.split_seed}; {VAL_SPLIT_FILE}), evaluated without augmentation; each grid "

@@ -90,7 +90,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
         runs = plan_sweep(args.preset, args.overrides, seeds=seeds, out=out, extra=extra)
         groups = group_runs(runs)
-        print(f"sweep: {len(runs)} runs in {len(groups)} data stream(s) -> {out}")
+        print(f"sweep: {len(runs)} runs in {len(groups)} lockstep group(s) -> {out}")
         for run in runs:
             t = run.cfg.train
             schedule = f"lr_step={t.lr_step}" if t.lr_step else f"lr_milestones={t.lr_milestones}"
