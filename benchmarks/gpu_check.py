@@ -7,11 +7,13 @@
    the plain loop; its parameters, optimizer state, per-epoch losses and step counts compared.
 2. ``host_syncs``: the host synchronisations (``aten._local_scalar_dense`` and device-to-host copies)
    during one epoch of training steps (``--small``: 3 steps), plain loop and whole step; 0 expected.
-3. ``stacked``: a sweep of four students stacked into one batched step (``train.batch_students=on``)
-   and one after another: how far each stacked run ends from its twin, beside how far runs are apart.
+3. ``stacked``: a sweep over two seeds (lr 0.05 and 0.02, and β 2 and 8 unless ``--small``) with the
+   students of both seeds stacked into one batched step (``train.batch_students=on``: one group, each
+   seed on its own data stream) and one after another (a group per seed): how far each stacked run
+   ends from its twin, beside how far the closest two runs are apart.
 4. ``bench``: ``rld bench`` (resnet32x4 -> resnet8x4, RLD, batch 64): conventional, default_eager,
-   default, cached and, on CUDA, sweep_4 and sweep_16 (stacked, and one by one), with whether each
-   step was captured.
+   default, cached and, on CUDA, sweep_4 and sweep_16 (stacked, and one by one, and spread over 4
+   seeds), with whether each step was captured.
 5. ``cache_build``: the teacher forwards of a sample of cache entries, timed and extrapolated to the
    full CIFAR-100 cache (50,000 images x 162 views).
 6. ``captures``: every capture attempt that was logged (size, success or the reason it failed);
@@ -108,10 +110,11 @@ def check_equality(device: str, folder: Path, epochs: int) -> dict[str, Any]:
     return out
 
 
-def check_stacked(device: str, folder: Path, epochs: int) -> dict[str, Any]:
-    """A sweep of four RLD students (β 2 and 8 × lr 0.05 and 0.02) with the students stacked into one
-    batched step and one after another (both with the whole-step path): how far each stacked run
-    ends from its one-by-one twin (float rounding only), beside how far the runs are apart."""
+def check_stacked(device: str, folder: Path, epochs: int, small: bool = False) -> dict[str, Any]:
+    """A sweep of RLD students over seeds 0 and 1 (lr 0.05 and 0.02 × β 2 and 8; ``small``: β 8 only)
+    with the students stacked into one batched step (the two seeds in one group) and one after
+    another (a group per seed), both with the whole-step path: how far each stacked run ends from its
+    one-by-one twin (float rounding only), beside how far the closest two runs are apart."""
     from rld.engine.sweep import sweep
 
     teacher = _teacher(folder)
@@ -125,11 +128,12 @@ def check_stacked(device: str, folder: Path, epochs: int) -> dict[str, Any]:
         f"model.teacher_checkpoint={teacher}",
         "train.static_step=on",
     ]
-    grid = ["method.beta=2,8", "train.lr=0.05,0.02"]
+    grid = ["train.lr=0.05,0.02", "method.beta=8" if small else "method.beta=2,8"]
     out: dict[str, Any] = {}
     for mode in ("on", "off"):
         t0 = time.perf_counter()
-        sweep("demo/rld", grid, out=folder / mode, extra=[*over, f"train.batch_students={mode}"])
+        extra = [*over, f"train.batch_students={mode}"]
+        sweep("demo/rld", grid, seeds=[0, 1], out=folder / mode, extra=extra)
         out[f"seconds_batch_students_{mode}"] = time.perf_counter() - t0
 
     def weights(mode: str, run: str) -> torch.Tensor:
@@ -137,10 +141,9 @@ def check_stacked(device: str, folder: Path, epochs: int) -> dict[str, Any]:
         return torch.cat([v.double().flatten() for k, v in state["model"].items() if v.is_floating_point()])
 
     runs = sorted(p.name for p in (folder / "on").iterdir() if p.is_dir())
-    apart = float((weights("off", runs[0]) - weights("off", runs[-1])).norm())
-    out["runs"] = {
-        run: {"distance_to_one_by_one": float((weights("on", run) - weights("off", run)).norm())} for run in runs
-    }
+    alone = {run: weights("off", run) for run in runs}
+    apart = min(float((alone[a] - alone[b]).norm()) for a in runs for b in runs if a < b)
+    out["runs"] = {run: {"distance_to_one_by_one": float((weights("on", run) - alone[run]).norm())} for run in runs}
     out["distance_between_runs"] = apart
     out["max_relative_distance"] = max(r["distance_to_one_by_one"] for r in out["runs"].values()) / apart
     return out
@@ -226,10 +229,14 @@ def bench(device: str, small: bool) -> dict[str, Any]:
             workers=0,
             synthetic_size=64,
             sweep_sizes=(2,),
+            sweep_seeds=2,
         )
     else:
-        sweeps = (4, 16) if device.startswith("cuda") else ()
-        opts = BenchOptions(device=device, steps=40, warmup=5, rounds=3, sweep_sizes=sweeps)
+        cuda = device.startswith("cuda")
+        sweeps = (4, 16) if cuda else ()
+        opts = BenchOptions(
+            device=device, steps=40, warmup=5, rounds=3, sweep_sizes=sweeps, sweep_seeds=4 if cuda else 1
+        )
     return run_bench(opts)
 
 
@@ -284,7 +291,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         steps = [
             ("equality", lambda: check_equality(args.device, folder / "equality", 1 if args.small else 3)),
             ("host_syncs", lambda: count_host_syncs(args.device, folder / "host_syncs", 3 if args.small else None)),
-            ("stacked", lambda: check_stacked(args.device, folder / "stacked", 1 if args.small else 2)),
+            ("stacked", lambda: check_stacked(args.device, folder / "stacked", 1 if args.small else 2, args.small)),
             ("bench", lambda: bench(args.device, args.small)),
             ("cache_build", lambda: cache_build(args.device, args.small)),
         ]

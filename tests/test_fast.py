@@ -347,14 +347,15 @@ def test_bench_reports_every_path(tmp_path, monkeypatch):
     monkeypatch.setattr(bench, "time", clock)
     path = tmp_path / "bench.json"
     argv = ["bench", "--pair", "resnet8:resnet8", "--steps", "3", "--warmup", "1", "--rounds", "2"]
-    argv += ["--batch-size", "8", "--workers", "0", "--synthetic-size", "64", "--sweep", "2", "--json", str(path)]
+    argv += ["--batch-size", "8", "--workers", "0", "--synthetic-size", "64", "--sweep", "2", "--sweep-seeds", "2"]
+    argv += ["--json", str(path)]
     assert main(argv) == 0
     report = json.loads(path.read_text())
     assert report["device"] == "cpu" and report["data"].startswith("synthetic")
     assert report["config"]["steps"] == 3 and report["config"]["rounds"] == 2
     res = report["results"]
-    paths = ["conventional", "default_eager", "default", "cached", "sweep_2", "sweep_2_stacked"]
-    assert list(res)[:6] == paths
+    paths = ["conventional", "default_eager", "default", "cached", "sweep_2", "sweep_2_stacked", "sweep_2_seeds"]
+    assert list(res)[:7] == paths
     for name in paths:
         assert (res[name]["ms_per_step"], res[name]["round_medians_ms"]) == (1000.0, [1000.0, 1000.0]), name
         assert res[name]["captured"] is False, name  # no CUDA graph on the CPU
@@ -370,10 +371,17 @@ def test_bench_reports_every_path(tmp_path, monkeypatch):
     # on the CPU `rld sweep` steps the students one after another; the stacked way is measured beside it
     assert (res["sweep_2"]["students_stacked"], res["sweep_2_stacked"]["students_stacked"]) == (0, 2)
     assert res["sweep_2_stacked"]["ms_per_student_step"] == 500.0
+    # the two students over two seeds: always stacked, each on its own seed's stream
+    assert (res["sweep_2_seeds"]["seeds"], res["sweep_2_seeds"]["students_stacked"], res["sweep_2"]["seeds"]) == (
+        2,
+        2,
+        1,
+    )
+    assert report["config"]["sweep_seeds"] == 2
     assert res["cached"]["cache_entries"] == 2 * (1 + 3) * 8  # the rounds' warm-up and timed batches of 8
     assert (res["cached"]["cache_open_s"], res["cached"]["cache_build_s"]) == (1.0, 1.0)
     # 2 readings each for opening and filling the cache, then per round and path: one before the steps, one per step
-    assert clock.readings == 2 + 2 + 2 * 6 * (3 + 1)
+    assert clock.readings == 2 + 2 + 2 * 7 * (3 + 1)
     assert res["sweep_4"] == {"measured": False, "reason": "measured on CUDA only (see rld.fast.bench)"}
 
 

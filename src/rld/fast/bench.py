@@ -18,6 +18,9 @@
   device (``train.batch_students``: stacked into one batched computation on CUDA, one after another
   on the CPU); ``sweep_M_one_by_one`` / ``sweep_M_stacked`` the other way, side by side. Measured on
   CUDA only by default (``--sweep 4`` on the CPU).
+* ``sweep_M_seeds`` (``--sweep-seeds S``) — the M students spread over S seeds, each seed on its own
+  data stream, stacked into one batched computation across the seeds: the group ``rld sweep`` forms
+  of several seeds when it stacks students (:mod:`rld.engine.sweep`).
 
 Each path runs ``warmup`` untimed steps, then ``steps`` timed ones; with ``rounds > 1`` the paths
 take turns, round after round, so that a change of background load hits all of them. Reported:
@@ -77,6 +80,7 @@ class BenchOptions:
     data: str | None = None
     synthetic_size: int = SYNTHETIC_TRAIN
     sweep_sizes: tuple[int, ...] | None = None  # None: (4, 16) on CUDA, none on the CPU
+    sweep_seeds: int = 1  # > 1: also each sweep spread over this many seeds (data streams)
     seed: int = 0
 
 
@@ -210,28 +214,37 @@ class DevicePath:
     """DeviceLoader batches and ``Run.step`` with a teacher-logit provider (forward or cache).
 
     ``static``: the whole step of :mod:`rld.engine.static` (CUDA graphs on a GPU), else the plain
-    loop; full batches only (one shape), the epochs following one another.
+    loop; full batches only (one shape), the epochs following one another. ``seeds``: the runs are
+    spread evenly over this many data streams (the loader with seeds 0, 1, …), as a sweep's group of
+    several seeds.
     """
 
     def __init__(
-        self, loader: DeviceLoader, runs: list[Run], teacher_fn: Any, static: bool = False, batched: bool = False
+        self,
+        loader: DeviceLoader,
+        runs: list[Run],
+        teacher_fn: Any,
+        static: bool = False,
+        batched: bool = False,
+        seeds: int = 1,
     ):
         self.loader, self.teacher_fn = loader, teacher_fn
-        self.members = [Member(run, torch.get_rng_state()) for run in runs]
-        self.static = (
-            StaticSteps([StepMember(run) for run in runs], loader, teacher_fn, batched=batched) if static else None
-        )
+        self.loaders = [loader, *(loader.with_seed(loader.seed + s) for s in range(1, seeds))]
+        streams = [k * seeds // len(runs) for k in range(len(runs))]
+        self.members = [Member(run, torch.get_rng_state(), stream=s) for run, s in zip(runs, streams)]
+        step_members = [StepMember(run, s) for run, s in zip(runs, streams)]
+        self.static = StaticSteps(step_members, self.loaders, teacher_fn, batched=batched) if static else None
         self.stepper = self.static.stepper if self.static is not None else GroupStep(self.members, batched)
         for run in runs:
             run.begin_epoch(1)
         self._it = self._batches() if self.static is None else None
         self._epoch, self._left = 0, 0
 
-    def _batches(self) -> Iterator[Batch]:
+    def _batches(self) -> Iterator[tuple[Batch, ...]]:
         while True:
-            for batch in self.loader:  # each pass is the next epoch of the loader
-                if len(batch.targets) == self.loader.batch_size:  # full batches only: one shape
-                    yield batch
+            for batches in zip(*self.loaders):  # each pass is the next epoch of the loaders
+                if len(batches[0].targets) == self.loader.batch_size:  # full batches only: one shape
+                    yield batches
 
     @property
     def captured(self) -> bool:
@@ -240,7 +253,7 @@ class DevicePath:
 
     def step(self) -> None:
         if self.static is None:
-            group_step(self.members, next(self._it), self.teacher_fn, 1, self.stepper)
+            group_step(self.members, list(next(self._it)), self.teacher_fn, 1, self.stepper)
             return
         if self._left == 0:
             self.static.start_epoch(self._epoch)
@@ -296,6 +309,9 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
             f"synthetic CIFAR-shaped random uint8 ({len(data.train)} images 32x32x3, {data.num_classes} classes)"
         )
     sweep_sizes = opts.sweep_sizes if opts.sweep_sizes is not None else ((4, 16) if device.type == "cuda" else ())
+    seeds = opts.sweep_seeds
+    if seeds < 1 or any(m % seeds for m in sweep_sizes):
+        raise UserError(f"--sweep-seeds must be >= 1 and divide every sweep size, got {seeds} for {sweep_sizes}")
     per_path = opts.warmup + opts.steps
 
     torch.manual_seed(opts.seed)
@@ -331,6 +347,8 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
             entries = store_provider.fill(idx, views)
             _sync(device)
             cache_build_s = time.perf_counter() - t0
+            for k in range(1, seeds):  # the plans of a sweep's other seeds (untimed)
+                store_provider.fill(*planned_entries(loader.with_seed(loader.seed + k), per_path * opts.rounds))
             store: LogitStore = store_provider.store
             store.to_device(device)
             lookup = CachedTeacher(store, None, loader, lazy=False)
@@ -370,6 +388,9 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
         for m in sweep_sizes if cacheable else ():
             paths[f"sweep_{m}"] = DevicePath(fresh_loader(), runs(m, f"sweep{m}-"), lookup, static, stacked)
             paths[other.format(m)] = DevicePath(fresh_loader(), runs(m, f"other{m}-"), lookup, static, not stacked)
+            if seeds > 1:
+                spread = runs(m, f"seeds{m}-")
+                paths[f"sweep_{m}_seeds"] = DevicePath(fresh_loader(), spread, lookup, static, True, seeds)
         times: dict[str, list[list[float]]] = {name: [] for name in paths}
         for _ in range(opts.rounds):
             for name, path in paths.items():
@@ -399,9 +420,9 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
             reason = "measured on CUDA only (see rld.fast.bench)" if cacheable else "needs the teacher-logit cache"
             results[f"sweep_{m}"] = {"measured": False, "reason": reason}
     for m in sweep_sizes if cacheable else ():
-        for name in (f"sweep_{m}", other.format(m)):
+        for name in (f"sweep_{m}", other.format(m), *([f"sweep_{m}_seeds"] if seeds > 1 else [])):
             r = results[name]
-            r["students"] = m
+            r["students"], r["seeds"] = m, seeds if name.endswith("_seeds") else 1
             r["ms_per_student_step"] = r["ms_per_step"] / m
             r["speedup_vs_separate_cached"] = results["cached"]["ms_per_step"] * m / r["ms_per_step"]
             r["speedup_vs_default"] = results["default"]["ms_per_step"] * m / r["ms_per_step"]
@@ -417,6 +438,7 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
             "steps": opts.steps,
             "warmup": opts.warmup,
             "rounds": opts.rounds,
+            "sweep_seeds": seeds,
             "conventional_workers": opts.workers,
             "cache_precision": cache_cfg.train.cache_precision,
             "weights": "random initialisation (step times do not depend on the values)",
@@ -461,8 +483,9 @@ def format_report(report: dict[str, Any]) -> str:
         speed = r.get("speedup_vs_conventional")
         notes = ["CUDA graph"] if r.get("captured") else []
         if "students" in r:
+            over = f" over {r['seeds']} seeds" if r["seeds"] > 1 else ""
             notes.append(
-                f"{r['students']} students, {r['students_stacked']} stacked: "
+                f"{r['students']} students{over}, {r['students_stacked']} stacked: "
                 f"{r['speedup_vs_separate_cached']:.1f}x the student-steps/s of one cached run"
             )
         note = f"  ({'; '.join(notes)})" if notes else ""

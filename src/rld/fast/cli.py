@@ -153,6 +153,7 @@ def _cmd_bench(args: argparse.Namespace) -> None:
         data=args.data,
         synthetic_size=args.synthetic_size,
         sweep_sizes=None if args.sweep is None else tuple(_ints(args.sweep, "--sweep")) if args.sweep else (),
+        sweep_seeds=args.sweep_seeds,
     )
     report = run_bench(opts)
     print(format_report(report))
@@ -219,5 +220,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", metavar="PATH", help="CIFAR-100 folder/archive/.npz (default: synthetic data)")
     p.add_argument("--synthetic-size", type=int, default=50_000, help=argparse.SUPPRESS)
     p.add_argument("--sweep", metavar="M1,M2", help="students per lockstep sweep (default: 4,16 on CUDA only)")
+    p.add_argument(
+        "--sweep-seeds",
+        type=int,
+        default=1,
+        metavar="S",
+        help="also each sweep with its students over S seeds, one data stream each (default: 1, none)",
+    )
     p.add_argument("--json", metavar="PATH", help="write the report as JSON")
     p.set_defaults(func=_cmd_bench)
