@@ -314,6 +314,19 @@ def test_shuffling_semantics():
         loader.set_epoch(-1)
 
 
+def test_a_loader_with_another_seed_is_that_seeds_loader_over_the_same_images():
+    loader = _loader(n=23, b=5, seed=7)
+    loader.set_epoch(3, start_batch=1)
+    other = loader.with_seed(8)
+    assert other._x is loader._x and other._y is loader._y  # one copy of the images on the device
+    fresh = _loader(n=23, b=5, seed=8)
+    for a, b in zip(other, fresh):  # from epoch 0, batch 0: nothing of the original's position
+        assert torch.equal(a.indices, b.indices) and torch.equal(a.views, b.views) and torch.equal(a.images, b.images)
+    assert torch.equal(next(iter(loader)).indices, _loader(n=23, b=5, seed=7).epoch_plan(3)[0][5:10])
+    with pytest.raises(UserError, match="seed must be a non-negative integer"):
+        loader.with_seed(-1)
+
+
 def test_sampler_order_equals_device_loader_order():
     loader = _loader(n=23, b=5, seed=3)
     sampler = EpochSampler(23, shuffle=True, seed=3)

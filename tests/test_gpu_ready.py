@@ -115,6 +115,18 @@ def test_no_host_sync_in_a_sweep_step_or_with_cached_teacher_logits(teacher, dig
         for size in static.batch_sizes():
             static.step(size)
     assert run._steps == 2
+    # two seeds' streams in one static step, the students stacked across them, one lookup for both batches
+    pair = [_run(_cfg("rld", teacher, f"method.beta={b}"), tmp_path / f"seeds{b}") for b in (2, 8)]
+    members = [StepMember(pair[0], 0), StepMember(pair[1], 1)]
+    static = StaticSteps(members, [loader, loader.with_seed(1)], provider, capture=False, batched=True)
+    assert static.stepper.stacked == 2
+    for r in pair:
+        r.begin_epoch(1)
+    static.start_epoch(1)
+    with value_checks(False), HostSyncCounter(fail=True):
+        for size in static.batch_sizes():
+            static.step(size)
+    assert [r._steps for r in pair] == [2, 2]
 
 
 def test_the_guard_sees_a_host_read(teacher, digits, tmp_path):
