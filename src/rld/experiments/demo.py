@@ -4,7 +4,8 @@ The setting (presets ``demo/few/*``, images upsampled to 16x16): a resnet20 teac
 whole training split (1,347 images), and resnet8 students that see only the first 10 labelled
 images of each class (100 images). Each student method — no teacher (``vanilla``), KD, DKD, RLD — is trained with
 several seeds in a lockstep sweep (:func:`rld.engine.sweep.train_runs`: the runs of one seed share
-the data stream and the teacher's forward), and the demo reports the mean ± sample standard
+the data stream and the teacher's forward; with batched students, on CUDA, the seeds share one
+stacked step), and the demo reports the mean ± sample standard
 deviation of the last epoch's test top-1 over the seeds (the last epoch, not the best one, which
 would be chosen on the test set).
 

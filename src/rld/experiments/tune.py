@@ -13,7 +13,8 @@ chosen point once more on the whole training set and report its test accuracy.
    is computed once, saved as ``OUT/split.json`` and used by every run of the tune, grid and final,
    so no run trains on another seed's test images.
 2. **Grid.** Every point × seed is trained in lockstep (:func:`rld.engine.sweep.train_runs`: one
-   data stream per seed, the teacher run once per step or read from its cache) in
+   data stream per seed, the teacher run once per step or read from its cache; with batched students
+   the seeds of a device-resident data set share one stacked step) in
    ``OUT/grid/KEY=V,…,seed=S``; ``--resume`` continues every run from its ``last.pt``.
 3. **Selection** (:func:`choose`). The point with the highest validation top-1 *at the last epoch*,
    averaged over the seeds. The last epoch, not each run's best: the final run is reported at its
