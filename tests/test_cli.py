@@ -103,6 +103,23 @@ def test_epochs_flag_scales_the_schedule_in_train_and_sweep(capsys, tmp_path):
     assert main(["sweep", "demo/rld", "method.beta=2,4", "--epochs", "20", "--dry-run", "--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     assert "method.beta=4,seed=0  (epochs=20 lr_milestones=[14, 18])" in printed
+    assert "sweep: 2 runs in 1 lockstep group(s) (seed 0: 2 runs)" in printed
+    seeds = [
+        "sweep",
+        "demo/rld",
+        "method.beta=2,4",
+        "--seeds",
+        "0,1",
+        "--device",
+        "cpu",
+        "--dry-run",
+        "--out",
+        str(tmp_path),
+    ]
+    assert main([*seeds, "train.batch_students=on"]) == 0  # the seeds stack in one group
+    assert "sweep: 4 runs in 1 lockstep group(s) (seeds 0, 1: 4 runs)" in capsys.readouterr().out
+    assert main(seeds) == 0  # the CPU default (batch_students auto: off) trains a group per seed
+    assert "sweep: 4 runs in 2 lockstep group(s) (seed 0: 2 runs; seed 1: 2 runs)" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(

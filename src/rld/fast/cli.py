@@ -86,11 +86,12 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     args.resume_hint = "the same rld sweep command with --resume"
     if args.dry_run:
         from rld.config import to_yaml
-        from rld.engine.sweep import group_runs, plan_sweep
+        from rld.engine.sweep import describe_group, group_runs, plan_sweep
 
         runs = plan_sweep(args.preset, args.overrides, seeds=seeds, out=out, extra=extra)
-        groups = group_runs(runs)
-        print(f"sweep: {len(runs)} runs in {len(groups)} lockstep group(s) -> {out}")
+        groups = group_runs(runs, share_seeds=executor.kind == "local")
+        which = "; ".join(map(describe_group, groups))
+        print(f"sweep: {len(runs)} runs in {len(groups)} lockstep group(s) ({which}) -> {out}")
         for run in runs:
             t = run.cfg.train
             schedule = f"lr_step={t.lr_step}" if t.lr_step else f"lr_milestones={t.lr_milestones}"
