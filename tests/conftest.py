@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 os.environ["RLD_COMPILE_LOSSES"] = "0"
@@ -59,6 +60,17 @@ def write_tiny_cifar(path: Path) -> Path:
         test_y=rng.integers(0, 10, size=64),
         classes=np.array([f"c{i}" for i in range(10)]),
     )
+    return path
+
+
+def write_two_image_cifar(path: Path) -> Path:
+    """A CIFAR-format .npz of two training and two test images (random pixels, labels 0 and 1, 10
+    classes): a teacher-logit cache of all its views is small (2 x 162 entries)."""
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    images = {k: rng.integers(0, 256, size=(2, 32, 32, 3), dtype=np.uint8) for k in ("train_x", "test_x")}
+    np.savez(path, **images, train_y=np.arange(2), test_y=np.arange(2), classes=np.array([str(i) for i in range(10)]))
     return path
 
 
@@ -175,6 +187,29 @@ def run_rld(*args: str, fault: str | None = None) -> subprocess.CompletedProcess
     if fault:
         env["RLD_FAULT"] = fault
     return subprocess.run([sys.executable, "-m", "rld.cli", *args], env=env, capture_output=True, text=True)
+
+
+@contextmanager
+def rld_processes(root: Path, jobs: dict[str, tuple[list[str], str | None]]):
+    """``python -m rld.cli ARGS`` processes started together, one per job ``name -> (ARGS, RLD_FAULT
+    or None)``, each writing ``root/<name>.log``; yields ``name -> (process, log file)``. On leaving,
+    the processes still running are killed and the logs closed."""
+    procs = {}
+    try:
+        for name, (args, fault) in jobs.items():
+            env = {k: v for k, v in os.environ.items() if k != "RLD_FAULT"}
+            if fault:
+                env["RLD_FAULT"] = fault
+            log = open(root / f"{name}.log", "w")
+            proc = subprocess.Popen([sys.executable, "-m", "rld.cli", *args], env=env, stdout=log, stderr=log)
+            procs[name] = (proc, log)
+        yield procs
+    finally:
+        for proc, log in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            log.close()
 
 
 def save_hf_folder(root: Path, out: Path, classes: tuple[str, ...]) -> Path:

@@ -10,7 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import assert_same_run_state, assert_user_error, load_last, metric_lines, metric_rows, run_rld
+from conftest import (
+    assert_same_run_state,
+    assert_user_error,
+    load_last,
+    metric_lines,
+    metric_rows,
+    run_rld,
+    write_two_image_cifar,
+)
 from rld.cli import main
 from rld.config import resolve
 from rld.data import ArraySplit, Batch, DeviceLoader
@@ -386,10 +394,7 @@ def test_bench_reports_every_path(tmp_path, monkeypatch):
 
 
 def test_rld_cache_builds_every_view_and_training_then_needs_no_teacher_forward(capsys, tmp_path, teacher_ckpt):
-    rng = np.random.default_rng(3)
-    data = tmp_path / "two.npz"
-    images = {k: rng.integers(0, 256, size=(2, 32, 32, 3), dtype=np.uint8) for k in ("train_x", "test_x")}
-    np.savez(data, **images, train_y=np.arange(2), test_y=np.arange(2), classes=np.array([str(i) for i in range(10)]))
+    data = write_two_image_cifar(tmp_path / "two.npz")
     common = ["data.name=cifar100", f"data.path={data}", "--teacher", str(teacher_ckpt)]
     assert main(["cache", "demo/rld", *common, "--cache-dir", str(tmp_path / "cache")]) == 0
     assert "324 entries (324 computed now" in capsys.readouterr().out

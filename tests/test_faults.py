@@ -24,6 +24,7 @@ from conftest import (
     load_last,
     metric_rows,
     write_tiny_cifar,
+    write_two_image_cifar,
 )
 from rld.cli import main
 from rld.config import resolve
@@ -472,10 +473,7 @@ def test_a_corrupt_teacher_logit_cache_is_never_used(tmp_path, monkeypatch):
 def test_training_refuses_a_corrupt_cache_with_one_line(capsys, tmp_path, teacher_ckpt):
     """`rld cache`, then a flipped byte: `rld train … train.teacher_cache=full` (and `rld cache`
     itself) stop with status 2 and the rebuild hint, writing no run folder."""
-    rng = np.random.default_rng(3)
-    data = tmp_path / "two.npz"
-    images = {k: rng.integers(0, 256, size=(2, 32, 32, 3), dtype=np.uint8) for k in ("train_x", "test_x")}
-    np.savez(data, **images, train_y=np.arange(2), test_y=np.arange(2), classes=np.array([str(i) for i in range(10)]))
+    data = write_two_image_cifar(tmp_path / "two.npz")
     common = ["data.name=cifar100", f"data.path={data}", "--teacher", str(teacher_ckpt)]
     assert main(["cache", "demo/rld", *common, "--cache-dir", str(tmp_path / "cache")]) == 0
     (folder,) = (tmp_path / "cache").iterdir()

@@ -5,16 +5,13 @@ included), the static step, and the presets."""
 from __future__ import annotations
 
 import math
-import os
 import signal
-import subprocess
-import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import assert_same_run_state, load_last, metric_rows
+from conftest import assert_same_run_state, load_last, metric_rows, rld_processes
 from rld.cli import main
 from rld.config import list_presets, resolve, resolve_with_flags
 from rld.engine.distributed import World
@@ -399,20 +396,13 @@ def killed_runs(request, tmp_path_factory, teacher_ckpt):
     for the selected tests (most of a process's time is its imports)."""
     root = tmp_path_factory.mktemp("killed")
     names = {item.originalname for item in request.session.items}
-    procs = {}
-    for run, (method, test, fault) in KILLED_RUNS.items():
-        if any(name.startswith(test) for name in names):
-            env = {**{k: v for k, v in os.environ.items() if k != "RLD_FAULT"}, "RLD_FAULT": fault}
-            log = open(root / f"{run}.log", "w")
-            args = _train_args(method, teacher_ckpt, root / run)
-            proc = subprocess.Popen([sys.executable, "-m", "rld.cli", *args], env=env, stdout=log, stderr=log)
-            procs[run] = (proc, log)
-    yield root, procs
-    for proc, log in procs.values():
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        log.close()
+    jobs = {
+        run: (_train_args(method, teacher_ckpt, root / run), fault)
+        for run, (method, test, fault) in KILLED_RUNS.items()
+        if any(name.startswith(test) for name in names)
+    }
+    with rld_processes(root, jobs) as procs:
+        yield root, procs
 
 
 def _assert_killed_run_resumes_exactly(run: str, teacher_ckpt, killed_runs, ref) -> None:

@@ -5,9 +5,6 @@ epochs of each demo preset (a falling loss, an exact resume after a kill), the r
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import assert_same_run_state, assert_user_error, load_last, metric_lines, metric_rows
+from conftest import assert_same_run_state, assert_user_error, load_last, metric_lines, metric_rows, rld_processes
 from rld.cli import main
 from rld.config import list_presets, resolve
 from rld.engine.faults import FAULT_EXIT_STATUS
@@ -303,21 +300,12 @@ def killed_runs(request, tmp_path_factory, teacher_ckpt):
     """Each method's demo run killed by RLD_FAULT inside its second epoch (after step 6 of 8): the
     processes of the selected tests, started together (most of a process's time is its imports)."""
     root = tmp_path_factory.mktemp("killed")
-    env = {k: v for k, v in os.environ.items() if k != "RLD_FAULT"}
-    env["RLD_FAULT"] = f"after_step:{STEPS_PER_EPOCH + 2}"
+    fault = f"after_step:{STEPS_PER_EPOCH + 2}"
     test = test_two_demo_epochs_lower_the_loss_and_a_killed_run_resumes_exactly.__name__
     selected = {item.callspec.params["name"] for item in request.session.items if item.originalname == test}
-    procs = {}
-    for name in [m for m in METHODS if m in selected]:
-        args = _train_args(name, teacher_ckpt, root / name)
-        log = open(root / f"{name}.log", "w")
-        procs[name] = (subprocess.Popen([sys.executable, "-m", "rld.cli", *args], env=env, stdout=log, stderr=log), log)
-    yield root, procs
-    for proc, log in procs.values():
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        log.close()
+    jobs = {name: (_train_args(name, teacher_ckpt, root / name), fault) for name in METHODS if name in selected}
+    with rld_processes(root, jobs) as procs:
+        yield root, procs
 
 
 def _train_args(name: str, teacher_ckpt: Path, out: Path) -> list[str]:
