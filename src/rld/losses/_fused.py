@@ -18,10 +18,14 @@ ever meets ``where`` (its row contributes 0).
 
 :func:`decoupled_kernel` is plain tensor code with no host synchronisation. It runs through
 ``torch.compile``, which fuses it into a few loops per row — C++ on the CPU, Triton on a GPU — and
-is safe inside a CUDA graph. The first call compiles for its exact shapes; a second batch size (a
-last partial batch) compiles once more with the batch dimension dynamic (dynamo's automatic
-dynamic shapes), and that version serves every batch size after. Where compiling fails (no C++
-compiler, no Triton) it warns once and runs eagerly: the same numbers, more time.
+is safe inside a CUDA graph. It is compiled once per mode (DKD, RLD ``ge`` / ``g``) and dtype with
+every size and weight dynamic (``dynamic=True``), so one compiled version serves every batch size
+(a last partial batch too) and every temperature and weight, whichever came first in the process:
+two runs of one configuration in one process (a sweep, ``rld tune``) compute with the same code
+and give the same values. (Dynamo's default would compile the first call for its exact shapes and
+values and the next different one as dynamic, so a batch size could be served by either version
+depending on what ran before.) Where compiling fails (no C++ compiler, no Triton) it warns once
+and runs eagerly: the same numbers, more time.
 ``RLD_COMPILE_LOSSES=0`` or :func:`use_compiled` turns compiling off.
 
 The kernel serves a teacher whose logits need no gradient; otherwise the composite form is used.
@@ -152,7 +156,8 @@ def run_kernel(z_s: Tensor, z_t: Tensor, *rest) -> tuple[Tensor, Tensor, Tensor,
     if _compiling_wanted(z_s.device):
         if _Compiled.fn is None:
             _import_cpp_extension_quietly()
-            _Compiled.fn = torch.compile(decoupled_kernel, backend=_Compiled.backend, fullgraph=True)
+            # dynamic from the first call: one version for every shape and weight (see the module doc)
+            _Compiled.fn = torch.compile(decoupled_kernel, backend=_Compiled.backend, fullgraph=True, dynamic=True)
         try:
             if not torch.is_grad_enabled():  # as inside the autograd function
                 return _Compiled.fn(*args)
