@@ -102,7 +102,8 @@ class TrainConfig:
     cache_precision: str = "float16"  # float16 | float32 storage of the cached logits
     # Whole-step execution (rld.engine.static): the step reads everything from device buffers and,
     # on CUDA, is replayed as CUDA graphs. auto = on for CUDA with the device-resident loader.
-    static_step: str = "auto"  # auto | on | off
+    # require: as on, and on CUDA a step that cannot be captured is an error, not an eager fallback.
+    static_step: str = "auto"  # auto | on | off | require
     # Sweeps (rld.engine.batched): the students of one architecture in a lockstep group step as one
     # batched computation (torch.func.vmap); equal to their single runs up to float rounding.
     batch_students: str = "auto"  # auto (on CUDA) | on | off (one after another, bit-identical)
@@ -319,7 +320,7 @@ KEY_HELP = {
     "train.teacher_cache": "off | lazy | full: the teacher-logit cache",
     "train.cache_dir": "where teacher-logit caches live (default ~/.cache/rld/teacher-logits)",
     "train.cache_precision": "float16 | float32 storage of cached logits",
-    "train.static_step": "auto | on | off: whole-step execution (CUDA graphs on CUDA)",
+    "train.static_step": "auto | on | off | require: whole-step execution (CUDA graphs on CUDA; require: no fallback)",
     "train.batch_students": "auto | on | off: step a sweep's students of one architecture together (auto: on CUDA)",
     "train.stop_on_nonfinite": "stop (exit status 3) at an epoch whose loss or weights went non-finite; keep last.pt",
     "train.checkpoint_every_steps": "also save the exact position inside an epoch every N steps (step.pt; 0: off)",
@@ -528,7 +529,11 @@ def validate(cfg: RunConfig) -> None:
         ),
         # teacher-logit cache (rld.fast.cache)
         (t.teacher_cache in ("off", "lazy", "full"), "train.teacher_cache must be off, lazy or full", t.teacher_cache),
-        (t.static_step in ("auto", "on", "off"), "train.static_step must be auto, on or off", t.static_step),
+        (
+            t.static_step in ("auto", "on", "off", "require"),
+            "train.static_step must be auto, on, off or require",
+            t.static_step,
+        ),
         (
             t.batch_students in ("auto", "on", "off"),
             "train.batch_students must be auto, on or off",

@@ -14,6 +14,8 @@ temporary file is written and fsynced and before it is renamed over ``last.pt``)
     at or to kill; ended by SIGALRM after ``WAIT_LIMIT_S`` should the test never send one);
 ``nan_after_step:K``
     set one weight of the run that just stepped to NaN (a divergence: the next step's loss is NaN);
+``error_after_step:K``
+    raise ``RuntimeError`` from that step (a kernel that fails, an out-of-memory error);
 ``enospc_before_rename:N``
     fail that write with ``OSError(ENOSPC)`` (a full disk).
 
@@ -43,6 +45,7 @@ FAULTS = {
     "sigint_after_step": ("after_step", "sigint"),
     "wait_after_step": ("after_step", "wait"),
     "nan_after_step": ("after_step", "nan"),
+    "error_after_step": ("after_step", "error"),
     "enospc_before_rename": ("before_rename", "enospc"),
 }
 KINDS = tuple(FAULTS)
@@ -93,5 +96,7 @@ def _act(action: str, run: Any) -> None:
         with torch.no_grad():
             weight = run.optimizer.param_groups[0]["params"][0]
             weight[(0,) * weight.dim()] = float("nan")
+    elif action == "error":
+        raise RuntimeError(f"RLD_FAULT: a step that fails (error_after_step:{_spec[1]})")
     elif action == "enospc":
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))

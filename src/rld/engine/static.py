@@ -21,6 +21,12 @@ after ``warmup`` eager runs of that size on a side stream (they are real trainin
 make the autograd, optimizer and allocator state that the capture records). The metrics are read
 once per epoch, by :meth:`Run.end_epoch <rld.engine.trainer.Run.end_epoch>`.
 
+A step that cannot be captured (it synchronises with the host, or the capture fails) runs eagerly
+from then on, with one warning naming the cause; with ``train.static_step=require`` it is an error
+(:class:`CaptureError`) instead, so that a check never passes on a silent fallback. A warm-up step
+always runs to its end: an error inside one stops training with that error rather than leaving a
+half-done step behind.
+
 Everything a graph touches stays where it was captured: the parameters, gradients (allocated by
 the captured backward from the graph's pool), momentum buffers, the batch and metric buffers.
 
@@ -31,8 +37,9 @@ plain loop, partial last batch, learning-rate decay and warm-up included.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -45,6 +52,11 @@ from rld.engine.batched import GroupStep
 from rld.errors import UserError
 
 log = logging.getLogger("rld")
+
+
+class CaptureError(UserError):
+    """``train.static_step=require``: the training step could not be captured as a CUDA graph (the
+    message names the cause)."""
 
 
 @dataclass
@@ -61,10 +73,11 @@ class StepMember:
 def static_step_wanted(setting: str, loader: Any, teacher_fn: Any, distributed: bool) -> bool:
     """Whether ``train.static_step`` = ``setting`` means the static step for this run or group.
 
-    ``on`` asks for it (and needs the device-resident loader); ``auto`` takes it on CUDA when the
-    data, the teacher provider and the process set allow a capture; ``off`` never. A loader that
-    yields a strongly augmented view (``Batch.strong``, MLKD's) runs the plain loop: the static step
-    renders the protocol's view only (``auto`` skips it, ``on`` is refused).
+    ``on`` asks for it (and needs the device-resident loader); ``require`` too, and on CUDA every
+    capture must succeed (``StaticSteps(strict=True)``); ``auto`` takes it on CUDA when the data,
+    the teacher provider and the process set allow a capture; ``off`` never. A loader that yields a
+    strongly augmented view (``Batch.strong``, MLKD's) runs the plain loop: the static step renders
+    the protocol's view only (``auto`` skips it, ``on`` is refused).
     """
     if setting == "off":
         return False
@@ -72,21 +85,22 @@ def static_step_wanted(setting: str, loader: Any, teacher_fn: Any, distributed: 
     capturable = (
         isinstance(loader, DeviceLoader) and not distributed and not getattr(teacher_fn, "lazy", False) and not strong
     )
-    if setting == "on" and strong:
+    key = f"train.static_step={setting}"
+    if setting in ("on", "require") and strong:
         raise UserError(
-            "train.static_step=on cannot run a method that trains on a strongly augmented view (MLKD): "
+            f"{key} cannot run a method that trains on a strongly augmented view (MLKD): "
             "use train.static_step=auto or off"
         )
-    if setting == "on":
+    if setting in ("on", "require"):
         if not isinstance(loader, DeviceLoader):
-            raise UserError("train.static_step=on needs the device-resident loader (data.pipeline=device)")
+            raise UserError(f"{key} needs the device-resident loader (data.pipeline=device)")
         if getattr(teacher_fn, "lazy", False):
             raise UserError(
-                "train.static_step=on cannot run with train.teacher_cache=lazy: its lookups read the host "
+                f"{key} cannot run with train.teacher_cache=lazy: its lookups read the host "
                 "(which entries are filled); use train.teacher_cache=full (rld cache) or train.static_step=auto"
             )
         if distributed:
-            raise UserError("train.static_step=on runs in one process; use train.static_step=off under torchrun")
+            raise UserError(f"{key} runs in one process; use train.static_step=off under torchrun")
         return True
     return capturable and loader.device.type == "cuda"
 
@@ -109,9 +123,11 @@ class StaticSteps:
         capture: bool | None = None,
         warmup: int = 2,
         batched: bool = False,
+        strict: bool = False,
     ):
         """``batched``: students of one architecture step as one batched computation
-        (:class:`~rld.engine.batched.GroupStep`)."""
+        (:class:`~rld.engine.batched.GroupStep`); ``strict`` (``train.static_step=require``): a step
+        that cannot be captured raises :class:`CaptureError` instead of running eagerly."""
         self.loaders = list(loader) if isinstance(loader, (list, tuple)) else [loader]
         self.loader = self.loaders[0]
         if any(
@@ -125,13 +141,16 @@ class StaticSteps:
         self.stepper = GroupStep(members, batched)
         device = self.loader.device
         self.capture = device.type == "cuda" if capture is None else capture
+        self.strict = strict
         drawing = [m.run.method.name for m in members if m.run.method.spec.uses_rng]
         if self.capture and len(members) > 1 and drawing:
-            log.info(
-                "the group's step runs eagerly: method %s draws random numbers in its step, and one CUDA graph "
-                "cannot give each run of a group its own random stream",
-                drawing[0],
+            why = (
+                f"method {drawing[0]} draws random numbers in its step, and one CUDA graph cannot give each run "
+                "of a group its own random stream"
             )
+            if strict:
+                raise CaptureError(f"train.static_step=require: the group's step cannot be captured: {why}")
+            log.info("the group's step runs eagerly: %s", why)
             self.capture = False
         self.warmup = warmup
         for m in members:
@@ -212,38 +231,67 @@ class StaticSteps:
 
     def _warmup_step(self, size: int) -> None:
         """An eager step before a capture, on a side stream on CUDA (as capturing requires). All but the
-        first (which compiles and autotunes kernels) run under ``torch.cuda.set_sync_debug_mode("error")``:
-        a step that would synchronise fails here, before anything is captured."""
+        first (which compiles and autotunes kernels) are watched for host synchronisations
+        (:meth:`_host_syncs`). The step always runs to its end — its BatchNorm statistics, optimizer
+        update and metrics are those of a whole step, and the plan moves on — so a step that
+        synchronised is simply not captured; an error inside the step stops training with that error."""
         checked = self._eager_runs[size] > 0
         self._eager_runs[size] += 1
-        if self._side is None:
+        with self._on_side_stream(), self._host_syncs(checked) as syncs:
             self._body(size)
+        if syncs:
+            self._give_up(size, f"the step synchronises with the host ({syncs[0]})")
+
+    @contextmanager
+    def _on_side_stream(self) -> Iterator[None]:
+        """On CUDA, the block's work on the side stream, ordered after and before the current stream's."""
+        if self._side is None:
+            yield
             return
         current = torch.cuda.current_stream(self.loader.device)
         self._side.wait_stream(current)
-        before = torch.cuda.get_sync_debug_mode()
         try:
-            if checked:
-                torch.cuda.set_sync_debug_mode("error")
             with torch.cuda.stream(self._side):
-                self._body(size)
-        except RuntimeError as exc:
-            self._give_up(size, exc)
+                yield
         finally:
-            torch.cuda.set_sync_debug_mode(before)
             current.wait_stream(self._side)
 
-    def _give_up(self, size: int, exc: BaseException) -> None:
-        """No more capturing: log the real cause once, free what a capture held."""
-        cause = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    @contextmanager
+    def _host_syncs(self, checked: bool) -> Iterator[list[str]]:
+        """The host synchronisations of the block (filled when it ends; replaceable in tests, which
+        cannot synchronise a CPU): on CUDA, with ``checked``, CUDA's sync debug mode in ``warn``
+        (``error`` would stop the step halfway), the warnings it gives collected, any other passed on."""
+        found: list[str] = []
+        if not (checked and self._side is not None):
+            yield found
+            return
+        before = torch.cuda.get_sync_debug_mode()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                yield found
+            finally:
+                torch.cuda.set_sync_debug_mode(before)
+        for w in caught:
+            if "synchroniz" in str(w.message):
+                found.append(str(w.message).strip().splitlines()[0])
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+    def _give_up(self, size: int, cause: str) -> None:
+        """No more capturing: the cause logged once (raised as :class:`CaptureError` when ``strict``),
+        what a capture held freed."""
+        self.attempts.append({"size": size, "captured": False, "error": cause})
+        if self.strict:
+            raise CaptureError(
+                f"train.static_step=require: could not capture the training step (batch {size}) as a CUDA "
+                f"graph: {cause}; use train.static_step=on to run it eagerly instead"
+            )
         log.warning(
-            "could not capture the training step (batch %d) as a CUDA graph (%s: %s); running it eagerly",
-            size,
-            type(exc).__name__,
-            cause,
+            "could not capture the training step (batch %d) as a CUDA graph (%s); running it eagerly", size, cause
         )
         self.capture = False
-        self.attempts.append({"size": size, "captured": False, "error": f"{type(exc).__name__}: {cause}"})
         self._graphs.clear()
         if self.loader.device.type == "cuda":
             torch.cuda.empty_cache()
@@ -271,7 +319,7 @@ class StaticSteps:
                 self._body(size, swap_rng=False)  # no RNG in a step; a capture may not set RNG state
         except Exception as exc:  # something in the step reads the host, or allocates across streams
             del graph
-            self._give_up(size, exc)
+            self._give_up(size, f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}")
             return None
         finally:
             for m, count in zip(self.members, steps):

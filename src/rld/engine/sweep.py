@@ -321,6 +321,7 @@ def _run_group(group: list[SweepRun], resume_from: dict[Path, Path | None], resu
     first = min(m.run.start_epoch for m in members)
     last = max(m.run.cfg.train.epochs for m in members)
     static = static_step_wanted(cfg0.train.static_step, data.train, teacher_fn, world.distributed)
+    strict = cfg0.train.static_step == "require"  # no eager fallback of a capture
     batched = batch_students_wanted(cfg0.train.batch_students, device)
     static_steps: dict[tuple[int, ...], StaticSteps] = {}  # per set of active runs (catch-up epochs)
     steppers: dict[tuple[int, ...], GroupStep] = {}
@@ -348,7 +349,7 @@ def _run_group(group: list[SweepRun], resume_from: dict[Path, Path | None], resu
                 if key not in static_steps:
                     static_steps.clear()  # a new set of active runs: free the graphs (and pools) of the last one
                     step_members = [StepMember(m.run, m.stream, m.enter, m.leave) for m in active]
-                    static_steps[key] = StaticSteps(step_members, loaders, teacher_fn, batched=batched)
+                    static_steps[key] = StaticSteps(step_members, loaders, teacher_fn, batched=batched, strict=strict)
                 static_steps[key].run_epoch(
                     epoch,
                     lambda sizes, desc=desc: _progress(sizes, len(sizes), world, desc),

@@ -84,6 +84,11 @@ def lr_at(cfg: RunConfig, epoch: int) -> float:
 
 
 def resolve_device(name: str, world: World) -> torch.device:
+    """The device ``name`` (auto, cpu, cuda, cuda:N) stands for in this process, made current.
+
+    A CUDA device always comes back with its index (``cuda`` is the current device, under torchrun
+    the process's ``LOCAL_RANK``): ``torch.cuda.set_device`` and the CUDA-graph capture need one, and
+    tensors compared by device then agree."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
@@ -95,6 +100,11 @@ def resolve_device(name: str, world: World) -> torch.device:
             raise UserError("train.device is cuda but no CUDA device is available; use --device cpu")
         if world.distributed:
             device = torch.device("cuda", world.local_rank)
+        elif device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        count = torch.cuda.device_count()
+        if device.index >= count:
+            raise UserError(f"device {device} does not exist: this machine has CUDA devices cuda:0 to cuda:{count - 1}")
         torch.cuda.set_device(device)
     return device
 
@@ -578,32 +588,32 @@ class Run:
 
         For :mod:`rld.engine.static`: a step then reads no Python value that changes during
         training, so it can be replayed as a CUDA graph. The optimizer reads its learning rate from
-        the tensor (on CUDA: float32 for the fused SGD kernel; on the CPU float64, which rounds as
-        the plain float does); the method gets the epoch as a tensor (for its warm-up). Calling it
-        again does nothing; calling it inside an epoch fills the scalars with that epoch's values.
+        the tensor (on CUDA: float32 for the fused kernel; on the CPU float64, which rounds as the
+        plain float does); the method gets the epoch as a tensor (for its warm-up). On CUDA every
+        path uses them (:func:`optimizer_kernel`). Calling it again does nothing; calling it inside
+        an epoch fills the scalars with that epoch's values.
         """
         if self.device_scalars is not None:
             return
-        lr_dtype = torch.float32 if self.device.type == "cuda" else torch.float64
-        self.device_scalars = (
-            torch.zeros((), dtype=lr_dtype, device=self.device),
-            torch.zeros((), dtype=torch.float32, device=self.device),
-        )
+        self.device_scalars = _device_scalars(self.device)
         if self.epoch is not None:  # switched inside an epoch: its values go to the scalars now
             self._apply_schedule()
 
     def _apply_schedule(self) -> None:
-        """The current epoch's learning rate into the optimizer (and the device scalars, if used)."""
+        """The current epoch's learning rate into the optimizer (and the device scalars, if used),
+        and the optimizer's implementation on this device (:func:`optimizer_kernel`; a loaded state
+        dict brings the flags it was saved with)."""
+        if self.device_scalars is None and self.device.type == "cuda":
+            self.device_scalars = _device_scalars(self.device)  # the plain loop too: one optimizer
         if self.device_scalars is None:
             lr = self.lr
         else:
             lr, epoch_t = self.device_scalars
             lr.fill_(self.lr)
             epoch_t.fill_(self.epoch)
-        fused = self.device_scalars is not None and self.device.type == "cuda"
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-            group["fused"], group["foreach"] = (True, False) if fused else (None, None)
+            group.update(optimizer_kernel(self.device))
 
     def begin_epoch(self, epoch: int) -> None:
         self.start()
@@ -772,6 +782,23 @@ class Run:
             "last_top5": last.get("test_top5"),
             "train_time": sum(r["epoch_time"] for r in self.history),
         }
+
+
+def optimizer_kernel(device: torch.device) -> dict[str, bool | None]:
+    """The optimizer implementation of every training path on ``device`` (param-group flags).
+
+    On CUDA the fused kernel, with the learning rate read from a float32 device scalar: one launch
+    for all parameters, capturable in a CUDA graph, and the same kernel in the plain loop and the
+    captured step, so that both update bit for bit alike (foreach and fused round differently).
+    Elsewhere PyTorch's default (the single-tensor loop on the CPU)."""
+    return {"fused": True, "foreach": False} if device.type == "cuda" else {"fused": None, "foreach": None}
+
+
+def _device_scalars(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A run's (learning rate, epoch) device scalars: the rate float32 on CUDA (what the fused
+    kernel reads), float64 elsewhere (it rounds as the Python float does); the epoch float32."""
+    lr_dtype = torch.float32 if device.type == "cuda" else torch.float64
+    return torch.zeros((), dtype=lr_dtype, device=device), torch.zeros((), dtype=torch.float32, device=device)
 
 
 def _match_buffer_layouts(optimizer: torch.optim.Optimizer) -> None:
@@ -953,7 +980,7 @@ def _train(cfg: RunConfig, out: Path, resume: bool, world: World) -> dict[str, A
             log.info("%s", line)
     static = None
     if static_step_wanted(cfg.train.static_step, data.train, teacher_fn, world.distributed):
-        static = StaticSteps([StepMember(run)], data.train, teacher_fn)
+        static = StaticSteps([StepMember(run)], data.train, teacher_fn, strict=cfg.train.static_step == "require")
     position = run.resume_position
     with guard.StopSignals() as stop:
         for epoch in range(run.start_epoch, cfg.train.epochs + 1):
