@@ -23,6 +23,7 @@ from conftest import (
     folder_snapshot,
     load_last,
     metric_rows,
+    rld_processes,
     write_tiny_cifar,
     write_two_image_cifar,
 )
@@ -161,6 +162,7 @@ def test_a_signal_mid_epoch_saves_the_position_and_resume_ends_bit_identical(
     over, ref = rld_reference
     out = tmp_path / "run"
     args = ["train", "demo/rld", *over, f"train.static_step={static_step}", "--out", str(out), "--resume"]
+    handlers = {n: signal.getsignal(n) for n in (signal.SIGTERM, signal.SIGINT)}  # SIGINT: SIG_IGN in a background job
     fault(f"{sig}_after_step:5")
     code, err = _cli(capsys, *args)
     assert code == {"sigterm": 143, "sigint": 130}[sig], err
@@ -169,8 +171,7 @@ def test_a_signal_mid_epoch_saves_the_position_and_resume_ends_bit_identical(
         f"rld: stopped by {name} in epoch 2 after step 2 of 3; its position is saved in "
         f"{out}/checkpoints/step.pt; continue with: rld train --resume --out {out}"
     )
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handlers are given back
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert {n: signal.getsignal(n) for n in handlers} == handlers  # the handlers found are given back
     saved = torch.load(out / "checkpoints" / "step.pt", weights_only=True)
     assert (saved["epoch"], saved["position"]["epoch"], saved["position"]["step"]) == (1, 2, 2)
     assert load_last(out)["epoch"] == 1 and [r["epoch"] for r in metric_rows(out / "metrics.csv")] == ["1"]
@@ -372,6 +373,106 @@ def test_a_sweep_locks_every_run_folder_before_it_starts(tmp_path, tiny_cifar, c
         assert refused.value.holder.startswith(f"pid {os.getpid()} on host {socket.gethostname()}, since ")
     finally:
         held.release()
+
+
+def test_the_lock_dies_with_its_holder_not_with_the_children_it_forked(tmp_path):
+    """A forked child shares its parent's open lock file (and so its flock): it closes its copy at
+    once, without unlocking. The parent keeps its lock while such a child lives and after it ends; a
+    holder that dies abruptly leaves its folder free at once, although a child it forked lives on."""
+    from rld.engine import lock
+    from rld.errors import RunFolderLocked
+
+    kept = lock.RunLock(tmp_path / "kept")
+    kept.acquire()
+    try:
+        child = os.fork()
+        if child == 0:
+            os._exit(0 if kept.fd is None else 1)  # its copy is closed
+        assert os.waitpid(child, 0)[1] == 0
+        with pytest.raises(RunFolderLocked):
+            lock.RunLock(tmp_path / "kept").acquire()
+    finally:
+        kept.release()
+
+    out = tmp_path / "run"
+    read_end, write_end = os.pipe()
+    holder = os.fork()
+    if holder == 0:  # takes the lock, forks a child that outlives it, dies as after SIGKILL
+        status = 1
+        try:
+            lock.hold(out)
+            if os.fork() == 0:
+                os.close(write_end)
+                os.read(read_end, 1)  # lives until the test closes the pipe
+                os._exit(0)
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(read_end)
+    try:
+        assert os.waitpid(holder, 0)[1] == 0
+        assert f'"pid": {holder}' in (out / "rld.lock").read_text()
+        taken = lock.RunLock(out)
+        taken.acquire()  # its child still lives (blocked on the pipe)
+        taken.release()
+    finally:
+        os.close(write_end)  # the child ends
+
+
+def _image_folder(root: Path) -> Path:
+    """Two classes of six 16x16 PNG images (random pixels)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name in ("cat", "dog"):
+        (root / name).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(rng.integers(0, 256, size=(16, 16, 3), dtype=np.uint8)).save(root / name / f"{i}.png")
+    return root
+
+
+def _processes_with(text: str) -> list[int]:
+    """The pids of the live processes (other than this one) whose command line holds ``text``."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if text.encode() in (entry / "cmdline").read_bytes():
+                    pids.append(int(entry.name))
+            except OSError:
+                pass
+    return pids
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="reads the processes from /proc")
+def test_a_run_killed_while_its_data_loader_workers_live_resumes_at_once(tmp_path, capsys):
+    """A run that reads an image folder through 2 DataLoader worker processes (forked, not exec'd)
+    dies abruptly in epoch 2 (os._exit, as after SIGKILL). Its workers live on for a few seconds,
+    until they notice that their parent is gone; they must not hold the run folder's lock (a child
+    shares its parent's flock), so `--resume` started at once is accepted and finishes the run."""
+    data = _image_folder(tmp_path / "pets")
+    out = tmp_path / "run"
+    over = [
+        "data.name=imagefolder",
+        f"data.path={data}",
+        "data.val_fraction=0.34",  # 7 training images: 2 steps per epoch at batch 4
+        "data.image_size=16",
+        "data.num_workers=2",
+        "data.eval_batch_size=8",
+        "train.batch_size=4",
+        "train.epochs=2",
+    ]
+    args = ["train", "demo/vanilla", *over, "--out", str(out), "--resume"]
+    with rld_processes(tmp_path, {"killed": (args, "after_step:3")}) as procs:
+        proc, _ = procs["killed"]
+        assert proc.wait(timeout=300) == faults.FAULT_EXIT_STATUS, (tmp_path / "killed.log").read_text()[-2000:]
+        workers = _processes_with(str(out))
+        code, err = _cli(capsys, *args)  # at once, while the workers may still live
+    assert workers, "the killed run's DataLoader workers were gone before the resume (nothing was tested)"
+    assert code == 0, err
+    assert f'"pid": {os.getpid()}' in (out / "rld.lock").read_text()
+    assert load_last(out)["epoch"] == 2
+    assert [r["epoch"] for r in metric_rows(out / "metrics.csv")] == ["1", "2"]
 
 
 # ----------------------------------------------------------------------------- a full disk

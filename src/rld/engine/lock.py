@@ -7,6 +7,18 @@ lock (its holder gone) is simply taken over by the next process. The file's cont
 holder (host, pid, since when), for the message of a process that is refused; it stays behind after
 the run, naming the last holder.
 
+The lock dies with the process that took it, not with its children. A ``flock`` belongs to the open
+file description, which a child made by ``fork`` shares (``O_CLOEXEC`` closes it only on ``exec``):
+DataLoader worker processes, forked without ``exec``, would otherwise hold the lock until they notice
+that their parent is gone, seconds after it was killed, and refuse an immediate ``--resume``. So every
+child forked by this process closes its copies of the lock descriptors at once
+(``os.register_at_fork``); closing a copy drops only the child's reference, the parent keeps its lock
+(unlocking with ``LOCK_UN`` in the child would release the parent's lock too). The alternatives do not
+fit: an OFD lock (``F_OFD_SETLK``) also belongs to the open file description and is shared with the
+children; a classic POSIX record lock (``F_SETLK``) is not inherited, but it does not exclude another
+lock of the same process (a held folder would not refuse a second ``RunLock``) and is dropped when
+the process closes *any* descriptor of the file (reading the lock file would release it).
+
 Checks and lock are two steps, so a process re-checks the folder once it holds the lock: another
 process may have trained the run in between (:func:`folder_state`).
 
@@ -22,6 +34,7 @@ import fcntl
 import json
 import os
 import socket
+import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -34,6 +47,52 @@ WATCHED = ("checkpoints/last.pt", "checkpoints/step.pt", "metrics.csv")
 
 _held: dict[Path, RunLock] = {}
 """The run folders this process holds, by resolved path (a sweep takes them up front, its runs reuse them)."""
+
+_fds: dict[int, RunLock | None] = {}
+"""Every open descriptor of a lock file, with the RunLock it belongs to (None while acquire decides):
+what a forked child closes. Guarded by ``_fds_guard``, which ``fork`` waits for (an open, close or
+registration in another thread is never half done in the child)."""
+_fds_guard = threading.Lock()
+
+
+def _open_fd(path: Path) -> int:
+    with _fds_guard:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        _fds[fd] = None
+        return fd
+
+
+def _close_fd(fd: int) -> None:
+    with _fds_guard:
+        _fds.pop(fd, None)
+        os.close(fd)
+
+
+def _in_forked_child() -> None:
+    """A child made by ``fork`` holds no run folder: close its copies of the lock descriptors (the
+    parent's locks stay) and forget the locks."""
+    global _fds_guard
+    _fds_guard = threading.Lock()  # the parent's was held across the fork
+    for fd, owner in _fds.items():
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+        if owner is not None:
+            owner.fd = None  # its release() in the child does nothing (not even remove the lock file)
+    _fds.clear()
+    _held.clear()
+
+
+def _before_fork() -> None:
+    _fds_guard.acquire()
+
+
+def _after_fork_in_parent() -> None:
+    _fds_guard.release()
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_in_forked_child)
 
 
 class RunLock:
@@ -62,7 +121,7 @@ class RunLock:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as err:
                 holder = _read(fd)
-                os.close(fd)
+                _close_fd(fd)
                 if err.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                     raise UserError(f"cannot lock the run folder {self.out}: {err.strerror}") from err
                 raise RunFolderLocked(
@@ -76,10 +135,12 @@ class RunLock:
                 same = False
             if same:
                 break
-            os.close(fd)
+            _close_fd(fd)
         else:
             raise UserError(f"cannot lock the run folder {self.out}: its lock file keeps changing")
         self.fd = fd
+        with _fds_guard:
+            _fds[fd] = self
         if not existed:
             self.created.append(self.path)
         self.previous = _read(fd) if existed else None
@@ -91,7 +152,7 @@ class RunLock:
     def _open(self) -> tuple[bool, int]:
         existed = self.path.exists()
         try:
-            return existed, os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            return existed, _open_fd(self.path)
         except OSError as err:
             raise UserError(
                 f"cannot write to the output folder {self.out}: {err.strerror}; choose another --out"
@@ -105,8 +166,12 @@ class RunLock:
         unused = self.path in self.created and {p.name for p in self.out.iterdir()} <= {LOCK_FILE}
         if unused:
             _remove(self.path)  # while still holding the lock; see acquire
-        os.close(self.fd)  # closing the descriptor releases the flock
-        self.fd = None
+        fd, self.fd = self.fd, None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_UN)  # released even if a child forked by other means holds a copy
+        except OSError:
+            pass  # closing releases it
+        _close_fd(fd)
         if unused:
             for path in reversed(self.created[:-1]):
                 try:
