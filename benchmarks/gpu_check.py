@@ -1,27 +1,37 @@
 """The checks to run first on a GPU, in one command; one JSON with every figure.
 
-    python benchmarks/gpu_check.py [--device cuda] [--out gpu_check.json] [--small]
+    python benchmarks/gpu_check.py [--device cuda] [--out gpu_check.json] [--budget-s 300] [--small]
 
-1. ``equality``: a tiny RLD run (resnet8 -> resnet8 on the embedded digits, two epochs, a partial last
-   batch) trained with the whole-step path (``train.static_step=on``: CUDA graphs on a GPU) and with
-   the plain loop; its parameters, optimizer state, per-epoch losses and step counts compared.
+1. ``equality``: a tiny RLD run (resnet8 -> resnet8 on the embedded digits, three epochs, a partial
+   last batch) trained with the whole-step path (``train.static_step=require``: CUDA graphs on a GPU,
+   and a step that cannot be captured is an error naming its cause) and with the plain loop; its
+   parameters, optimizer state, per-epoch losses and step counts compared.
 2. ``host_syncs``: the host synchronisations (``aten._local_scalar_dense`` and device-to-host copies)
    during one epoch of training steps (``--small``: 3 steps), plain loop and whole step; 0 expected.
-3. ``stacked``: a sweep over two seeds (lr 0.05 and 0.02, and β 2 and 8 unless ``--small``) with the
+3. ``bench``: ``rld bench`` (resnet32x4 -> resnet8x4, RLD, batch 64): conventional (DataLoader with
+   ``min(8, cores)`` persistent workers and pinned memory), default_eager, default, cached and, on
+   CUDA, sweep_4 and sweep_16 (stacked, and one by one, and spread over 4 seeds), with whether each
+   step was captured; on CUDA a step that cannot be captured is an error.
+4. ``stacked``: a sweep over two seeds (lr 0.05 and 0.02, and β 2 and 8 unless ``--small``) with the
    students of both seeds stacked into one batched step (``train.batch_students=on``: one group, each
-   seed on its own data stream) and one after another (a group per seed): how far each stacked run
-   ends from its twin, beside how far the closest two runs are apart.
-4. ``bench``: ``rld bench`` (resnet32x4 -> resnet8x4, RLD, batch 64): conventional, default_eager,
-   default, cached and, on CUDA, sweep_4 and sweep_16 (stacked, and one by one, and spread over 4
-   seeds), with whether each step was captured.
+   seed on its own data stream) and one after another (a group per seed), both with
+   ``train.static_step=require``: how far each stacked run ends from its twin, beside how far the
+   closest two runs are apart.
 5. ``cache_build``: the teacher forwards of a sample of cache entries, timed and extrapolated to the
    full CIFAR-100 cache (50,000 images x 162 views).
 6. ``captures``: every capture attempt that was logged (size, success or the reason it failed);
    ``targets``: the figures below against their targets.
 
-On the CPU (``--device cpu``) the same checks run without capture; ``--small`` shrinks the bench for
-a quick run (the test suite runs it so). Targets (one H100/H200): default <= 1.0 ms/step, cached
-<= 0.5 ms/step, sweep_16 >= 8x the student-steps/s of one default run.
+On the CPU (``--device cpu``) the same checks run without capture; ``--small`` shrinks every check
+for a quick run (``benchmarks/gpu_run.sh`` runs it so in the test suite). Targets (one H100/H200):
+default <= 1.0 ms/step, cached <= 0.5 ms/step, sweep_16 >= 8x the student-steps/s of 16 separate
+cached runs (``speedup_vs_separate_cached``; the same against one default run is reported beside,
+under ``other_figures``).
+
+``--budget-s`` (default 300) bounds the whole check: a section whose estimate (``ESTIMATE_S``) does
+not fit in the seconds left is skipped and says so in the JSON. The JSON is rewritten after every
+section and each section's start and end are printed with the elapsed seconds, so a run that is
+killed still leaves what it measured.
 """
 
 from __future__ import annotations
@@ -33,6 +43,7 @@ import platform
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +59,17 @@ from rld.engine.trainer import Run, build_teacher_fn, prepare_out_dir, setup
 from rld.losses import value_checks
 from rld.losses._fused import eager_kernel
 from rld.models import create_model
+
+# The sections in the order they run (the figures the targets need early) and the seconds each is
+# expected to take: on one H100/H200 (cuda), on a CPU, and with --small (the CI twin on a 2-core CPU,
+# where the losses run eagerly).
+ESTIMATE_S: dict[str, dict[str, float]] = {
+    "equality": {"cuda": 45, "cpu": 30, "small": 10},
+    "host_syncs": {"cuda": 15, "cpu": 10, "small": 5},
+    "bench": {"cuda": 150, "cpu": 750, "small": 6},
+    "stacked": {"cuda": 60, "cpu": 90, "small": 25},
+    "cache_build": {"cuda": 10, "cpu": 90, "small": 2},
+}
 
 
 class _CaptureLog(logging.Handler):
@@ -82,14 +104,14 @@ def _config(device: str, teacher: Path, epochs: int, extra: list[str] = ()):
 
 
 def check_equality(device: str, folder: Path, epochs: int) -> dict[str, Any]:
-    """Whole step (captured on CUDA) vs the plain loop: the same training, bit for bit."""
+    """Whole step (captured on CUDA, strictly) vs the plain loop: the same training, bit for bit."""
     teacher = _teacher(folder)
     out: dict[str, Any] = {}
-    for path in ("on", "off"):
+    for path in ("require", "off"):
         t0 = time.perf_counter()
         train(_config(device, teacher, epochs, [f"train.static_step={path}"]), folder / f"static-{path}")
         out[f"seconds_static_{path}"] = time.perf_counter() - t0
-    a = torch.load(folder / "static-on/checkpoints/last.pt", weights_only=True, map_location="cpu")
+    a = torch.load(folder / "static-require/checkpoints/last.pt", weights_only=True, map_location="cpu")
     b = torch.load(folder / "static-off/checkpoints/last.pt", weights_only=True, map_location="cpu")
     diffs = [float((a["model"][k].double() - b["model"][k].double()).abs().max()) for k in a["model"]]
     moments = [
@@ -113,8 +135,8 @@ def check_equality(device: str, folder: Path, epochs: int) -> dict[str, Any]:
 def check_stacked(device: str, folder: Path, epochs: int, small: bool = False) -> dict[str, Any]:
     """A sweep of RLD students over seeds 0 and 1 (lr 0.05 and 0.02 × β 2 and 8; ``small``: β 8 only)
     with the students stacked into one batched step (the two seeds in one group) and one after
-    another (a group per seed), both with the whole-step path: how far each stacked run ends from its
-    one-by-one twin (float rounding only), beside how far the closest two runs are apart."""
+    another (a group per seed), both with the strict whole-step path: how far each stacked run ends
+    from its one-by-one twin (float rounding only), beside how far the closest two runs are apart."""
     from rld.engine.sweep import sweep
 
     teacher = _teacher(folder)
@@ -126,7 +148,7 @@ def check_stacked(device: str, folder: Path, epochs: int, small: bool = False) -
         "data.train_per_class=30",
         "model.teacher=resnet8",
         f"model.teacher_checkpoint={teacher}",
-        "train.static_step=on",
+        "train.static_step=require",
     ]
     grid = ["train.lr=0.05,0.02", "method.beta=8" if small else "method.beta=2,8"]
     out: dict[str, Any] = {}
@@ -149,23 +171,27 @@ def check_stacked(device: str, folder: Path, epochs: int, small: bool = False) -
     return out
 
 
+def _figure(report: dict[str, Any], path: str, key: str) -> Any:
+    return report.get("bench", {}).get("results", {}).get(path, {}).get(key)
+
+
 def targets(report: dict[str, Any]) -> dict[str, Any]:
-    """The GPU targets of resnet32x4 -> resnet8x4 RLD at batch 64 against the measured figures."""
-    results = report.get("bench", {}).get("results", {})
-
-    def figure(path: str, key: str):
-        return results.get(path, {}).get(key)
-
+    """The GPU targets of resnet32x4 -> resnet8x4 RLD at batch 64 against the measured figures. The
+    sweep is held against 16 separate runs of the same (cached) path, not against the slower default.
+    They apply to that bench on CUDA only (``met`` is None on the CPU and with ``--small``)."""
+    applies = report.get("device") != "cpu" and not report.get("small")
+    sweep_16 = _figure(report, "sweep_16", "speedup_vs_separate_cached")
     wanted = [
-        ("default_ms_per_step", figure("default", "ms_per_step"), "<=", 1.0),
-        ("cached_ms_per_step", figure("cached", "ms_per_step"), "<=", 0.5),
-        ("sweep_16_speedup_vs_default", figure("sweep_16", "speedup_vs_default"), ">=", 8.0),
+        ("default_ms_per_step", _figure(report, "default", "ms_per_step"), "<=", 1.0),
+        ("cached_ms_per_step", _figure(report, "cached", "ms_per_step"), "<=", 0.5),
+        ("sweep_16_speedup_vs_separate_cached", sweep_16, ">=", 8.0),
     ]
     return {
         name: {
             "measured": value,
             "target": f"{op} {bound}",
-            "met": None if value is None else (value <= bound if op == "<=" else value >= bound),
+            "met": None if value is None or not applies else (value <= bound if op == "<=" else value >= bound),
+            **({} if applies else {"note": "a target of the full bench on one H100/H200"}),
         }
         for name, value, op, bound in wanted
     }
@@ -216,8 +242,10 @@ def count_host_syncs(device: str, folder: Path, max_steps: int | None = None) ->
 
 
 def bench(device: str, small: bool) -> dict[str, Any]:
+    """``rld bench``; on CUDA every step of the project's paths must be captured (strict)."""
     from rld.fast.bench import BenchOptions, run_bench
 
+    cuda = device.startswith("cuda")
     if small:
         opts = BenchOptions(
             device=device,
@@ -230,12 +258,18 @@ def bench(device: str, small: bool) -> dict[str, Any]:
             synthetic_size=64,
             sweep_sizes=(2,),
             sweep_seeds=2,
+            require_capture=cuda,
         )
-    else:
-        cuda = device.startswith("cuda")
+    else:  # the conventional path with its default DataLoader: min(8, cores) workers
         sweeps = (4, 16) if cuda else ()
         opts = BenchOptions(
-            device=device, steps=40, warmup=5, rounds=3, sweep_sizes=sweeps, sweep_seeds=4 if cuda else 1
+            device=device,
+            steps=40,
+            warmup=5,
+            rounds=3,
+            sweep_sizes=sweeps,
+            sweep_seeds=4 if cuda else 1,
+            require_capture=cuda,
         )
     return run_bench(opts)
 
@@ -267,11 +301,24 @@ def cache_build(device: str, small: bool) -> dict[str, Any]:
     }
 
 
+def _write(report: dict[str, Any], captures: _CaptureLog, path: Path) -> None:
+    """The report so far, with the capture attempts and the targets as they stand."""
+    report["captures"] = captures.records
+    report["targets"] = targets(report)
+    report["other_figures"] = {"sweep_16_speedup_vs_default": _figure(report, "sweep_16", "speedup_vs_default")}
+    partial = path.with_name(path.name + ".partial")  # a run killed while writing keeps the last whole JSON
+    partial.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    partial.replace(path)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda", help="cuda, cuda:N or cpu (default: cuda)")
     parser.add_argument("--out", type=Path, default=Path("gpu_check.json"), help="the JSON to write")
     parser.add_argument("--small", action="store_true", help="a quick, CI-sized run (tiny bench, one epoch)")
+    parser.add_argument(
+        "--budget-s", type=float, default=300.0, help="seconds for all checks; what would not fit is skipped (300)"
+    )
     args = parser.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("gpu_check: no CUDA device; use --device cpu", file=sys.stderr)
@@ -284,35 +331,53 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "host": platform.node(),
         "torch": torch.__version__,
         "small": args.small,
+        "budget_s": args.budget_s,
     }
+    mode = "small" if args.small else "cuda" if args.device.startswith("cuda") else "cpu"
     started = time.perf_counter()
+
+    def log(message: str) -> None:
+        print(f"[{time.perf_counter() - started:6.1f}s] {message}", flush=True)
+
     with tempfile.TemporaryDirectory(prefix="rld-gpu-check-") as tmp:
         folder = Path(tmp)
         steps = [
             ("equality", lambda: check_equality(args.device, folder / "equality", 1 if args.small else 3)),
             ("host_syncs", lambda: count_host_syncs(args.device, folder / "host_syncs", 3 if args.small else None)),
-            ("stacked", lambda: check_stacked(args.device, folder / "stacked", 1 if args.small else 2, args.small)),
             ("bench", lambda: bench(args.device, args.small)),
+            ("stacked", lambda: check_stacked(args.device, folder / "stacked", 1 if args.small else 2, args.small)),
             ("cache_build", lambda: cache_build(args.device, args.small)),
         ]
         for name, fn in steps:
+            estimate = ESTIMATE_S[name][mode]
+            left = args.budget_s - (time.perf_counter() - started)
+            if estimate > left:
+                report[name] = {"skipped": f"needs ~{estimate:.0f} s, {max(int(left), 0)} s left of the budget"}
+                log(f"{name}: skipped ({report[name]['skipped']})")
+                _write(report, captures, args.out)
+                continue
+            log(f"{name}: start (~{estimate:.0f} s)")
             (folder / name).mkdir(exist_ok=True)
             t0 = time.perf_counter()
             try:
                 report[name] = fn()
             except Exception as exc:  # report and go on: one JSON with everything that could be measured
                 report[name] = {"error": f"{type(exc).__name__}: {exc}"}
+                traceback.print_exc()  # into the log, for what one line cannot say
             report[name + "_seconds"] = time.perf_counter() - t0
-            args.out.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    report["captures"] = captures.records
-    report["targets"] = targets(report)
+            outcome = f"error: {report[name]['error']}" if "error" in report[name] else "done"
+            log(f"{name}: {outcome} in {report[name + '_seconds']:.1f} s")
+            _write(report, captures, args.out)
     report["total_seconds"] = time.perf_counter() - started
-    args.out.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    _write(report, captures, args.out)
     eq, syncs = report.get("equality", {}), report.get("host_syncs", {})
-    counts = syncs if "error" in syncs else {path: v.get("host_syncs") for path, v in syncs.items()}
+    counts = syncs if "error" in syncs or "skipped" in syncs else {k: v.get("host_syncs") for k, v in syncs.items()}
+    skipped = [name for name, _ in steps if "skipped" in report[name]]
     print(
         f"gpu_check on {report['device']}: parameters equal {eq.get('parameters_equal')}, rows equal "
-        f"{eq.get('rows_equal')}, host syncs {counts}, {report['total_seconds']:.0f}s -> {args.out}"
+        f"{eq.get('rows_equal')}, host syncs {counts}, skipped {skipped or 'none'}, "
+        f"{report['total_seconds']:.0f}s -> {args.out}",
+        flush=True,
     )
     return report
 

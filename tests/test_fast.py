@@ -361,6 +361,7 @@ def test_bench_reports_every_path(tmp_path, monkeypatch):
     report = json.loads(path.read_text())
     assert report["device"] == "cpu" and report["data"].startswith("synthetic")
     assert report["config"]["steps"] == 3 and report["config"]["rounds"] == 2
+    assert (report["config"]["conventional_workers"], report["config"]["conventional_pin_memory"]) == (0, False)
     res = report["results"]
     paths = ["conventional", "default_eager", "default", "cached", "sweep_2", "sweep_2_stacked", "sweep_2_seeds"]
     assert list(res)[:7] == paths
@@ -391,6 +392,16 @@ def test_bench_reports_every_path(tmp_path, monkeypatch):
     # 2 readings each for opening and filling the cache, then per round and path: one before the steps, one per step
     assert clock.readings == 2 + 2 + 2 * 7 * (3 + 1)
     assert res["sweep_4"] == {"measured": False, "reason": "measured on CUDA only (see rld.fast.bench)"}
+
+
+def test_bench_conventional_loader_has_min_8_cores_workers_by_default(monkeypatch):
+    """The DataLoader a practitioner would set up on the machine: a worker per core, at most 8."""
+    from rld.fast import bench
+
+    assert bench.BenchOptions().workers is None
+    for cores, workers in ((2, 2), (16, 8)):
+        monkeypatch.setattr(bench.os, "sched_getaffinity", lambda pid, n=cores: set(range(n)), raising=False)
+        assert bench.default_workers() == workers
 
 
 def test_rld_cache_builds_every_view_and_training_then_needs_no_teacher_forward(capsys, tmp_path, teacher_ckpt):
@@ -459,8 +470,9 @@ def test_static_step_in_a_sweep_and_where_it_is_chosen(tmp_path, teacher_ckpt):
 
 
 def test_bench_static_path_steps_like_the_plain_path_across_epochs(tmp_path):
-    """``rld bench``'s CUDA default (the static step) run on the CPU: five steps of two full batches
-    per epoch (10 images at batch 4, the partial batch left out) give the plain path's weights."""
+    """``rld bench``'s CUDA default (the static step, strict as ``gpu_check.py`` runs it) run on the
+    CPU: five steps of two full batches per epoch (10 images at batch 4, the partial batch left out)
+    give the plain path's weights."""
     from rld.engine.distributed import World
     from rld.engine.trainer import Run
     from rld.fast.bench import DevicePath
@@ -472,7 +484,9 @@ def test_bench_static_path_steps_like_the_plain_path_across_epochs(tmp_path):
         out = tmp_path / str(static)
         (out / "checkpoints").mkdir(parents=True)
         run = Run(cfg, out, world=World(), device=torch.device("cpu"), num_classes=10, resume_from=None, resume=False)
-        path = DevicePath(_tiny_loader(n=10), [run], None, static=static)
+        path = DevicePath(_tiny_loader(n=10), [run], None, static=static, strict=static)
+        if static:
+            assert path.static.strict and not path.captured  # nothing is captured on the CPU: strict changes nothing
         for _ in range(5):
             path.step()
         assert run._steps == 5

@@ -2,8 +2,10 @@
 
 * ``conventional`` — the way the common CIFAR KD code bases train: a ``torch.utils.data.DataLoader``
   over PIL images with torchvision ``RandomCrop(32, padding=4)``, ``RandomHorizontalFlip``,
-  ``ToTensor``, ``Normalize`` (``workers`` processes, shuffled), eager float32, a teacher forward every
-  step and a host synchronisation per step (``loss.item()``).
+  ``ToTensor``, ``Normalize`` (shuffled), eager float32, a teacher forward every step and a host
+  synchronisation per step (``loss.item()``). Its loader is the one a practitioner would set up on the
+  machine: ``workers`` processes (default ``min(8, cores)``), kept alive across epochs, and pinned
+  memory on CUDA.
 * ``default_eager`` — the ``default`` step below run eagerly (no CUDA graph), so that the gain of
   each ingredient shows.
 * ``default`` — the project's default path on the device: :class:`~rld.data.DeviceLoader` (uint8 data
@@ -21,6 +23,9 @@
 * ``sweep_M_seeds`` (``--sweep-seeds S``) — the M students spread over S seeds, each seed on its own
   data stream, stacked into one batched computation across the seeds: the group ``rld sweep`` forms
   of several seeds when it stacks students (:mod:`rld.engine.sweep`).
+
+With ``require_capture`` a CUDA step that cannot be captured is an error naming the cause (the
+``strict`` mode of :class:`~rld.engine.static.StaticSteps`) instead of a step run eagerly.
 
 Each path runs ``warmup`` untimed steps, then ``steps`` timed ones; with ``rounds > 1`` the paths
 take turns, round after round, so that a change of background load hits all of them. Reported:
@@ -76,12 +81,13 @@ class BenchOptions:
     warmup: int = 5
     rounds: int = 3
     batch_size: int = 64
-    workers: int = 2
+    workers: int | None = None  # DataLoader workers of the conventional path; None: min(8, cores)
     data: str | None = None
     synthetic_size: int = SYNTHETIC_TRAIN
     sweep_sizes: tuple[int, ...] | None = None  # None: (4, 16) on CUDA, none on the CPU
     sweep_seeds: int = 1  # > 1: also each sweep spread over this many seeds (data streams)
     seed: int = 0
+    require_capture: bool = False  # CUDA: a step that cannot be captured is an error, not an eager step
 
 
 # ----------------------------------------------------------------------------- set-up
@@ -127,8 +133,19 @@ def device_name(device: torch.device) -> str:
             model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
     except OSError:
         pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{model}, {cores} cores, {torch.get_num_threads()} torch threads"
+    return f"{model}, {available_cores()} cores, {torch.get_num_threads()} torch threads"
+
+
+def available_cores() -> int:
+    """The CPU cores this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def default_workers() -> int:
+    """The conventional path's DataLoader workers when none are given: ``min(8, cores)``."""
+    return min(8, available_cores())
 
 
 class _Clock:
@@ -214,7 +231,8 @@ class DevicePath:
     """DeviceLoader batches and ``Run.step`` with a teacher-logit provider (forward or cache).
 
     ``static``: the whole step of :mod:`rld.engine.static` (CUDA graphs on a GPU), else the plain
-    loop; full batches only (one shape), the epochs following one another. ``seeds``: the runs are
+    loop; full batches only (one shape), the epochs following one another; ``strict``: a step that
+    cannot be captured raises instead of running eagerly. ``seeds``: the runs are
     spread evenly over this many data streams (the loader with seeds 0, 1, …), as a sweep's group of
     several seeds.
     """
@@ -227,13 +245,16 @@ class DevicePath:
         static: bool = False,
         batched: bool = False,
         seeds: int = 1,
+        strict: bool = False,
     ):
         self.loader, self.teacher_fn = loader, teacher_fn
         self.loaders = [loader, *(loader.with_seed(loader.seed + s) for s in range(1, seeds))]
         streams = [k * seeds // len(runs) for k in range(len(runs))]
         self.members = [Member(run, torch.get_rng_state(), stream=s) for run, s in zip(runs, streams)]
         step_members = [StepMember(run, s) for run, s in zip(runs, streams)]
-        self.static = StaticSteps(step_members, self.loaders, teacher_fn, batched=batched) if static else None
+        self.static = (
+            StaticSteps(step_members, self.loaders, teacher_fn, batched=batched, strict=strict) if static else None
+        )
         self.stepper = self.static.stepper if self.static is not None else GroupStep(self.members, batched)
         for run in runs:
             run.begin_epoch(1)
@@ -293,7 +314,8 @@ def _time_steps(path: Any, warmup: int, steps: int, device: torch.device) -> lis
 
 def run_bench(opts: BenchOptions) -> dict[str, Any]:
     """Measure the paths; returns the JSON-ready report (see the module docstring)."""
-    if opts.steps < 1 or opts.warmup < 0 or opts.rounds < 1 or opts.batch_size < 1 or opts.workers < 0:
+    workers = default_workers() if opts.workers is None else opts.workers
+    if opts.steps < 1 or opts.warmup < 0 or opts.rounds < 1 or opts.batch_size < 1 or workers < 0:
         raise UserError("--steps, --rounds and --batch-size must be >= 1, --warmup and --workers >= 0")
     device = as_device(opts.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -375,22 +397,24 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
             return made
 
         static = device.type == "cuda"  # the default there: the whole step as CUDA graphs
+        strict = opts.require_capture
         paths: dict[str, Any] = {
-            "conventional": ConventionalPath(data, cfg, teacher, device, opts.workers),
+            "conventional": ConventionalPath(data, cfg, teacher, device, workers),
             "default_eager": DevicePath(fresh_loader(), runs(1, "eager"), forward, False),
-            "default": DevicePath(fresh_loader(), runs(1, "default"), forward, static),
+            "default": DevicePath(fresh_loader(), runs(1, "default"), forward, static, strict=strict),
         }
         if cacheable:
-            paths["cached"] = DevicePath(fresh_loader(), runs(1, "cached"), lookup, static)
+            paths["cached"] = DevicePath(fresh_loader(), runs(1, "cached"), lookup, static, strict=strict)
         # each sweep as `rld sweep` steps it on this device (train.batch_students), and the other way
         stacked = batch_students_wanted(cfg.train.batch_students, device)
         other = "sweep_{}_one_by_one" if stacked else "sweep_{}_stacked"
         for m in sweep_sizes if cacheable else ():
-            paths[f"sweep_{m}"] = DevicePath(fresh_loader(), runs(m, f"sweep{m}-"), lookup, static, stacked)
-            paths[other.format(m)] = DevicePath(fresh_loader(), runs(m, f"other{m}-"), lookup, static, not stacked)
+            group, others = runs(m, f"sweep{m}-"), runs(m, f"other{m}-")
+            paths[f"sweep_{m}"] = DevicePath(fresh_loader(), group, lookup, static, stacked, strict=strict)
+            paths[other.format(m)] = DevicePath(fresh_loader(), others, lookup, static, not stacked, strict=strict)
             if seeds > 1:
                 spread = runs(m, f"seeds{m}-")
-                paths[f"sweep_{m}_seeds"] = DevicePath(fresh_loader(), spread, lookup, static, True, seeds)
+                paths[f"sweep_{m}_seeds"] = DevicePath(fresh_loader(), spread, lookup, static, True, seeds, strict)
         times: dict[str, list[list[float]]] = {name: [] for name in paths}
         for _ in range(opts.rounds):
             for name, path in paths.items():
@@ -439,7 +463,9 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
             "warmup": opts.warmup,
             "rounds": opts.rounds,
             "sweep_seeds": seeds,
-            "conventional_workers": opts.workers,
+            "conventional_workers": workers,
+            "conventional_pin_memory": device.type == "cuda",
+            "require_capture": opts.require_capture,
             "cache_precision": cache_cfg.train.cache_precision,
             "weights": "random initialisation (step times do not depend on the values)",
         },

@@ -217,7 +217,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=40, help="timed steps per path and round (default 40)")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps per path and round (default 5)")
     p.add_argument("--rounds", type=int, default=3, help="rounds; the paths take turns (default 3)")
-    p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the conventional path")
+    p.add_argument(
+        "--workers", type=int, help="DataLoader workers of the conventional path (default: min(8, CPU cores))"
+    )
     p.add_argument("--data", metavar="PATH", help="CIFAR-100 folder/archive/.npz (default: synthetic data)")
     p.add_argument("--synthetic-size", type=int, default=50_000, help=argparse.SUPPRESS)
     p.add_argument("--sweep", metavar="M1,M2", help="students per lockstep sweep (default: 4,16 on CUDA only)")
