@@ -233,7 +233,7 @@ def count_host_syncs(device: str, folder: Path, max_steps: int | None = None) ->
                     for batch in batches:
                         run.step(batch, teacher_fn(batch), 1)
         result[path] = {
-            "steps": run._steps,
+            "steps": run.steps,
             "host_syncs": len(counter.events),
             "kinds": sorted(set(counter.events)),
             "cpu_sgd_lr_reads": counter.exempted,

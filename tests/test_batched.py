@@ -15,6 +15,7 @@ from rld.data.types import Batch
 from rld.engine import batched
 from rld.engine.batched import GroupStep, StudentStack, batch_students_wanted, why_not_stacked
 from rld.engine.distributed import World
+from rld.engine.step import train_step
 from rld.engine.sweep import Member, sweep
 from rld.engine.trainer import Run
 
@@ -80,7 +81,7 @@ def test_a_stacked_step_equals_each_runs_own_step(tmp_path, monkeypatch, streams
     for step in zip(_batches(3, seed=3), _batches(3, seed=4)):  # the step's batch of streams 0 and 1
         batches = [b._replace(images=b.images.double()) for b, _ in step]
         teachers = [t.double() for _, t in step]
-        stack.step(batches, teachers, 4)
+        train_step(stack.forward(batches, teachers, 4))
         for run, s in zip(alone, streams):
             run.step(batches[s], teachers[s] if run.needs_teacher else None, 4)
     for a, b in zip(stacked, alone):
@@ -93,10 +94,10 @@ def test_a_stacked_step_equals_each_runs_own_step(tmp_path, monkeypatch, streams
         for pa, pb in zip(a.optimizer.param_groups[0]["params"], b.optimizer.param_groups[0]["params"]):
             ma, mb = a.optimizer.state[pa]["momentum_buffer"], b.optimizer.state[pb]["momentum_buffer"]
             torch.testing.assert_close(ma, mb, rtol=0, atol=1e-12)
-        assert a._steps == b._steps == 3
-        assert a._sums.keys() == b._sums.keys() and float(a._correct) == float(b._correct)
-        for key in b._sums:
-            torch.testing.assert_close(a._sums[key], b._sums[key], rtol=1e-12, atol=0)
+        assert a.steps == b.steps == 3
+        assert a.metrics.sums.keys() == b.metrics.sums.keys() and float(a.metrics.correct) == float(b.metrics.correct)
+        for key in b.metrics.sums:
+            torch.testing.assert_close(a.metrics.sums[key], b.metrics.sums[key], rtol=1e-12, atol=0)
     moved = max((alone[0].student.state_dict()[k] - v).abs().max() for k, v in start.items() if v.is_floating_point())
     apart = (alone[0].student.conv1.weight - alone[1].student.conv1.weight).abs().max()
     assert moved > 1e-3 and apart > 1e-3  # training moved the weights, and the runs apart
@@ -136,7 +137,7 @@ def test_only_runs_that_can_be_stacked_are(tmp_path, caplog, teacher_ckpt):
 
     outputs = TeacherForward(teacher, amp=False)(batch, features=True)
     step([batch], [outputs], 4)  # every kind of unit steps once
-    assert [r._steps for r in runs] == [1] * 5
+    assert [r.steps for r in runs] == [1] * 5
     assert batch_students_wanted("auto", torch.device("cuda")) and batch_students_wanted("on", torch.device("cpu"))
     assert not batch_students_wanted("auto", torch.device("cpu")) and not batch_students_wanted(
         "off", torch.device("cuda")
@@ -149,13 +150,13 @@ def _flat(state: dict) -> torch.Tensor:
 
 def _count_stacked_steps(monkeypatch) -> list[int]:
     calls: list[int] = []
-    original = batched.StudentStack.step
+    original = batched.StudentStack.forward
 
     def counted(self, batch, teacher, epoch):
         calls.append(len(self.runs))
         return original(self, batch, teacher, epoch)
 
-    monkeypatch.setattr(batched.StudentStack, "step", counted)
+    monkeypatch.setattr(batched.StudentStack, "forward", counted)
     return calls
 
 

@@ -489,6 +489,6 @@ def test_bench_static_path_steps_like_the_plain_path_across_epochs(tmp_path):
             assert path.static.strict and not path.captured  # nothing is captured on the CPU: strict changes nothing
         for _ in range(5):
             path.step()
-        assert run._steps == 5
+        assert run.steps == 5
         weights.append(run.student.state_dict())
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

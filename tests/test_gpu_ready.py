@@ -79,7 +79,7 @@ def test_no_host_sync_in_a_step_of_any_method_plain_or_static(method, teacher, d
     with value_checks(False), counter:
         for size in static.batch_sizes()[:2]:
             static.step(size)
-    assert static_run._steps == 2 and counter.events == []
+    assert static_run.steps == 2 and counter.events == []
 
 
 def test_no_host_sync_in_a_sweep_step_or_with_cached_teacher_logits(teacher, digits, tmp_path):
@@ -100,7 +100,7 @@ def test_no_host_sync_in_a_sweep_step_or_with_cached_teacher_logits(teacher, dig
     assert stepper.stacked == 3
     with value_checks(False), HostSyncCounter(fail=True):
         group_step(members, batch, teacher_fn, 1, stepper)
-    assert [r._steps for r in runs] == [2, 2, 1]
+    assert [r.steps for r in runs] == [2, 2, 1]
     # a full teacher-logit cache of a tiny data set: lookups on the device only
     rng = np.random.default_rng(0)
     split = ArraySplit(rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, 6).astype(np.int64))
@@ -115,7 +115,7 @@ def test_no_host_sync_in_a_sweep_step_or_with_cached_teacher_logits(teacher, dig
     with value_checks(False), HostSyncCounter(fail=True):
         for size in static.batch_sizes():
             static.step(size)
-    assert run._steps == 2
+    assert run.steps == 2
     # two seeds' streams in one static step, the students stacked across them, one lookup for both batches
     pair = [_run(_cfg("rld", teacher, f"method.beta={b}"), tmp_path / f"seeds{b}") for b in (2, 8)]
     members = [StepMember(pair[0], 0), StepMember(pair[1], 1)]
@@ -127,7 +127,7 @@ def test_no_host_sync_in_a_sweep_step_or_with_cached_teacher_logits(teacher, dig
     with value_checks(False), HostSyncCounter(fail=True):
         for size in static.batch_sizes():
             static.step(size)
-    assert [r._steps for r in pair] == [2, 2]
+    assert [r.steps for r in pair] == [2, 2]
 
 
 def test_the_guard_sees_a_host_read(teacher, digits, tmp_path):

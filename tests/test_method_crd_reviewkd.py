@@ -363,7 +363,7 @@ def test_a_step_reads_nothing_on_the_host(method, teacher_ckpt, tmp_path):
     with value_checks(False), HostSyncCounter(fail=True):
         run.step(batch, teacher_fn(batch, features=True), 1)
         static.step(32)
-    assert run._steps == 2
+    assert run.steps == 2
 
 
 def _train_args(method: str, teacher_ckpt, out, *extra: str) -> list[str]:

@@ -206,7 +206,7 @@ def test_no_host_sync_in_a_step_plain_or_static(teacher_ckpt, tmp_path):
         counter = HostSyncCounter(fail=True)
         with value_checks(False), counter:
             static.step(static.batch_sizes()[0])
-        assert (plain._steps, static_run._steps, counter.events) == (1, 1, []), method
+        assert (plain.steps, static_run.steps, counter.events) == (1, 1, []), method
 
 
 # ----------------------------------------------------------------------------- logit standardization

@@ -40,6 +40,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
+from rld.engine.step import Outcome, train_step
 from rld.methods import logits_only
 
 log = logging.getLogger("rld")
@@ -127,34 +128,29 @@ class StudentStack:
             out = (self._forward_own if own else self._forward)(params, buffers, x.contiguous())
         return out.float(), [buffers[n] for n in self.buffer_names]
 
-    def step(self, batches: list[Any], teachers: list[Any], epoch: Any) -> None:
-        """One training step of every run of the stack (what :meth:`Run.step
-        <rld.engine.trainer.Run.step>` does for one run): run ``i`` on ``batches[streams[i]]`` with the
-        teacher's outputs ``teachers[streams[i]]`` (shared, read-only)."""
+    def forward(self, batches: list[Any], teachers: list[Any], epoch: Any) -> list[Outcome]:
+        """The forward and losses of one training step of every run of the stack (a unit of
+        :func:`rld.engine.step.train_step`): run ``i`` on ``batches[streams[i]]`` with the teacher's
+        outputs ``teachers[streams[i]]`` (shared, read-only). The BatchNorm statistics the stacked
+        forward updated are copied back to each run's own buffers."""
         if len(set(self.streams)) == 1:
             logits, buffers = self.logits(batches[self.streams[0]].images)
         else:
             logits, buffers = self.logits(torch.stack([batches[s].images for s in self.streams]), own=True)
+        with torch.no_grad():
+            for i, own in enumerate(self._buffers):
+                for buffer, stacked in zip(own, buffers):
+                    buffer.copy_(stacked[i])
         teachers = [logits_only(t) if isinstance(t, torch.Tensor) else t for t in teachers]
-        results, total = [], None
+        outcomes = []
         for i, run in enumerate(self.runs):
             batch, teacher = batches[self.streams[i]], teachers[self.streams[i]]
             run_epoch = run.device_scalars[1] if run.device_scalars is not None else epoch
             loss, parts = run.method(
                 logits_only(logits[i]), teacher if run.needs_teacher else None, batch.targets, run_epoch, batch.indices
             )
-            results.append((loss, parts))
-            total = loss if total is None else total + loss
-        for run in self.runs:
-            run.optimizer.zero_grad(set_to_none=True)
-        total.backward()  # d(sum of the losses)/d(run i's parameters) = d(loss i)/d(run i's parameters)
-        with torch.no_grad():
-            for i, own in enumerate(self._buffers):
-                for buffer, stacked in zip(own, buffers):
-                    buffer.copy_(stacked[i])
-        for i, run in enumerate(self.runs):
-            run.optimizer.step()
-            run.record(batches[self.streams[i]].targets, logits[i].detach(), *results[i])
+            outcomes.append(Outcome(run, batch.targets, logits[i], loss, parts))
+        return outcomes
 
 
 class GroupStep:
@@ -197,7 +193,7 @@ class GroupStep:
         step (a stack draws no random numbers)."""
         for unit in self.units:
             if isinstance(unit, StudentStack):
-                unit.step(batches, teachers, epoch)
+                train_step(unit.forward(batches, teachers, epoch))
                 continue
             if swap_rng:
                 unit.enter()

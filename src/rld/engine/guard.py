@@ -166,8 +166,7 @@ def save_position(run: Any, epoch: int, step: int, world: World) -> bool:
     torchrun the partial metric sums of all of them are saved); rank 0 writes. Returns False (and
     writes nothing) when the state is non-finite and ``train.stop_on_nonfinite`` is on: the epoch's
     end reports the divergence, and the previous checkpoint stays the one to resume from."""
-    keys = list(run._sums)
-    local = torch.stack([*(run._sums[k] for k in keys), run._correct, run._seen])
+    keys, local = run.metrics.state()
     per_rank = _gather(local, world)
     bad = all_sum(nonfinite_count([run.student, run.method]).reshape(1), world)
     if run.cfg.train.stop_on_nonfinite:
@@ -182,7 +181,7 @@ def save_position(run: Any, epoch: int, step: int, world: World) -> bool:
             "step": step,
             "keys": keys,
             "sums": per_rank.cpu(),  # (world size, len(keys) + 2): the sums, correct, seen of each process
-            "train_time": time.perf_counter() - run._tic,
+            "train_time": time.perf_counter() - run.metrics.tic,
         }
         run.write_checkpoints({run.out / "checkpoints" / STEP_CHECKPOINT: state})
     return True
@@ -206,13 +205,6 @@ def restore_position(run: Any, state_position: dict, world: World) -> int:
             f"--resume: {run.out}/checkpoints/{STEP_CHECKPOINT} was written by {sums.shape[0]} process(es); "
             f"resume it with as many (or delete that file to resume from the epoch's start)"
         )
-    mine = sums[world.rank].to(run.device)
-    for i, key in enumerate(state_position["keys"]):
-        if key not in run._sums:
-            run._sums[key] = torch.zeros((), dtype=torch.float64, device=run.device)
-        run._sums[key].copy_(mine[i])
-    run._correct.copy_(mine[-2])
-    run._seen.copy_(mine[-1])
-    run._steps = int(state_position["step"])
-    run._tic = time.perf_counter() - float(state_position.get("train_time", 0.0))
-    return run._steps
+    steps = int(state_position["step"])
+    run.metrics.load(state_position["keys"], sums[world.rank], steps, float(state_position.get("train_time", 0.0)))
+    return steps

@@ -225,9 +225,7 @@ class StaticSteps:
             if graph is None:
                 self._body(size)
                 return
-        graph.replay()
-        for m in self.members:
-            m.run._steps += 1  # a replay runs Run.step's device work, not its Python
+        graph.replay()  # the step's device work, its metrics and step counts included
 
     def _warmup_step(self, size: int) -> None:
         """An eager step before a capture, on a side stream on CUDA (as capturing requires). All but the
@@ -312,7 +310,6 @@ class StaticSteps:
     def _capture(self, size: int):
         """The CUDA graph of a step of ``size`` samples, or None (and no more capturing) if the step
         cannot be captured. Capturing records the step without running it."""
-        steps = [m.run._steps for m in self.members]
         graph = self._new_graph()
         try:
             with self._capturing(graph):
@@ -321,9 +318,6 @@ class StaticSteps:
             del graph
             self._give_up(size, f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}")
             return None
-        finally:
-            for m, count in zip(self.members, steps):
-                m.run._steps = count
         self._graphs[size] = graph
         self.attempts.append({"size": size, "captured": True})
         return graph

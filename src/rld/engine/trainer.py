@@ -39,7 +39,9 @@ from rld.data.types import concat_batches
 from rld.engine import checkpoint as ckpt
 from rld.engine import faults, guard, lock
 from rld.engine.distributed import World, all_sum, barrier, init_world, main_decides, shutdown
+from rld.engine.metrics import EpochMetrics
 from rld.engine.static import StaticSteps, StepMember, static_step_wanted
+from rld.engine.step import Outcome, train_step
 from rld.errors import UserError
 from rld.methods import MethodContext, StrongView, build_method, get_spec, logits_only
 from rld.models import create_model, load_checkpoint
@@ -500,10 +502,7 @@ class Run:
             )
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] = {"test_top1": -math.inf, "epoch": 0}
-        # Per-epoch metric accumulators, on the device, zeroed (never replaced) at each epoch start.
-        self._sums: dict[str, torch.Tensor] = {}
-        self._seen = torch.zeros((), dtype=torch.float64, device=device)
-        self._correct = torch.zeros((), dtype=torch.float64, device=device)
+        self.metrics = EpochMetrics(device)  # the epoch's training metrics, on the device
         self.device_scalars: tuple[torch.Tensor, torch.Tensor] | None = None  # see use_device_scalars
         self.epoch: int | None = None  # the epoch begun last
         self.start_epoch = 1
@@ -580,8 +579,7 @@ class Run:
 
     def running_loss(self) -> float:
         """The mean training loss of the epoch so far (reads the device: for progress lines only)."""
-        seen = float(self._seen)
-        return float(self._sums["loss"]) / seen if seen and "loss" in self._sums else float("nan")
+        return self.metrics.running_loss()
 
     def use_device_scalars(self) -> None:
         """Hold the learning rate and the epoch in device scalars, filled at each epoch start.
@@ -625,17 +623,17 @@ class Run:
             for module in self.student.modules():
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):
                     module.eval()
-        for acc in (*self._sums.values(), self._seen, self._correct):
-            acc.zero_()
-        self._steps = 0
-        self._tic = time.perf_counter()
+        self.metrics.begin()
 
     def step(self, batch, teacher: torch.Tensor | Features | None, epoch: int) -> None:
         """One optimisation step on ``batch`` with what the method reads from the teacher (its logits
         or Features, or both views' as :class:`TeacherViews`; :func:`teacher_outputs`); metrics
         accumulate in place on the device (no host sync). With :meth:`use_device_scalars` the method
         gets the epoch from its device scalar."""
-        x, y = batch.images, batch.targets
+        train_step(self.forward(batch, teacher, epoch))
+
+    def forward(self, batch, teacher: torch.Tensor | Features | TeacherViews | None, epoch: Any) -> list[Outcome]:
+        """The forward and loss of one step on ``batch`` (as a unit of :func:`rld.engine.step.train_step`)."""
         if self.device_scalars is not None:
             epoch = self.device_scalars[1]
         extra = {}
@@ -643,53 +641,42 @@ class Run:
             teacher, extra["teacher_strong"] = teacher
         if self.method.spec.strong_view:
             extra["strong"] = batch.strong
-        logits, loss, parts = self.model(x, teacher, y, epoch, batch.indices, **extra)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        self.record(y, logits, loss, parts)
+        logits, loss, parts = self.model(batch.images, teacher, batch.targets, epoch, batch.indices, **extra)
+        return [Outcome(self, batch.targets, logits, loss, parts)]
 
     def record(self, y: torch.Tensor, logits: torch.Tensor, loss: torch.Tensor, parts: dict[str, torch.Tensor]) -> None:
         """Add a finished step to the epoch's metrics, in place on the device: ``y`` (B,) targets,
         ``logits`` (B, C) what the student predicted, the step's loss and its named parts."""
-        n = float(len(y))
-        self._seen += n
-        self._correct += (logits.detach().argmax(dim=1) == y).sum()
-        for key, value in {"loss": loss, **parts}.items():
-            if key not in self._sums:
-                self._sums[key] = torch.zeros((), dtype=torch.float64, device=self.device)
-            self._sums[key].add_(value.detach().double() * n)
-        self._steps += 1
+        self.metrics.record(y, logits, loss, parts)
         faults.reached("after_step", self)
+
+    @property
+    def steps(self) -> int:
+        """The steps taken in the current epoch (reads the device)."""
+        return int(self.metrics.steps)
 
     def end_epoch(self, epoch: int, test_loader) -> dict[str, Any]:
         """Reduce the epoch's metrics, evaluate, checkpoint, write metrics.csv; returns the row.
 
         With ``train.stop_on_nonfinite``: a non-finite loss sum or weight raises DivergedError before
         anything is evaluated or saved (``metrics.csv`` gets the epoch as a ``diverged`` row)."""
-        keys = list(self._sums)
         check = self.cfg.train.stop_on_nonfinite
         flags = [guard.nonfinite_count([self.student, self.method]).to(self.device)] if check else []
-        totals = all_sum(torch.stack([*(self._sums[k] for k in keys), self._correct, self._seen, *flags]), self.world)
-        totals = totals.tolist()  # the one host sync of the epoch's training part
-        bad_weights = totals.pop() if check else 0.0
-        train_time = time.perf_counter() - self._tic
-        n_seen = totals[-1]
-        row: dict[str, Any] = {
-            "epoch": epoch,
-            "train_loss": totals[0] / n_seen,
-            "train_top1": 100 * totals[-2] / n_seen,
-        }
-        parts = guard.nonfinite_parts(keys, totals, bad_weights) if check else []
+        means, steps, extra = self.metrics.reduce(self.world, flags)  # the one host sync of the epoch's training
+        bad_weights = extra[0] if check else 0.0
+        train_time = time.perf_counter() - self.metrics.tic
+        row: dict[str, Any] = {"epoch": epoch, "train_loss": means["loss"], "train_top1": means["top1"]}
+        keys = [k for k in means if k != "top1"]
+        parts = guard.nonfinite_parts(keys, [means[k] for k in keys], bad_weights) if check else []
         if not parts:
             row.update(evaluate(self.model, test_loader, self.device, self.world))
             if check and not math.isfinite(row["test_loss"]):  # finite weights, overflowing logits
                 parts = ["test_loss"]
         row["lr"] = self.lr
-        row["epoch_time"] = time.perf_counter() - self._tic
+        row["epoch_time"] = time.perf_counter() - self.metrics.tic
         row["train_time"] = train_time
-        row["steps"] = self._steps
-        row.update({f"loss_{k}": totals[i] / n_seen for i, k in enumerate(keys) if k != "loss"})
+        row["steps"] = steps
+        row.update({f"loss_{k}": means[k] for k in keys if k != "loss"})
         if parts:  # the last finite checkpoint stays; metrics.csv shows the epoch that diverged
             if self.world.is_main:
                 self.write_checkpoints({}, [*self.history, {**row, "status": "diverged"}])
