@@ -53,7 +53,8 @@ from rld.config import resolve
 from rld.data import build_data
 from rld.engine import train
 from rld.engine.distributed import World
-from rld.engine.static import StaticSteps, StepMember
+from rld.engine.loop import Member
+from rld.engine.static import StaticSteps
 from rld.engine.syncs import HostSyncCounter
 from rld.engine.trainer import Run, build_teacher_fn, prepare_out_dir, setup
 from rld.losses import value_checks
@@ -214,7 +215,7 @@ def count_host_syncs(device: str, folder: Path, max_steps: int | None = None) ->
         prepare_out_dir(out, resume=False)
         run = Run(cfg, out, world=world, device=dev, num_classes=data.num_classes, resume_from=None, resume=False)
         teacher_fn = build_teacher_fn(cfg, data.num_classes, dev, data.train)
-        static = StaticSteps([StepMember(run)], data.train, teacher_fn, capture=False) if path == "static" else None
+        static = StaticSteps([Member(run)], data.train, teacher_fn, capture=False) if path == "static" else None
         run.begin_epoch(1)
         if static is not None:
             static.start_epoch(1)

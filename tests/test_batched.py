@@ -15,8 +15,9 @@ from rld.data.types import Batch
 from rld.engine import batched
 from rld.engine.batched import GroupStep, StudentStack, batch_students_wanted, why_not_stacked
 from rld.engine.distributed import World
+from rld.engine.loop import Member
 from rld.engine.step import train_step
-from rld.engine.sweep import Member, sweep
+from rld.engine.sweep import sweep
 from rld.engine.trainer import Run
 
 FAST = ["train.batch_size=128", "data.eval_batch_size=512", "train.epochs=2", "data.train_per_class=30"]

@@ -185,9 +185,9 @@ def test_ctrl_c_prints_the_command_that_continues(monkeypatch, tmp_path, capsys)
 
 
 def test_train_logs_the_resolved_setup_and_progress_lines(tmp_path, vanilla_run, monkeypatch, caplog):
-    import rld.engine.trainer as trainer
+    import rld.engine.loop as loop
 
-    monkeypatch.setattr(trainer, "PROGRESS_SECONDS", 0.0)
+    monkeypatch.setattr(loop, "PROGRESS_SECONDS", 0.0)
     teacher = vanilla_run / "checkpoints" / "last.pt"
     cfg = resolve("demo/kd", [*FAST, "train.epochs=1", "model.teacher=resnet8", f"model.teacher_checkpoint={teacher}"])
     with caplog.at_level(logging.INFO, logger="rld"):

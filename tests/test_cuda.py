@@ -17,7 +17,8 @@ from conftest import TIME_COLUMNS, load_last
 from rld.config import resolve
 from rld.engine import train
 from rld.engine.distributed import World
-from rld.engine.static import StaticSteps, StepMember
+from rld.engine.loop import Member
+from rld.engine.static import StaticSteps
 from rld.engine.trainer import Run, build_run_data, build_teacher_fn, setup
 
 pytestmark = [
@@ -46,7 +47,7 @@ def _static_run(out: Path, teacher_ckpt: Path, capture: bool) -> tuple[Run, Stat
     data = build_run_data(cfg, device, world)
     run = Run(cfg, out, world=world, device=device, num_classes=data.num_classes, resume_from=None, resume=False)
     teacher_fn = build_teacher_fn(cfg, data.num_classes, device, data.train)
-    static = StaticSteps([StepMember(run)], data.train, teacher_fn, capture=capture, strict=capture)
+    static = StaticSteps([Member(run)], data.train, teacher_fn, capture=capture, strict=capture)
     rows = []
     for epoch in range(1, EPOCHS + 1):
         run.begin_epoch(epoch)

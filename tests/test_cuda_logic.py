@@ -18,7 +18,8 @@ from rld.config import resolve
 from rld.data import build_data
 from rld.engine import faults, train, trainer
 from rld.engine.distributed import World
-from rld.engine.static import CaptureError, StaticSteps, StepMember
+from rld.engine.loop import Member
+from rld.engine.static import CaptureError, StaticSteps
 from rld.engine.trainer import Run, prepare_out_dir, resolve_device
 from rld.errors import UserError
 from rld.models import create_model
@@ -209,7 +210,7 @@ def test_strict_capture_refuses_to_fall_back_and_names_the_cause(teacher, tmp_pa
 def test_strict_capture_refuses_a_group_whose_method_draws_random_numbers():
     loader = build_data("digits", None, batch_size=64, eval_batch_size=512, device="cpu", seed=0).train
     spec = SimpleNamespace(uses_rng=True)
-    members = [StepMember(SimpleNamespace(method=SimpleNamespace(name="crd", spec=spec))) for _ in range(2)]
+    members = [Member(SimpleNamespace(method=SimpleNamespace(name="crd", spec=spec))) for _ in range(2)]
     with pytest.raises(CaptureError, match="the group's step cannot be captured: method crd draws random numbers"):
         StaticSteps(members, loader, None, capture=True, strict=True)
 

@@ -20,8 +20,8 @@ from rld.data import ArraySplit, DeviceLoader, build_data
 from rld.engine import train
 from rld.engine.batched import GroupStep
 from rld.engine.distributed import World
-from rld.engine.static import StaticSteps, StepMember
-from rld.engine.sweep import Member, group_step
+from rld.engine.loop import Member, group_step
+from rld.engine.static import StaticSteps
 from rld.engine.syncs import HostSyncCounter
 from rld.engine.trainer import Run, TeacherForward, build_teacher_fn, prepare_out_dir
 from rld.errors import UserError
@@ -72,7 +72,7 @@ def test_no_host_sync_in_a_step_of_any_method_plain_or_static(method, teacher, d
         for _ in range(2):
             run.step(batch, teacher_fn(batch) if teacher_fn else None, 1)
     static_run = _run(cfg, tmp_path / "static")
-    static = StaticSteps([StepMember(static_run)], digits.train, teacher_fn, capture=False)
+    static = StaticSteps([Member(static_run)], digits.train, teacher_fn, capture=False)
     static_run.begin_epoch(1)
     static.start_epoch(1)
     counter = HostSyncCounter(fail=True)
@@ -109,7 +109,7 @@ def test_no_host_sync_in_a_sweep_step_or_with_cached_teacher_logits(teacher, dig
     forward = TeacherForward(create_model("resnet8", num_classes=10).eval().requires_grad_(False), amp=False)
     provider = open_teacher_cache(cached_cfg, forward, loader, 10)
     run = _run(_cfg("rld", teacher), tmp_path / "cached")
-    static = StaticSteps([StepMember(run)], loader, provider, capture=False)
+    static = StaticSteps([Member(run)], loader, provider, capture=False)
     run.begin_epoch(1)
     static.start_epoch(1)
     with value_checks(False), HostSyncCounter(fail=True):
@@ -118,7 +118,7 @@ def test_no_host_sync_in_a_sweep_step_or_with_cached_teacher_logits(teacher, dig
     assert run.steps == 2
     # two seeds' streams in one static step, the students stacked across them, one lookup for both batches
     pair = [_run(_cfg("rld", teacher, f"method.beta={b}"), tmp_path / f"seeds{b}") for b in (2, 8)]
-    members = [StepMember(pair[0], 0), StepMember(pair[1], 1)]
+    members = [Member(pair[0], stream=0), Member(pair[1], stream=1)]
     static = StaticSteps(members, [loader, loader.with_seed(1)], provider, capture=False, batched=True)
     assert static.stepper.stacked == 2
     for r in pair:

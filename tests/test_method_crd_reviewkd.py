@@ -16,7 +16,8 @@ from rld.cli import main
 from rld.config import list_presets, resolve, resolve_with_flags
 from rld.engine.distributed import World
 from rld.engine.faults import FAULT_EXIT_STATUS
-from rld.engine.static import StaticSteps, StepMember
+from rld.engine.loop import Member
+from rld.engine.static import StaticSteps
 from rld.engine.syncs import HostSyncCounter
 from rld.engine.trainer import Run, build_run_data, build_teacher_fn, method_inputs, prepare_out_dir
 from rld.errors import UserError
@@ -358,7 +359,7 @@ def test_a_step_reads_nothing_on_the_host(method, teacher_ckpt, tmp_path):
     )
     batch = next(iter(data.train))
     run.begin_epoch(1)
-    static = StaticSteps([StepMember(run)], data.train, teacher_fn, capture=False)
+    static = StaticSteps([Member(run)], data.train, teacher_fn, capture=False)
     static.start_epoch(1)
     with value_checks(False), HostSyncCounter(fail=True):
         run.step(batch, teacher_fn(batch, features=True), 1)

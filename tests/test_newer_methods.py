@@ -179,7 +179,8 @@ def test_no_host_sync_in_a_step_plain_or_static(teacher_ckpt, tmp_path):
     """What a CUDA-graph step needs, proved on the CPU: the step of each method never reads the host."""
     from rld.data import build_data
     from rld.engine.distributed import World
-    from rld.engine.static import StaticSteps, StepMember
+    from rld.engine.loop import Member
+    from rld.engine.static import StaticSteps
     from rld.engine.syncs import HostSyncCounter
     from rld.engine.trainer import Run, build_teacher_fn, prepare_out_dir
     from rld.losses import value_checks
@@ -200,7 +201,7 @@ def test_no_host_sync_in_a_step_plain_or_static(teacher_ckpt, tmp_path):
         plain.begin_epoch(1)
         with value_checks(False), HostSyncCounter(fail=True):
             plain.step(batch, teacher_fn(batch), 1)
-        static = StaticSteps([StepMember(static_run)], data.train, teacher_fn, capture=False)
+        static = StaticSteps([Member(static_run)], data.train, teacher_fn, capture=False)
         static_run.begin_epoch(1)
         static.start_epoch(1)
         counter = HostSyncCounter(fail=True)

@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from rld.errors import UserError
+from rld.method_config import MethodConfig
 
 
 @dataclass
@@ -62,17 +63,6 @@ class ModelConfig:
     student_weights: str | None = None  # None (random) | default | a library weight name | a local file
     teacher_weights: str | None = None  # instead of teacher_checkpoint: library weights or a local file
     freeze_backbone: bool = False  # train only the student's classifier (linear probing)
-
-
-@dataclass
-class MethodConfig:
-    """The ``method`` section: ``name`` picks the method, whose own subclass of this class (in its
-    file under :mod:`rld.methods`) adds its parameters with their published defaults."""
-
-    name: str = "vanilla"
-    logit_standardization: bool = False
-    ls_temperature: float | None = None  # base temperature b of logit standardization (default 2)
-    ls_weight: float | None = None  # its distillation weight w (default 9)
 
 
 @dataclass

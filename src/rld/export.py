@@ -33,35 +33,6 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".ti
 # ----------------------------------------------------------------------------- what a prediction needs
 
 
-def eval_preprocess(test_loader: Any) -> dict[str, Any]:
-    """The evaluation preprocessing of a run's test loader: ``{"size": [H, W]}`` (array data: images are
-    resized to that size) or ``{"resize": R, "crop": C}`` (image folders), plus ``mean`` and ``std``."""
-    from rld.data.device_loader import DeviceLoader
-
-    if isinstance(test_loader, DeviceLoader):
-        return {
-            "size": [test_loader.height, test_loader.width],
-            "mean": [float(v) for v in test_loader._mean.cpu()],
-            "std": [float(v) for v in test_loader._std.cpu()],
-        }
-    import torchvision.transforms as T
-
-    dataset = getattr(getattr(test_loader, "loader", None), "dataset", None)
-    transform = getattr(getattr(dataset, "base", dataset), "transform", None)
-    steps = getattr(transform, "transforms", [])
-    out: dict[str, Any] = {}
-    for step in steps:
-        if isinstance(step, T.Resize):
-            out["resize"] = step.size if isinstance(step.size, int) else list(step.size)
-        elif isinstance(step, T.CenterCrop):
-            out["crop"] = list(step.size)
-        elif isinstance(step, T.Normalize):
-            out["mean"], out["std"] = [float(v) for v in step.mean], [float(v) for v in step.std]
-    if "mean" not in out:
-        raise UserError("cannot tell the evaluation preprocessing of this data set (no Normalize step)")
-    return out
-
-
 def _metadata_of_checkpoint(path: Path, data_path: str | None = None) -> tuple[dict[str, Any], dict, Any]:
     """(metadata, state dict, config) of an rld run checkpoint; the data set is read only when the
     checkpoint does not record its classes and preprocessing (checkpoints of older runs)."""
@@ -73,11 +44,10 @@ def _metadata_of_checkpoint(path: Path, data_path: str | None = None) -> tuple[d
     info = state.get("data_info")
     if info is None:
         from rld.data import build_data
-        from rld.engine.trainer import data_options
+        from rld.engine.trainer import data_info, data_options
 
         options = data_options(cfg, path.parent.parent)
-        data = build_data(cfg.data.name, data_path or cfg.data.path, batch_size=1, device="cpu", **options)
-        info = {"classes": list(data.classes), "preprocess": eval_preprocess(data.test)}
+        info = data_info(build_data(cfg.data.name, data_path or cfg.data.path, batch_size=1, device="cpu", **options))
     meta = {
         "format": "rld-export-1",
         "model": cfg.model.student,

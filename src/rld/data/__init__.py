@@ -11,20 +11,15 @@ Every loader yields :class:`Batch` ``(images, targets, indices, views)``.
 
 from rld.data.arrays import CIFAR100_CLASSES, CIFAR100_MEAN, CIFAR100_STD, load_cifar100
 from rld.data.build import DATASETS, DataBundle, build_data
-from rld.data.device_loader import (
-    CENTER_VIEW,
-    NUM_VIEWS,
-    PAD,
-    DeviceLoader,
-    decode_views,
-    encode_views,
-)
+from rld.data.device_loader import DeviceLoader
 from rld.data.digits import load_digits
-from rld.data.folder import IMAGENET_MEAN, IMAGENET_STD, folder_transform, load_image_folders
+from rld.data.folder import folder_transform, load_image_folders
 from rld.data.pil import ArrayImageDataset, array_transform
 from rld.data.sampling import EpochSampler, epoch_generator
+from rld.data.sources import IMAGENET_MEAN, IMAGENET_STD
 from rld.data.torch_loader import IndexedDataset, TorchLoader
 from rld.data.types import ArrayDataset, ArraySplit, Batch, Loader
+from rld.data.views import CENTER_VIEW, NUM_VIEWS, PAD, decode_views, encode_views
 
 __all__ = [
     "CENTER_VIEW",

@@ -250,3 +250,30 @@ def build_data(
         split,
         carved,
     )
+
+
+def eval_preprocess(test_loader: Any) -> dict[str, Any]:
+    """The evaluation preprocessing of a run's test loader: ``{"size": [H, W]}`` (array data: images are
+    resized to that size) or ``{"resize": R, "crop": C}`` (image folders), plus ``mean`` and ``std``."""
+    if isinstance(test_loader, DeviceLoader):
+        return {
+            "size": [test_loader.height, test_loader.width],
+            "mean": [float(v) for v in test_loader._mean.cpu()],
+            "std": [float(v) for v in test_loader._std.cpu()],
+        }
+    import torchvision.transforms as T
+
+    dataset = getattr(getattr(test_loader, "loader", None), "dataset", None)
+    transform = getattr(getattr(dataset, "base", dataset), "transform", None)
+    steps = getattr(transform, "transforms", [])
+    out: dict[str, Any] = {}
+    for step in steps:
+        if isinstance(step, T.Resize):
+            out["resize"] = step.size if isinstance(step.size, int) else list(step.size)
+        elif isinstance(step, T.CenterCrop):
+            out["crop"] = list(step.size)
+        elif isinstance(step, T.Normalize):
+            out["mean"], out["std"] = [float(v) for v in step.mean], [float(v) for v in step.std]
+    if "mean" not in out:
+        raise UserError("cannot tell the evaluation preprocessing of this data set (no Normalize step)")
+    return out

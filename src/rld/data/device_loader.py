@@ -27,29 +27,8 @@ import torch
 from rld.data.sampling import check_rank, check_seed, epoch_generator, pad_to, padded_length
 from rld.data.strong import StrongAugment, StrongPlan, strong_plan
 from rld.data.types import ArraySplit, Batch
+from rld.data.views import CENTER_VIEW, OFFSETS, PAD, decode_views, encode_views
 from rld.errors import UserError
-
-PAD = 4
-"""Zero pixels added on every side before cropping (the CIFAR protocol's ``padding=4``)."""
-OFFSETS = 2 * PAD + 1
-"""Possible crop offsets per axis: 0 .. 8."""
-NUM_VIEWS = OFFSETS * OFFSETS * 2
-"""Distinct augmentation views of one image: 9 x 9 offsets x 2 flips = 162."""
-CENTER_VIEW = (PAD * OFFSETS + PAD) * 2
-"""The view id of the un-augmented image (dy = dx = 4, no flip) = 80."""
-
-
-def encode_views(dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
-    """Views from crop offsets and flips: dy, dx (B,) in 0..8, flip (B,) in {0, 1} -> (B,) int64."""
-    return (dy.long() * OFFSETS + dx.long()) * 2 + flip.long()
-
-
-def decode_views(views: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Inverse of :func:`encode_views`: views (B,) -> (dy, dx, flip), each (B,) int64."""
-    views = views.long()
-    flip = views % 2
-    pos = views // 2
-    return pos // OFFSETS, pos % OFFSETS, flip
 
 
 def as_device(device: torch.device | str) -> torch.device:

@@ -17,10 +17,9 @@ from pathlib import Path
 
 from torchvision import datasets
 
+from rld.data.sources import image_transform
 from rld.errors import UserError
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_SIZE = 224
 RESIZE_SIZE = 256
 LAYOUT = "ROOT/train/<class>/<image> and ROOT/val/<class>/<image>"
@@ -28,8 +27,6 @@ LAYOUT = "ROOT/train/<class>/<image> and ROOT/val/<class>/<image>"
 
 def folder_transform(*, train: bool, image_size: int = IMAGE_SIZE) -> Callable:
     """The ImageNet protocol's transform: PIL image -> (3, S, S) float32 (S = 224: resize 256)."""
-    from rld.data.sources import image_transform
-
     return image_transform(train=train, image_size=image_size)
 
 

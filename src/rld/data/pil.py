@@ -15,8 +15,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import transforms as T
 
-from rld.data.device_loader import PAD
 from rld.data.types import ArraySplit
+from rld.data.views import PAD
 
 
 def array_transform(

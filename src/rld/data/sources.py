@@ -26,8 +26,10 @@ from torch.utils.data import Dataset
 from torchvision import transforms as T
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from rld.data.folder import IMAGENET_MEAN, IMAGENET_STD
 from rld.errors import UserError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 log = logging.getLogger("rld")
 

@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from rld.data.sampling import check_seed, pad_to, padded_length
+from rld.data.views import encode_views
 
 # (name, low, high) in the published order (augment_list of mdistiller/dataset/cifar100.py)
 OPS = (
@@ -112,8 +113,6 @@ def strong_plan(
     draws, then Cutout's three draws. Padded and sharded across ranks like the order
     (:mod:`rld.data.sampling`): row k belongs to the k-th position of this rank's order.
     """
-    from rld.data.device_loader import encode_views
-
     g = strong_generator(seed, epoch)
     dy = torch.randint(0, offsets, (n,), generator=g)
     dx = torch.randint(0, offsets, (n,), generator=g)

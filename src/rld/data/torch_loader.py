@@ -21,10 +21,11 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from rld.data.device_loader import OFFSETS, as_device
+from rld.data.device_loader import as_device
 from rld.data.sampling import EpochSampler, check_seed
 from rld.data.strong import StrongAugment, strong_plan
 from rld.data.types import Batch
+from rld.data.views import OFFSETS
 from rld.errors import UserError
 
 

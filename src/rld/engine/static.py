@@ -41,7 +41,6 @@ import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -57,17 +56,6 @@ log = logging.getLogger("rld")
 class CaptureError(UserError):
     """``train.static_step=require``: the training step could not be captured as a CUDA graph (the
     message names the cause)."""
-
-
-@dataclass
-class StepMember:
-    """A run stepped by :class:`StaticSteps`; ``enter``/``leave`` wrap its eager work (a sweep swaps
-    each run's RNG state in and out there); ``stream``: which of the loaders it trains on."""
-
-    run: Any
-    stream: int = 0
-    enter: Callable[[], None] = lambda: None
-    leave: Callable[[], None] = lambda: None
 
 
 def static_step_wanted(setting: str, loader: Any, teacher_fn: Any, distributed: bool) -> bool:
@@ -108,15 +96,17 @@ def static_step_wanted(setting: str, loader: Any, teacher_fn: Any, distributed: 
 class StaticSteps:
     """The training steps of runs that share device-resident loaders and a teacher provider.
 
-    ``members`` are stepped in lockstep (one run, or a sweep's group), each on the batches of its
-    stream's loader: ``loader`` is one loader or a list of them, which differ only in their seed (one
-    data set, batch size and sample count). Call :meth:`run_epoch` between the runs' ``begin_epoch``
+    ``members`` (:class:`rld.engine.loop.Member`: a run, its data stream, and ``enter``/``leave``
+    around its eager work, where a sweep swaps each run's RNG state in and out) are stepped in
+    lockstep (one run, or a sweep's group), each on the batches of its stream's loader: ``loader`` is
+    one loader or a list of them, which differ only in their seed (one data set, batch size and
+    sample count). Call :meth:`run_epoch` between the runs' ``begin_epoch``
     and ``end_epoch``.
     """
 
     def __init__(
         self,
-        members: list[StepMember],
+        members: list[Any],
         loader: DeviceLoader | list[DeviceLoader],
         teacher_fn: Callable[[Batch], torch.Tensor] | None,
         *,

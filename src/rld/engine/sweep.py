@@ -57,8 +57,7 @@ import io
 import itertools
 import logging
 import os
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,25 +65,13 @@ import torch
 
 from rld import executor as ex
 from rld.config import RunConfig, resolve
-from rld.data.types import Batch
 from rld.engine import checkpoint as ckpt
 from rld.engine import guard, lock
-from rld.engine.batched import GroupStep, batch_students_wanted
+from rld.engine.batched import batch_students_wanted
 from rld.engine.distributed import World
-from rld.engine.static import StaticSteps, StepMember, static_step_wanted
-from rld.engine.trainer import (
-    Run,
-    _progress,
-    _step_boundary,
-    build_run_data,
-    build_teacher_fn,
-    data_info,
-    method_inputs,
-    prepare_out_dir,
-    setup,
-    stream_teacher_outputs,
-)
-from rld.errors import DivergedError, UserError
+from rld.engine.loop import Member, train_group
+from rld.engine.trainer import Run, build_run_data, build_teacher_fn, data_info, method_inputs, prepare_out_dir, setup
+from rld.errors import UserError
 from rld.methods import get_spec
 
 log = logging.getLogger("rld")
@@ -244,54 +231,6 @@ def describe_group(group: list[SweepRun]) -> str:
 # ----------------------------------------------------------------------------- execution
 
 
-@dataclass
-class Member:
-    """A run of a group and its own global-RNG state, swapped in around its work (``enter``/``leave``);
-    ``stream``: which data stream of the group (which seed's loader) it trains on."""
-
-    run: Run
-    rng: torch.Tensor
-    cuda_rng: torch.Tensor | None = None
-    sweep_run: SweepRun | None = field(default=None, repr=False)
-    stream: int = 0
-
-    def enter(self) -> None:
-        torch.set_rng_state(self.rng)
-        if self.cuda_rng is not None:
-            torch.cuda.set_rng_state(self.cuda_rng, self.run.device)
-
-    def leave(self) -> None:
-        self.rng = torch.get_rng_state()
-        if self.cuda_rng is not None:
-            self.cuda_rng = torch.cuda.get_rng_state(self.run.device)
-
-    @contextmanager
-    def current(self):
-        """This run's RNG state as the global one inside the block."""
-        self.enter()
-        try:
-            yield
-        finally:
-            self.leave()
-
-
-def group_step(
-    members: list[Member],
-    batches: Batch | list[Batch],
-    teacher_fn: Any,
-    epoch: int,
-    stepper: GroupStep | None = None,
-) -> None:
-    """One training step of every member, each on the batch of its stream (``batches``: one per
-    stream, or the one batch of a single stream): one teacher forward (or cache lookup), then the
-    students' steps (``stepper``, default: each in turn). The teacher's outputs are shared, read-only,
-    by the students."""
-    batches = [batches] if isinstance(batches, Batch) else list(batches)
-    methods = [[m.run.method for m in members if m.stream == s] for s in range(len(batches))]
-    teachers = stream_teacher_outputs(teacher_fn, batches, methods)
-    (stepper or GroupStep(members))(batches, teachers, epoch)
-
-
 def _run_group(group: list[SweepRun], resume_from: dict[Path, Path | None], resume: bool) -> list[dict[str, Any]]:
     cfg0 = group[0].cfg
     world = World()
@@ -315,76 +254,14 @@ def _run_group(group: list[SweepRun], resume_from: dict[Path, Path | None], resu
             **method_inputs(r.cfg, data, teacher_fn),
         )
         run.data_info, run.split = data_info(data), data.split
-        cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-        members.append(Member(run, torch.get_rng_state(), cuda_rng, r, seeds.index(r.cfg.seed)))
+        members.append(Member.own_rng(run, tag=r, stream=seeds.index(r.cfg.seed)))
 
-    first = min(m.run.start_epoch for m in members)
-    last = max(m.run.cfg.train.epochs for m in members)
-    static = static_step_wanted(cfg0.train.static_step, data.train, teacher_fn, world.distributed)
-    strict = cfg0.train.static_step == "require"  # no eager fallback of a capture
-    batched = batch_students_wanted(cfg0.train.batch_students, device)
-    static_steps: dict[tuple[int, ...], StaticSteps] = {}  # per set of active runs (catch-up epochs)
-    steppers: dict[tuple[int, ...], GroupStep] = {}
-    failed: dict[int, DivergedError] = {}  # runs that diverged stop; the others go on
-    with guard.StopSignals() as stop:
-        for epoch in range(first, last + 1):
-            active = [
-                m for m in members if m.run.start_epoch <= epoch <= m.run.cfg.train.epochs and id(m) not in failed
-            ]
-            if not active:
-                continue
-            start = 0
-            for m in active:
-                m.enter()
-                m.run.begin_epoch(epoch)
-                position = m.run.resume_position  # equal for every run of the group (train_runs)
-                if position is not None and position["epoch"] == epoch:
-                    start = guard.restore_position(m.run, position, world)
-                m.leave()
-            desc = f"epoch {epoch}/{last} ({len(active)} runs)"
-            runs, own_rng = [m.run for m in active], [m.current for m in active]
-            after_step = _step_boundary(runs, epoch, len(data.train), stop, world, own_rng)
-            if static:
-                key = tuple(id(m) for m in active)
-                if key not in static_steps:
-                    static_steps.clear()  # a new set of active runs: free the graphs (and pools) of the last one
-                    step_members = [StepMember(m.run, m.stream, m.enter, m.leave) for m in active]
-                    static_steps[key] = StaticSteps(step_members, loaders, teacher_fn, batched=batched, strict=strict)
-                static_steps[key].run_epoch(
-                    epoch,
-                    lambda sizes, desc=desc: _progress(sizes, len(sizes), world, desc),
-                    start=start,
-                    after_step=after_step,
-                )
-            else:
-                key = tuple(id(m) for m in active)
-                if key not in steppers:
-                    steppers.clear()
-                    steppers[key] = GroupStep(active, batched)
-                for loader in loaders:
-                    loader.set_epoch(epoch, start_batch=start)
-                batches = zip(*loaders)  # step k: batch k of every seed's stream
-                for k, step_batches in enumerate(_progress(batches, len(data.train) - start, world, desc), start + 1):
-                    group_step(active, step_batches, teacher_fn, epoch, steppers[key])
-                    after_step(k)
-            for m in active:
-                m.enter()
-                try:
-                    m.run.end_epoch(epoch, data.test)
-                except DivergedError as err:  # this run stops; the others continue
-                    failed[id(m)] = err
-                    log.error("%s", err)
-                m.leave()
-            if stop.signum and epoch < last:
-                raise guard.interrupted(stop.signum, f"after epoch {epoch}; each run's last.pt holds it")
-    static_steps.clear()  # free the group's CUDA graphs and their memory pools before the next group
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+    failed = train_group(members, data, teacher_fn, world, loaders)
     if hasattr(teacher_fn, "close"):
         teacher_fn.close()
     rows = []
     for m in members:
-        row = {"run": m.sweep_run.name, "seed": m.run.cfg.seed, **m.sweep_run.values, **m.run.close()}
+        row = {"run": m.tag.name, "seed": m.run.cfg.seed, **m.tag.values, **m.run.close()}
         if id(m) in failed:
             row.update(status="diverged", diverged_epoch=failed[id(m)].epoch)
         rows.append(row)

@@ -16,14 +16,12 @@ never branches on a method's name.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
 import io
 import logging
 import math
 import os
-import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -35,12 +33,12 @@ from torch.nn.parallel import DistributedDataParallel
 
 from rld.config import TEACHER_PRECISIONS, RunConfig, from_dict, to_yaml
 from rld.data import build_data
+from rld.data.build import eval_preprocess
 from rld.data.types import concat_batches
 from rld.engine import checkpoint as ckpt
 from rld.engine import faults, guard, lock
-from rld.engine.distributed import World, all_sum, barrier, init_world, main_decides, shutdown
+from rld.engine.distributed import World, all_sum
 from rld.engine.metrics import EpochMetrics
-from rld.engine.static import StaticSteps, StepMember, static_step_wanted
 from rld.engine.step import Outcome, train_step
 from rld.errors import UserError
 from rld.methods import MethodContext, StrongView, build_method, get_spec, logits_only
@@ -170,40 +168,6 @@ def _build_teacher(cfg: RunConfig, num_classes: int, device: torch.device) -> nn
     return teacher.to(device)
 
 
-PROGRESS_SECONDS = 60.0
-"""Without a terminal, a progress line at most this often (running loss and ETA)."""
-
-
-def _progress(iterable, total: int, world: World, desc: str, loss: Any = None):
-    """tqdm on a terminal; otherwise a log line every :data:`PROGRESS_SECONDS` with the step, the
-    running mean loss (``loss()``, one host read per line) and the epoch's ETA."""
-    if not world.is_main:
-        return iterable
-    if sys.stderr.isatty():
-        from tqdm import tqdm
-
-        return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True)
-    return _progress_lines(iterable, total, desc, loss)
-
-
-def _progress_lines(iterable, total: int, desc: str, loss: Any):
-    start = last = time.perf_counter()
-    for i, item in enumerate(iterable, 1):
-        yield item
-        now = time.perf_counter()
-        if now - last >= PROGRESS_SECONDS and i < total:
-            last = now
-            eta = (now - start) / i * (total - i)
-            running = f"  loss {loss():.4f}" if loss is not None else ""
-            log.info("%s: step %d/%d%s  ETA %s", desc, i, total, running, _duration(eta))
-
-
-def _duration(seconds: float) -> str:
-    minutes, sec = divmod(int(round(seconds)), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{sec:02d}" if hours else f"{minutes}:{sec:02d}"
-
-
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, device: torch.device, world: World) -> dict[str, float]:
     """Test loss, top-1 and top-5 (%), summed over every process; always in float32 (never autocast)."""
@@ -294,22 +258,6 @@ def _check_same_config(saved: RunConfig, cfg: RunConfig, where: Path, epochs_don
             "undo them (choose a larger train.epochs or another --out)"
         )
     return schedule
-
-
-def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False) -> dict[str, Any]:
-    """Train (or resume) the run described by ``cfg`` in ``out_dir``; returns the final summary."""
-    out = Path(out_dir)
-    device_kind = (
-        "cuda"
-        if cfg.train.device.startswith("cuda") or (cfg.train.device == "auto" and torch.cuda.is_available())
-        else "cpu"
-    )
-    world = init_world(device_kind)
-    try:
-        return _train(cfg, out, resume, world)
-    finally:
-        lock.release(out)
-        shutdown(world)
 
 
 class TeacherForward:
@@ -874,8 +822,6 @@ def build_teacher_fn(cfg: RunConfig, num_classes: int, device: torch.device, tra
 
 def data_info(data) -> dict[str, Any]:
     """What a prediction needs from the data set: its class names and evaluation preprocessing."""
-    from rld.export import eval_preprocess
-
     return {"classes": list(data.classes), "preprocess": eval_preprocess(data.test)}
 
 
@@ -940,136 +886,3 @@ def method_inputs(cfg: RunConfig, data, teacher_fn) -> dict[str, Any]:
         "input_shape": tuple(next(iter(data.test)).images.shape[1:]),
         "labels": getattr(data.train, "labels", None),
     }
-
-
-def _train(cfg: RunConfig, out: Path, resume: bool, world: World) -> dict[str, Any]:
-    device = setup(cfg, world)
-    # rank 0 looks at the folder; every rank gets its answer (the checkpoint to resume, or the refusal)
-    resume_from = main_decides(world, lambda: prepare_out_dir(out, resume, cfg))
-    expected = lock.folder_state(out) if world.is_main else None  # re-checked once the folder is locked
-    data = build_run_data(cfg, device, world, out)
-    needs_teacher = get_spec(cfg.method.name).needs_teacher
-    teacher_fn = build_teacher_fn(cfg, data.num_classes, device, data.train) if needs_teacher else None
-    run = Run(
-        cfg,
-        out,
-        world=world,
-        device=device,
-        num_classes=data.num_classes,
-        resume_from=resume_from,
-        resume=resume,
-        **method_inputs(cfg, data, teacher_fn),
-    )
-    run.data_info, run.split, run.expected_state = data_info(data), data.split, expected
-    setup_text = setup_lines(cfg, out, data, run, teacher_fn, device, world)
-    if world.is_main:
-        for line in setup_text:
-            log.info("%s", line)
-    static = None
-    if static_step_wanted(cfg.train.static_step, data.train, teacher_fn, world.distributed):
-        static = StaticSteps([StepMember(run)], data.train, teacher_fn, strict=cfg.train.static_step == "require")
-    position = run.resume_position
-    with guard.StopSignals() as stop:
-        for epoch in range(run.start_epoch, cfg.train.epochs + 1):
-            run.begin_epoch(epoch)
-            start = 0
-            if position is not None and position["epoch"] == epoch:
-                start = guard.restore_position(run, position, world)
-                if world.is_main:
-                    log.info("continuing epoch %d after step %d of %d", epoch, start, len(data.train))
-            desc = f"epoch {epoch}/{cfg.train.epochs}"
-            after_step = _step_boundary([run], epoch, len(data.train), stop, world)
-            if static is not None:
-                static.run_epoch(
-                    epoch,
-                    lambda sizes, desc=desc: _progress(sizes, len(sizes), world, desc, run.running_loss),
-                    start=start,
-                    after_step=after_step,
-                )
-            else:
-                data.train.set_epoch(epoch, start_batch=start)
-                batches = _progress(data.train, len(data.train) - start, world, desc, run.running_loss)
-                for k, batch in enumerate(batches, start + 1):
-                    run.step(batch, teacher_outputs(teacher_fn, batch, [run.method]), epoch)
-                    after_step(k)
-            run.end_epoch(epoch, data.test)
-            barrier(world)
-            signum = stop.agreed(world, device)
-            if signum and epoch < cfg.train.epochs:
-                run.close()
-                raise guard.interrupted(signum, f"after epoch {epoch}; {out}/checkpoints/last.pt holds it")
-    return run.close()
-
-
-def _step_boundary(runs: list[Run], epoch: int, steps: int, stop: guard.StopSignals, world: World, own_rng=None):
-    """What the loop does after step k of ``steps`` of ``epoch``: save the runs' positions
-    (``train.checkpoint_every_steps``, a stop signal) and stop if a signal asked to. ``own_rng[i]()``:
-    a context in which run i's RNG state is the global one (a sweep's runs each have their own)."""
-    every = runs[0].cfg.train.checkpoint_every_steps or 0
-
-    def after_step(k: int) -> None:
-        if k >= steps:
-            return  # the epoch's end saves last.pt
-        periodic = bool(every) and k % every == 0
-        if world.distributed:  # the processes meet only at periodic checkpoints (and epoch ends)
-            if not periodic:
-                return
-            signum = stop.agreed(world, runs[0].device)
-        else:
-            signum = stop.signum
-            if not (periodic or signum):
-                return
-        saved = []
-        for i, run in enumerate(runs):
-            with own_rng[i]() if own_rng is not None else contextlib.nullcontext():
-                saved.append(guard.save_position(run, epoch, k, world))
-        if signum:
-            if not all(saved):
-                note = "a non-finite state was not saved (resumed, such a run starts again from its last checkpoint)"
-            elif len(runs) == 1:
-                note = f"its position is saved in {runs[0].out / 'checkpoints' / guard.STEP_CHECKPOINT}"
-            else:
-                note = f"the positions of its {len(runs)} runs are saved in their checkpoints/{guard.STEP_CHECKPOINT}"
-            raise guard.interrupted(signum, f"in epoch {epoch} after step {k} of {steps}; {note}")
-
-    return after_step
-
-
-def evaluate_weights(
-    cfg: RunConfig,
-    model_name: str,
-    weights: str | Path | nn.Module,
-    data_path: str | None = None,
-    device: str = "auto",
-    run_dir: Path | None = None,
-) -> dict[str, Any]:
-    """Test loss, top-1 and top-5 of ``model_name`` with ``weights`` on the test split of ``cfg``'s data
-    (the validation part a run saved in ``run_dir/split.json``, when there is one)."""
-    world = World()
-    dev = resolve_device(device, world)
-    data = build_data(
-        cfg.data.name,
-        data_path or cfg.data.path,
-        batch_size=cfg.data.eval_batch_size,
-        eval_batch_size=cfg.data.eval_batch_size,
-        device=dev,
-        **data_options(cfg, run_dir),
-    )
-    if isinstance(weights, nn.Module):
-        model = weights
-    else:
-        model = create_model(model_name, num_classes=data.num_classes, dataset=cfg.model.dataset)
-        load_checkpoint(model, weights)
-    return evaluate(model.to(dev), data.test, dev, world)
-
-
-def evaluate_checkpoint(path: str | Path, data_path: str | None = None, device: str = "auto") -> dict[str, Any]:
-    """Evaluate a run checkpoint (``last.pt`` / ``best.pt``) on its data set's test split, with what
-    the run predicts with (:func:`rld.engine.predictor.predictor`)."""
-    from rld.engine.predictor import own_prediction, predictor
-
-    state = ckpt.load_run(Path(path))
-    cfg = from_dict(state["config"])
-    weights = predictor(cfg, state) if own_prediction(cfg) else path
-    metrics = evaluate_weights(cfg, cfg.model.student, weights, data_path, device, run_dir=Path(path).parent.parent)
-    return {"checkpoint": str(path), "model": cfg.model.student, "epoch": state["epoch"], **metrics}

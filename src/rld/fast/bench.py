@@ -59,8 +59,8 @@ from rld.data.pil import ArrayImageDataset, array_transform
 from rld.data.types import Batch
 from rld.engine.batched import GroupStep, batch_students_wanted
 from rld.engine.distributed import World
-from rld.engine.static import StaticSteps, StepMember
-from rld.engine.sweep import Member, group_step
+from rld.engine.loop import Member, group_step
+from rld.engine.static import StaticSteps
 from rld.engine.trainer import Run, TeacherForward, setup
 from rld.errors import UserError
 from rld.fast.cache import CachedTeacher, LogitStore, open_teacher_cache
@@ -251,9 +251,8 @@ class DevicePath:
         self.loaders = [loader, *(loader.with_seed(loader.seed + s) for s in range(1, seeds))]
         streams = [k * seeds // len(runs) for k in range(len(runs))]
         self.members = [Member(run, torch.get_rng_state(), stream=s) for run, s in zip(runs, streams)]
-        step_members = [StepMember(run, s) for run, s in zip(runs, streams)]
         self.static = (
-            StaticSteps(step_members, self.loaders, teacher_fn, batched=batched, strict=strict) if static else None
+            StaticSteps(self.members, self.loaders, teacher_fn, batched=batched, strict=strict) if static else None
         )
         self.stepper = self.static.stepper if self.static is not None else GroupStep(self.members, batched)
         for run in runs:

@@ -83,8 +83,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from rld.data.device_loader import NUM_VIEWS, DeviceLoader
+from rld.data.device_loader import DeviceLoader
 from rld.data.types import Batch
+from rld.data.views import NUM_VIEWS
 from rld.errors import UserError
 from rld.fast.key import CACHE_FORMAT, VIEW_DEFINITION, cache_key
 
@@ -623,36 +624,3 @@ def open_teacher_cache(
         provider.forward = None  # every usable view is cached: the teacher is not needed any more
         store.to_device(loader.device)
     return provider
-
-
-def build_cache(cfg: Any, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-    """Build the complete teacher-logit cache of run configuration ``cfg`` (what ``rld cache`` does).
-
-    Returns ``{"path", "entries", "computed", "seconds", "bytes"}``. Raises UserError when the
-    method needs no teacher or the data pipeline has no views.
-    """
-    from dataclasses import replace
-
-    from rld.engine.distributed import World
-    from rld.engine.trainer import build_run_data, build_teacher_fn, setup
-    from rld.methods import get_spec
-
-    if not get_spec(cfg.method.name).needs_teacher:
-        raise UserError(f"method {cfg.method.name!r} trains without a teacher: there are no teacher logits to cache")
-    cfg = replace(cfg, train=replace(cfg.train, teacher_cache="lazy"))  # opened lazily, built below with progress
-    world = World()
-    device = setup(cfg, world)
-    data = build_run_data(cfg, device, world)
-    provider = build_teacher_fn(cfg, data.num_classes, device, data.train)
-    t0 = time.perf_counter()
-    computed = provider.build(progress=progress)
-    seconds = time.perf_counter() - t0
-    provider.close()
-    views = usable_views(provider.loader)
-    return {
-        "path": str(provider.store.folder),
-        "entries": provider.loader.n * int(views.numel()),
-        "computed": computed,
-        "seconds": seconds,
-        "bytes": provider.store.nbytes,
-    }

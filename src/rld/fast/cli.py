@@ -40,7 +40,8 @@ def _flags(args: argparse.Namespace) -> dict:
 
 def _cmd_cache(args: argparse.Namespace) -> None:
     from rld.config import resolve, with_flags
-    from rld.fast.cache import build_cache, human_size
+    from rld.fast.build import build_cache
+    from rld.fast.cache import human_size
 
     extra = [f"train.cache_dir={args.cache_dir}"] if args.cache_dir else []
     extra += [f"train.cache_precision={args.precision}"] if args.precision else []

@@ -24,7 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from rld.data.device_loader import CENTER_VIEW, NUM_VIEWS, OFFSETS, PAD, DeviceLoader
+from rld.data.device_loader import DeviceLoader
+from rld.data.views import CENTER_VIEW, NUM_VIEWS, OFFSETS, PAD
 
 CACHE_FORMAT = "rld-teacher-logits-3"
 VIEW_DEFINITION = f"view=(dy*{OFFSETS}+dx)*2+flip; pad={PAD} zeros; crop HxW at (dy,dx); flip=horizontal"

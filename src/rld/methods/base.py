@@ -32,8 +32,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from rld.config import MethodConfig
 from rld.losses import DistillationLoss
+from rld.method_config import MethodConfig
 from rld.models.features import Features
 
 TEACHER_OUTPUTS = ("logits", "feats", "preact_feats", "pooled", "classifier")
