@@ -51,8 +51,9 @@ def value_checks(enabled: bool) -> Iterator[None]:
 
 
 def _values_checkable(t: Tensor) -> bool:
-    # Value checks read the tensor on the host: CPU tensors only, never while tracing.
-    if not _VALUE_CHECKS.get() or torch.compiler.is_compiling():
+    # Value checks read the tensor on the host: CPU tensors only, never while tracing. is_compiling
+    # comes first: the dynamo of torch 2.11 cannot trace ContextVar.get (fullgraph fails).
+    if torch.compiler.is_compiling() or not _VALUE_CHECKS.get():
         return False
     return t.device.type == "cpu"
 
