@@ -56,7 +56,8 @@ from rld.engine.distributed import World
 from rld.engine.loop import Member
 from rld.engine.static import StaticSteps
 from rld.engine.syncs import HostSyncCounter
-from rld.engine.trainer import Run, build_teacher_fn, prepare_out_dir, setup
+from rld.engine.teacher import build_teacher_fn
+from rld.engine.trainer import Run, prepare_out_dir, setup
 from rld.losses import value_checks
 from rld.losses._fused import eager_kernel
 from rld.models import create_model

@@ -134,7 +134,7 @@ def test_only_runs_that_can_be_stacked_are(tmp_path, caplog, teacher_ckpt):
     unbatched = GroupStep(members, batched=False)
     assert unbatched.units == members and unbatched.stacked == 0
     batch, logits = _batches(1)[0]
-    from rld.engine.trainer import TeacherForward
+    from rld.engine.teacher import TeacherForward
 
     outputs = TeacherForward(teacher, amp=False)(batch, features=True)
     step([batch], [outputs], 4)  # every kind of unit steps once

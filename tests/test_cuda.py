@@ -19,7 +19,8 @@ from rld.engine import train
 from rld.engine.distributed import World
 from rld.engine.loop import Member
 from rld.engine.static import StaticSteps
-from rld.engine.trainer import Run, build_run_data, build_teacher_fn, setup
+from rld.engine.teacher import build_teacher_fn
+from rld.engine.trainer import Run, build_run_data, setup
 
 pytestmark = [
     pytest.mark.cuda,
@@ -59,7 +60,7 @@ def _static_run(out: Path, teacher_ckpt: Path, capture: bool) -> tuple[Run, Stat
 
 def test_the_step_is_captured_and_replays_exactly_like_the_eager_step(tmp_path, teacher_ckpt):
     captured, static, rows = _static_run(tmp_path / "captured", teacher_ckpt, capture=True)
-    assert static.capture and sorted(static._graphs) == [67, 256]  # one graph per batch size
+    assert static.capture and static.captured_sizes == [67, 256]  # one graph per batch size
     assert static.attempts == [{"size": 256, "captured": True}, {"size": 67, "captured": True}]
     assert [r["steps"] for r in rows] == [6] * EPOCHS
     eager, _, eager_rows = _static_run(tmp_path / "eager", teacher_ckpt, capture=False)

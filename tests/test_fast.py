@@ -25,7 +25,7 @@ from rld.data import ArraySplit, Batch, DeviceLoader
 from rld.engine import train
 from rld.engine.faults import FAULT_EXIT_STATUS
 from rld.engine.sweep import group_runs, parse_grid, plan_sweep, split_values
-from rld.engine.trainer import TeacherForward
+from rld.engine.teacher import TeacherForward
 from rld.errors import UserError
 from rld.fast.cache import LogitStore, open_teacher_cache
 from rld.fast.key import cache_key

@@ -502,7 +502,7 @@ def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tmp_path,
 
 def _cache(tmp_path: Path):
     from rld.data import ArraySplit, DeviceLoader
-    from rld.engine.trainer import TeacherForward
+    from rld.engine.teacher import TeacherForward
     from rld.models import create_model
 
     rng = np.random.default_rng(0)

@@ -23,7 +23,8 @@ from rld.engine.distributed import World
 from rld.engine.loop import Member, group_step
 from rld.engine.static import StaticSteps
 from rld.engine.syncs import HostSyncCounter
-from rld.engine.trainer import Run, TeacherForward, build_teacher_fn, prepare_out_dir
+from rld.engine.teacher import TeacherForward, build_teacher_fn
+from rld.engine.trainer import Run, prepare_out_dir
 from rld.errors import UserError
 from rld.fast.cache import open_teacher_cache
 from rld.losses import value_checks

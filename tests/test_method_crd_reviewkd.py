@@ -19,7 +19,8 @@ from rld.engine.faults import FAULT_EXIT_STATUS
 from rld.engine.loop import Member
 from rld.engine.static import StaticSteps
 from rld.engine.syncs import HostSyncCounter
-from rld.engine.trainer import Run, build_run_data, build_teacher_fn, method_inputs, prepare_out_dir
+from rld.engine.teacher import build_teacher_fn
+from rld.engine.trainer import Run, build_run_data, method_inputs, prepare_out_dir
 from rld.errors import UserError
 from rld.experiments.tables import TABLE2_PAIRS, TABLE3_PAIRS, TABLE4_PAIRS
 from rld.losses import crd_nce_loss, crd_scores, hcl_loss, value_checks

@@ -182,7 +182,8 @@ def test_no_host_sync_in_a_step_plain_or_static(teacher_ckpt, tmp_path):
     from rld.engine.loop import Member
     from rld.engine.static import StaticSteps
     from rld.engine.syncs import HostSyncCounter
-    from rld.engine.trainer import Run, build_teacher_fn, prepare_out_dir
+    from rld.engine.teacher import build_teacher_fn
+    from rld.engine.trainer import Run, prepare_out_dir
     from rld.losses import value_checks
 
     data = build_data("digits", None, batch_size=16, eval_batch_size=512, device="cpu", seed=0, image_size=16)

@@ -18,7 +18,8 @@ from rld.config import resolve
 from rld.data import build_data
 from rld.engine import train
 from rld.engine.distributed import World
-from rld.engine.trainer import Run, TeacherForward, build_teacher_fn, prepare_out_dir
+from rld.engine.teacher import TeacherForward, build_teacher_fn
+from rld.engine.trainer import Run, prepare_out_dir
 from rld.errors import UserError
 from rld.experiments import collect, plan_table, reproduce
 from rld.experiments.plan import DONE, refresh_status

@@ -258,8 +258,8 @@ def eval_preprocess(test_loader: Any) -> dict[str, Any]:
     if isinstance(test_loader, DeviceLoader):
         return {
             "size": [test_loader.height, test_loader.width],
-            "mean": [float(v) for v in test_loader._mean.cpu()],
-            "std": [float(v) for v in test_loader._std.cpu()],
+            "mean": list(test_loader.mean),
+            "std": list(test_loader.std),
         }
     import torchvision.transforms as T
 

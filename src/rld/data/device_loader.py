@@ -121,6 +121,7 @@ class DeviceLoader:
         padded = np.pad(split.x, ((0, 0), (PAD, PAD), (PAD, PAD), (0, 0)))
         self._x = torch.from_numpy(padded).to(self.device)  # (N, H+8, W+8, 3) uint8
         self._y = torch.from_numpy(split.y.astype(np.int64)).to(self.device)  # (N,)
+        self.mean, self.std = tuple(float(v) for v in mean), tuple(float(v) for v in std)  # per channel
         self._mean = torch.tensor(mean, dtype=torch.float32, device=self.device)
         self._std = torch.tensor(std, dtype=torch.float32, device=self.device)
         self._rows = torch.arange(self.height, device=self.device)

@@ -1,10 +1,12 @@
-"""Training engine: the epoch loop, evaluation, checkpoints and resume, torchrun data parallelism.
+"""Training engine: the step, the epoch loop, a run and its folder, evaluation, checkpoints and
+resume, torchrun data parallelism.
 
 The modules, lower first: ``step`` (the one training step), ``metrics`` (a run's epoch metrics),
-``batched`` (students stacked), ``static`` (the whole step, CUDA graphs), ``trainer`` (a run: its
-student, method, optimizer, schedule, folder writes; the teacher provider; evaluation), ``predictor``
-(what a checkpoint predicts with; evaluating checkpoints), ``loop`` (the one epoch loop; ``train``),
-``sweep`` (groups of runs). Imported lazily, as :mod:`rld.fast`.
+``teacher`` (what the methods read from the teacher), ``batched`` (students stacked), ``static``
+(the whole step, CUDA graphs), ``folder`` (a run's folder), ``trainer`` (a run: its student, method,
+optimizer and schedule; evaluation; set-up), ``predictor`` (what a checkpoint predicts with;
+evaluating checkpoints), ``loop`` (the one epoch loop; ``train``), ``sweep`` (groups of runs).
+Imported lazily, as :mod:`rld.fast`; ``docs/architecture.md`` tells how a step flows.
 """
 
 from rld._lazy import lazy_exports

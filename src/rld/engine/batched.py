@@ -188,7 +188,7 @@ class GroupStep:
 
     def __call__(self, batches: list[Any], teachers: list[Any], epoch: Any, swap_rng: bool = True) -> None:
         """One step of every member; per data stream, ``batches`` its batch and ``teachers`` the
-        teacher's outputs on it (of :func:`teacher_outputs <rld.engine.trainer.teacher_outputs>`;
+        teacher's outputs on it (of :func:`teacher_outputs <rld.engine.teacher.teacher_outputs>`;
         shared, read-only). ``swap_rng``: each single run's global RNG state is swapped in around its
         step (a stack draws no random numbers)."""
         for unit in self.units:

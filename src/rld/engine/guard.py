@@ -183,7 +183,7 @@ def save_position(run: Any, epoch: int, step: int, world: World) -> bool:
             "sums": per_rank.cpu(),  # (world size, len(keys) + 2): the sums, correct, seen of each process
             "train_time": time.perf_counter() - run.metrics.tic,
         }
-        run.write_checkpoints({run.out / "checkpoints" / STEP_CHECKPOINT: state})
+        run.folder.write({STEP_CHECKPOINT: state})
     return True
 
 

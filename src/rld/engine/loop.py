@@ -27,17 +27,8 @@ from rld.engine import guard, lock
 from rld.engine.batched import GroupStep, batch_students_wanted
 from rld.engine.distributed import World, barrier, init_world, main_decides, shutdown
 from rld.engine.static import StaticSteps, static_step_wanted
-from rld.engine.trainer import (
-    Run,
-    build_run_data,
-    build_teacher_fn,
-    data_info,
-    method_inputs,
-    prepare_out_dir,
-    setup,
-    setup_lines,
-    stream_teacher_outputs,
-)
+from rld.engine.teacher import build_teacher_fn, teacher_outputs
+from rld.engine.trainer import Run, build_run_data, data_info, method_inputs, prepare_out_dir, setup, setup_lines
 from rld.errors import DivergedError
 from rld.methods import get_spec
 
@@ -98,7 +89,7 @@ def group_step(
     by the students."""
     batches = [batches] if isinstance(batches, Batch) else list(batches)
     methods = [[m.run.method for m in members if m.stream == s] for s in range(len(batches))]
-    teachers = stream_teacher_outputs(teacher_fn, batches, methods)
+    teachers = teacher_outputs(teacher_fn, batches, methods)
     (stepper or GroupStep(members))(batches, teachers, epoch)
 
 
@@ -213,8 +204,10 @@ def _train(cfg: RunConfig, out: Path, resume: bool, world: World) -> dict[str, A
         resume_from=resume_from,
         resume=resume,
         **method_inputs(cfg, data, teacher_fn),
+        data_info=data_info(data),
+        split=data.split,
+        expected_state=expected,
     )
-    run.data_info, run.split, run.expected_state = data_info(data), data.split, expected
     setup_text = setup_lines(cfg, out, data, run, teacher_fn, device, world)
     if world.is_main:
         for line in setup_text:

@@ -48,6 +48,7 @@ import torch
 from rld.data.device_loader import DeviceLoader
 from rld.data.types import Batch
 from rld.engine.batched import GroupStep
+from rld.engine.teacher import teacher_outputs
 from rld.errors import UserError
 
 log = logging.getLogger("rld")
@@ -155,6 +156,11 @@ class StaticSteps:
         self.attempts: list[dict[str, Any]] = []  # every capture attempt: size, captured, error
         self._side = torch.cuda.Stream(device) if self.capture and device.type == "cuda" else None
 
+    @property
+    def captured_sizes(self) -> list[int]:
+        """The batch sizes whose step is replayed as a CUDA graph, in increasing order."""
+        return sorted(self._graphs)
+
     def batch_sizes(self) -> list[int]:
         """The batch sizes of one epoch, in order: full batches, then the partial one if any."""
         n, b = self.loader.num_samples, self.loader.batch_size
@@ -191,14 +197,12 @@ class StaticSteps:
 
     def _body(self, size: int, swap_rng: bool = True) -> None:
         """One step on the next ``size`` samples of the plan: device work only."""
-        from rld.engine.trainer import stream_teacher_outputs
-
         at = self._pos + self._offsets[:size]
         batches = []
         for s, loader in enumerate(self.loaders):
             indices, views = self._order[s][at], self._views[s][at]
             batches.append(Batch(loader.render_views(indices, views), loader.targets(indices), indices, views))
-        teachers = stream_teacher_outputs(self.teacher_fn, batches, self._methods)
+        teachers = teacher_outputs(self.teacher_fn, batches, self._methods)
         self.stepper(batches, teachers, 0, swap_rng)
         self._pos += size
 

@@ -70,7 +70,8 @@ from rld.engine import guard, lock
 from rld.engine.batched import batch_students_wanted
 from rld.engine.distributed import World
 from rld.engine.loop import Member, train_group
-from rld.engine.trainer import Run, build_run_data, build_teacher_fn, data_info, method_inputs, prepare_out_dir, setup
+from rld.engine.teacher import build_teacher_fn
+from rld.engine.trainer import Run, build_run_data, data_info, method_inputs, prepare_out_dir, setup
 from rld.errors import UserError
 from rld.methods import get_spec
 
@@ -252,8 +253,9 @@ def _run_group(group: list[SweepRun], resume_from: dict[Path, Path | None], resu
             resume_from=resume_from[r.out],
             resume=resume,
             **method_inputs(r.cfg, data, teacher_fn),
+            data_info=data_info(data),
+            split=data.split,
         )
-        run.data_info, run.split = data_info(data), data.split
         members.append(Member.own_rng(run, tag=r, stream=seeds.index(r.cfg.seed)))
 
     failed = train_group(members, data, teacher_fn, world, loaders)

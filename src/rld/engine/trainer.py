@@ -1,66 +1,45 @@
-"""The training engine: one run = one student trained with one method, evaluated every epoch.
+"""A run: one student trained with one method (:class:`Run`: the student, the method, the optimizer,
+the schedule and the state an exact resume needs), evaluation, and the set-up of a process and its
+data.
 
-``train(cfg, out_dir)`` is the whole life of a run folder::
-
-    out_dir/config.yaml            the resolved configuration
-    out_dir/metrics.csv            one row per finished epoch
-    out_dir/checkpoints/last.pt    everything an exact resume needs, rewritten atomically each epoch
-    out_dir/checkpoints/step.pt    the same inside an epoch (a preemption, train.checkpoint_every_steps)
-    out_dir/checkpoints/best.pt    the student at its best test top-1 so far
-    out_dir/rld.lock               held by the process that trains the run (rld.engine.lock)
-    out_dir/tb/                    TensorBoard events, when tensorboard is installed
-
-The engine only asks the method what it needs (``needs_teacher``, its trainable parameters) and
-never branches on a method's name.
+The run's folder and what is written there are :class:`~rld.engine.folder.RunFolder`'s; its epoch
+metrics :class:`~rld.engine.metrics.EpochMetrics`; what it reads from the teacher
+:mod:`rld.engine.teacher`'s; the loop that drives it :mod:`rld.engine.loop`. The engine only asks
+the method what it needs (``needs_teacher``, its trainable parameters) and never branches on a
+method's name.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import logging
 import math
 import os
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from rld.config import TEACHER_PRECISIONS, RunConfig, from_dict, to_yaml
+from rld.config import RunConfig, from_dict
 from rld.data import build_data
 from rld.data.build import eval_preprocess
-from rld.data.types import concat_batches
 from rld.engine import checkpoint as ckpt
-from rld.engine import faults, guard, lock
+from rld.engine import faults, guard
 from rld.engine.distributed import World, all_sum
+from rld.engine.folder import RunFolder
 from rld.engine.metrics import EpochMetrics
 from rld.engine.step import Outcome, train_step
+from rld.engine.teacher import TeacherViews
 from rld.errors import UserError
 from rld.methods import MethodContext, StrongView, build_method, get_spec, logits_only
-from rld.models import create_model, load_checkpoint
 from rld.models.features import Features
 from rld.models.weights import create_pretrained, freeze_backbone
 
 log = logging.getLogger("rld")
-
-METRIC_COLUMNS = [
-    "epoch",
-    "train_loss",
-    "train_top1",
-    "test_loss",
-    "test_top1",
-    "test_top5",
-    "lr",
-    "epoch_time",
-    "train_time",
-    "steps",
-]
-TIME_COLUMNS = ("epoch_time", "train_time")
 
 
 def lr_at(cfg: RunConfig, epoch: int) -> float:
@@ -147,27 +126,6 @@ def _check_writable(out: Path) -> None:
         raise UserError(f"cannot write to the output folder {out}: {reason}; choose another --out")
 
 
-def _build_teacher(cfg: RunConfig, num_classes: int, device: torch.device) -> nn.Module:
-    m = cfg.model
-    if not m.teacher:
-        raise UserError(f"method {cfg.method.name!r} needs a teacher: set model.teacher (or use a preset)")
-    if m.teacher_weights:
-        from rld.models.weights import create_pretrained
-
-        teacher = create_pretrained(m.teacher, m.teacher_weights, num_classes, m.dataset, replace_head=False)
-        teacher.checkpoint_metadata = {}
-        return teacher.eval().requires_grad_(False).to(device)
-    if not m.teacher_checkpoint:
-        raise UserError(
-            f"method {cfg.method.name!r} needs a trained {m.teacher} teacher: pass --teacher CKPT "
-            f"(train one with `rld train` and a vanilla preset, then use its checkpoints/last.pt)"
-        )
-    teacher = create_model(m.teacher, num_classes=num_classes, dataset=m.dataset)
-    teacher.checkpoint_metadata = load_checkpoint(teacher, m.teacher_checkpoint)
-    teacher.eval().requires_grad_(False)
-    return teacher.to(device)
-
-
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, device: torch.device, world: World) -> dict[str, float]:
     """Test loss, top-1 and top-5 (%), summed over every process; always in float32 (never autocast)."""
@@ -189,28 +147,6 @@ def evaluate(model: nn.Module, loader, device: torch.device, world: World) -> di
         )
     loss, top1, top5, n = all_sum(sums, world).tolist()
     return {"test_loss": loss / n, "test_top1": 100 * top1 / n, "test_top5": 100 * top5 / n}
-
-
-def _write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
-    columns = list(METRIC_COLUMNS)
-    for row in history:
-        columns += [k for k in row if k not in columns]
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    for row in history:
-        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-    ckpt.write_text_atomic(path, buf.getvalue())
-
-
-def _tensorboard(out: Path, world: World):
-    if not world.is_main:
-        return None
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        return None
-    return SummaryWriter(str(out / "tb"))
 
 
 # How a run executes, not what it trains: these may change when a run is resumed. (``train.amp``
@@ -258,76 +194,6 @@ def _check_same_config(saved: RunConfig, cfg: RunConfig, where: Path, epochs_don
             "undo them (choose a larger train.epochs or another --out)"
         )
     return schedule
-
-
-class TeacherForward:
-    """Teacher logits of a batch from the frozen, eval-mode teacher, always float32.
-
-    The logits are never bf16-rounded: bf16 spacing is 0.0625 for |z| in [8, 16), which creates
-    ties that change RLD's mask M_ge, the teacher argmax of SCD, LA's swap and LR's right/wrong
-    split. With ``amp`` on CUDA the teacher's body runs under bf16 autocast and its final linear
-    layer in float32 on the float32-cast pooled feature; on the CPU the whole teacher runs in
-    float32, which costs less there (``benchmarks/teacher_precision.py``: on a CPU without bf16
-    units the bf16 body is several times slower). ``bf16_body`` forces either way; ``precision``
-    names the computation (it is part of the teacher-logit cache key).
-    """
-
-    def __init__(self, teacher: nn.Module, amp: bool, *, bf16_body: bool | None = None):
-        if bf16_body is None:
-            device_type = next(iter(teacher.parameters())).device.type
-            bf16_body = bool(amp) and device_type == "cuda"
-        self.teacher, self.amp, self.bf16_body = teacher, bool(amp), bool(bf16_body)
-        self.precision = TEACHER_PRECISIONS[self.bf16_body]
-
-    @torch.no_grad()
-    def __call__(self, batch, features: bool = False) -> torch.Tensor | Features:
-        """The teacher's float32 logits ``(B, C)``; with ``features`` its :class:`Features` of the
-        same pass (stage features in the body's precision, logits float32 as above)."""
-        x = batch.images
-        if not self.bf16_body:
-            with torch.autocast(x.device.type, enabled=False):
-                if not features:
-                    return self.teacher(x).float()
-                out = self.teacher.forward_features(x)
-                return dataclasses.replace(out, logits=out.logits.float())
-        # no autocast weight cache: it cannot live across CUDA-graph replays (rld.engine.static)
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, cache_enabled=False):
-            out = self.teacher.forward_features(x)
-        logits = self.teacher.get_classifier()(out.pooled.float())
-        return dataclasses.replace(out, logits=logits) if features else logits
-
-
-class TeacherViews(NamedTuple):
-    """The teacher's outputs on both views of a batch (for methods that train on the strong view)."""
-
-    weak: torch.Tensor | Features
-    strong: torch.Tensor | Features
-
-
-def teacher_outputs(teacher_fn, batch, methods) -> torch.Tensor | Features | TeacherViews | None:
-    """What ``methods`` (stepped on the same batch) read from the teacher, computed once: None when
-    none needs the teacher, its logits when they read only those, else its :class:`Features`; and
-    when one of them trains on the strong view (``batch.strong``), those of both views as
-    :class:`TeacherViews`."""
-    specs = [m.spec for m in methods if m.needs_teacher]
-    if teacher_fn is None or not specs:
-        return None
-    features = any(spec.teacher_features for spec in specs)
-    weak = teacher_fn(batch, features=True) if features else teacher_fn(batch)
-    if batch.strong is None or not any(spec.strong_view for spec in specs):
-        return weak
-    strong = batch._replace(images=batch.strong, views=None, strong=None)
-    return TeacherViews(weak, teacher_fn(strong, features=True) if features else teacher_fn(strong))
-
-
-def stream_teacher_outputs(teacher_fn, batches, methods) -> list:
-    """:func:`teacher_outputs` of each data stream's batch (``methods[s]``: those stepped on
-    ``batches[s]``). When they all read only the teacher's logits, the teacher runs once on the
-    batches together (one forward or cache lookup of all their samples), split back per stream."""
-    specs = [m.spec for ms in methods for m in ms if m.needs_teacher]
-    if len(batches) == 1 or teacher_fn is None or not specs or any(s.teacher_features or s.strong_view for s in specs):
-        return [teacher_outputs(teacher_fn, b, ms) for b, ms in zip(batches, methods)]
-    return list(teacher_fn(concat_batches(batches)).split([len(b.targets) for b in batches]))
 
 
 class StudentAndMethod(nn.Module):
@@ -399,7 +265,6 @@ class Run:
     """
 
     resume_position: dict | None = None  # the position inside an epoch of a resumed step.pt (rld.engine.guard)
-    expected_state: tuple | None = None  # the folder as the command checked it (rld.engine.lock.folder_state)
 
     def __init__(
         self,
@@ -414,11 +279,19 @@ class Run:
         teacher: nn.Module | None = None,
         input_shape: tuple[int, ...] | None = None,
         labels: torch.Tensor | None = None,
+        data_info: dict[str, Any] | None = None,
+        split: Any = None,
+        expected_state: tuple | None = None,
     ):
         """``teacher``, ``input_shape`` and ``labels`` (of the training split) are what a method that
-        reads features is built from (:class:`~rld.methods.base.MethodContext`)."""
+        reads features is built from (:class:`~rld.methods.base.MethodContext`). ``data_info``: what a
+        prediction needs from the data set (:func:`data_info`, saved in the checkpoints); ``split``: a
+        single folder's / manifest's train-validation split (saved as ``split.json``);
+        ``expected_state``: the folder as the command checked it (:class:`~rld.engine.folder.RunFolder`)."""
         t = cfg.train
         self.cfg, self.out, self.world, self.device = cfg, out, world, device
+        self.folder = RunFolder(out, world, expected_state)
+        self.data_info, self.split = data_info, split
         self.num_classes = num_classes
         self.amp = t.amp
         torch.manual_seed(cfg.seed)
@@ -455,9 +328,6 @@ class Run:
         self.epoch: int | None = None  # the epoch begun last
         self.start_epoch = 1
         self.started = False  # see start()
-        self.data_info: dict[str, Any] | None = None  # set by the loop that owns the data
-        self.split: Any = None  # a single folder's / manifest's train-validation split, saved as split.json
-        self.tb = None
         self._resume_rng: dict | None = None
         if resume_from is not None:
             self._load(resume_from)
@@ -500,26 +370,7 @@ class Run:
         if self._resume_rng is not None:
             ckpt.set_rng_state(self._resume_rng)
             self._resume_rng = None
-        if not self.world.is_main:
-            return
-        lock.hold(self.out, self.expected_state)  # one writer per run folder, from its first write on
-        try:
-            (self.out / "checkpoints").mkdir(parents=True, exist_ok=True)
-            ckpt.write_text_atomic(self.out / "config.yaml", to_yaml(self.cfg))
-            if self.split is not None:
-                from rld.data.sources import SPLIT_FILE
-
-                ckpt.write_text_atomic(self.out / SPLIT_FILE, self.split.to_json())
-            teacher_ckpt = self.cfg.model.teacher_checkpoint
-            if self.method.needs_teacher and teacher_ckpt and Path(teacher_ckpt).is_file():
-                ckpt.write_teacher_record(self.out, teacher_ckpt, self.cfg.model.teacher or "")
-        except OSError as err:
-            raise UserError(
-                f"cannot write to the output folder {self.out}: {err.strerror}; choose another --out"
-            ) from err
-        if self.history:
-            _write_metrics(self.out / "metrics.csv", self.history)
-        self.tb = _tensorboard(self.out, self.world)
+        self.folder.open(self.cfg, self.history, self.split, teacher_record=self.method.needs_teacher)
 
     @property
     def needs_teacher(self) -> bool:
@@ -627,7 +478,7 @@ class Run:
         row.update({f"loss_{k}": means[k] for k in keys if k != "loss"})
         if parts:  # the last finite checkpoint stays; metrics.csv shows the epoch that diverged
             if self.world.is_main:
-                self.write_checkpoints({}, [*self.history, {**row, "status": "diverged"}])
+                self.folder.write({}, [*self.history, {**row, "status": "diverged"}])
             raise guard.diverged(self, epoch, parts)
         self.history.append(row)
         improved = row["test_top1"] > self.best["test_top1"]
@@ -635,10 +486,7 @@ class Run:
             self.best = {"test_top1": row["test_top1"], "epoch": epoch}
         if self.world.is_main:
             self._save(epoch, improved)
-            if self.tb is not None:
-                for key, value in row.items():
-                    if key != "epoch":
-                        self.tb.add_scalar(key, value, epoch)
+            self.folder.log_scalars(row, epoch)
             log.info(
                 "%sepoch %d/%d  loss %.4f  %s top-1 %.2f  top-5 %.2f  (best %.2f @ %d)  lr %.4g  %.1fs",
                 f"[{self.out.name}] " if self.out.name else "",
@@ -657,11 +505,11 @@ class Run:
 
     def _save(self, epoch: int, improved: bool) -> None:
         state = self.checkpoint_state(epoch)
-        files = {self.out / "checkpoints" / "last.pt": state}
+        files = {"last.pt": state}
         if improved:
-            files = {self.out / "checkpoints" / "best.pt": {**state, "optimizer": None}, **files}
-        self.write_checkpoints(files, self.history)
-        (self.out / "checkpoints" / guard.STEP_CHECKPOINT).unlink(missing_ok=True)  # older than last.pt now
+            files = {"best.pt": {**state, "optimizer": None}, **files}
+        self.folder.write(files, self.history)
+        self.folder.forget_position()  # step.pt is older than last.pt now
 
     def checkpoint_state(self, epoch: int) -> dict[str, Any]:
         """What ``last.pt`` holds after ``epoch`` finished epochs: everything an exact resume needs."""
@@ -681,32 +529,8 @@ class Run:
             "data_info": self.data_info,  # class names and evaluation preprocessing (rld export / predict)
         }
 
-    def write_checkpoints(self, files: dict[Path, dict[str, Any]], rows: list[dict[str, Any]] | None = None) -> None:
-        """Write checkpoint ``files`` (path → state, each atomically), then ``rows`` as metrics.csv.
-
-        A write that fails (a full disk, a folder made read-only) leaves the file it was replacing
-        intact and raises UserError naming the file and the reason."""
-        path = None
-        try:
-            for path, state in files.items():
-                ckpt.save_atomic(state, path, before_rename=self._before_rename if path.name == "last.pt" else None)
-            if rows is not None:
-                path = self.out / "metrics.csv"
-                _write_metrics(path, rows)
-        except OSError as err:
-            reason = err.strerror or str(err)
-            kept = f"the previous {path.name} is intact" if path.exists() else f"{path.name} was not written"
-            raise UserError(
-                f"cannot write {path}: {reason}; {kept}. Free space on that disk (or make the folder writable), "
-                "then continue with --resume"
-            ) from err
-
-    def _before_rename(self) -> None:
-        faults.reached("before_rename", self)
-
     def close(self) -> dict[str, Any]:
-        if self.tb is not None:
-            self.tb.close()
+        self.folder.close()
         last = self.history[-1] if self.history else {}
         return {
             "out": str(self.out),
@@ -801,23 +625,6 @@ def build_run_data(cfg: RunConfig, device: torch.device, world: World, out: Path
         strong_view=get_spec(cfg.method.name).strong_view,
         **data_options(cfg, out),
     )
-
-
-def build_teacher_fn(cfg: RunConfig, num_classes: int, device: torch.device, train_loader=None):
-    """The teacher-logit provider of a run: ``provider(batch) -> (B, C)`` float32 teacher logits.
-
-    A forward pass of the frozen teacher, or, with ``train.teacher_cache`` lazy/full, lookups in the
-    teacher-logit cache of ``train_loader`` (:mod:`rld.fast.cache`; device-resident loader only).
-    """
-    teacher = _build_teacher(cfg, num_classes, device)
-    if cfg.train.channels_last:
-        teacher = teacher.to(memory_format=torch.channels_last)
-    forward = TeacherForward(teacher, cfg.train.amp)
-    if cfg.train.teacher_cache == "off":
-        return forward
-    from rld.fast.cache import open_teacher_cache
-
-    return open_teacher_cache(cfg, forward, train_loader, num_classes)
 
 
 def data_info(data) -> dict[str, Any]:

@@ -10,7 +10,7 @@
   each ingredient shows.
 * ``default`` — the project's default path on the device: :class:`~rld.data.DeviceLoader` (uint8 data
   on the device, crop/flip there) and :meth:`Run.step <rld.engine.trainer.Run.step>` with the teacher
-  forward (:class:`~rld.engine.trainer.TeacherForward`); no host synchronisation inside the epoch.
+  forward (:class:`~rld.engine.teacher.TeacherForward`); no host synchronisation inside the epoch.
   On CUDA the whole step is replayed as a CUDA graph (:mod:`rld.engine.static`), as in training.
 * ``cached`` — as ``default``, with the teacher logits looked up in the teacher-logit cache
   (:mod:`rld.fast.cache`). Filling the entries those steps use (their teacher forwards) is timed
@@ -61,7 +61,8 @@ from rld.engine.batched import GroupStep, batch_students_wanted
 from rld.engine.distributed import World
 from rld.engine.loop import Member, group_step
 from rld.engine.static import StaticSteps
-from rld.engine.trainer import Run, TeacherForward, setup
+from rld.engine.teacher import TeacherForward
+from rld.engine.trainer import Run, setup
 from rld.errors import UserError
 from rld.fast.cache import CachedTeacher, LogitStore, open_teacher_cache
 from rld.losses._fused import eager_kernel
@@ -269,7 +270,7 @@ class DevicePath:
     @property
     def captured(self) -> bool:
         """Whether the step runs as a CUDA graph (some batch size was captured)."""
-        return self.static is not None and bool(self.static._graphs)
+        return self.static is not None and bool(self.static.captured_sizes)
 
     def step(self) -> None:
         if self.static is None:

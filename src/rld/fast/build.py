@@ -9,7 +9,8 @@ from dataclasses import replace
 from typing import Any
 
 from rld.engine.distributed import World
-from rld.engine.trainer import build_run_data, build_teacher_fn, setup
+from rld.engine.teacher import build_teacher_fn
+from rld.engine.trainer import build_run_data, setup
 from rld.errors import UserError
 from rld.fast.cache import usable_views
 from rld.methods import get_spec

@@ -575,7 +575,7 @@ def open_teacher_cache(
 
     Args:
         cfg: the run's RunConfig.
-        teacher_fn: the teacher forward (:class:`rld.engine.trainer.TeacherForward`: ``.teacher``, ``.precision``).
+        teacher_fn: the teacher forward (:class:`rld.engine.teacher.TeacherForward`: ``.teacher``, ``.precision``).
         loader: the run's training loader; must be a :class:`DeviceLoader`.
         num_classes: C, the teacher's number of outputs.
         progress: ``progress(done, total)`` while a full build runs.
