@@ -204,36 +204,9 @@ def build_data(
     from rld.data import sources
 
     size = sources.IMAGE_SIZE_DEFAULT if image_size is None else image_size
-
-    root = Path(path).expanduser()
-    if key == "hf":
-        train_set, test_set, classes = sources.hf_datasets(
-            path,
-            image_column=image_column,
-            label_column=label_column,
-            val_fraction=val_fraction,
-            seed=seed,
-            image_size=size,
-            held_out=holdout is None,
-        )
-    else:
-        if split is None and root.suffix.lower() == ".csv":
-            split = sources.manifest_split(root, val_fraction, seed)
-        elif split is None and root.is_dir() and not any((root / n).is_dir() for n in ("train", "val", "test")):
-            if val_fraction is None:
-                raise UserError(
-                    f"{root} has no train/ and val/ folders: set data.val_fraction (e.g. 0.1) to split its "
-                    "<class>/ folders into training and validation images"
-                )
-            split = sources.folder_split(root, val_fraction, seed)
-        if split is not None:
-            train_set, test_set = sources.split_datasets(split, size, skip_bad_images, held_out=holdout is None)
-            classes = list(split.classes)
-        else:
-            train_set, test_set = (
-                load_image_folders(path, size) if holdout is None else (load_train_folder(path, size), None)
-            )
-            classes = list(train_set.classes)
+    train_set, test_set, classes, split = _image_datasets(
+        key, path, size, split, val_fraction, seed, skip_bad_images, image_column, label_column, holdout is None
+    )
     carved = None
     if holdout is not None:  # the data set's own evaluation part was never built (test_set is None)
         eval_transform = sources.image_transform(train=False, image_size=size)
@@ -250,6 +223,54 @@ def build_data(
         split,
         carved,
     )
+
+
+def _image_datasets(
+    key: str,
+    path: str,
+    size: int,
+    split: Any,
+    val_fraction: float | None,
+    seed: int,
+    skip_bad_images: bool,
+    image_column: str,
+    label_column: str,
+    held_out: bool,
+) -> tuple[Any, Any, list[str], Any]:
+    """(training set, evaluation set, class names, split) of an image source: a Hugging Face data set
+    (``key="hf"``), a CSV manifest, a single folder of class folders (split by ``val_fraction``, or
+    ``split`` saved before), or ``train/`` and ``val/`` folders. ``held_out``: build the evaluation set
+    (False when ``data.holdout`` carves it from the training images instead: it is None then)."""
+    from rld.data import sources
+
+    root = Path(path).expanduser()
+    if key == "hf":
+        train_set, test_set, classes = sources.hf_datasets(
+            path,
+            image_column=image_column,
+            label_column=label_column,
+            val_fraction=val_fraction,
+            seed=seed,
+            image_size=size,
+            held_out=held_out,
+        )
+    else:
+        if split is None and root.suffix.lower() == ".csv":
+            split = sources.manifest_split(root, val_fraction, seed)
+        elif split is None and root.is_dir() and not any((root / n).is_dir() for n in ("train", "val", "test")):
+            if val_fraction is None:
+                raise UserError(
+                    f"{root} has no train/ and val/ folders: set data.val_fraction (e.g. 0.1) to split its "
+                    "<class>/ folders into training and validation images"
+                )
+            split = sources.folder_split(root, val_fraction, seed)
+        if split is not None:
+            train_set, test_set = sources.split_datasets(split, size, skip_bad_images, held_out=held_out)
+            classes = list(split.classes)
+        else:
+            train_set, test_set = load_image_folders(path, size) if held_out else (load_train_folder(path, size), None)
+            classes = list(train_set.classes)
+    return train_set, test_set, classes, split
 
 
 def eval_preprocess(test_loader: Any) -> dict[str, Any]:

@@ -322,14 +322,7 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
         raise UserError("--device cuda but no CUDA device is available; use --device cpu")
     cfg = _config(opts)
     setup(cfg, World())  # the process settings `rld train` uses (deterministic kernels, cuDNN, ...)
-    if opts.data:
-        data = load_cifar100(opts.data)
-        data_desc = f"cifar100 arrays from {opts.data} ({len(data.train)} training images, {data.num_classes} classes)"
-    else:
-        data = synthetic_cifar(opts.synthetic_size, seed=opts.seed)
-        data_desc = (
-            f"synthetic CIFAR-shaped random uint8 ({len(data.train)} images 32x32x3, {data.num_classes} classes)"
-        )
+    data, data_desc = _bench_data(opts)
     sweep_sizes = opts.sweep_sizes if opts.sweep_sizes is not None else ((4, 16) if device.type == "cuda" else ())
     seeds = opts.sweep_seeds
     if seeds < 1 or any(m % seeds for m in sweep_sizes):
@@ -361,19 +354,7 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="rld-bench-") as tmp:
         cache_cfg = resolve_cache_cfg(cfg, Path(tmp) / "cache")
         if cacheable:
-            t0 = time.perf_counter()
-            store_provider = open_teacher_cache(cache_cfg, forward, loader, data.num_classes)
-            cache_open_s = time.perf_counter() - t0
-            idx, views = planned_entries(loader, per_path * opts.rounds)  # every path replays this plan
-            t0 = time.perf_counter()
-            entries = store_provider.fill(idx, views)
-            _sync(device)
-            cache_build_s = time.perf_counter() - t0
-            for k in range(1, seeds):  # the plans of a sweep's other seeds (untimed)
-                store_provider.fill(*planned_entries(loader.with_seed(loader.seed + k), per_path * opts.rounds))
-            store: LogitStore = store_provider.store
-            store.to_device(device)
-            lookup = CachedTeacher(store, None, loader, lazy=False)
+            lookup, cache = _filled_cache(cache_cfg, forward, loader, data.num_classes, per_path * opts.rounds, seeds)
 
         def runs(count: int, tag: str) -> list[Run]:
             made = []
@@ -420,36 +401,7 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
             for name, path in paths.items():
                 times[name].append(_time_steps(path, opts.warmup, opts.steps, device))
 
-    results: dict[str, Any] = {}
-    for name, rounds in times.items():
-        pooled = [t for r in rounds for t in r]
-        results[name] = {
-            "ms_per_step": statistics.median(pooled),
-            "round_medians_ms": [statistics.median(r) for r in rounds],
-            "captured": bool(getattr(paths[name], "captured", False)),
-        }
-        if name.startswith("sweep_"):
-            results[name]["students_stacked"] = paths[name].stepper.stacked
-    conv = results["conventional"]["ms_per_step"]
-    for name in ("default_eager", "default", "cached"):
-        if name in results:
-            results[name]["speedup_vs_conventional"] = conv / results[name]["ms_per_step"]
-    if cacheable:
-        results["cached"].update(cache_build_s=cache_build_s, cache_entries=entries, cache_open_s=cache_open_s)
-    else:
-        no_cache = f"method {opts.method} reads the teacher's features, which the teacher-logit cache does not hold"
-        results["cached"] = {"measured": False, "reason": no_cache}
-    for m in (4, 16):
-        if m not in sweep_sizes or not cacheable:
-            reason = "measured on CUDA only (see rld.fast.bench)" if cacheable else "needs the teacher-logit cache"
-            results[f"sweep_{m}"] = {"measured": False, "reason": reason}
-    for m in sweep_sizes if cacheable else ():
-        for name in (f"sweep_{m}", other.format(m), *([f"sweep_{m}_seeds"] if seeds > 1 else [])):
-            r = results[name]
-            r["students"], r["seeds"] = m, seeds if name.endswith("_seeds") else 1
-            r["ms_per_student_step"] = r["ms_per_step"] / m
-            r["speedup_vs_separate_cached"] = results["cached"]["ms_per_step"] * m / r["ms_per_step"]
-            r["speedup_vs_default"] = results["default"]["ms_per_step"] * m / r["ms_per_step"]
+    results = _results(times, paths, opts, sweep_sizes, other, cache if cacheable else None)
     return {
         "device": device.type,
         "device_name": device_name(device),
@@ -477,6 +429,82 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
         },
         "results": results,
     }
+
+
+def _filled_cache(
+    cache_cfg: RunConfig, forward: TeacherForward, loader: DeviceLoader, num_classes: int, batches: int, seeds: int
+) -> tuple[CachedTeacher, dict[str, Any]]:
+    """A teacher-logit cache holding the entries of the first ``batches`` batches of ``loader`` (and of
+    the loaders of its ``seeds`` - 1 next seeds, untimed), on the device; and how long opening and
+    filling it took."""
+    t0 = time.perf_counter()
+    provider = open_teacher_cache(cache_cfg, forward, loader, num_classes)
+    open_s = time.perf_counter() - t0
+    idx, views = planned_entries(loader, batches)  # every path replays this plan
+    t0 = time.perf_counter()
+    entries = provider.fill(idx, views)
+    _sync(loader.device)
+    build_s = time.perf_counter() - t0
+    for k in range(1, seeds):  # the plans of a sweep's other seeds
+        provider.fill(*planned_entries(loader.with_seed(loader.seed + k), batches))
+    store: LogitStore = provider.store
+    store.to_device(loader.device)
+    figures = {"cache_build_s": build_s, "cache_entries": entries, "cache_open_s": open_s}
+    return CachedTeacher(store, None, loader, lazy=False), figures
+
+
+def _bench_data(opts: BenchOptions) -> tuple[ArrayDataset, str]:
+    """The bench's data set (CIFAR-100 arrays of ``--data``, else synthetic) and its description."""
+    if opts.data:
+        data = load_cifar100(opts.data)
+        return data, f"cifar100 arrays from {opts.data} ({len(data.train)} training images, {data.num_classes} classes)"
+    data = synthetic_cifar(opts.synthetic_size, seed=opts.seed)
+    return data, f"synthetic CIFAR-shaped random uint8 ({len(data.train)} images 32x32x3, {data.num_classes} classes)"
+
+
+def _results(
+    times: dict[str, list[list[float]]],
+    paths: dict[str, Any],
+    opts: BenchOptions,
+    sweep_sizes: tuple[int, ...],
+    other: str,
+    cache: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """Per path: the median ms/step and each round's, whether it was captured, its speed-ups; the
+    cache's build figures (``cache``; None: the method's teacher outputs cannot be cached)."""
+    seeds = opts.sweep_seeds
+    cacheable = cache is not None
+    results: dict[str, Any] = {}
+    for name, rounds in times.items():
+        pooled = [t for r in rounds for t in r]
+        results[name] = {
+            "ms_per_step": statistics.median(pooled),
+            "round_medians_ms": [statistics.median(r) for r in rounds],
+            "captured": bool(getattr(paths[name], "captured", False)),
+        }
+        if name.startswith("sweep_"):
+            results[name]["students_stacked"] = paths[name].stepper.stacked
+    conv = results["conventional"]["ms_per_step"]
+    for name in ("default_eager", "default", "cached"):
+        if name in results:
+            results[name]["speedup_vs_conventional"] = conv / results[name]["ms_per_step"]
+    if cacheable:
+        results["cached"].update(cache)
+    else:
+        no_cache = f"method {opts.method} reads the teacher's features, which the teacher-logit cache does not hold"
+        results["cached"] = {"measured": False, "reason": no_cache}
+    for m in (4, 16):
+        if m not in sweep_sizes or not cacheable:
+            reason = "measured on CUDA only (see rld.fast.bench)" if cacheable else "needs the teacher-logit cache"
+            results[f"sweep_{m}"] = {"measured": False, "reason": reason}
+    for m in sweep_sizes if cacheable else ():
+        for name in (f"sweep_{m}", other.format(m), *([f"sweep_{m}_seeds"] if seeds > 1 else [])):
+            r = results[name]
+            r["students"], r["seeds"] = m, seeds if name.endswith("_seeds") else 1
+            r["ms_per_student_step"] = r["ms_per_step"] / m
+            r["speedup_vs_separate_cached"] = results["cached"]["ms_per_step"] * m / r["ms_per_step"]
+            r["speedup_vs_default"] = results["default"]["ms_per_step"] * m / r["ms_per_step"]
+    return results
 
 
 def _losses_compiled(device: torch.device) -> bool:
