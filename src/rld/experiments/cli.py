@@ -312,7 +312,7 @@ def add_commands(sub) -> None:
         description=(
             "One line per run folder found below DIR (a folder with config.yaml): model (TEACHER-STUDENT), "
             "method, the configuration keys that differ between the listed runs, seed, epochs done/planned, best "
-            "and last test top-1 (%%), wall time (the epochs in metrics.csv) and status. Read from the small files "
+            "and last test top-1 (%), wall time (the epochs in metrics.csv) and status. Read from the small files "
             "of the folders alone (config.yaml, metrics.csv, which checkpoints exist, the lock)."
         ),
         epilog=(
