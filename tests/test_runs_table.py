@@ -255,3 +255,13 @@ def test_the_probe_reads_only_and_never_refuses_a_run(tmp_path):
     taken.release()
     timer.join()
     assert time.perf_counter() - start < 0.2
+
+
+def test_the_report_says_each_unfinished_runs_status(runs):
+    from rld.experiments.report import run_row
+    from rld.experiments.runs import RunRecord
+
+    epochs = {name: run_row(RunRecord.load(runs / name), runs).epochs for name in ("stopped", "nan", "ok/seed0")}
+    assert epochs == {"stopped": "1/2 (interrupted)", "nan": "1/2 (diverged)", "ok/seed0": "2/2"}
+    with _Holder(runs / "held"):
+        assert run_row(RunRecord.load(runs / "held"), runs).epochs == "2/2 (running)"
