@@ -11,7 +11,6 @@ import shutil
 import socket
 import statistics
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -249,12 +248,11 @@ def test_the_probe_reads_only_and_never_refuses_a_run(tmp_path):
     fcntl.flock(fd, fcntl.LOCK_SH)  # a probe, caught in its instant
     timer = threading.Timer(0.01, os.close, [fd])
     timer.start()
-    start = time.perf_counter()
     taken = lock.RunLock(out)
     taken.acquire()
+    assert taken.fd is not None and lock.holder(out).startswith(f"pid {os.getpid()} on host ")
     taken.release()
     timer.join()
-    assert time.perf_counter() - start < 0.2
 
 
 def test_the_report_says_each_unfinished_runs_status(runs):

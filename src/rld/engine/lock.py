@@ -193,18 +193,21 @@ class RunLock:
 
 
 _BUSY = (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK)
+PROBE_WAIT_S = 2.0
+"""How long taking the lock waits while it is held shared only (by probes, which hold it for an instant)."""
 
 
 def _lock_exclusive(fd: int) -> None:
-    """``flock(LOCK_EX | LOCK_NB)``, retried for a moment while the lock is only shared: :func:`holder`
-    (``rld runs``) takes a shared lock for an instant, which must not refuse a run. Where a shared
-    lock cannot be taken either, a process trains the run: the OSError is raised at once."""
-    for attempt in range(200):
+    """``flock(LOCK_EX | LOCK_NB)``, retried while the lock is only shared: :func:`holder` (``rld
+    runs``) takes a shared lock for an instant, which must not refuse a run. Where a shared lock
+    cannot be taken either, a process trains the run: the OSError is raised at once."""
+    deadline = time.monotonic() + PROBE_WAIT_S
+    while True:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             return
         except OSError as err:
-            if err.errno not in _BUSY or attempt == 199:
+            if err.errno not in _BUSY or time.monotonic() > deadline:
                 raise
             try:
                 fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # succeeds only when nobody holds it exclusively
