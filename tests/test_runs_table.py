@@ -263,3 +263,17 @@ def test_the_report_says_each_unfinished_runs_status(runs):
     assert epochs == {"stopped": "1/2 (interrupted)", "nan": "1/2 (diverged)", "ok/seed0": "2/2"}
     with _Holder(runs / "held"):
         assert run_row(RunRecord.load(runs / "held"), runs).epochs == "2/2 (running)"
+
+
+def test_run_folders_are_found_once_in_natural_order(tmp_path):
+    """A folder with config.yaml and metrics.csv or checkpoints/ is a run (its checkpoints/ and tb/
+    are not searched); seed2 comes before seed10; a folder given twice yields its runs once."""
+    from rld.experiments.runs_table import find_run_folders
+
+    for name in ("v/seed10", "v/seed2", "v/seed2/checkpoints/x"):
+        (tmp_path / name / "checkpoints").mkdir(parents=True)
+        (tmp_path / name / "config.yaml").write_text("seed: 0\n")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "config.yaml").write_text("seed: 0\n")  # neither metrics.csv nor checkpoints/
+    found = find_run_folders([tmp_path, tmp_path / "v"])
+    assert [p.relative_to(tmp_path).as_posix() for p in found] == ["v/seed2", "v/seed10"]

@@ -15,6 +15,7 @@ import csv
 import io
 import json
 import os
+import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,7 +80,12 @@ def find_run_folders(dirs: list[str | Path]) -> list[Path]:
             if "config.yaml" in files and ("metrics.csv" in files or "checkpoints" in subdirs):
                 found.setdefault(Path(root).resolve(), Path(root))
                 subdirs[:] = [s for s in subdirs if s not in RUN_SUBFOLDERS]
-    return sorted(found.values(), key=str)
+    return sorted(found.values(), key=_natural)
+
+
+def _natural(path: Path) -> list:
+    """``seed2`` before ``seed10``."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(path))]
 
 
 def flat_settings(settings: dict[str, Any]) -> dict[str, Any]:
