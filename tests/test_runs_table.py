@@ -10,6 +10,8 @@ import os
 import shutil
 import socket
 import statistics
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -277,3 +279,13 @@ def test_run_folders_are_found_once_in_natural_order(tmp_path):
     (tmp_path / "notes" / "config.yaml").write_text("seed: 0\n")  # neither metrics.csv nor checkpoints/
     found = find_run_folders([tmp_path, tmp_path / "v"])
     assert [p.relative_to(tmp_path).as_posix() for p in found] == ["v/seed2", "v/seed10"]
+
+
+def test_the_table_is_read_without_torch(runs):
+    """Only small files are read: neither torch nor numpy is imported (thousands of folders take seconds)."""
+    code = (
+        f"import sys, rld.cli; rld.cli.main(['runs', {str(runs)!r}, '--json']); "
+        "print(sorted(m for m in ('torch', 'numpy') if m in sys.modules), file=sys.stderr)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stderr.splitlines()[-1] == "[]" and len(json.loads(done.stdout)) == 7
