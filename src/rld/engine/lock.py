@@ -22,6 +22,9 @@ the process closes *any* descriptor of the file (reading the lock file would rel
 Checks and lock are two steps, so a process re-checks the folder once it holds the lock: another
 process may have trained the run in between (:func:`folder_state`).
 
+Whether a process trains a run now (``rld runs``) is :func:`holder`: it tries a shared lock and
+gives it back at once, without creating the lock file.
+
 On NFS, Linux emulates ``flock`` with POSIX byte-range locks, which the server arbitrates between
 machines (NFSv4, or NFSv3 with the lock manager): one writer per run folder across a cluster's shared
 file system.
@@ -118,11 +121,11 @@ class RunLock:
         for _ in range(100):  # a lock file removed by its holder meanwhile (release) is opened again
             existed, fd = self._open()
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                _lock_exclusive(fd)
             except OSError as err:
                 holder = _read(fd)
                 _close_fd(fd)
-                if err.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                if err.errno not in _BUSY:
                     raise UserError(f"cannot lock the run folder {self.out}: {err.strerror}") from err
                 raise RunFolderLocked(
                     f"{self.out} is being trained by another process ({describe(holder)}); wait for it to "
@@ -187,6 +190,53 @@ class RunLock:
         elif self.fd is not None and self.path in self.created:
             _remove(self.path)
         self.release()
+
+
+_BUSY = (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK)
+PROBE_WAIT_S = 2.0
+"""How long taking the lock waits while it is held shared only (by probes, which hold it for an instant)."""
+
+
+def _lock_exclusive(fd: int) -> None:
+    """``flock(LOCK_EX | LOCK_NB)``, retried while the lock is only shared: :func:`holder` (``rld
+    runs``) takes a shared lock for an instant, which must not refuse a run. Where a shared lock
+    cannot be taken either, a process trains the run: the OSError is raised at once."""
+    deadline = time.monotonic() + PROBE_WAIT_S
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except OSError as err:
+            if err.errno not in _BUSY or time.monotonic() > deadline:
+                raise
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # succeeds only when nobody holds it exclusively
+            except OSError:
+                raise err from None
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            time.sleep(0.001)
+
+
+def holder(out: Path) -> str | None:
+    """Who trains the run in ``out`` now: ``pid N on host H, since T`` while a process holds its lock
+    (this one included), else None. It only reads: it creates no file and holds a shared lock for an
+    instant (:func:`_lock_exclusive` waits that out); a lock that cannot be probed counts as free."""
+    path = Path(out) / LOCK_FILE
+    with _fds_guard:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        _fds[fd] = None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as err:
+            return describe(_read(fd)) if err.errno in _BUSY else None
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        _close_fd(fd)
 
 
 def _remove(path: Path) -> None:

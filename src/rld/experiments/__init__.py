@@ -5,7 +5,8 @@
 * :func:`reproduce` — run what is missing, resume what is unfinished, write the table;
 * :func:`collect`, :func:`to_markdown`, :func:`to_csv` — mean ± std over seeds beside the paper;
 * :func:`paper_value` — the published numbers (package data, arXiv 2408.07703v2, Tables 1–6);
-* :mod:`rld.experiments.report` — the HTML report of ``rld report``.
+* :mod:`rld.experiments.report` — the HTML report of ``rld report``;
+* :func:`runs_table` — every run below some folders with its status (``rld runs``).
 """
 
 from rld._lazy import lazy_exports
@@ -22,6 +23,7 @@ _EXPORTS = {
     "reproduce": "rld.experiments.reproduce",
     "RunRecord": "rld.experiments.runs",
     "find_runs": "rld.experiments.runs",
+    "runs_table": "rld.experiments.runs_table",
     "TABLES": "rld.experiments.tables",
     "get_table": "rld.experiments.tables",
 }
@@ -41,6 +43,7 @@ __all__ = [
     "paper_value",
     "plan_table",
     "reproduce",
+    "runs_table",
     "to_csv",
     "to_markdown",
 ]

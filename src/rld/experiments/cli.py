@@ -1,4 +1,4 @@
-"""``rld reproduce``, ``rld tune``, ``rld plot`` and ``rld report``: argument parsing and printing only."""
+"""``rld reproduce``, ``tune``, ``plot``, ``report`` and ``runs``: argument parsing and printing only."""
 
 from __future__ import annotations
 
@@ -153,6 +153,18 @@ def _cmd_report(args: argparse.Namespace) -> None:
     print(f"report written to {out}")
 
 
+def _cmd_runs(args: argparse.Namespace) -> None:
+    from rld.experiments.runs_table import runs_table
+
+    table = runs_table(args.dirs, where=args.where, group_by=_csv_list(args.group_by), sort=args.sort)
+    if args.json:
+        print(table.to_json())
+    elif args.csv:
+        print(table.to_csv(), end="")
+    else:
+        print(table.to_text(), end="")
+
+
 def _teacher(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--teacher",
@@ -167,7 +179,7 @@ def _data_device(p: argparse.ArgumentParser) -> None:
 
 
 def add_commands(sub) -> None:
-    """Register ``reproduce``, ``plot`` and ``report`` on the ``rld`` command's subparsers."""
+    """Register ``reproduce``, ``tune``, ``plot``, ``report`` and ``runs`` on the ``rld`` command's subparsers."""
     from rld.executor import add_arguments as add_executor_arguments
     from rld.experiments.tables import TABLES
 
@@ -293,3 +305,45 @@ def add_commands(sub) -> None:
     p.add_argument("--out", default="report.html", help="the HTML file (default: report.html)")
     p.add_argument("--title", help="the page's title (default: from the folder's name)")
     p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser(
+        "runs",
+        help="every run below some folders in one table: configuration, epochs, top-1, time, status",
+        description=(
+            "One line per run folder found below DIR (a folder with config.yaml): model (TEACHER-STUDENT), "
+            "method, the configuration keys that differ between the listed runs, seed, epochs done/planned, best "
+            "and last test top-1 (%), wall time (the epochs in metrics.csv) and status. Read from the small files "
+            "of the folders alone (config.yaml, metrics.csv, which checkpoints exist, the lock)."
+        ),
+        epilog=(
+            "Status: running (a process holds the folder's lock; the table names it), finished (every planned "
+            "epoch is in metrics.csv), diverged (metrics.csv ends with a diverged epoch), interrupted (a position "
+            "is saved: checkpoints/step.pt or last.pt; the table gives the command that continues it), failed "
+            "(stopped before its first checkpoint; the same command starts it again). --json prints a list of "
+            "objects: run, model, method, seed, epochs_done, epochs_planned, best_top1, best_epoch, last_top1, "
+            "wall_time_s, status, diverged_epoch, resume, holder, student, teacher, differs (the differing keys' "
+            "values); with --group-by: group (the keys' values), runs, finished, statuses, seeds, best_top1_mean, "
+            "best_top1_std, last_top1_mean, last_top1_std, wall_time_s. Exit status 2 with one line when a DIR is "
+            "not a folder or no run is found or matches."
+        ),
+    )
+    p.add_argument("dirs", nargs="+", metavar="DIR", help="folders holding run folders (searched recursively)")
+    p.add_argument(
+        "--where",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="only runs whose column (e.g. status, method, seed) or configuration key (e.g. train.lr) has this "
+        "value; repeatable (all must hold)",
+    )
+    p.add_argument(
+        "--group-by",
+        metavar="KEY,…",
+        help="one line per group of runs sharing these keys' values: top-1 as mean ± std (sample std) over its "
+        "finished runs, e.g. --group-by method to average over seeds",
+    )
+    p.add_argument("--sort", metavar="KEY", help="order by this column or key (--sort=-KEY: descending)")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="print a JSON list (fields below)")
+    fmt.add_argument("--csv", action="store_true", help="print CSV (raw values, the same columns as --json)")
+    p.set_defaults(func=_cmd_runs)

@@ -27,7 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from rld.errors import UserError
-from rld.experiments.runs import RunRecord, find_runs
+from rld.experiments.runs import FINISHED, RunRecord, find_runs
 
 MAX_FIGURES = 100
 MAX_CURVE_GROUPS = 40
@@ -81,7 +81,7 @@ def run_row(record: RunRecord, root: Path) -> RunRow:
         model=cfg.model.student,
         teacher=cfg.model.teacher or "",
         method=cfg.method.name + (" + LS" if cfg.method.logit_standardization else ""),
-        epochs=done if record.finished else f"{done} (unfinished)",
+        epochs=done if record.status == FINISHED else f"{done} ({record.status})",
         best=f"{best['test_top1']:.2f} (epoch {best['epoch']}{held_out})" if best else "",
         last=f"{last['test_top1']:.2f}" + (" (validation)" if held_out else "") if last else "",
         time=format_seconds(record.total_time) if record.metrics else "",

@@ -2,6 +2,9 @@
 
 A run folder is what :func:`rld.engine.train` writes: ``config.yaml``, ``metrics.csv`` (one row
 per finished epoch) and ``checkpoints/``. Everything here reads files only; nothing is trained.
+
+The status of a run (:attr:`RunRecord.status`) comes from its small files alone: ``metrics.csv``,
+which checkpoints exist (never their content) and whether a process holds the folder's lock.
 """
 
 from __future__ import annotations
@@ -14,12 +17,14 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-import torch
+import yaml
 
-from rld.config import RunConfig, from_dict, load_yaml
+from rld.config import RunConfig, TrainConfig, from_dict, load_yaml
 from rld.errors import UserError
 
 RUN_FILES = ("config.yaml", "metrics.csv")
+FINISHED, RUNNING, INTERRUPTED, DIVERGED, FAILED = "finished", "running", "interrupted", "diverged", "failed"
+STATUSES = (FINISHED, RUNNING, INTERRUPTED, DIVERGED, FAILED)
 # Settings that may differ between two runs without making them different experiments.
 INCIDENTAL_KEYS = (
     ("train", "device"),
@@ -82,6 +87,8 @@ def teacher_weights(run_dir: str | Path) -> Path:
 
 def checkpoint_epoch(path: Path) -> int | None:
     """The ``epoch`` stored in a run checkpoint, or None when it is missing or unreadable."""
+    import torch
+
     if not path.is_file():
         return None
     try:
@@ -106,29 +113,97 @@ def config_differences(a: RunConfig, b: RunConfig) -> list[str]:
     return out
 
 
+def read_settings(run_dir: Path) -> dict[str, Any]:
+    """``config.yaml`` as saved, a plain mapping (fast: no schema is merged; :func:`read_config` validates)."""
+    path = Path(run_dir) / "config.yaml"
+    try:
+        data = yaml.load(path.read_bytes(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except OSError as err:
+        raise UserError(f"cannot read {path}: {err.strerror}") from err
+    except yaml.YAMLError:
+        data = load_yaml(path)  # raises the UserError that says where
+    if not isinstance(data, dict):
+        raise UserError(f"{path} does not hold a configuration (a mapping of settings)")
+    return data
+
+
 @dataclass
 class RunRecord:
     """A run folder read from disk.
 
+    ``settings``: ``config.yaml`` as saved (:attr:`config` is the validated configuration); ``rows``:
+    every row of ``metrics.csv``, a diverged epoch's included; :attr:`metrics`: the finished epochs.
     ``best`` is the row with the highest test top-1 (the first one on ties, as the engine keeps
     ``best.pt``); ``last`` the last finished epoch.
     """
 
     path: Path
-    config: RunConfig
-    metrics: list[dict[str, Any]]
+    settings: dict[str, Any]
+    rows: list[dict[str, Any]]
 
     @classmethod
-    def load(cls, run_dir: str | Path) -> RunRecord:
+    def load(cls, run_dir: str | Path, *, started: bool = False) -> RunRecord:
+        """The run in ``run_dir``; UserError unless it holds config.yaml and metrics.csv. With
+        ``started``, config.yaml suffices (a run stopped in its first epoch has no metrics.csv yet),
+        and the configuration is validated only when :attr:`config` is read."""
         path = Path(run_dir)
         if not path.is_dir():
             raise UserError(f"run folder {path} does not exist")
-        missing = [name for name in RUN_FILES if not (path / name).is_file()]
+        missing = [name for name in RUN_FILES[: 1 if started else 2] if not (path / name).is_file()]
         if missing:
             raise UserError(
                 f"{path} is not a run folder: it lacks {' and '.join(missing)} (a run folder is made by `rld train`)"
             )
-        return cls(path, read_config(path), read_metrics(path))
+        rows = read_metrics(path, diverged=True) if (path / "metrics.csv").is_file() else []
+        record = cls(path, read_settings(path), rows)
+        if not started:
+            record.config  # noqa: B018 (validated now: a broken configuration is said at once)
+        return record
+
+    @cached_property
+    def config(self) -> RunConfig:
+        return from_dict(self.settings)
+
+    @cached_property
+    def metrics(self) -> list[dict[str, Any]]:
+        return [r for r in self.rows if r.get("status") != DIVERGED]
+
+    @property
+    def diverged_epoch(self) -> int | None:
+        """The epoch the run diverged in, when metrics.csv ends with a diverged row."""
+        if self.rows and self.rows[-1].get("status") == DIVERGED:
+            return self.rows[-1].get("epoch")
+        return None
+
+    @property
+    def epochs_planned(self) -> int:
+        train = self.settings.get("train") or {}
+        return int(train.get("epochs", TrainConfig.epochs))
+
+    @property
+    def holder(self) -> str | None:
+        """The process training the run now (``pid N on host H, since T``), or None: see
+        :func:`rld.engine.lock.holder`."""
+        from rld.engine.lock import holder
+
+        return holder(self.path)
+
+    @property
+    def status(self) -> str:
+        """``running``: a process holds the folder's lock; else ``finished``: every planned epoch is in
+        metrics.csv; ``diverged``: metrics.csv ends with a diverged epoch; ``interrupted``: a position
+        to resume from is saved (``checkpoints/step.pt`` or ``last.pt``); ``failed``: none is (the
+        run stopped before its first checkpoint)."""
+        if self.holder is not None:
+            return RUNNING
+        if self.epochs_done >= self.epochs_planned:
+            return FINISHED
+        if self.diverged_epoch is not None:
+            return DIVERGED
+        checkpoints = self.path / "checkpoints"
+        if (checkpoints / "step.pt").is_file() or (checkpoints / "last.pt").is_file():
+            return INTERRUPTED
+        return FAILED
 
     @property
     def name(self) -> str:
@@ -143,7 +218,7 @@ class RunRecord:
 
     @property
     def finished(self) -> bool:
-        return self.epochs_done >= self.config.train.epochs
+        return self.epochs_done >= self.epochs_planned
 
     @cached_property
     def best(self) -> dict[str, Any] | None:
