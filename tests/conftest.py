@@ -41,6 +41,17 @@ def teacher_ckpt(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def teacher(tmp_path_factory) -> Path:
+    """A resnet8 teacher (10 classes) in the shared checkpoint format; random weights (seed 11)."""
+    from rld.models import create_model
+
+    torch.manual_seed(11)
+    path = tmp_path_factory.mktemp("teacher") / "resnet8.pt"
+    torch.save({"model": create_model("resnet8", num_classes=10).state_dict()}, path)
+    return path
+
+
 @pytest.fixture()
 def tiny_cifar(tmp_path) -> Path:
     """A CIFAR-format .npz: 128 training and 64 test images of random pixels, 10 classes."""

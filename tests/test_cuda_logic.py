@@ -22,7 +22,6 @@ from rld.engine.loop import Member
 from rld.engine.static import CaptureError, StaticSteps
 from rld.engine.trainer import Run, prepare_out_dir, resolve_device
 from rld.errors import UserError
-from rld.models import create_model
 
 
 @pytest.fixture
@@ -59,14 +58,6 @@ def test_a_cuda_device_that_does_not_exist_is_refused(simulated_cuda):
     ):
         resolve_device("cuda:2", World())
     assert simulated_cuda == []
-
-
-@pytest.fixture(scope="module")
-def teacher(tmp_path_factory) -> Path:
-    torch.manual_seed(11)
-    path = tmp_path_factory.mktemp("teacher") / "resnet8.pt"
-    torch.save({"model": create_model("resnet8", num_classes=10).state_dict()}, path)
-    return path
 
 
 def _cfg(teacher: Path, *extra: str):

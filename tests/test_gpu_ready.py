@@ -34,14 +34,6 @@ ROOT = Path(__file__).resolve().parents[1]
 METHODS = ["vanilla", "kd", "dkd", "rld", "la", "rc", "lr", "ctkd"]
 
 
-@pytest.fixture(scope="module")
-def teacher(tmp_path_factory) -> Path:
-    torch.manual_seed(11)
-    path = tmp_path_factory.mktemp("teacher") / "resnet8.pt"
-    torch.save({"model": create_model("resnet8", num_classes=10).state_dict()}, path)
-    return path
-
-
 def _cfg(method: str, teacher: Path, *extra: str):
     """``method`` on the digits with resnet8 student and teacher (CIFAR presets give the published values)."""
     common = ["train.channels_last=false", "train.batch_size=32", "model.student=resnet8"]
