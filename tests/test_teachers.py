@@ -208,6 +208,14 @@ def test_a_named_teacher_resolves_through_the_table(served, cache, monkeypatch, 
     assert capsys.readouterr().out == f"cifar100:resnet8  resnet8  top-1 12.50%   {entry.checkpoint}\n"
 
 
+def test_reproduce_keeps_a_url_or_a_name_as_given(served):
+    from rld.experiments.plan import parse_teacher_checkpoints
+
+    url = f"{served[0]}/plain.pth#sha256={'a' * 64}"
+    given = ["resnet32x4=cifar100:resnet32x4", f"resnet8={url}"]
+    assert parse_teacher_checkpoints(given) == {"resnet32x4": "cifar100:resnet32x4", "resnet8": url}
+
+
 def test_the_table_of_published_teachers():
     table = named_teachers()
     archive = "https://github.com/megvii-research/mdistiller/releases/download/checkpoints/cifar_teachers.tar"
