@@ -231,3 +231,29 @@ def test_the_table_of_published_teachers():
         assert t.url == archive and t.member == f"cifar_teachers/{t.architecture}_vanilla/ckpt_epoch_240.pth"
         assert name == f"cifar100:{t.architecture}"
         create_model(t.architecture, num_classes=100)  # a model of the zoo
+
+
+def test_a_teacher_file_with_its_options_and_a_numpy_accuracy_loads(tmp_path):
+    """Training scripts save their options (argparse.Namespace) and an accuracy (a NumPy scalar, pickled
+    under NumPy 1's name by older files) beside the weights; weights_only loading accepts them."""
+    import argparse
+
+    import numpy as np
+
+    from rld.models import load_checkpoint
+
+    torch.manual_seed(3)
+    state = create_model("resnet8", num_classes=10).state_dict()
+    opt = argparse.Namespace(model="resnet8", learning_rate=0.05)
+    buf = io.BytesIO()  # the legacy format keeps the pickle readable, to write NumPy 1's module name
+    torch.save({"model": state, "accuracy": np.float64(71.25), "opt": opt}, buf, _use_new_zipfile_serialization=False)
+    path = tmp_path / "ckpt_epoch_240.pth"
+    path.write_bytes(buf.getvalue().replace(b"numpy._core.multiarray", b"numpy.core.multiarray"))
+    assert b"numpy.core.multiarray\nscalar" in path.read_bytes()
+    model = create_model("resnet8", num_classes=10)
+    meta = load_checkpoint(model, path)
+    assert _same(model.state_dict(), state)
+    assert meta == {"accuracy": 71.25, "opt": opt}
+    torch.save({"model": state, "head": torch.nn.ReLU()}, path)  # other objects are still refused
+    with pytest.raises(UserError, match="cannot read checkpoint"):
+        load_checkpoint(model, path)
