@@ -35,6 +35,13 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
 
     def do_GET(self):  # noqa: N802 (the name http.server calls)
         type(self).requests.append(self.path)
+        if self.path == "/truncated.pth":  # the connection drops after 10 of 1000 bytes
+            self.send_response(200)
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            self.wfile.write(b"0123456789")
+            self.close_connection = True
+            return
         super().do_GET()
 
     def log_message(self, *args):  # quiet
@@ -122,6 +129,12 @@ def test_a_wrong_sha256_names_both_hashes_and_keeps_no_file(served, cache):
         "the file was removed (check the #sha256= value, or the URL)"
     )
     assert _files(cache) == []
+    short = "the connection closed after 10 of 1,000 bytes"
+    for name, reason in (("missing.pth", "HTTP 404 File not found"), ("truncated.pth", short)):
+        with pytest.raises(UserError) as err:
+            resolve_checkpoint(f"{base}/{name}", progress=False)
+        assert str(err.value).startswith(f"cannot download {base}/{name} ({reason}")
+        assert _files(cache) == []
     with pytest.raises(UserError, match="must be 64 hexadecimal digits"):
         resolve_checkpoint(f"{base}/plain.pth#sha256=abc", progress=False)
 

@@ -11,23 +11,25 @@ A checkpoint source is one of
 
 :func:`resolve_checkpoint` turns a source into a local file. A download goes to
 ``CACHE/teachers/KEY/FILE`` (:func:`teacher_cache_dir`; ``KEY``: the start of the URL's SHA-256) and is
-made once: written to a temporary file beside it with PyTorch's hub downloader (with progress), checked
-against the given SHA-256, then renamed; an archive member is extracted to ``KEY/members/MEMBER`` the
-same way. A failure leaves no partial file; without a network, the error names the URL and the exact
-path where a copy placed by hand is picked up.
+made once: written to a temporary file beside it (as ``torch.hub.download_url_to_file`` does, with its
+progress bar, and a check of the length), checked against the given SHA-256, then renamed; an archive
+member is extracted to ``KEY/members/MEMBER`` the same way. A failure (a connection that closes early
+included) leaves no partial file; without a network, the error names the URL and the exact path where a
+copy placed by hand is picked up.
 """
 
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import re
 import shutil
-import socket
 import tarfile
 import tempfile
 import urllib.error
 import urllib.parse
+import urllib.request
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -40,7 +42,7 @@ from rld.errors import UserError
 MEMBER_SEPARATOR = "!/"
 HASH_FRAGMENT = "#sha256="
 DOWNLOAD_TIMEOUT_S = 60.0
-"""Seconds a download may wait for the server (connecting, or between two reads)."""
+"""Seconds a download may wait for the server (connecting, or one read)."""
 
 _NAME = re.compile(r"^([A-Za-z0-9_]+):([A-Za-z0-9_.-]+)$")
 _HEX = re.compile(r"^[0-9a-fA-F]{64}$")
@@ -216,24 +218,39 @@ def _reason(err: BaseException) -> str:
     return " ".join(str(reason).split())[:200]
 
 
+def _fetch(url: str, out, progress: bool) -> None:
+    """Write the body at ``url`` to the open file ``out``, with torch.hub's progress bar.
+
+    As ``torch.hub.download_url_to_file`` reads, but a body shorter than its Content-Length (a
+    connection that closed early, which that function takes for the end of the file) is an error."""
+    from torch.hub import tqdm
+
+    request = urllib.request.Request(url, headers={"User-Agent": "rld"})
+    with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_S) as response:
+        length = response.headers.get("Content-Length")
+        total = int(length) if length and length.isdigit() else None
+        done = 0
+        with tqdm(total=total, disable=not progress, unit="B", unit_scale=True, unit_divisor=1024) as bar:
+            while block := response.read(1 << 20):
+                out.write(block)
+                done += len(block)
+                bar.update(len(block))
+    if total is not None and done != total:
+        raise OSError(f"the connection closed after {done:,} of {total:,} bytes")
+
+
 def _download(url: str, dst: Path, sha256: str | None, progress: bool) -> None:
     """Download ``url`` to ``dst`` through a temporary file beside it; check ``sha256``; rename."""
-    from torch.hub import download_url_to_file
-
     dst.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".part")
-    os.close(fd)
     tmp = Path(tmp_name)
-    previous_timeout = socket.getdefaulttimeout()
     try:
-        socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # torch.hub's urlopen takes no timeout of its own
         try:
-            download_url_to_file(url, str(tmp), progress=progress)
-        except (OSError, ValueError) as err:  # URLError / HTTPError / timeouts are OSErrors
+            with os.fdopen(fd, "wb") as out:
+                _fetch(url, out, progress)
+        except (OSError, ValueError, http.client.HTTPException) as err:  # URLError / HTTPError / timeouts: OSErrors
             reason = _reason(err)
             raise UserError(f"cannot download {url} ({reason}); download it by hand to {dst} and run again") from err
-        finally:
-            socket.setdefaulttimeout(previous_timeout)
         if sha256:
             _check_sha256(tmp, sha256, url)
         os.replace(tmp, dst)
