@@ -150,6 +150,16 @@ def test_an_archive_member_is_extracted_once(served, cache):
     assert not [f for f in _files(cache) if f.endswith(".part")]
 
 
+def test_processes_that_start_together_download_once(served, cache):
+    from concurrent.futures import ThreadPoolExecutor
+
+    source = f"{served[0]}/teachers.tar!/{MEMBER}"
+    with ThreadPoolExecutor(3) as pool:  # each thread locks the folder through a descriptor of its own
+        paths = list(pool.map(lambda _: resolve_checkpoint(source, progress=False), range(3)))
+    assert len(set(paths)) == 1 and paths[0].is_file()
+    assert _Handler.requests == ["/teachers.tar"]
+
+
 def test_a_missing_member_lists_the_archive(served, cache):
     base, _, _ = served
     with pytest.raises(UserError) as err:

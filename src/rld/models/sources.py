@@ -20,6 +20,8 @@ copy placed by hand is picked up.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import http.client
 import os
@@ -179,18 +181,32 @@ def resolve_checkpoint(text: str | os.PathLike[str], *, cache_dir: Path | None =
         return Path(text).expanduser()
     source = parse_source(str(text))
     archive = download_path(source.url, cache_dir)
-    if source.member is not None:
-        target = archive.parent / "members" / source.member
-        if target.is_file():
-            return target
-    if not archive.is_file():
-        _download(source.url, archive, source.sha256, progress)
-    elif source.sha256:
-        _check_sha256(archive, source.sha256, source.url)
-    if source.member is None:
-        return archive
-    _extract(archive, source.member, target)
+    target = archive if source.member is None else archive.parent / "members" / source.member
+    if source.member is not None and target.is_file():
+        return target
+    with _locked(archive.parent):  # processes of one run (torchrun) download it once, one at a time
+        if source.member is not None and target.is_file():
+            return target  # extracted while this process waited
+        if not archive.is_file():
+            _download(source.url, archive, source.sha256, progress)
+        elif source.sha256:
+            _check_sha256(archive, source.sha256, source.url)
+        if source.member is not None:
+            _extract(archive, source.member, target)
     return target
+
+
+@contextlib.contextmanager
+def _locked(folder: Path):
+    """Hold an exclusive lock on ``folder`` (created if missing; the lock is on the folder itself, so
+    no lock file is left behind)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # (releases the lock)
 
 
 def _sha256(path: Path) -> str:
