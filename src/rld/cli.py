@@ -155,6 +155,9 @@ def _cmd_predict(args: argparse.Namespace) -> None:
 
 
 def _cmd_presets(args: argparse.Namespace) -> None:
+    if args.teachers:
+        _print_teachers(args)
+        return
     from rld.config import list_presets
 
     names = [name for name in list_presets() if not args.filter or args.filter in name]
@@ -165,6 +168,23 @@ def _cmd_presets(args: argparse.Namespace) -> None:
         return
     for name in names:
         print(name)
+
+
+def _print_teachers(args: argparse.Namespace) -> None:
+    from rld.models.sources import named_teachers
+
+    entries = [t for name, t in named_teachers().items() if not args.filter or args.filter in name]
+    if args.json:
+        import dataclasses
+        import json
+
+        print(json.dumps([{**dataclasses.asdict(t), "checkpoint": t.checkpoint} for t in entries], indent=2))
+        return
+    width = max((len(t.name) for t in entries), default=0)
+    arch = max((len(t.architecture) for t in entries), default=0)
+    for t in entries:
+        top1 = f"{t.top1:.2f}%" if t.top1 is not None else "-"
+        print(f"{t.name:{width}s}  {t.architecture:{arch}s}  top-1 {top1:7s}  {t.checkpoint}")
 
 
 def _cmd_config_keys(args: argparse.Namespace) -> None:
@@ -236,7 +256,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="random seed (= seed=N)")
     p.add_argument("--out", type=Path, help="run folder (default: runs/PRESET)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out (fresh start if none)")
-    p.add_argument("--teacher", metavar="CKPT", help="teacher checkpoint (= model.teacher_checkpoint=CKPT)")
+    p.add_argument(
+        "--teacher",
+        metavar="CKPT",
+        help="teacher checkpoint: a file, a URL (URL!/MEMBER of a .tar, #sha256=HEX) or a named teacher "
+        "(rld presets --teachers) (= model.teacher_checkpoint=CKPT)",
+    )
     p.add_argument("--data", metavar="PATH", help="data set location (= data.path=PATH)")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N (= train.device=…; default auto)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved configuration and exit (trains nothing)")
@@ -273,6 +298,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("presets", help="list the presets")
     p.add_argument("filter", nargs="?", help="only names containing this text")
     p.add_argument("--json", action="store_true", help="print each preset's configuration as JSON")
+    p.add_argument(
+        "--teachers",
+        action="store_true",
+        help="list the named teachers instead (--teacher cifar100:NAME): architecture, reported top-1, URL",
+    )
     p.set_defaults(func=_cmd_presets)
 
     p = sub.add_parser("config-keys", help="every configuration key with its type, default and meaning")

@@ -266,7 +266,8 @@ KEY_HELP = {
     "data.holdout_seed": "seed of the data.holdout split (the same held-out images for every run seed)",
     "model.student": "the model trained (a zoo name, torchvision:NAME or timm:NAME)",
     "model.teacher": "the frozen teacher's architecture (distillation methods)",
-    "model.teacher_checkpoint": "the teacher's weights (absolute once resolved); --teacher",
+    "model.teacher_checkpoint": "the teacher's weights: a file (absolute once resolved), a URL[!/MEMBER][#sha256=HEX] "
+    "or a named teacher (rld presets --teachers); --teacher",
     "model.dataset": "architecture family: cifar100 (32x32 inputs) | imagenet (224x224)",
     "model.student_weights": "initial student weights: default | a library weight name | a local .pth/.safetensors",
     "model.teacher_weights": "teacher weights instead of teacher_checkpoint: default | a weight name | a local file",
@@ -543,10 +544,20 @@ def validate(cfg: RunConfig) -> None:
 
     method_params(cfg.method)  # raises for unknown methods, parameters they do not take, bad values
     # paths are stored absolute, so a copied run or a command from another folder still finds them
+    from rld.models.sources import is_remote, named_teacher
+
     for section, key in (("data", "path"), ("model", "teacher_checkpoint")):  # (weights may be names, not paths)
         value = getattr(getattr(cfg, section), key)
-        if value and not Path(value).expanduser().is_absolute():
+        remote = key == "teacher_checkpoint" and is_remote(value)  # a URL or a named teacher
+        if value and not remote and not Path(value).expanduser().is_absolute():
             setattr(getattr(cfg, section), key, str(Path(value).expanduser().resolve()))
+    named = named_teacher(cfg.model.teacher_checkpoint) if cfg.model.teacher_checkpoint else None
+    if named is not None and cfg.model.teacher and named.architecture != cfg.model.teacher:
+        raise UserError(
+            f"the named teacher {named.name} is a {named.architecture}, but model.teacher is {cfg.model.teacher}; "
+            f"use a {cfg.model.teacher} teacher (rld presets --teachers), or a preset with a "
+            f"{named.architecture} teacher"
+        )
     # inputs that would be ignored are refused
     if cfg.data.name == "digits" and cfg.data.path:
         raise UserError(f"the digits data set is embedded and takes no path (--data / data.path={cfg.data.path})")

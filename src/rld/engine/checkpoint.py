@@ -106,11 +106,15 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
 
 
 TEACHER_RECORD = "teacher.json"
-"""In a distilled run's folder: the teacher checkpoint's absolute path, architecture and SHA-256."""
+"""In a distilled run's folder: the teacher checkpoint's absolute path (or its URL / name, with ``file``:
+the downloaded file), architecture and SHA-256 (of the file loaded)."""
 
 
-def write_teacher_record(out: Path, checkpoint: str, architecture: str) -> None:
-    record = {"checkpoint": str(Path(checkpoint).resolve()), "architecture": architecture}
+def write_teacher_record(out: Path, checkpoint: str, architecture: str, source: str | None = None) -> None:
+    """Write ``teacher.json``: ``checkpoint`` the file loaded; ``source`` the URL or name it came from."""
+    record = {"checkpoint": source or str(Path(checkpoint).resolve()), "architecture": architecture}
+    if source:
+        record["file"] = str(Path(checkpoint).resolve())
     record["sha256"] = sha256_file(checkpoint)
     write_text_atomic(Path(out) / TEACHER_RECORD, json.dumps(record, indent=2) + "\n")
 

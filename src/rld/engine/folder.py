@@ -28,6 +28,7 @@ from rld.engine import faults, lock
 from rld.engine.distributed import World
 from rld.engine.guard import STEP_CHECKPOINT
 from rld.errors import UserError
+from rld.models.sources import is_remote, resolve_checkpoint
 
 METRIC_COLUMNS = [
     "epoch",
@@ -66,8 +67,11 @@ class RunFolder:
             if split is not None:
                 ckpt.write_text_atomic(self.out / SPLIT_FILE, split.to_json())
             teacher_ckpt = cfg.model.teacher_checkpoint
-            if teacher_record and teacher_ckpt and Path(teacher_ckpt).is_file():
-                ckpt.write_teacher_record(self.out, teacher_ckpt, cfg.model.teacher or "")
+            if teacher_record and teacher_ckpt:
+                path = resolve_checkpoint(teacher_ckpt)  # (a download is made once, for the teacher itself)
+                if path.is_file():
+                    source = teacher_ckpt if is_remote(teacher_ckpt) else None
+                    ckpt.write_teacher_record(self.out, str(path), cfg.model.teacher or "", source)
         except OSError as err:
             reason = err.strerror
             raise UserError(f"cannot write to the output folder {self.out}: {reason}; choose another --out") from err

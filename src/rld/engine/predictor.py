@@ -22,6 +22,7 @@ from rld.engine.distributed import World
 from rld.engine.trainer import StudentAndMethod, data_options, evaluate, resolve_device
 from rld.methods import MethodContext, build_method, get_spec
 from rld.models import create_model, load_checkpoint
+from rld.models.sources import resolve_checkpoint
 
 
 def predictor(cfg: RunConfig, state: dict[str, Any]) -> nn.Module:
@@ -73,7 +74,7 @@ def evaluate_weights(
         model = weights
     else:
         model = create_model(model_name, num_classes=data.num_classes, dataset=cfg.model.dataset)
-        load_checkpoint(model, weights)
+        load_checkpoint(model, resolve_checkpoint(weights))
     return evaluate(model.to(dev), data.test, dev, world)
 
 

@@ -20,6 +20,7 @@ from rld.errors import UserError
 from rld.fast.cache import open_teacher_cache
 from rld.models import create_model, load_checkpoint
 from rld.models.features import Features
+from rld.models.sources import resolve_checkpoint
 from rld.models.weights import create_pretrained
 
 
@@ -37,7 +38,7 @@ def _build_teacher(cfg: RunConfig, num_classes: int, device: torch.device) -> nn
             f"(train one with `rld train` and a vanilla preset, then use its checkpoints/last.pt)"
         )
     teacher = create_model(m.teacher, num_classes=num_classes, dataset=m.dataset)
-    teacher.checkpoint_metadata = load_checkpoint(teacher, m.teacher_checkpoint)
+    teacher.checkpoint_metadata = load_checkpoint(teacher, resolve_checkpoint(m.teacher_checkpoint))
     teacher.eval().requires_grad_(False)
     return teacher.to(device)
 

@@ -207,7 +207,9 @@ def _resolve(preset: str, overrides: tuple[str, ...]) -> RunConfig:
 
 
 def parse_teacher_checkpoints(items: list[str] | None) -> dict[str, str]:
-    """``["MODEL=CKPT", …]`` → {model: absolute checkpoint path}."""
+    """``["MODEL=CKPT", …]`` → {model: absolute checkpoint path, or the URL / named teacher as given}."""
+    from rld.models.sources import is_remote
+
     out = {}
     for item in items or []:
         model, sep, path = item.partition("=")
@@ -215,6 +217,9 @@ def parse_teacher_checkpoints(items: list[str] | None) -> dict[str, str]:
             raise UserError(
                 f"--teacher takes MODEL=CKPT (e.g. resnet32x4=resnet32x4_vanilla/ckpt_epoch_240.pth), got {item!r}"
             )
+        if is_remote(path):  # a URL or a named teacher, downloaded when first used
+            out[model] = path
+            continue
         if not Path(path).expanduser().is_file():
             raise UserError(f"teacher checkpoint {path} (for {model}) does not exist")
         out[model] = str(Path(path).expanduser().resolve())

@@ -9,7 +9,9 @@ Usage::
 
 ``create_model("torchvision:<name>")`` and ``create_model("timm:<name>")`` wrap any classifier of
 those libraries (logits and pooled feature only). Importing this package registers the
-built-in architectures (``rld.models.cifar``, ``rld.models.imagenet``).
+built-in architectures (``rld.models.cifar``, ``rld.models.imagenet``). ``resolve_checkpoint`` turns a
+URL, a member of a ``.tar`` at a URL or a named teacher (``cifar100:resnet32x4``) into a local file,
+downloaded once (:mod:`rld.models.sources`).
 """
 
 from rld.models import cifar, imagenet
@@ -17,6 +19,7 @@ from rld.models.checkpoint import load_checkpoint
 from rld.models.external import ExternalModel
 from rld.models.features import FeatureModel, Features
 from rld.models.registry import DATASETS, create_model, list_models, register_model
+from rld.models.sources import resolve_checkpoint
 
 __all__ = [
     "DATASETS",
@@ -29,4 +32,5 @@ __all__ = [
     "list_models",
     "load_checkpoint",
     "register_model",
+    "resolve_checkpoint",
 ]

@@ -2,12 +2,15 @@
 
 Accepted files (read with ``torch.load(weights_only=True)``): a plain state dict; a dict holding
 it under ``"model"`` (the CIFAR-100 teacher checkpoints, ``<name>_vanilla/ckpt_epoch_240.pth``,
-and rld's own), ``"state_dict"`` or ``"student"``. Prefixes added by DataParallel /
+and rld's own), ``"state_dict"`` or ``"student"``. Besides tensors, numbers and dicts, the other
+entries may hold the plain data training scripts save beside the weights: NumPy scalars (an
+accuracy) and an ``argparse.Namespace`` (the options). Prefixes added by DataParallel /
 DistributedDataParallel (``module.``) and ``torch.compile`` (``_orig_mod.``) are removed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,6 +24,18 @@ from rld.errors import UserError
 # Entries of a checkpoint dict that may hold the state dict, in order of preference.
 STATE_DICT_ENTRIES: tuple[str, ...] = ("model", "state_dict", "student")
 _SHOWN_KEYS = 3
+
+
+def _plain_data_globals() -> list:
+    """Classes of plain data that training scripts pickle beside the weights, allowed when loading
+    with ``weights_only``: ``argparse.Namespace`` and NumPy scalars (under NumPy 1's name too)."""
+    import argparse
+
+    import numpy as np
+
+    scalar = np.float64(0).__reduce__()[0]
+    dtypes = {type(np.dtype(t)) for t in ("float64", "float32", "int64", "int32")}
+    return [argparse.Namespace, np.dtype, scalar, (scalar, "numpy.core.multiarray.scalar"), *dtypes]
 
 
 def _is_state_dict(obj: object) -> bool:
@@ -134,8 +149,10 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike[str]) -> dict[str,
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint file not found: {path}; check the path")
+    allow = getattr(torch.serialization, "safe_globals", None)  # (torch >= 2.5)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with allow(_plain_data_globals()) if allow else contextlib.nullcontext():
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # any failure to read the file is a problem with the file
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
         raise UserError(

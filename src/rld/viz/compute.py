@@ -78,13 +78,14 @@ def teacher_checkpoint(record: RunRecord, teacher: str | Path | None = None) -> 
 
     When the run recorded its teacher's SHA-256 (``teacher.json``), a file with other bytes is refused."""
     from rld.engine.checkpoint import TEACHER_RECORD, read_teacher_record, sha256_file
+    from rld.models.sources import resolve_checkpoint
 
     m = record.config.model
     if not m.teacher or not m.teacher_checkpoint:
         raise UserError(
             f"{record.path} was trained without a teacher (method {record.config.method.name}); choose a distilled run"
         )
-    path = Path(teacher).expanduser() if teacher else Path(m.teacher_checkpoint)
+    path = resolve_checkpoint(teacher or m.teacher_checkpoint)
     if not path.is_file():
         how = "" if teacher else f" (recorded in {record.path}/config.yaml)"
         raise UserError(f"teacher checkpoint {path}{how} does not exist; pass --teacher CKPT to point at it")
