@@ -180,6 +180,14 @@ def _data_device(p: argparse.ArgumentParser) -> None:
 
 def add_commands(sub) -> None:
     """Register ``reproduce``, ``tune``, ``plot``, ``report`` and ``runs`` on the ``rld`` command's subparsers."""
+    _add_reproduce(sub)
+    _add_tune(sub)
+    _add_plot(sub)
+    _add_report(sub)
+    _add_runs(sub)
+
+
+def _add_reproduce(sub) -> None:
     from rld.executor import add_arguments as add_executor_arguments
     from rld.experiments.tables import TABLES
 
@@ -227,6 +235,8 @@ def add_commands(sub) -> None:
     add_executor_arguments(p)
     p.set_defaults(func=_cmd_reproduce)
 
+
+def _add_tune(sub) -> None:
     p = sub.add_parser(
         "tune",
         help="choose hyper-parameters on a validation split of the training set, then one clean final run",
@@ -269,6 +279,8 @@ def add_commands(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the result (what OUT/tune.json holds) as JSON")
     p.set_defaults(func=_cmd_tune)
 
+
+def _add_plot(sub) -> None:
     p = sub.add_parser("plot", help="figures of the paper from run folders (PNG)")
     kinds = p.add_subparsers(dest="kind", required=True, metavar="KIND")
     k = kinds.add_parser("tsne", help="t-SNE of the students' pooled test features (Fig. 4)")
@@ -300,12 +312,16 @@ def add_commands(sub) -> None:
     _data_device(k)
     p.set_defaults(func=_cmd_plot)
 
+
+def _add_report(sub) -> None:
     p = sub.add_parser("report", help="one self-contained HTML page of the runs, tables and figures under a folder")
     p.add_argument("dir", metavar="DIR", help="a folder holding run folders (searched recursively)")
     p.add_argument("--out", default="report.html", help="the HTML file (default: report.html)")
     p.add_argument("--title", help="the page's title (default: from the folder's name)")
     p.set_defaults(func=_cmd_report)
 
+
+def _add_runs(sub) -> None:
     p = sub.add_parser(
         "runs",
         help="every run below some folders in one table: configuration, epochs, top-1, time, status",
