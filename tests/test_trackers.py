@@ -11,6 +11,7 @@ import json
 import logging
 import struct
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -108,35 +109,59 @@ def test_mlflow_file_store_logs_params_epochs_summary_and_resume_continues_the_r
     assert resumed.data.metrics["last_top1"] == pytest.approx(float(rows[-1]["test_top1"]), rel=1e-5)
 
 
+def test_a_run_tracked_from_its_resume_on_gets_the_epochs_trained_before(tmp_path, mlruns):
+    from mlflow.tracking import MlflowClient
+
+    run = tmp_path / "run"
+    train(_cfg(1, "[]"), run)
+    assert not (run / TRACKERS_FILE).exists()
+    train(_cfg(2, "[mlflow]"), run, resume=True)
+    history = _mlflow_history(MlflowClient(tracking_uri=mlruns), _ids(run)["mlflow"]["run_id"])
+    rows = _csv(run)
+    assert list(history["test_top1"]) == [1, 2]
+    assert list(history["test_top1"].values()) == pytest.approx([float(r["test_top1"]) for r in rows], rel=1e-5)
+
+
 def _wandb_records(run: Path) -> list[list]:
-    """The records of each offline W&B run file under ``run/wandb`` (oldest first), parsed from W&B's
-    record log: a 7-byte header, then 32 KiB blocks of chunks (crc32, length, type: 1 full, 2 first,
-    3 middle, 4 last), each record a ``wandb_internal_pb2.Record``."""
+    """The records of each offline W&B run file under ``run/wandb`` (oldest first), once W&B's service
+    has written them to the end (its ``exit`` record: ``run.finish()`` returns before)."""
+    wandb.teardown()  # stop the service process, which flushes the files
+    deadline = time.monotonic() + 30
+    while True:
+        files = [_read_wandb_file(path) for path in sorted(run.glob("wandb/offline-run-*/run-*.wandb"))]
+        if all(_of(records, "exit") for records in files) or time.monotonic() > deadline:
+            return files
+        time.sleep(0.2)
+
+
+def _read_wandb_file(path: Path) -> list:
+    """W&B's record log: a 7-byte header, then 32 KiB blocks of chunks (crc32, length, type: 1 full,
+    2 first, 3 middle, 4 last), each record a ``wandb_internal_pb2.Record``."""
     from wandb.proto import wandb_internal_pb2 as pb
 
-    out = []
-    for path in sorted(run.glob("wandb/offline-run-*/run-*.wandb")):
-        data = path.read_bytes()
-        assert data[:4] == b":W&B"
-        pos, block, records, buf = 7, 32768, [], b""
-        while pos + 7 <= len(data):
-            left = block - pos % block
-            if left < 7:  # the rest of a block is padding
-                pos += left
-                continue
-            _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
-            if kind == 0:
-                pos += left
-                continue
-            buf += data[pos + 7 : pos + 7 + length]
-            pos += 7 + length
-            if kind in (1, 4):
-                record = pb.Record()
-                record.ParseFromString(buf)
-                records.append(record)
-                buf = b""
-        out.append(records)
-    return out
+    data = path.read_bytes()
+    if data[:4] != b":W&B":  # not written yet
+        return []
+    pos, block, records, buf = 7, 32768, [], b""
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        if left < 7:  # the rest of a block is padding
+            pos += left
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        if pos + 7 + length > len(data):  # still being written
+            break
+        if kind == 0:
+            pos += left
+            continue
+        buf += data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):
+            record = pb.Record()
+            record.ParseFromString(buf)
+            records.append(record)
+            buf = b""
+    return records
 
 
 def _items(items) -> dict:
@@ -159,14 +184,14 @@ def test_wandb_offline_logs_config_epochs_summary_and_resume_continues_the_run(t
     rows = _csv(run)
     logged = {}
     for records in files:
-        (info,) = _of(records, "run")
+        info = _of(records, "run")[0]
         assert (info.run_id, info.project, info.run_group) == (run_id, "demo", "g")
         assert set(info.tags) == {"preset=demo/vanilla", "method=vanilla", "student=resnet8", "seed=0"}
         config = {u.key: json.loads(u.value_json) for u in info.config.update}
         assert config["train"]["lr"] == 0.05 and config["method"]["name"] == "vanilla"
         assert config["run_folder"] == str(run.resolve())
         for history in _of(records, "history"):
-            logged[history.step.num] = _items(history.item)
+            logged.setdefault(history.step.num, {}).update(_items(history.item))
     assert config["train"]["epochs"] == 3  # the resumed run's configuration
     assert sorted(logged) == [1, 2, 3]
     for row in rows:
@@ -194,8 +219,7 @@ def test_a_sweeps_runs_share_a_group(tmp_path, mlruns, wandb_offline):
     assert {r.info.run_name for r in runs} == {"train.lr=0.05,seed=0", "train.lr=0.1,seed=0"}
     for row in rows:
         (records,) = _wandb_records(Path(row["out"]))
-        (info,) = _of(records, "run")
-        assert info.run_group == str(out)
+        assert {info.run_group for info in _of(records, "run")} == {str(out)}
 
 
 def test_a_missing_library_is_refused_before_anything_is_written(tmp_path, monkeypatch, capsys):

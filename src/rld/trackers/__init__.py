@@ -212,7 +212,10 @@ class Trackers:
             if record:
                 ids[name] = record
         if ids:
-            ckpt.write_text_atomic(info.out / TRACKERS_FILE, json.dumps(ids, indent=2) + "\n")
+            try:
+                ckpt.write_text_atomic(info.out / TRACKERS_FILE, json.dumps(ids, indent=2) + "\n")
+            except OSError as err:  # the next write of the run folder stops the run, saying why
+                log.warning("cannot write %s: %s; a resumed run would start new tracked runs", TRACKERS_FILE, err)
 
     def _call(self, tracker: Tracker | None, what: str, fn, *args: Any) -> Any:
         try:
