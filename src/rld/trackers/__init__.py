@@ -104,9 +104,10 @@ class Tracker(Protocol):
 
     name: str
 
-    def open(self, info: RunInfo, run_id: str | None, history: list[dict[str, Any]]) -> dict[str, Any] | None:
-        """Start (``run_id`` None) or continue the tracked run; log the ``history`` it lacks (a run
-        tracked from its resume on). Returns what ``trackers.json`` keeps to continue it (its id)."""
+    def open(self, info: RunInfo, stored: dict[str, Any], history: list[dict[str, Any]]) -> dict[str, Any] | None:
+        """Start (``stored`` empty) or continue the tracked run that ``trackers.json`` keeps (``stored``:
+        its ``run_id`` and where it is); log the ``history`` it lacks (a run tracked from its resume on).
+        Returns what ``trackers.json`` is to keep to continue it."""
 
     def log_epoch(self, row: dict[str, Any], epoch: int) -> None:
         """One row of ``metrics.csv`` (its columns but ``epoch`` as metrics, at step ``epoch``)."""
@@ -204,8 +205,7 @@ class Trackers:
             tracker = self._call(None, name, lambda name=name: create(name))
             if tracker is None:
                 continue
-            stored = ids.get(name) or {}
-            record = self._call(tracker, "open", tracker.open, info, stored.get("run_id"), history)
+            record = self._call(tracker, "open", tracker.open, info, ids.get(name) or {}, history)
             if tracker in self._failed:
                 continue
             self.active.append(tracker)

@@ -34,8 +34,8 @@ class MlflowTracker:
         self.client: Any = None
         self.run_id: str | None = None
 
-    def open(self, info: RunInfo, run_id: str | None, history: list[dict[str, Any]]) -> dict[str, Any]:
-        uri = tracking_uri()
+    def open(self, info: RunInfo, stored: dict[str, Any], history: list[dict[str, Any]]) -> dict[str, Any]:
+        uri, run_id = tracking_uri(), stored.get("run_id")
         if uri.startswith("file:") or "://" not in uri:
             # the file store: MLflow >= 3.7 asks for this opt-in (it recommends a database; rld's default
             # needs none)

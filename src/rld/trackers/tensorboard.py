@@ -13,7 +13,7 @@ class TensorBoardTracker:
     def __init__(self) -> None:
         self.writer = None
 
-    def open(self, info: RunInfo, run_id: str | None, history: list[dict[str, Any]]) -> None:
+    def open(self, info: RunInfo, stored: dict[str, Any], history: list[dict[str, Any]]) -> None:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:

@@ -24,22 +24,29 @@ class WandbTracker:
     def __init__(self) -> None:
         self.run: Any = None
 
-    def open(self, info: RunInfo, run_id: str | None, history: list[dict[str, Any]]) -> dict[str, Any]:
+    def open(self, info: RunInfo, stored: dict[str, Any], history: list[dict[str, Any]]) -> dict[str, Any]:
         import wandb
 
-        project = info.cfg.train.experiment or os.environ.get("WANDB_PROJECT") or info.experiment
+        run_id = stored.get("run_id")
         tags = info.tags()
         folder = tags.pop("run_folder")
         group = tags.pop("group", None)
+        if run_id is None:
+            project = info.cfg.train.experiment or os.environ.get("WANDB_PROJECT") or info.experiment
+            resume, entity = None, None
+        else:  # continue the run where it is (its tags stay those it started with)
+            project, entity = stored.get("project"), stored.get("entity")
+            resume, tags = ("allow" if _offline() else "must"), {}
         self.run = wandb.init(
             project=project,
+            entity=entity,
             id=run_id,
-            resume="must" if run_id is not None and not _offline() else ("allow" if run_id is not None else None),
+            resume=resume,
             name=info.name,
             group=group,
             dir=str(info.out),
             config={**asdict(info.cfg), "run_folder": folder},
-            tags=[f"{k}={v}"[:TAG_LENGTH] for k, v in tags.items()],
+            tags=[f"{k}={v}"[:TAG_LENGTH] for k, v in tags.items()] or None,
             allow_val_change=True,
             reinit="create_new",  # a sweep's runs are open side by side
             settings=wandb.Settings(console="off"),  # rld's log lines stay as they are
@@ -47,7 +54,7 @@ class WandbTracker:
         if run_id is None:
             for row in history:  # epochs trained before the run was tracked
                 self.log_epoch(row, int(row["epoch"]))
-        return {"run_id": self.run.id, "project": project}
+        return {"run_id": self.run.id, "project": self.run.project, "entity": self.run.entity}
 
     def log_epoch(self, row: dict[str, Any], epoch: int) -> None:
         self.run.log({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
