@@ -57,6 +57,7 @@ def _train_source(args: argparse.Namespace) -> tuple[str, list[str], Path]:
 def _cmd_train(args: argparse.Namespace) -> None:
     from rld.config import resolve_with_flags
     from rld.engine import train
+    from rld.trackers import Tracking
 
     source, overrides, out = _train_source(args)
     cfg = resolve_with_flags(source, overrides, _flags(args), args.epochs)
@@ -66,7 +67,9 @@ def _cmd_train(args: argparse.Namespace) -> None:
         return
     if os.environ.get("RANK", "0") == "0":
         logging.getLogger("rld").info("preset   %s%s", source, f" {' '.join(overrides)}" if overrides else "")
-    summary = train(cfg, out, resume=args.resume)
+    stored = args.out is not None and source == str(args.out / "config.yaml")  # --resume --out RUN, no preset
+    preset = None if stored else source
+    summary = train(cfg, out, resume=args.resume, tracking=Tracking(preset=preset))
     if os.environ.get("RANK", "0") != "0":
         return  # under torchrun only rank 0 reports
     print(

@@ -101,6 +101,9 @@ class TrainConfig:
     # last finite checkpoint; save the exact position inside an epoch every N steps (0: at epoch ends only).
     stop_on_nonfinite: bool = True
     checkpoint_every_steps: int = 0
+    # Experiment trackers (rld.trackers): tensorboard | mlflow | wandb; metrics.csv is always written.
+    loggers: list[str] = field(default_factory=lambda: ["tensorboard"])
+    experiment: str | None = None  # MLflow experiment / W&B project (default: the preset's family)
 
 
 @dataclass
@@ -315,6 +318,8 @@ KEY_HELP = {
     "train.batch_students": "auto | on | off: step a sweep's students of one architecture together (auto: on CUDA)",
     "train.stop_on_nonfinite": "stop (exit status 3) at an epoch whose loss or weights went non-finite; keep last.pt",
     "train.checkpoint_every_steps": "also save the exact position inside an epoch every N steps (step.pt; 0: off)",
+    "train.loggers": "experiment trackers, e.g. [tensorboard,mlflow,wandb] (metrics.csv is always written)",
+    "train.experiment": "MLflow experiment / W&B project of the tracked runs (default: the preset's family)",
 }
 
 
@@ -540,6 +545,14 @@ def validate(cfg: RunConfig) -> None:
     for ok, what, value in checks:
         if not ok:
             raise UserError(f"{what}, got {value}")
+    from rld.trackers import LOGGERS
+
+    unknown = [name for name in t.loggers if name not in LOGGERS]
+    if unknown or len(set(t.loggers)) != len(t.loggers):
+        what = f"unknown logger {unknown[0]!r}" if unknown else "a logger named twice"
+        raise UserError(
+            f"train.loggers: {what}; choose from {', '.join(LOGGERS)}, e.g. train.loggers=[tensorboard,mlflow]"
+        )
     from rld.methods import get_spec, method_params
 
     method_params(cfg.method)  # raises for unknown methods, parameters they do not take, bad values

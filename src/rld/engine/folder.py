@@ -8,7 +8,9 @@
     out/checkpoints/step.pt    the same inside an epoch (a preemption, train.checkpoint_every_steps)
     out/checkpoints/best.pt    the student at its best test top-1 so far
     out/rld.lock               held by the process that trains the run (rld.engine.lock)
-    out/tb/                    TensorBoard events, when tensorboard is installed
+    out/tb/                    TensorBoard events (train.loggers has tensorboard, and it is installed)
+    out/trackers.json          the ids of the MLflow / W&B runs it logs to (train.loggers; rld.trackers)
+    out/wandb/                 W&B's own files (train.loggers has wandb)
 
 Nothing is written before :meth:`RunFolder.open`, which the run calls once everything that can
 refuse it has been checked, so a refused command leaves no folder behind.
@@ -29,6 +31,7 @@ from rld.engine.distributed import World
 from rld.engine.guard import STEP_CHECKPOINT
 from rld.errors import UserError
 from rld.models.sources import is_remote, resolve_checkpoint
+from rld.trackers import RunInfo, Trackers, Tracking
 
 METRIC_COLUMNS = [
     "epoch",
@@ -52,12 +55,20 @@ class RunFolder:
     def __init__(self, out: Path, world: World, expected_state: tuple | None = None):
         self.out, self.world, self.expected_state = Path(out), world, expected_state
         self.checkpoints = self.out / "checkpoints"
-        self.tb = None
+        self.trackers: Trackers | None = None
 
-    def open(self, cfg: RunConfig, history: list[dict[str, Any]], split: Any = None, teacher_record: bool = False):
+    def open(
+        self,
+        cfg: RunConfig,
+        history: list[dict[str, Any]],
+        split: Any = None,
+        teacher_record: bool = False,
+        tracking: Tracking | None = None,
+    ):
         """Lock the folder and write what a run starts with: ``config.yaml``, ``split.json`` (``split``),
         the teacher record (``teacher_record``: the method reads a teacher checkpoint), ``metrics.csv``
-        of a resumed run's ``history``; open TensorBoard. Rank 0 only; the others write nothing."""
+        of a resumed run's ``history``; open the trackers of ``train.loggers`` (TensorBoard by default;
+        ``tracking``: the run's preset and group). Rank 0 only; the others write nothing."""
         if not self.world.is_main:
             return
         lock.hold(self.out, self.expected_state)  # one writer per run folder, from its first write on
@@ -77,7 +88,7 @@ class RunFolder:
             raise UserError(f"cannot write to the output folder {self.out}: {reason}; choose another --out") from err
         if history:
             write_metrics(self.out / "metrics.csv", history)
-        self.tb = _tensorboard(self.out)
+        self.trackers = Trackers(RunInfo(cfg, self.out, tracking or Tracking()), history)
 
     def write(self, files: dict[str, dict[str, Any]], rows: list[dict[str, Any]] | None = None) -> None:
         """Write checkpoint ``files`` (name in ``checkpoints/`` → state, each atomically), then ``rows`` as
@@ -108,17 +119,16 @@ class RunFolder:
         """Remove ``step.pt`` (older than ``last.pt`` once an epoch has ended)."""
         (self.checkpoints / STEP_CHECKPOINT).unlink(missing_ok=True)
 
-    def log_scalars(self, row: dict[str, Any], epoch: int) -> None:
-        """An epoch's metrics to TensorBoard (when it is open)."""
-        if self.tb is not None:
-            for key, value in row.items():
-                if key != "epoch":
-                    self.tb.add_scalar(key, value, epoch)
+    def log_epoch(self, row: dict[str, Any], epoch: int) -> None:
+        """An epoch's row of metrics.csv to the open trackers."""
+        if self.trackers is not None:
+            self.trackers.log_epoch(row, epoch)
 
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
-            self.tb = None
+    def close(self, summary: dict[str, Any] | None = None, finished: bool = False) -> None:
+        """Close the trackers, giving them the run's ``summary`` (``finished``: every epoch trained)."""
+        if self.trackers is not None:
+            self.trackers.close(summary, finished)
+            self.trackers = None
 
 
 def write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
@@ -132,11 +142,3 @@ def write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
     for row in history:
         writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
     ckpt.write_text_atomic(path, buf.getvalue())
-
-
-def _tensorboard(out: Path):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        return None
-    return SummaryWriter(str(out / "tb"))

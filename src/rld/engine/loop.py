@@ -31,6 +31,8 @@ from rld.engine.teacher import build_teacher_fn, teacher_outputs
 from rld.engine.trainer import Run, build_run_data, data_info, method_inputs, prepare_out_dir, setup, setup_lines
 from rld.errors import DivergedError
 from rld.methods import get_spec
+from rld.trackers import Tracking
+from rld.trackers import check as check_trackers
 
 log = logging.getLogger("rld")
 
@@ -171,9 +173,13 @@ def train_group(
     return failed
 
 
-def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False) -> dict[str, Any]:
-    """Train (or resume) the run described by ``cfg`` in ``out_dir``; returns the final summary."""
+def train(
+    cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, tracking: Tracking | None = None
+) -> dict[str, Any]:
+    """Train (or resume) the run described by ``cfg`` in ``out_dir``; returns the final summary.
+    ``tracking``: the preset and group the trackers of ``train.loggers`` tag the run with."""
     out = Path(out_dir)
+    check_trackers(cfg.train.loggers)  # before anything is written
     device_kind = (
         "cuda"
         if cfg.train.device.startswith("cuda") or (cfg.train.device == "auto" and torch.cuda.is_available())
@@ -181,13 +187,13 @@ def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False) -> dict[
     )
     world = init_world(device_kind)
     try:
-        return _train(cfg, out, resume, world)
+        return _train(cfg, out, resume, world, tracking)
     finally:
         lock.release(out)
         shutdown(world)
 
 
-def _train(cfg: RunConfig, out: Path, resume: bool, world: World) -> dict[str, Any]:
+def _train(cfg: RunConfig, out: Path, resume: bool, world: World, tracking: Tracking | None) -> dict[str, Any]:
     device = setup(cfg, world)
     # rank 0 looks at the folder; every rank gets its answer (the checkpoint to resume, or the refusal)
     resume_from = main_decides(world, lambda: prepare_out_dir(out, resume, cfg))
@@ -207,12 +213,17 @@ def _train(cfg: RunConfig, out: Path, resume: bool, world: World) -> dict[str, A
         data_info=data_info(data),
         split=data.split,
         expected_state=expected,
+        tracking=tracking,
     )
     setup_text = setup_lines(cfg, out, data, run, teacher_fn, device, world)
     if world.is_main:
         for line in setup_text:
             log.info("%s", line)
-    train_group([Member(run)], data, teacher_fn, world, alone=True)
+    try:
+        train_group([Member(run)], data, teacher_fn, world, alone=True)
+    except BaseException:
+        run.abort()  # its trackers end their run (a stop signal closed it already)
+        raise
     return run.close()
 
 

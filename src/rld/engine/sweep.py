@@ -74,18 +74,22 @@ from rld.engine.teacher import build_teacher_fn
 from rld.engine.trainer import Run, build_run_data, data_info, method_inputs, prepare_out_dir, setup
 from rld.errors import UserError
 from rld.methods import get_spec
+from rld.trackers import Tracking
+from rld.trackers import check as check_trackers
 
 log = logging.getLogger("rld")
 
 
 @dataclass
 class SweepRun:
-    """One point of the grid: its folder name, the swept values, the resolved config, the folder."""
+    """One point of the grid: its folder name, the swept values, the resolved config, the folder;
+    ``tracking``: the preset and the group (the sweep) its trackers tag it with."""
 
     name: str
     values: dict[str, str]
     cfg: RunConfig
     out: Path
+    tracking: Tracking | None = None
 
 
 # ----------------------------------------------------------------------------- planning
@@ -160,12 +164,13 @@ def plan_sweep(
         axes = [(k, vs) for k, vs in axes if k != "seed"]
     keys = [k for k, _ in axes]
     runs: list[SweepRun] = []
+    tracking = Tracking(preset=source, group=str(out))  # a sweep's runs are one group in the trackers
     for seed in seeds or [None]:
         for combo in itertools.product(*(vs for _, vs in axes)):
             chosen = [f"{k}={v}" for k, v in zip(keys, combo)]
             cfg = resolve(source, [*fixed, *chosen, *extra, *([f"seed={seed}"] if seed is not None else [])])
             name = ",".join([*(f"{k}={_folder_part(v)}" for k, v in zip(keys, combo)), f"seed={cfg.seed}"])
-            runs.append(SweepRun(name, dict(zip(keys, combo)), cfg, Path(out) / name))
+            runs.append(SweepRun(name, dict(zip(keys, combo)), cfg, Path(out) / name, tracking))
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
         raise UserError("two runs of the sweep would share a folder: the grid repeats a value")
@@ -255,10 +260,16 @@ def _run_group(group: list[SweepRun], resume_from: dict[Path, Path | None], resu
             **method_inputs(r.cfg, data, teacher_fn),
             data_info=data_info(data),
             split=data.split,
+            tracking=r.tracking,
         )
         members.append(Member.own_rng(run, tag=r, stream=seeds.index(r.cfg.seed)))
 
-    failed = train_group(members, data, teacher_fn, world, loaders)
+    try:
+        failed = train_group(members, data, teacher_fn, world, loaders)
+    except BaseException:
+        for m in members:
+            m.run.abort()  # their trackers end their runs (a stop signal closed them already)
+        raise
     if hasattr(teacher_fn, "close"):
         teacher_fn.close()
     rows = []
@@ -312,6 +323,8 @@ def train_runs(
     stream (:func:`group_runs`); ``summary``: a CSV rewritten after each group. One summary per run.
 
     With a ``ray`` ``executor`` each group is a task (see the module docstring)."""
+    for run in runs:
+        check_trackers(run.cfg.train.loggers)  # before anything is written
     groups = group_runs(runs, share_seeds=executor is None or executor.kind == "local")
     # every run's folder is checked up front (existing runs, another configuration): nothing starts
     # unless all can, and nothing is written before

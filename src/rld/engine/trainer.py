@@ -38,6 +38,7 @@ from rld.errors import UserError
 from rld.methods import MethodContext, StrongView, build_method, get_spec, logits_only
 from rld.models.features import Features
 from rld.models.weights import create_pretrained, freeze_backbone
+from rld.trackers import Tracking
 
 log = logging.getLogger("rld")
 
@@ -161,6 +162,8 @@ EXECUTION_KEYS = {
         "channels_last",
         "stop_on_nonfinite",
         "checkpoint_every_steps",
+        "loggers",
+        "experiment",
     ),
 }
 
@@ -282,16 +285,18 @@ class Run:
         data_info: dict[str, Any] | None = None,
         split: Any = None,
         expected_state: tuple | None = None,
+        tracking: Tracking | None = None,
     ):
         """``teacher``, ``input_shape`` and ``labels`` (of the training split) are what a method that
         reads features is built from (:class:`~rld.methods.base.MethodContext`). ``data_info``: what a
         prediction needs from the data set (:func:`data_info`, saved in the checkpoints); ``split``: a
         single folder's / manifest's train-validation split (saved as ``split.json``);
-        ``expected_state``: the folder as the command checked it (:class:`~rld.engine.folder.RunFolder`)."""
+        ``expected_state``: the folder as the command checked it (:class:`~rld.engine.folder.RunFolder`);
+        ``tracking``: the preset and group its trackers tag it with (:mod:`rld.trackers`)."""
         t = cfg.train
         self.cfg, self.out, self.world, self.device = cfg, out, world, device
         self.folder = RunFolder(out, world, expected_state)
-        self.data_info, self.split = data_info, split
+        self.data_info, self.split, self.tracking = data_info, split, tracking
         self.num_classes = num_classes
         self.amp = t.amp
         torch.manual_seed(cfg.seed)
@@ -370,7 +375,9 @@ class Run:
         if self._resume_rng is not None:
             ckpt.set_rng_state(self._resume_rng)
             self._resume_rng = None
-        self.folder.open(self.cfg, self.history, self.split, teacher_record=self.method.needs_teacher)
+        self.folder.open(
+            self.cfg, self.history, self.split, teacher_record=self.method.needs_teacher, tracking=self.tracking
+        )
 
     @property
     def needs_teacher(self) -> bool:
@@ -486,7 +493,7 @@ class Run:
             self.best = {"test_top1": row["test_top1"], "epoch": epoch}
         if self.world.is_main:
             self._save(epoch, improved)
-            self.folder.log_scalars(row, epoch)
+            self.folder.log_epoch(row, epoch)
             log.info(
                 "%sepoch %d/%d  loss %.4f  %s top-1 %.2f  top-5 %.2f  (best %.2f @ %d)  lr %.4g  %.1fs",
                 f"[{self.out.name}] " if self.out.name else "",
@@ -530,7 +537,20 @@ class Run:
         }
 
     def close(self) -> dict[str, Any]:
-        self.folder.close()
+        """The run's summary; closes its trackers (giving them the summary)."""
+        summary = self.summary()
+        done = len(self.history) >= self.cfg.train.epochs
+        self.folder.close(self._tracked_summary(summary), finished=done)
+        return summary
+
+    def abort(self) -> None:
+        """Close the trackers of a run that stopped with an error (a divergence, a failed write)."""
+        self.folder.close(self._tracked_summary(self.summary()), finished=False)
+
+    def _tracked_summary(self, summary: dict[str, Any]) -> dict[str, Any]:
+        return {**summary, "device": str(self.device), "epochs_done": len(self.history)}
+
+    def summary(self) -> dict[str, Any]:
         last = self.history[-1] if self.history else {}
         return {
             "out": str(self.out),

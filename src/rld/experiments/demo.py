@@ -184,8 +184,13 @@ def _run(out: Path, overrides: list[str], methods, seeds, env, report: bool) -> 
     from rld.engine.sweep import SweepRun, train_runs
     from rld.experiments.report import write_report
     from rld.experiments.runs import teacher_weights
+    from rld.trackers import Tracking
 
-    teacher = train(resolve(f"{PRESETS}/teacher", list(overrides)), out / "teacher", resume=True)
+    group = str(out)  # the demo's runs are one group in the trackers
+    teacher_tracking = Tracking(f"{PRESETS}/teacher", group)
+    teacher = train(
+        resolve(f"{PRESETS}/teacher", list(overrides)), out / "teacher", resume=True, tracking=teacher_tracking
+    )
     _write_environment(out / "teacher", env)
     weights = teacher_weights(out / "teacher")
     planned = []
@@ -193,7 +198,10 @@ def _run(out: Path, overrides: list[str], methods, seeds, env, report: bool) -> 
         for method in methods:
             given = [] if method == "vanilla" else [f"model.teacher_checkpoint={weights}"]
             cfg = resolve(f"{PRESETS}/{method}", [*overrides, *given, f"seed={seed}"])
-            planned.append(SweepRun(f"{method}/seed{seed}", {"method": method}, cfg, out / method / f"seed{seed}"))
+            tracking = Tracking(f"{PRESETS}/{method}", group)
+            planned.append(
+                SweepRun(f"{method}/seed{seed}", {"method": method}, cfg, out / method / f"seed{seed}", tracking)
+            )
     rows = train_runs(planned, summary=out / "demo.csv", resume=True)
     for run in planned:
         _write_environment(run.out, env)

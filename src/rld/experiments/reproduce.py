@@ -61,8 +61,12 @@ def execute_run(run: PlannedRun) -> None:
         evaluate_teacher_checkpoint(run)
         return
     from rld.engine import train
+    from rld.trackers import Tracking
 
-    train(run.config(), run.out, resume=True)
+    root = Path(run.out)
+    for _ in Path(run.name).parts:  # the reproduction's folder: its runs are one group in the trackers
+        root = root.parent
+    train(run.config(), run.out, resume=True, tracking=Tracking(run.preset, str(root)))
 
 
 def run_unit(run: PlannedRun) -> list[ex.Outcome]:

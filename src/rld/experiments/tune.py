@@ -59,6 +59,8 @@ from rld.engine.sweep import SweepRun, _folder_part, group_runs, parse_grid, spl
 from rld.engine.trainer import build_run_data, prepare_out_dir
 from rld.errors import UserError
 from rld.experiments.runs import config_differences, read_config, read_metrics
+from rld.trackers import Tracking
+from rld.trackers import check as check_trackers
 
 log = logging.getLogger("rld")
 
@@ -198,7 +200,7 @@ def plan_tune(
         for point in points:
             cfg = resolve_with_flags(source, [*overrides, *_assign(point), *holdout], {**flags, "seed": seed}, epochs)
             name = ",".join([*(f"{k}={_folder_part(v)}" for k, v in point.items()), f"seed={seed}"])
-            runs.append(SweepRun(name, dict(point), cfg, out / GRID_DIR / name))
+            runs.append(SweepRun(name, dict(point), cfg, out / GRID_DIR / name, Tracking(source, str(out / GRID_DIR))))
     if len({r.name for r in runs}) != len(runs):
         raise UserError("two runs of the grid would share a folder: the grid repeats a value")
     first = runs[0].cfg
@@ -406,6 +408,7 @@ def tune(plan: TunePlan, *, resume: bool = False) -> dict[str, Any]:
     if not resume and (out / TUNE_FILE).exists():
         raise UserError(f"{out} already holds a tune; add --resume to continue it or choose another --out")
     for run in plan.grid:  # every grid run may start (or resume) before anything is written
+        check_trackers(run.cfg.train.loggers)
         prepare_out_dir(run.out, resume, run.cfg)
     data = probe_data(plan)
     holdout = data.holdout
@@ -466,7 +469,7 @@ def tune(plan: TunePlan, *, resume: bool = False) -> dict[str, Any]:
         if split_text is not None:
             _pin(run_out, split_text)
         log.info("final run (seed %d), the chosen point on the whole training set: %s", seed, run_out)
-        result = train(cfg, run_out, resume=resume)
+        result = train(cfg, run_out, resume=resume, tracking=Tracking(plan.source, str(out / FINAL_DIR)))
         finals.append({"seed": seed, "out": str(run_out.relative_to(out)), "test_top1": result["last_top1"]})
     top1 = [f["test_top1"] for f in finals]
     test_mean = mean(top1)
