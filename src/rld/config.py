@@ -65,6 +65,10 @@ class ModelConfig:
     freeze_backbone: bool = False  # train only the student's classifier (linear probing)
 
 
+LOGGERS = ("tensorboard", "mlflow", "wandb")
+"""The experiment trackers ``train.loggers`` may name (:mod:`rld.trackers`)."""
+
+
 @dataclass
 class TrainConfig:
     epochs: int = 240
@@ -545,8 +549,6 @@ def validate(cfg: RunConfig) -> None:
     for ok, what, value in checks:
         if not ok:
             raise UserError(f"{what}, got {value}")
-    from rld.trackers import LOGGERS
-
     unknown = [name for name in t.loggers if name not in LOGGERS]
     if unknown or len(set(t.loggers)) != len(t.loggers):
         what = f"unknown logger {unknown[0]!r}" if unknown else "a logger named twice"

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rld.trackers import RunInfo, summary_metrics
+from rld.trackers.base import RunInfo, summary_metrics
 
 PARAM_LENGTH = 500  # the longest parameter value every MLflow version accepts
 

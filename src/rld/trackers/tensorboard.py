@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rld.trackers import RunInfo
+from rld.trackers.base import RunInfo
 
 
 class TensorBoardTracker:

@@ -13,7 +13,7 @@ import os
 from dataclasses import asdict
 from typing import Any
 
-from rld.trackers import RunInfo, summary_metrics
+from rld.trackers.base import RunInfo, summary_metrics
 
 TAG_LENGTH = 64  # W&B's longest tag
 
