@@ -231,6 +231,14 @@ def test_yaml_mistakes_point_at_the_fix(tmp_path, capsys):
     assert "is not valid YAML at line 3, column 6" in _error(capsys, ["train", str(broken), "--dry-run"])
 
 
+@pytest.mark.parametrize("value", ["[1, 2]", "~", "3.5", "{a: 1}"])
+def test_a_config_file_naming_a_preset_of_the_wrong_kind_is_refused(tmp_path, capsys, value):
+    path = tmp_path / "c.yaml"
+    path.write_text(f"preset: {value}\nseed: 1\n")
+    message = _error(capsys, ["train", str(path), "--dry-run"])
+    assert f"config file {path}: preset takes a preset name (e.g. preset: demo/rld), got" in message
+
+
 def test_a_run_checkpoint_of_another_architecture_says_what_it_holds(vanilla_run, capsys):
     teacher = vanilla_run / "checkpoints" / "last.pt"  # a resnet8
     message = _error(capsys, ["train", "demo/kd", "--teacher", str(teacher), "train.epochs=1", *FAST])

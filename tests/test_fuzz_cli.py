@@ -3,7 +3,7 @@ run through the ``rld`` entry point in-process. Every case must end in a documen
 (0, or 2 with one line on stderr), raise nothing, and leave the folder it was pointed at as it was.
 
 The cases are derandomized (the same ones on every run, in CI too) and no example database is
-written; ``RLD_FUZZ_EXAMPLES=N`` runs N cases instead of 2,000."""
+written; ``RLD_FUZZ_EXAMPLES=N`` runs N override cases (and N/2 file cases) instead of 2,000."""
 
 from __future__ import annotations
 
@@ -96,3 +96,43 @@ def test_generated_overrides_and_flags_end_in_a_documented_status(preset, overri
         code, out, err = run_cli(argv)
         assert_documented(code, out, err)
         assert folder_snapshot(Path(tmp)) == before  # a dry run writes nothing
+
+
+YAML_TEXT = st.one_of(
+    st.text(alphabet="abcdefghijklmnopqrstuvwxyz_.:-[]{}#&*!|>'\"%@`, \n\t0123456789", max_size=60),
+    st.lists(st.tuples(st.sampled_from([*SECTIONS, "preset", "method.beta", "x"]), VALUES), max_size=3).map(
+        lambda kvs: "".join(f"{k}: {v}\n" for k, v in kvs)
+    ),
+    st.lists(st.tuples(KEYS, VALUES), max_size=3).map(
+        lambda kvs: "".join(f"{k.split('.')[0]}:\n  {k.split('.', 1)[-1]}: {v}\n" for k, v in kvs)
+    ),
+)
+FILE_BYTES = st.one_of(st.binary(max_size=200), YAML_TEXT.map(str.encode), st.just(b"PK\x03\x04" + b"\x00" * 40))
+
+
+@settings(FUZZ, max_examples=FUZZ.max_examples // 2)
+@given(text=YAML_TEXT, blob=FILE_BYTES, command=st.sampled_from(["yaml", "resume", "eval", "export", "predict"]))
+def test_corrupted_files_end_in_a_documented_status(text, blob, command):
+    """A config file, a run folder's config.yaml, a checkpoint or an export holding anything."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        (root / "run").mkdir()
+        if command == "yaml":
+            (root / "c.yaml").write_text(text)
+            argv = ["train", str(root / "c.yaml"), "--out", str(root / "out"), "--dry-run"]
+        elif command == "resume":
+            (root / "run" / "config.yaml").write_text(text)
+            argv = ["train", "--resume", "--out", str(root / "run"), "--dry-run"]
+        else:
+            (root / "run" / "last.pt").write_bytes(blob)
+            ckpt = str(root / "run" / "last.pt")
+            argv = {
+                "eval": ["eval", ckpt, "--device", "cpu"],
+                "export": ["export", ckpt, "--format", "safetensors", "--out", str(root / "run" / "m.safetensors")],
+                "predict": ["predict", ckpt, ckpt],
+            }[command]
+        before = folder_snapshot(root)
+        code, out, err = run_cli(argv)
+        assert_documented(code, out, err)
+        if code:
+            assert folder_snapshot(root) == before

@@ -567,7 +567,11 @@ def resolve(source: str, overrides: list[str] | None = None) -> RunConfig:
     """
     if source.endswith((".yaml", ".yml")) or Path(source).is_file():
         user = load_yaml(Path(source))
-        base = preset(user.pop("preset")) if "preset" in user else {}
+        named = "preset" in user
+        name = user.pop("preset", None)
+        if named and not isinstance(name, str):
+            raise UserError(f"config file {source}: preset takes a preset name (e.g. preset: demo/rld), got {name!r}")
+        base = preset(name) if named else {}
         where = str(source)
     else:
         user, base, where = {}, preset(source), f"preset {source}"
