@@ -239,6 +239,14 @@ def test_a_config_file_naming_a_preset_of_the_wrong_kind_is_refused(tmp_path, ca
     assert f"config file {path}: preset takes a preset name (e.g. preset: demo/rld), got" in message
 
 
+def test_a_path_or_value_with_a_newline_stays_on_one_line(tmp_path, capsys):
+    assert "does not exist" in _error(capsys, ["eval", str(tmp_path / "a\nb.pt")])
+    assert "a\\nb.pt" in _error(capsys, ["eval", str(tmp_path / "a\nb.pt")])
+    with pytest.raises(SystemExit) as stop:
+        main(["presets", "p", "x\ry"])
+    assert_user_error(stop.value.code, capsys.readouterr().err, "unrecognized arguments: x\\ry")
+
+
 def test_a_run_checkpoint_of_another_architecture_says_what_it_holds(vanilla_run, capsys):
     teacher = vanilla_run / "checkpoints" / "last.pt"  # a resnet8
     message = _error(capsys, ["train", "demo/kd", "--teacher", str(teacher), "train.epochs=1", *FAST])

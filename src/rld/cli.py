@@ -14,6 +14,7 @@ import argparse
 import functools
 import logging
 import os
+import re
 import shlex
 import sys
 import traceback
@@ -21,10 +22,18 @@ from pathlib import Path
 
 from rld.errors import DivergedError, Interrupted, UserError
 
+_LINE_BREAKING = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def one_line(text: str) -> str:
+    """``text`` with the characters that would break or garble its line (newlines, carriage returns,
+    other control characters, as in a path or value the user gave) written as escapes."""
+    return _LINE_BREAKING.sub(lambda m: repr(m.group())[1:-1], text)
+
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, exit status 2
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        self.exit(2, f"{self.prog}: error: {one_line(message)}\n")
 
 
 def _flags(args: argparse.Namespace) -> dict:
@@ -390,11 +399,11 @@ def main(argv: list[str] | None = None) -> int:
         status = args.func(args)
     except UserError as err:
         if os.environ.get("RANK", "0") == "0":  # under torchrun every rank stops; rank 0 says why
-            print(f"rld: error: {_one_line(err)}", file=sys.stderr)
+            print(f"rld: error: {one_line(_one_line(err))}", file=sys.stderr)
         return 2
     except DivergedError as err:
         if os.environ.get("RANK", "0") == "0":
-            print(f"rld: error: {err}", file=sys.stderr)
+            print(f"rld: error: {one_line(str(err))}", file=sys.stderr)
         return err.exit_status
     except Interrupted as err:
         if os.environ.get("RANK", "0") == "0":
