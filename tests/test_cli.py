@@ -239,6 +239,12 @@ def test_a_config_file_naming_a_preset_of_the_wrong_kind_is_refused(tmp_path, ca
     assert f"config file {path}: preset takes a preset name (e.g. preset: demo/rld), got" in message
 
 
+def test_a_config_file_that_is_not_text_is_refused(tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_bytes(b"seed: 1\n\x80")
+    assert f"config file {path} is not UTF-8 text (byte 8: invalid start byte)" in _error(capsys, ["train", str(path)])
+
+
 def test_a_path_or_value_with_a_newline_stays_on_one_line(tmp_path, capsys):
     assert "does not exist" in _error(capsys, ["eval", str(tmp_path / "a\nb.pt")])
     assert "a\\nb.pt" in _error(capsys, ["eval", str(tmp_path / "a\nb.pt")])

@@ -111,14 +111,18 @@ FILE_BYTES = st.one_of(st.binary(max_size=200), YAML_TEXT.map(str.encode), st.ju
 
 
 @settings(FUZZ, max_examples=FUZZ.max_examples // 2)
-@given(text=YAML_TEXT, blob=FILE_BYTES, command=st.sampled_from(["yaml", "resume", "eval", "export", "predict"]))
+@given(
+    text=YAML_TEXT,
+    blob=FILE_BYTES,
+    command=st.sampled_from(["yaml", "yaml-bytes", "resume", "eval", "export", "predict"]),
+)
 def test_corrupted_files_end_in_a_documented_status(text, blob, command):
     """A config file, a run folder's config.yaml, a checkpoint or an export holding anything."""
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         (root / "run").mkdir()
-        if command == "yaml":
-            (root / "c.yaml").write_text(text)
+        if command.startswith("yaml"):
+            (root / "c.yaml").write_bytes(blob if command == "yaml-bytes" else text.encode())
             argv = ["train", str(root / "c.yaml"), "--out", str(root / "out"), "--dry-run"]
         elif command == "resume":
             (root / "run" / "config.yaml").write_text(text)
@@ -136,3 +140,40 @@ def test_corrupted_files_end_in_a_documented_status(text, blob, command):
         assert_documented(code, out, err)
         if code:
             assert folder_snapshot(root) == before
+
+
+WORD = st.one_of(
+    st.sampled_from(["", "-", "--", "x", "0", "-1", "nan", "cpu", "cuda:9", "=", "a=b"]), st.text(max_size=8)
+)
+PATH = st.sampled_from(["file", "folder", "run", "missing", "missing/deeper", "file/below"])
+
+
+@settings(FUZZ, max_examples=FUZZ.max_examples // 4)
+@given(
+    command=st.sampled_from(["eval", "predict", "export", "presets", "runs", "report"]),
+    paths=st.lists(PATH, min_size=1, max_size=3),
+    words=st.lists(WORD, max_size=3),
+    flags=st.lists(
+        st.sampled_from(["--device", "--top-k", "--format", "--out", "--data", "--teacher", "--json", "--filter"]),
+        max_size=3,
+    ),
+    blob=FILE_BYTES,
+)
+def test_generated_command_lines_end_in_a_documented_status(command, paths, words, flags, blob):
+    """Other commands with paths to files of random bytes, folders, missing paths and random words."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        (root / "file").write_bytes(blob)
+        (root / "folder").mkdir()
+        (root / "run" / "checkpoints").mkdir(parents=True)
+        (root / "run" / "checkpoints" / "last.pt").write_bytes(blob)
+        (root / "run" / "config.yaml").write_bytes(blob)
+        args = [str(root / p) for p in paths]
+        for i, flag in enumerate(flags):
+            args += [flag, *([words[i]] if i < len(words) else [])]
+        argv = [command, *args, *words[len(flags) :]]
+        before = folder_snapshot(root)
+        code, out, err = run_cli(argv)
+        assert_documented(code, out, err)
+        if code:
+            assert folder_snapshot(root) == before, argv

@@ -471,6 +471,8 @@ def load_yaml(path: Path) -> dict:
         data = yaml.safe_load(path.read_text())
     except OSError as err:
         raise UserError(f"cannot read config file {path}: {err.strerror}") from err
+    except UnicodeDecodeError as err:
+        raise UserError(f"config file {path} is not UTF-8 text (byte {err.start}: {err.reason})") from err
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
