@@ -177,3 +177,25 @@ def test_generated_command_lines_end_in_a_documented_status(command, paths, word
         assert_documented(code, out, err)
         if code:
             assert folder_snapshot(root) == before, argv
+
+
+@settings(FUZZ, max_examples=FUZZ.max_examples // 4)
+@given(
+    rows=st.lists(st.lists(st.one_of(st.sampled_from(["a.png", "cat", "train", "val", ""]), st.text(max_size=6)))),
+    header=st.sampled_from(["path,label", "path,label,split", "label", ""]),
+    blob=FILE_BYTES,
+)
+def test_damaged_manifests_and_split_files_raise_user_errors(rows, header, blob):
+    """A CSV manifest with bad rows, and a split.json edited by hand or of random bytes."""
+    from rld.data.sources import Split, manifest_split
+    from rld.errors import UserError
+
+    with tempfile.TemporaryDirectory() as tmp:
+        manifest, split = Path(tmp) / "m.csv", Path(tmp) / "split.json"
+        manifest.write_text(header + "\n" + "".join(",".join(r) + "\n" for r in rows))
+        split.write_bytes(blob)
+        for read in (lambda: manifest_split(manifest, 0.5, 0), lambda: Split.read(split)):
+            try:
+                read()
+            except UserError:
+                pass
