@@ -138,6 +138,74 @@ def test_flag_and_override_mistakes_are_one_line(capsys, argv, message):
     assert message in _error(capsys, ["train", "demo/rld", *argv, "--dry-run"])
 
 
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        (
+            "train.lr_milestones=[150,180,210",
+            "'train.lr_milestones=[150,180,210' is not a valid value: unclosed '['; "
+            "e.g. train.lr_milestones=[150,180,210]",
+        ),
+        ("seed=[", "'seed=[' is not a valid value: unclosed '['; e.g. seed=0"),
+        ("train.epochs=%s", "'train.epochs=%s' is not a valid value: '%' cannot start a value (quote the value)"),
+        ('data.image_size="', "'data.image_size=\"' is not a valid value: unclosed quote; e.g. data.image_size=1"),
+        ("method.name={a: 1}", "'method.name={a: 1}': method.name takes a name, not a map; e.g. method.name=vanilla"),
+        ("method.beta=[1]", "'method.beta=[1]': method.beta takes a float, not a list"),
+        ("train.lr_milestones={a: 1}", "train.lr_milestones takes a list, not a map"),
+        ("train=3", "'train=3': train is a section, not a value; set its keys, e.g. train.epochs="),
+        ("[x=1", "'[x=1': '[x' is not a configuration key"),
+        ("method.beta=*a", "'*' marks a YAML alias (quote the value)"),
+        (
+            "method.beta=${oc.env:RLD_NO_SUCH_VARIABLE}",
+            "cannot resolve the interpolation in method.beta: KeyError raised while resolving interpolation: "
+            "\"Environment variable 'RLD_NO_SUCH_VARIABLE' not found\"",
+        ),
+        ("seed=${oc.env:HOME}", "cannot resolve the interpolation in seed"),
+        ("method.alpha=inf", "method 'rld': alpha must be a finite number >= 0, got inf"),
+        ("method.beta=1e999", "method 'rld': beta must be a finite number >= 0, got inf"),
+        ("method.temperature=.inf", "method 'rld': temperature must be a finite number > 0, got inf"),
+        ("method.alpha=nan", "method 'rld': alpha must be a number >= 0, got nan"),
+        ("train.lr=inf", "train.lr must be > 0 and finite, got inf"),
+        ("train.lr=nan", "train.lr must be > 0, got nan"),
+        ("train.momentum=-inf", "train.momentum must be in [0, 1), got -inf"),
+        ("data.holdout=nan", "data.holdout must be in (0, 1), got nan"),
+        ("train.warmup_epochs=inf", "train.warmup_epochs must be >= 0 and < train.epochs, got inf"),
+    ],
+)
+def test_malformed_and_non_finite_override_values_are_one_line(capsys, tmp_path, override, message):
+    """Each ends in one line quoting what is wrong (and a valid example), exit status 2, nothing written."""
+    assert message in _error(capsys, ["train", "demo/rld", override, "--out", str(tmp_path / "run"), "--dry-run"])
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "preset,override,message",
+    [
+        ("cifar100/resnet56-resnet20/crd", "method.nce_t=inf", "method 'crd': nce_t must be a finite number > 0"),
+        ("cifar100/resnet56-resnet20/fitnet", "method.feat_weight=-inf", "method 'fitnet': feat_weight must be a"),
+        ("cifar100/resnet56-resnet20/ctkd", "method.t_range=inf", "method 'ctkd': t_range must be a finite number"),
+        ("cifar100/resnet56-resnet20/kd", "method.ls_temperature=inf", "must be a finite number > 0, got inf"),
+    ],
+)
+def test_non_finite_method_weights_and_temperatures_are_refused(capsys, preset, override, message):
+    extra = ["method.logit_standardization=true"] if "ls_" in override else []
+    assert message in _error(capsys, ["train", preset, *extra, override, "--dry-run"])
+
+
+def test_an_internal_error_shows_its_traceback_and_what_to_report(monkeypatch, capsys):
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr("rld.config.resolve_with_flags", broken)
+    assert main(["train", "demo/rld", "--dry-run"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "ZeroDivisionError: a bug" in err
+    assert err.splitlines()[-1] == (
+        f"rld: this is a bug in rld, not a mistake in your input; please report it with the command "
+        f"(rld train demo/rld --dry-run), the version (rld {rld.__version__}) and the traceback above"
+    )
+
+
 def test_ignored_inputs_are_refused(capsys, tmp_path):
     ckpt = tmp_path / "t.pt"
     assert "trains without a teacher: --teacher" in _error(capsys, ["train", "demo/vanilla", "--teacher", str(ckpt)])
@@ -161,6 +229,28 @@ def test_yaml_mistakes_point_at_the_fix(tmp_path, capsys):
     broken = tmp_path / "broken.yaml"
     broken.write_text("preset: demo/rld\nmethod: {beta: 4\ntrain: {}\n")
     assert "is not valid YAML at line 3, column 6" in _error(capsys, ["train", str(broken), "--dry-run"])
+
+
+@pytest.mark.parametrize("value", ["[1, 2]", "~", "3.5", "{a: 1}"])
+def test_a_config_file_naming_a_preset_of_the_wrong_kind_is_refused(tmp_path, capsys, value):
+    path = tmp_path / "c.yaml"
+    path.write_text(f"preset: {value}\nseed: 1\n")
+    message = _error(capsys, ["train", str(path), "--dry-run"])
+    assert f"config file {path}: preset takes a preset name (e.g. preset: demo/rld), got" in message
+
+
+def test_a_config_file_that_is_not_text_is_refused(tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_bytes(b"seed: 1\n\x80")
+    assert f"config file {path} is not UTF-8 text (byte 8: invalid start byte)" in _error(capsys, ["train", str(path)])
+
+
+def test_a_path_or_value_with_a_newline_stays_on_one_line(tmp_path, capsys):
+    assert "does not exist" in _error(capsys, ["eval", str(tmp_path / "a\nb.pt")])
+    assert "a\\nb.pt" in _error(capsys, ["eval", str(tmp_path / "a\nb.pt")])
+    with pytest.raises(SystemExit) as stop:
+        main(["presets", "p", "x\ry"])
+    assert_user_error(stop.value.code, capsys.readouterr().err, "unrecognized arguments: x\\ry")
 
 
 def test_a_run_checkpoint_of_another_architecture_says_what_it_holds(vanilla_run, capsys):

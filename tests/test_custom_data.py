@@ -163,3 +163,17 @@ def test_a_csv_manifest_and_a_corrupt_image(tmp_path, capsys):
     code = main([*argv, str(out)])
     assert_user_error(code, capsys.readouterr().err, f"cannot read image {root / 'dog' / '2.png'}")
     assert main([*argv, str(tmp_path / "skipping"), "data.skip_bad_images=true"]) == 0
+
+
+def test_a_manifest_row_without_a_label_or_not_text_is_refused(tmp_path):
+    from rld.data.sources import manifest_split
+
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,label\na.png,cat\nb.png\n")
+    with pytest.raises(
+        UserError, match=r"m.csv, line 3: a row needs a path and a label, got \{'path': 'b.png', 'label': None\}"
+    ):
+        manifest_split(manifest, 0.5, 0)
+    manifest.write_bytes(b"path,label\n\x80.png,cat\n")
+    with pytest.raises(UserError, match="cannot read the manifest .*m.csv: 'utf-8' codec can't decode byte 0x80"):
+        manifest_split(manifest, 0.5, 0)

@@ -91,10 +91,10 @@ def test_reproduce_on_ray_finishes_a_dead_workers_run_once_and_matches_local(clu
 def test_sweep_on_ray_trains_each_group_as_a_task_and_leaves_a_locked_group(cluster, tmp_path):
     """Two seeds, two learning rates: two lockstep groups, each a Ray task of an `rld sweep` process that
     finds the cluster by RAY_ADDRESS. The seed-1 group is being trained by another process (the test
-    holds a folder's lock): it is left alone. In the seed-0 group lr=inf diverges and lr=0.05 finishes
+    holds a folder's lock): it is left alone. In the seed-0 group lr=1e30 diverges and lr=0.05 finishes
     as ``rld train`` trains it. Exit status 2 (not only divergences); the summary names the runs."""
     out = tmp_path / "sweep"
-    argv = ["sweep", "demo/vanilla", "train.lr=0.05,inf", "--seeds", "0,1", "--epochs", "1", *TINY, "--out",
+    argv = ["sweep", "demo/vanilla", "train.lr=0.05,1e30", "--seeds", "0,1", "--epochs", "1", *TINY, "--out",
             str(out), "--executor", "ray"]  # fmt: skip
     env = {**os.environ, "RAY_ADDRESS": cluster}
     held = lock.hold(out / "train.lr=0.05,seed=1")
@@ -104,13 +104,13 @@ def test_sweep_on_ray_trains_each_group_as_a_task_and_leaves_a_locked_group(clus
         lock.release(held.out)
     assert done.returncode == 2, done.stderr[-3000:]
     rows = {r["run"]: r for r in csv.DictReader(open(out / "sweep.csv"))}
-    assert set(rows) == {f"train.lr={lr},seed={s}" for lr in ("0.05", "inf") for s in (0, 1)}
-    assert rows["train.lr=inf,seed=0"]["status"] == "diverged"
+    assert set(rows) == {f"train.lr={lr},seed={s}" for lr in ("0.05", "1e30") for s in (0, 1)}
+    assert rows["train.lr=1e30,seed=0"]["status"] == "diverged"
     assert rows["train.lr=0.05,seed=0"]["status"] == ""
-    for name in ("train.lr=0.05,seed=1", "train.lr=inf,seed=1"):
+    for name in ("train.lr=0.05,seed=1", "train.lr=1e30,seed=1"):
         assert rows[name]["status"] == "busy" and "being trained elsewhere (pid" in rows[name]["error"], rows[name]
         assert not (out / name / "metrics.csv").exists()
-    assert "3 of 4 runs did not finish:" in done.stderr and "train.lr=inf,seed=0: diverged:" in done.stderr
+    assert "3 of 4 runs did not finish:" in done.stderr and "train.lr=1e30,seed=0: diverged:" in done.stderr
     assert "the same command with --resume continues them (runs being trained elsewhere" in done.stderr
 
     alone = tmp_path / "alone"

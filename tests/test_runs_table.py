@@ -44,8 +44,7 @@ def runs(tmp_path_factory) -> Path:
         assert _train(top / "ok" / f"seed{seed}", [*over, f"seed={seed}"], None) == 0
     assert _train(top / "stopped", [*over, "train.lr=0.1"], "sigterm_after_step:4") == 143
     assert _train(top / "nan", over, "nan_after_step:4") == 3
-    with pytest.raises(RuntimeError, match="RLD_FAULT"):
-        _train(top / "crash", over, "error_after_step:1")
+    assert _train(top / "crash", over, "error_after_step:1") == 1  # a bug's status: traceback and report line
     shutil.copytree(top / "ok" / "seed0", top / "held")
     (top / "held" / "rld.lock").unlink()
     return top

@@ -1,8 +1,9 @@
 # PYTHON_ARGCOMPLETE_OK
 """The ``rld`` command: thin; it parses arguments and calls the library.
 
-Exit statuses: 0 done; 2 a mistake the user can fix (:class:`rld.errors.UserError`, bad arguments:
-one line on stderr, no traceback); 3 training diverged (:class:`rld.errors.DivergedError`; for
+Exit statuses: 0 done; 1 a bug in rld (its traceback, then one line saying what to report); 2 a
+mistake the user can fix (:class:`rld.errors.UserError`, bad arguments: one line on stderr, no
+traceback); 3 training diverged (:class:`rld.errors.DivergedError`; for
 ``rld sweep``: some of its runs did, the others finished); 130 / 143 stopped by SIGINT / SIGTERM
 (:class:`rld.errors.Interrupted`: the run's position is saved, ``--resume`` continues it).
 """
@@ -10,18 +11,29 @@ one line on stderr, no traceback); 3 training diverged (:class:`rld.errors.Diver
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
+import re
 import shlex
 import sys
+import traceback
 from pathlib import Path
 
 from rld.errors import DivergedError, Interrupted, UserError
 
+_LINE_BREAKING = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def one_line(text: str) -> str:
+    """``text`` with the characters that would break or garble its line (newlines, carriage returns,
+    other control characters, as in a path or value the user gave) written as escapes."""
+    return _LINE_BREAKING.sub(lambda m: repr(m.group())[1:-1], text)
+
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, exit status 2
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        self.exit(2, f"{self.prog}: error: {one_line(message)}\n")
 
 
 def _flags(args: argparse.Namespace) -> dict:
@@ -365,8 +377,15 @@ def _completion(parser: argparse.ArgumentParser) -> None:
     argcomplete.autocomplete(parser)
 
 
+@functools.cache
+def _parser() -> argparse.ArgumentParser:
+    """The parser, built once per process (parsing leaves it as it was; callers that run ``main``
+    many times in one process, as the tests do, build it once)."""
+    return build_parser()
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    parser = _parser()
     _completion(parser)
     args, extra = parser.parse_known_args(argv)
     if args.command is None:  # bare `rld`
@@ -383,11 +402,11 @@ def main(argv: list[str] | None = None) -> int:
         status = args.func(args)
     except UserError as err:
         if os.environ.get("RANK", "0") == "0":  # under torchrun every rank stops; rank 0 says why
-            print(f"rld: error: {_one_line(err)}", file=sys.stderr)
+            print(f"rld: error: {one_line(_one_line(err))}", file=sys.stderr)
         return 2
     except DivergedError as err:
         if os.environ.get("RANK", "0") == "0":
-            print(f"rld: error: {err}", file=sys.stderr)
+            print(f"rld: error: {one_line(str(err))}", file=sys.stderr)
         return err.exit_status
     except Interrupted as err:
         if os.environ.get("RANK", "0") == "0":
@@ -398,7 +417,28 @@ def main(argv: list[str] | None = None) -> int:
         hint = getattr(args, "resume_hint", None)
         print("rld: interrupted" + (f"; continue with: {hint}" if hint else ""), file=sys.stderr)
         return 130
+    except Exception:  # a bug in rld, not a mistake in the input: the traceback, then what to report
+        traceback.print_exc()
+        print(
+            BUG_FOOTER.format(
+                version=_version(), argv=" ".join(map(shlex.quote, sys.argv[1:] if argv is None else argv))
+            ),
+            file=sys.stderr,
+        )
+        return 1
     return status if isinstance(status, int) else 0
+
+
+BUG_FOOTER = (
+    "rld: this is a bug in rld, not a mistake in your input; please report it with the command "
+    "(rld {argv}), the version (rld {version}) and the traceback above"
+)
+
+
+def _version() -> str:
+    from rld import __version__
+
+    return __version__
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
+import re
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -377,14 +379,99 @@ def key_help() -> dict[str, str]:
     return out
 
 
+SECTIONS = ("data", "model", "method", "train")
+_KEY_SYNTAX = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+def example_value(key: str) -> str:
+    """A valid ``KEY=VALUE`` for ``key``: its default, or a value of its type."""
+    if key in SECTIONS:
+        return f"{key}.{next(k for k in key_types() if k.startswith(key + '.')).split('.', 1)[1]}=…"
+    kind, default = key_types().get(key, ("", None))
+    if isinstance(default, bool):
+        value = str(default).lower()
+    elif isinstance(default, list):
+        value = f"[{','.join(map(str, default))}]" if default else "[5,7]"
+    elif default not in (None, ""):
+        value = str(default)
+    elif kind.startswith("list"):
+        value = "[5,7]"
+    else:
+        value = next((v for t, v in (("bool", "true"), ("int", "1"), ("float", "0.5")) if kind.startswith(t)), "NAME")
+    return f"{key}={value}"
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """What is wrong in a YAML value, in a few words."""
+    context, problem = getattr(err, "context", None) or "", getattr(err, "problem", None) or str(err)
+    if "flow sequence" in context or "flow node" in context and "'['" not in problem:
+        return "unclosed '['"
+    if "flow mapping" in context:
+        return "unclosed '{'"
+    if "quoted scalar" in context:
+        return "unclosed quote"
+    if "directive" in context:
+        return "'%' cannot start a value (quote the value)"
+    if "undefined alias" in problem:
+        return "'*' marks a YAML alias (quote the value)"
+    if "cannot start any token" in problem:
+        return "a character that cannot start a value (quote the value)"
+    if "constructor" in problem:
+        return "a YAML tag ('!!…') is not a value"
+    return f"{context + ': ' if context else ''}{problem}"
+
+
+def _check_kind(override: str, key: str, value: Any) -> None:
+    """Refuse a map or list given where ``key`` takes a single value (and a scalar or list where a
+    section or map is expected), naming the key, what it takes and a valid example."""
+    if key in SECTIONS:
+        if not isinstance(value, dict):
+            raise UserError(f"{override!r}: {key} is a section, not a value; set its keys, e.g. {example_value(key)}")
+        for name, item in value.items():
+            _check_kind(override, f"{key}.{name}", item)
+        return
+    if key not in key_types():
+        return  # unknown keys are refused by the merge, with the keys that are close
+    kind = key_types()[key][0]
+    got = "a map" if isinstance(value, dict) else "a list" if isinstance(value, list) else None
+    if got is None or kind.startswith("list") and isinstance(value, list):
+        return
+    takes = "a list" if kind.startswith("list") else "a name" if kind.startswith("str") else f"a {kind.split(' ')[0]}"
+    raise UserError(f"{override!r}: {key} takes {takes}, not {got}; e.g. {example_value(key)}")
+
+
+def _parse_override(override: str) -> DictConfig:
+    """One ``KEY=VALUE`` as a config: the key's syntax, the value's YAML and its kind checked."""
+    key, _, text = override.partition("=")
+    key = key.strip()
+    if not _KEY_SYNTAX.fullmatch(key):
+        raise UserError(
+            f"{override!r}: {key!r} is not a configuration key (keys look like train.lr; rld config-keys lists them)"
+        )
+    try:
+        node = OmegaConf.from_dotlist([f"{key}={text}"])
+    except yaml.YAMLError as err:
+        raise UserError(f"{override!r} is not a valid value: {_yaml_problem(err)}; e.g. {example_value(key)}") from err
+    except (OmegaConfBaseException, ValueError, TypeError, IndexError) as err:
+        raise UserError(f"cannot read override {override!r}: {str(err).splitlines()[0]}") from err
+    value = OmegaConf.to_container(node, resolve=False)
+    for part in key.split("."):
+        value = value[part]
+    _check_kind(override, key, value)
+    return node
+
+
 def _parse_overrides(overrides: list[str]) -> DictConfig:
     bad = [o for o in overrides if "=" not in o or not o.split("=", 1)[0].strip()]
     if bad:
         raise UserError(f"overrides must look like KEY=VALUE (e.g. method.beta=4), got {bad[0]!r}")
+    nodes = [_parse_override(o) for o in overrides]
     try:
-        return OmegaConf.from_dotlist(list(overrides))
-    except OmegaConfBaseException as err:
-        raise UserError(f"cannot parse overrides {overrides}: {str(err).splitlines()[0]}") from err
+        return OmegaConf.merge(*nodes) if nodes else OmegaConf.create({})
+    except (OmegaConfBaseException, ValueError, TypeError) as err:  # a key set as a value and as a section
+        raise UserError(
+            f"the overrides {' '.join(overrides)} contradict each other: {str(err).splitlines()[0]}"
+        ) from err
 
 
 def load_yaml(path: Path) -> dict:
@@ -393,6 +480,8 @@ def load_yaml(path: Path) -> dict:
         data = yaml.safe_load(path.read_text())
     except OSError as err:
         raise UserError(f"cannot read config file {path}: {err.strerror}") from err
+    except UnicodeDecodeError as err:
+        raise UserError(f"config file {path} is not UTF-8 text (byte {err.start}: {err.reason})") from err
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -416,10 +505,16 @@ def _method_name(layers: list[tuple[Any, str]]) -> tuple[str, int]:
     """The method the layers pick (the last ``method.name`` given; vanilla if none) and the index of
     the layer that names it (-1 if none)."""
     name, at = "vanilla", -1
-    for i, (layer, _) in enumerate(layers):
-        method = layer.get("method") if hasattr(layer, "get") else None
-        if hasattr(method, "get") and method.get("name") is not None:
-            name, at = method.get("name"), i
+    for i, (layer, where) in enumerate(layers):
+        try:
+            method = layer.get("method") if hasattr(layer, "get") else None
+            given = method.get("name") if hasattr(method, "get") else None
+        except OmegaConfBaseException as err:
+            raise _friendly(err, where) from err
+        if given is not None:
+            if not isinstance(given, str):
+                raise UserError(f"method.name takes a method name, e.g. method.name=kd; got {given!r} in {where}")
+            name, at = given, i
     return name, at
 
 
@@ -435,6 +530,12 @@ def _without_foreign_method_keys(layer: Any, keys: set[str]) -> Any:
 
 def _schema(method: str) -> DictConfig:
     """The schema of a run of ``method``: its ``method`` section is the method's own typed class."""
+    return copy.deepcopy(_shared_schema(method))
+
+
+@cache
+def _shared_schema(method: str) -> DictConfig:
+    """:func:`_schema`, made once per method (building it is slow); merges copy it, never change it."""
     from rld.methods import method_config
 
     return OmegaConf.structured(RunConfig(method=method_config(method)()))
@@ -445,7 +546,7 @@ def _merged(layers: list[tuple[Any, str]]) -> DictConfig:
     before the one naming the method belong to another method (``method.name=kd`` over an RLD
     preset): those the picked method does not take are left out."""
     method, at = _method_name(layers)
-    cfg = _schema(method)
+    cfg = _shared_schema(method) if layers else _schema(method)  # OmegaConf.merge returns a new config
     keys = set(cfg.method.keys())
     layers = [
         (_without_foreign_method_keys(layer, keys) if i < at else layer, w) for i, (layer, w) in enumerate(layers)
@@ -455,6 +556,14 @@ def _merged(layers: list[tuple[Any, str]]) -> DictConfig:
             cfg = OmegaConf.merge(cfg, layer)
         except OmegaConfBaseException as err:
             raise _friendly(err, where, method) from err
+    try:  # interpolations (${oc.env:NAME}, ${train.lr}) are resolved now, not when a value is first read
+        OmegaConf.resolve(cfg)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or "a value"
+        raise UserError(
+            f"cannot resolve the interpolation in {key}: {str(err).splitlines()[0]}; give a plain value, "
+            f"e.g. {example_value(key)}"
+        ) from err
     return cfg
 
 
@@ -469,7 +578,11 @@ def resolve(source: str, overrides: list[str] | None = None) -> RunConfig:
     """
     if source.endswith((".yaml", ".yml")) or Path(source).is_file():
         user = load_yaml(Path(source))
-        base = preset(user.pop("preset")) if "preset" in user else {}
+        named = "preset" in user
+        name = user.pop("preset", None)
+        if named and not isinstance(name, str):
+            raise UserError(f"config file {source}: preset takes a preset name (e.g. preset: demo/rld), got {name!r}")
+        base = preset(name) if named else {}
         where = str(source)
     else:
         user, base, where = {}, preset(source), f"preset {source}"
@@ -549,6 +662,8 @@ def validate(cfg: RunConfig) -> None:
     for ok, what, value in checks:
         if not ok:
             raise UserError(f"{what}, got {value}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"{what} and finite, got {value}")
     unknown = [name for name in t.loggers if name not in LOGGERS]
     if unknown or len(set(t.loggers)) != len(t.loggers):
         what = f"unknown logger {unknown[0]!r}" if unknown else "a logger named twice"
@@ -558,6 +673,7 @@ def validate(cfg: RunConfig) -> None:
     from rld.methods import get_spec, method_params
 
     method_params(cfg.method)  # raises for unknown methods, parameters they do not take, bad values
+    _refuse_nonfinite(cfg)
     # paths are stored absolute, so a copied run or a command from another folder still finds them
     from rld.models.sources import is_remote, named_teacher
 
@@ -592,6 +708,17 @@ def validate(cfg: RunConfig) -> None:
             f"method {cfg.method.name!r} trains without a teacher: --teacher / model.teacher_checkpoint / "
             "model.teacher_weights would be ignored; use a distillation preset (rld presets)"
         )
+
+
+def _refuse_nonfinite(cfg: RunConfig) -> None:
+    """NaN and ±inf make no sense for any float key (weights, temperatures, learning rates,
+    fractions, epochs): refused, with the key's valid range where the method states it."""
+    for section in ("data", "model", "method", "train"):
+        for f in dataclasses.fields(getattr(cfg, section)):
+            value = getattr(getattr(cfg, section), f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                key = f"{section}.{f.name}"
+                raise UserError(f"{key} must be a finite number, got {value} (e.g. {example_value(key)})")
 
 
 # How the teacher's logits are computed, by whether its body runs under bf16 autocast.
@@ -704,6 +831,6 @@ def from_dict(data: dict) -> RunConfig:
     try:
         keys = {f.name for f in dataclasses.fields(method_config(name))}
         method = {k: v for k, v in method.items() if k in keys or v is not None}
-        return OmegaConf.to_object(OmegaConf.merge(_schema(name), {**data, "method": method}))
+        return OmegaConf.to_object(OmegaConf.merge(_shared_schema(name), {**data, "method": method}))
     except OmegaConfBaseException as err:
         raise _friendly(err, "the saved configuration", name) from err

@@ -63,6 +63,8 @@ class Split:
     def read(cls, path: Path) -> Split:
         try:
             data = json.loads(Path(path).read_text())
+            if not isinstance(data["root"], str) or not all(isinstance(c, str) for c in data["classes"]):
+                raise TypeError("root and classes must be text")
             return cls(
                 data["root"],
                 list(data["classes"]),
@@ -118,8 +120,13 @@ def manifest_split(csv_path: str | Path, val_fraction: float | None, seed: int) 
             rows = list(csv.DictReader(f))
     except OSError as err:
         raise UserError(f"cannot read the manifest {csv_path}: {err.strerror}") from err
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise UserError(f"cannot read the manifest {csv_path}: {err}") from err
     if not rows or not {"path", "label"} <= set(rows[0]):
         raise UserError(f"{csv_path} needs the columns path,label (and optionally split: train or val)")
+    for line, row in enumerate(rows, start=2):
+        if not isinstance(row.get("path"), str) or not row["path"].strip() or not isinstance(row.get("label"), str):
+            raise UserError(f"{csv_path}, line {line}: a row needs a path and a label, got {row!r}")
     classes = sorted({r["label"] for r in rows})
     index = {c: i for i, c in enumerate(classes)}
     items = [(r["path"], index[r["label"]], (r.get("split") or "").strip().lower()) for r in rows]

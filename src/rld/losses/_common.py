@@ -10,6 +10,7 @@ a row whose classes are all removed becomes uniform.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -114,11 +115,15 @@ def check_positive(name: str, value: float | Tensor) -> None:
         raise LossInputError(f"{name} must be a number, got {value!r}")
     if not value > 0:
         raise LossInputError(f"{name} must be > 0, got {value}")
+    if value == math.inf:
+        raise LossInputError(f"{name} must be a finite number > 0, got {value}")
 
 
 def check_weight(name: str, value: float) -> None:
     if not is_number(value) or value != value or value < 0:
         raise LossInputError(f"{name} must be a number >= 0, got {value!r}")
+    if value == math.inf:
+        raise LossInputError(f"{name} must be a finite number >= 0, got {value!r}")
 
 
 def prepare(
