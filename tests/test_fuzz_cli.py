@@ -3,8 +3,8 @@ run through the ``rld`` entry point in-process. Every case must end in a documen
 (0, or 2 with one line on stderr), raise nothing, and leave the folder it was pointed at as it was.
 
 The cases are derandomized (the same ones on every run, in CI too) and no example database is
-written; ``RLD_FUZZ_EXAMPLES=N`` runs N override cases (N/4 corrupted files, N/8 command lines and
-N/8 damaged manifests) instead of 2,000."""
+written; ``RLD_FUZZ_EXAMPLES=N`` runs N override cases (and N/8 of each
+kind of file and command-line case) instead of 2,000."""
 
 from __future__ import annotations
 
