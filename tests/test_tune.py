@@ -176,7 +176,7 @@ def _fake_training(monkeypatch, table: dict[str, float]) -> None:
     """No training: the grid's validation top-1 comes from ``table`` (run folder name -> value)."""
     monkeypatch.setattr(tuning, "train_runs", lambda runs, **kw: [])
     monkeypatch.setattr(tuning, "validation_top1", lambda run_dir, epochs: table[Path(run_dir).name])
-    monkeypatch.setattr(tuning, "train", lambda cfg, out, resume=False: {"last_top1": 50.0 + cfg.seed})
+    monkeypatch.setattr(tuning, "train", lambda cfg, out, resume=False, **kw: {"last_top1": 50.0 + cfg.seed})
 
 
 def _run_choice(tmp_path, capsys, monkeypatch, name, betas, temps, values):
