@@ -45,7 +45,6 @@ METRIC_COLUMNS = [
     "train_time",
     "steps",
 ]
-TIME_COLUMNS = ("epoch_time", "train_time")
 
 
 class RunFolder:
