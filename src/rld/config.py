@@ -85,6 +85,9 @@ class TrainConfig:
     weight_decay: float = 5e-4
     momentum: float = 0.9
     nesterov: bool = False
+    # Clip each run's gradient to this total L2 norm before its optimizer step (None: no clipping;
+    # the published SDD trainer clips at 40).
+    grad_clip_norm: float | None = None
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     # bf16 autocast of the student's forward (CPU and CUDA; opt-in, it changes results). The teacher's
     # classifier, the losses and every evaluation stay in float32.
@@ -312,6 +315,7 @@ KEY_HELP = {
     "train.weight_decay": "weight decay (decoupled for adamw)",
     "train.momentum": "SGD momentum",
     "train.nesterov": "Nesterov momentum",
+    "train.grad_clip_norm": "clip each step's gradient to this total L2 norm (empty: none; SDD's published code: 40)",
     "train.device": "auto | cpu | cuda | cuda:N; --device",
     "train.amp": "bf16 autocast of the student (opt-in; teacher logits and evaluation stay float32)",
     "train.channels_last": "channels-last layout (faster convolutions)",
@@ -618,6 +622,7 @@ def validate(cfg: RunConfig) -> None:
         (0 <= t.warmup_epochs < t.epochs, "train.warmup_epochs must be >= 0 and < train.epochs", t.warmup_epochs),
         (t.optimizer in ("sgd", "adamw"), "train.optimizer must be sgd or adamw", t.optimizer),
         (t.weight_decay >= 0, "train.weight_decay must be >= 0", t.weight_decay),
+        (t.grad_clip_norm is None or t.grad_clip_norm > 0, "train.grad_clip_norm must be > 0", t.grad_clip_norm),
         (0 <= t.momentum < 1, "train.momentum must be in [0, 1)", t.momentum),
         (t.lr_step is None or t.lr_step > 0, "train.lr_step must be > 0", t.lr_step),
         (all(m > 0 for m in t.lr_milestones), "train.lr_milestones must be positive epochs", t.lr_milestones),

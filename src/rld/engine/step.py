@@ -27,10 +27,19 @@ class Outcome(NamedTuple):
     parts: dict[str, torch.Tensor]  # its named parts, scalars
 
 
+def clip_gradient(optimizer: torch.optim.Optimizer, max_norm: float) -> None:
+    """Scale the gradients of ``optimizer``'s parameters so that their total L2 norm is at most
+    ``max_norm`` (``torch.nn.utils.clip_grad_norm_``: device arithmetic only, no host sync, so a
+    captured step replays it)."""
+    grads = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    torch.nn.utils.clip_grad_norm_(grads, max_norm)
+
+
 def train_step(outcomes: list[Outcome]) -> None:
     """Finish a step from a unit's forward: zero the runs' gradients, differentiate the sum of their
     losses once (each run's parameters get their own loss's gradient: the runs share none), then
-    for each run its optimizer step and the record of its metrics."""
+    for each run the clipping of its gradient (``train.grad_clip_norm``), its optimizer step and the
+    record of its metrics."""
     for o in outcomes:
         o.run.optimizer.zero_grad(set_to_none=True)
     total = outcomes[0].loss
@@ -38,5 +47,8 @@ def train_step(outcomes: list[Outcome]) -> None:
         total = total + o.loss
     total.backward()
     for o in outcomes:
+        max_norm = getattr(o.run, "grad_clip_norm", None)
+        if max_norm is not None:
+            clip_gradient(o.run.optimizer, max_norm)
         o.run.optimizer.step()
         o.run.record(o.targets, o.logits, o.loss, o.parts)

@@ -326,6 +326,7 @@ class Run:
             self.optimizer = torch.optim.SGD(
                 params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay, nesterov=t.nesterov
             )
+        self.grad_clip_norm = t.grad_clip_norm  # clipped in rld.engine.step.train_step
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] = {"test_top1": -math.inf, "epoch": 0}
         self.metrics = EpochMetrics(device)  # the epoch's training metrics, on the device
