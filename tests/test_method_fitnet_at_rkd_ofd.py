@@ -175,7 +175,7 @@ def test_ofd_batchnorms_match_the_pre_activation_stages():
         ("vgg8", "cifar100", 32, 4, True),
         ("MobileNetV2", "cifar100", 32, 4, False),
         ("ResNet18", "cifar100", 32, 4, False),
-        ("ResNet18", "imagenet", 64, 3, False),  # stages 2-4, as mdistiller's ImageNet ResNet
+        ("ResNet18", "imagenet", 64, 4, False),  # stages 1-4, as the OFD authors' ImageNet ResNet
         ("MobileNetV1", "imagenet", 64, 4, True),
     ]
     for name, dataset, side, count, exact in models:

@@ -73,7 +73,7 @@ from rld.engine.loop import Member, train_group
 from rld.engine.teacher import build_teacher_fn
 from rld.engine.trainer import Run, build_run_data, data_info, method_inputs, prepare_out_dir, setup
 from rld.errors import UserError
-from rld.methods import get_spec
+from rld.methods import get_spec, method_params
 from rld.trackers import Tracking
 from rld.trackers import check as check_trackers
 
@@ -179,7 +179,8 @@ def plan_sweep(
 
 def stream_signature(cfg: RunConfig) -> tuple:
     """Runs with equal signatures see identical batches and teacher logits: they can share a stream.
-    The views a method trains on are part of it (a strong view makes other batches)."""
+    The views a method trains on are part of it (a strong view makes other batches), and so is the
+    mode its teacher runs in (OFD's ``teacher_train_mode``: the teacher's outputs differ)."""
     d, m, t = cfg.data, cfg.model, cfg.train
     return (
         cfg.seed,
@@ -189,6 +190,7 @@ def stream_signature(cfg: RunConfig) -> tuple:
         (t.batch_size, t.device, t.deterministic, t.channels_last, t.amp, t.batch_students),
         (m.teacher, m.teacher_checkpoint, m.teacher_weights, m.dataset),
         (t.teacher_cache, t.cache_dir, t.cache_precision),
+        bool(method_params(cfg.method).get("teacher_train_mode", False)),  # the teacher's BatchNorm mode
     )
 
 

@@ -63,9 +63,21 @@ class TeacherForward:
         self.precision = TEACHER_PRECISIONS[self.bf16_body]
 
     @torch.no_grad()
-    def __call__(self, batch, features: bool = False) -> torch.Tensor | Features:
+    def __call__(self, batch, features: bool = False, train: bool = False) -> torch.Tensor | Features:
         """The teacher's float32 logits ``(B, C)``; with ``features`` its :class:`Features` of the
-        same pass (stage features in the body's precision, logits float32 as above)."""
+        same pass (stage features in the body's precision, logits float32 as above). ``train``: the
+        pass runs in training mode (BatchNorm on the batch's statistics, updating the running ones;
+        a method's :attr:`~rld.methods.base.Method.teacher_training`); the teacher is back in eval
+        mode after it."""
+        if not train:
+            return self._forward(batch, features)
+        self.teacher.train()
+        try:
+            return self._forward(batch, features)
+        finally:
+            self.teacher.eval()
+
+    def _forward(self, batch, features: bool) -> torch.Tensor | Features:
         x = batch.images
         if not self.bf16_body:
             with torch.autocast(x.device.type, enabled=False):
@@ -92,15 +104,21 @@ def _one_stream(teacher_fn, batch, methods) -> torch.Tensor | Features | Teacher
     none needs the teacher, its logits when they read only those, else its :class:`Features`; and
     when one of them trains on the strong view (``batch.strong``), those of both views as
     :class:`TeacherViews`."""
-    specs = [m.spec for m in methods if m.needs_teacher]
-    if teacher_fn is None or not specs:
+    readers = [m for m in methods if m.needs_teacher]
+    if teacher_fn is None or not readers:
         return None
-    features = any(spec.teacher_features for spec in specs)
-    weak = teacher_fn(batch, features=True) if features else teacher_fn(batch)
+    specs = [m.spec for m in readers]
+    kw = {"features": True} if any(spec.teacher_features for spec in specs) else {}
+    modes = {m.teacher_training for m in readers}
+    if len(modes) > 1:  # rld.engine.sweep.stream_signature keeps such methods apart
+        raise ValueError("methods stepped on one batch read the teacher in different modes (train and eval)")
+    if modes == {True}:
+        kw["train"] = True
+    weak = teacher_fn(batch, **kw)
     if batch.strong is None or not any(spec.strong_view for spec in specs):
         return weak
     strong = batch._replace(images=batch.strong, views=None, strong=None)
-    return TeacherViews(weak, teacher_fn(strong, features=True) if features else teacher_fn(strong))
+    return TeacherViews(weak, teacher_fn(strong, **kw))
 
 
 def teacher_outputs(teacher_fn, batches, methods) -> list:
@@ -110,8 +128,10 @@ def teacher_outputs(teacher_fn, batches, methods) -> list:
     when one trains on the strong view (``batch.strong``). When every method reads only the teacher's
     logits, the teacher runs once on the batches together (one forward, or one cache lookup, of all
     their samples), split back per stream. ``teacher_fn``: the run's provider (:func:`build_teacher_fn`)."""
-    specs = [m.spec for ms in methods for m in ms if m.needs_teacher]
-    if len(batches) == 1 or teacher_fn is None or not specs or any(s.teacher_features or s.strong_view for s in specs):
+    readers = [m for ms in methods for m in ms if m.needs_teacher]
+    specs = [m.spec for m in readers]
+    separate = any(s.teacher_features or s.strong_view for s in specs) or any(m.teacher_training for m in readers)
+    if len(batches) == 1 or teacher_fn is None or not specs or separate:
         return [_one_stream(teacher_fn, b, ms) for b, ms in zip(batches, methods)]
     return list(teacher_fn(concat_batches(batches)).split([len(b.targets) for b in batches]))
 

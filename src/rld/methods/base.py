@@ -101,6 +101,9 @@ class Method(nn.Module):
     """
 
     spec: MethodSpec
+    teacher_training: bool = False
+    """Whether the teacher runs in training mode (BatchNorm on the batch's statistics) for this
+    method's steps, as OFD's published code does; the teacher is frozen either way."""
 
     def forward(
         self, student: Features, teacher: Features | None, target: Tensor, epoch: float | Tensor, index: Tensor | None

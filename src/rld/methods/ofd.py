@@ -21,9 +21,25 @@ Teachers: the models that define ``bn_before_relu()`` (the CIFAR ResNets and WRN
 MobileNetV2, ResNet18/50, the ImageNet ResNets and MobileNetV1). The ShuffleNets are refused, as
 mdistiller refuses them; so are external models. Students: any model with stage features.
 
-One published detail not reproduced: mdistiller's OFD (and the authors' code) leaves the teacher
-in training mode, so its BatchNorms normalise with the batch's statistics and update their
-running ones; here, as for every method, the teacher is frozen in eval mode.
+Stages (``stages``): by default every stage the teacher's ``bn_before_relu()`` names, as far as the
+student has stages to pair; ``stages=k`` distils the last k only. On ImageNet that is the four
+stages of the authors' code (clovaai/overhaul-distillation ``ImageNet/models/ResNet.py``
+``get_bn_before_relu`` lists layer1-4; ``ImageNet/distiller.py`` pairs them with MobileNet's
+``model[3]``, ``[5]``, ``[11]``, ``[13]``; weights 1/8, 1/4, 1/2, 1), the code behind the OFD number
+Table 4 quotes; mdistiller distils three there (its ``get_bn_before_relu`` leaves stage 1 out):
+``method.stages=3``. The authors' ImageNet code has no ResNet34→ResNet18 setting (it ships
+ResNet152→ResNet50 and ResNet50→MobileNet); that pair takes the same rule.
+
+The teacher in training mode (``teacher_train_mode``, default true): the published code runs the
+teacher's BatchNorms on the batch's statistics during distillation — the authors' script calls
+``t_net.train()`` every epoch (``CIFAR-100/train_with_distillation.py:73-75``,
+``ImageNet/train_with_distillation.py:165-167``; their Table 8 found it better than eval mode), and
+mdistiller's OFD overrides ``Distiller.train`` without the line that keeps the teacher in eval
+mode (``mdistiller/distillers/OFD.py:114-121``). The margins come from the BatchNorms' weights and
+biases, which never change. Its running statistics move as the published code's do; they take no
+part in training (a BatchNorm in training mode reads the batch's), so a resumed run is exact with
+the teacher reloaded from its checkpoint. ``teacher_train_mode=false`` keeps the teacher in eval
+mode, as every other method does.
 """
 
 from __future__ import annotations
@@ -35,7 +51,7 @@ from typing import Any
 from torch import nn
 
 from rld.losses import ofd_loss, ofd_margin
-from rld.methods._stages import ce_term, check_int, check_weights, model_label, stage_shapes
+from rld.methods._stages import ce_term, check_flags, check_int, check_weights, model_label, stage_shapes
 from rld.methods.base import Method, MethodConfig, MethodContext, MethodSpec
 
 
@@ -46,6 +62,14 @@ class OFDConfig(MethodConfig):
     feat_weight: float = field(default=0.001, metadata={"help": "weight of the margin-clipped partial L2 term"})
     connector_kernel: int = field(
         default=1, metadata={"help": "kernel size of the student-side connectors (convolution + BatchNorm)"}
+    )
+    stages: int | None = field(
+        default=None,
+        metadata={"help": "OFD: distil the last N stages (empty: every stage the teacher names; mdistiller: 3)"},
+    )
+    teacher_train_mode: bool = field(
+        default=True,
+        metadata={"help": "OFD: the teacher's BatchNorms on batch statistics, as the published code (false: eval)"},
     )
 
 
@@ -64,9 +88,18 @@ class OFD(Method):
     """``(total, {"ce", "feat"})``: the weighted CE and the stage-weighted OFD distances over the
     last ``len(connectors)`` maps of ``preact_feats`` of both networks."""
 
-    def __init__(self, spec: MethodSpec, connectors: nn.ModuleList, margins, ce_weight: float, feat_weight: float):
+    def __init__(
+        self,
+        spec: MethodSpec,
+        connectors: nn.ModuleList,
+        margins,
+        ce_weight: float,
+        feat_weight: float,
+        teacher_training: bool = True,
+    ):
         super().__init__()
         self.spec = spec
+        self.teacher_training = bool(teacher_training)
         self.connectors = connectors
         for i, margin in enumerate(margins):
             self.register_buffer(f"margin{i}", margin)
@@ -91,6 +124,9 @@ class OFD(Method):
 def _check(params: dict[str, Any]) -> None:
     check_weights(params, "ce_weight", "feat_weight")
     check_int(params, "connector_kernel", 1)
+    if params["stages"] is not None:
+        check_int(params, "stages", 1)
+    check_flags(params, "teacher_train_mode")
 
 
 def teacher_bns(teacher: nn.Module, stages: list[tuple[int, ...]]) -> list[nn.BatchNorm2d]:
@@ -129,11 +165,18 @@ def _build(params: dict[str, Any], ctx: MethodContext) -> Method:
             )
     bns = teacher_bns(ctx.teacher, stages["teacher"])
     n = min(len(stages["student"]), len(bns))
+    if params["stages"] is not None:
+        if params["stages"] > n:
+            raise ValueError(
+                f"stages={params['stages']}, but the teacher {model_label(ctx.teacher)} and the student "
+                f"{model_label(ctx.student)} pair {n} stages; use stages <= {n}"
+            )
+        n = params["stages"]
     pairs = zip(stages["student"][-n:], stages["teacher"][-n:])
     kernel = params["connector_kernel"]
     connectors = nn.ModuleList(connector(s[0], t[0], kernel) for s, t in pairs)
     margins = [ofd_margin(bn.weight, bn.bias).cpu() for bn in bns[-n:]]
-    return OFD(SPEC, connectors, margins, params["ce_weight"], params["feat_weight"])
+    return OFD(SPEC, connectors, margins, params["ce_weight"], params["feat_weight"], params["teacher_train_mode"])
 
 
 SPEC = MethodSpec(

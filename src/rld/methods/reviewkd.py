@@ -16,8 +16,10 @@ and turned by a 3×3 convolution + BN into the teacher's channels. ``hcl_loss`` 
 output with the teacher's level (:func:`rld.losses.hcl_loss`). mid = min(max_mid_channels,
 channels of the student's pooled feature) (mdistiller ReviewKD.__init__ and dvlab-research/ReviewKD
 CIFAR-100/model/reviewkd.py, where the bound is the constant 512; the official ImageNet code uses
-256 for MobileNet, which mdistiller's configs/imagenet/r50_mv1/reviewkd.yaml writes as
-MAX_MID_CHANNEL 256, so here the bound is a key).
+256 for MobileNet, ``ImageNet/models/reviewkd.py:83``, so here the bound is a key). The ImageNet
+preset of ResNet50→MobileNetV1 sets 256 as the authors' code does; mdistiller builds 512 there
+(its ``configs/imagenet/r50_mv1/reviewkd.yaml`` writes MAX_MID_CHANNEL 256, which its
+``ReviewKD.py`` never reads).
 
 The per-model channels and sizes that mdistiller's configs write out (REVIEWKD.IN_CHANNELS,
 OUT_CHANNELS, SHAPES, OUT_SHAPES) are derived from the models' features (:func:`review_layout`).

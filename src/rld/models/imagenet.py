@@ -69,12 +69,12 @@ class ImageNetResNet(FeatureModel):
         return Features(logits=self.fc(pooled), feats=feats, preact_feats=preacts, pooled=pooled, pre_pool=out)
 
     def bn_before_relu(self) -> list[nn.BatchNorm2d]:
-        """The BatchNorm ending the residual branch of the last block of stages 2-4 (``bn2`` of
-        basic blocks, ``bn3`` of bottlenecks): ``preact_feats[-3:]`` are their outputs plus the
-        shortcut. Stage 1 is left out as in mdistiller's ``get_bn_before_relu``
-        (``mdistiller/models/imagenet/resnet.py``), so OFD distils the last three stages; the
-        authors' own code (clovaai/overhaul-distillation ``ImageNet/models/ResNet.py``) lists all four."""
-        last = [stage[-1] for stage in (self.layer2, self.layer3, self.layer4)]
+        """The BatchNorm ending the residual branch of the last block of each of the four stages
+        (``bn2`` of basic blocks, ``bn3`` of bottlenecks): ``preact_feats[1:]`` are their outputs plus
+        the shortcut. All four, as OFD's authors list them (clovaai/overhaul-distillation
+        ``ImageNet/models/ResNet.py``, ``get_bn_before_relu``); mdistiller's leaves stage 1 out
+        (``mdistiller/models/imagenet/resnet.py``), which OFD's ``stages=3`` reproduces."""
+        last = [stage[-1] for stage in (self.layer1, self.layer2, self.layer3, self.layer4)]
         return [block.bn3 if hasattr(block, "bn3") else block.bn2 for block in last]
 
 
