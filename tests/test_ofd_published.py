@@ -154,3 +154,13 @@ def test_the_published_mode_is_the_default_and_eval_mode_changes_the_run(tmp_pat
 def test_a_bad_mode_is_one_line():
     done = run_rld("train", "demo/ofd", "--dry-run", "method.teacher_train_mode=maybe")
     assert_user_error(done.returncode, done.stderr.strip(), "method.teacher_train_mode")
+
+
+@pytest.mark.parametrize(("setting", "expected"), [([], False), (["method.teacher_train_mode=true"], True)])
+def test_reviewkd_keeps_mdistillers_eval_mode_teacher_and_offers_the_authors_cifar_one(
+    setting, expected, teacher_ckpt, tmp_path, monkeypatch
+):
+    seen = _modes_seen(monkeypatch)
+    train(resolve("demo/reviewkd", [*TINY, f"model.teacher_checkpoint={teacher_ckpt}", *setting]), tmp_path / "r")
+    assert seen == [expected] * 3
+    assert resolve("cifar100/resnet32x4-resnet8x4/reviewkd").method.teacher_train_mode is False

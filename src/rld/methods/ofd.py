@@ -65,11 +65,11 @@ class OFDConfig(MethodConfig):
     )
     stages: int | None = field(
         default=None,
-        metadata={"help": "OFD: distil the last N stages (empty: every stage the teacher names; mdistiller: 3)"},
+        metadata={"help": "distil the last N stages (empty: every stage the teacher names; mdistiller: 3)"},
     )
     teacher_train_mode: bool = field(
         default=True,
-        metadata={"help": "OFD: the teacher's BatchNorms on batch statistics, as the published code (false: eval)"},
+        metadata={"help": "the teacher's BatchNorms on batch statistics, as the published code (false: eval)"},
     )
 
 

@@ -27,6 +27,13 @@ OUT_CHANNELS, SHAPES, OUT_SHAPES) are derived from the models' features (:func:`
 Defaults (mdistiller mdistiller/engine/cfg.py, REVIEWKD section): CE 1.0, REVIEWKD_WEIGHT 1.0,
 WARMUP_EPOCHS 20, MAX_MID_CHANNEL 512, STU_PREACT False. The presets set the published per-pair
 weights (rld/configs/cifar100/reviewkd.yaml, rld/configs/imagenet/reviewkd.yaml).
+
+The teacher: in eval mode, as mdistiller (``Distiller.train`` keeps it there) and the authors'
+ImageNet code (``ImageNet/imagenet_amp.py:357-358``, ``teacher.eval()``) run it. The authors' CIFAR-100
+script never switches its teacher to eval mode (``CIFAR-100/train.py`` calls ``train()``/``eval()``
+on the student only, so the teacher's BatchNorms run on batch statistics); it also trains with
+Nesterov momentum and a warm-up ``min(1, epoch/kd_warm_up)`` counted from epoch 0.
+``teacher_train_mode=true`` (with ``train.nesterov=true``) runs the teacher as that script does.
 """
 
 from __future__ import annotations
@@ -52,6 +59,10 @@ class ReviewKDConfig(MethodConfig):
     warmup_epochs: float = 20.0
     max_mid_channels: int = field(default=512, metadata={"help": "upper bound of the fusion modules' channels"})
     stu_preact: bool = field(default=False, metadata={"help": "fuse the student's pre-activation stage features"})
+    teacher_train_mode: bool = field(
+        default=False,
+        metadata={"help": "the teacher's BatchNorms on batch statistics (the authors' CIFAR script)"},
+    )
 
 
 def review_levels(features: Features, preact: bool) -> list[Tensor]:
@@ -128,6 +139,7 @@ class ReviewKD(Method):
         self.spec = spec
         self.ce_weight, self.feat_weight = float(params["ce_weight"]), float(params["feat_weight"])
         self.warmup_epochs, self.stu_preact = float(params["warmup_epochs"]), bool(params["stu_preact"])
+        self.teacher_training = bool(params["teacher_train_mode"])
         features = {}
         for role, model, kind in (
             ("student", ctx.student, "preact_feats" if self.stu_preact else "feats"),
@@ -173,7 +185,7 @@ class ReviewKD(Method):
 def check(params: dict[str, Any]) -> None:
     check_weights(params, "ce_weight", "feat_weight", "warmup_epochs")
     check_int(params, "max_mid_channels", 1)
-    check_flags(params, "stu_preact")
+    check_flags(params, "stu_preact", "teacher_train_mode")
 
 
 def build(params: dict[str, Any], ctx: MethodContext) -> ReviewKD:
