@@ -54,6 +54,7 @@ class LSRule:
     temperatures: tuple[str, ...] = ()  # set to the base temperature b
     set_weights: tuple[str, ...] = ()  # set to the weight w
     scaled_weights: tuple[str, ...] = ()  # multiplied by the weight w
+    set_values: tuple[tuple[str, float], ...] = ()  # (key, value): set to a published value (ABKD's AB-LSD)
 
 
 @dataclass
