@@ -285,8 +285,9 @@ KEY_HELP = {
     "model.teacher_weights": "teacher weights instead of teacher_checkpoint: default | a weight name | a local file",
     "model.freeze_backbone": "train only the student's classifier (linear probing)",
     "method.name": "the method, by its registered name (key_help() lists them)",
-    "method.alpha": "DKD: TCKD weight; RLD: SCD weight",
-    "method.beta": "DKD: NCKD weight; RLD: MCD weight; DIST: inter-class relation weight; WTTM: weight of its term",
+    "method.alpha": "DKD: TCKD weight; RLD: SCD weight; ABKD: exponent alpha of the alpha-beta divergence",
+    "method.beta": "DKD: NCKD weight; RLD: MCD weight; DIST: inter-class relation weight; WTTM: weight of its term; "
+    "ABKD: exponent beta of the alpha-beta divergence",
     "method.temperature": "distillation temperature T",
     "method.scd_temperature": "RLD: temperature of SCD (default: method.temperature)",
     "method.warmup_epochs": "DKD/RLD/ReviewKD: linear warm-up of the distillation terms, in epochs",
@@ -295,7 +296,8 @@ KEY_HELP = {
     "method.ls_temperature": "logit standardization: base temperature b (default 2)",
     "method.ls_weight": "logit standardization: weight w (default 9)",
     "method.ce_weight": "weight of the cross-entropy term",
-    "method.kd_weight": "KD/LA/RC/CTKD: weight of the KD term; DIST: weight of the whole DIST term",
+    "method.kd_weight": "KD/LA/RC/CTKD: weight of the KD term; DIST: weight of the whole DIST term; "
+    "ABKD: weight of the alpha-beta divergence",
     "method.rc_weight": "RC: weight of the RC term",
     "method.lambda1": "LR: weight of the MSE on right samples",
     "method.lambda2": "LR: weight of the MSE towards revised targets",

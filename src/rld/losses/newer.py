@@ -1,4 +1,4 @@
-"""Newer logit-distillation losses: DIST, NKD, WTTM and MLKD, with a loss module for each.
+"""Newer logit-distillation losses: DIST, NKD, WTTM, MLKD and ABKD, with a loss module for each.
 
 Each definition follows the authors' published code (cited next to it), including its
 constants; where that code differs from a plain reading of the paper, the docstring says how.
@@ -11,12 +11,16 @@ constants; where that code differs from a plain reading of the paper, the docstr
   student softmax at temperature 1, weighted per sample by Σ p_t^γ.
 * MLKD (Jin et al., CVPR 2023): KD at five temperatures plus batch- and class-level Gram-matrix
   alignment, on a weakly and a strongly augmented view of the batch.
+* ABKD (Wang et al., ICML 2025): the α-β divergence D_AB(p_t ‖ p_s) of the tempered softmaxes,
+  which is forward KL at (α, β) = (1, 0) and reverse KL at (0, 1).
 
 The pure functions take logits (B, C) and return scalar tensors, computed in float32 (float64
 for float64 inputs); bad inputs raise :class:`LossInputError`.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -355,6 +359,78 @@ def mlkd_loss(
     return sum(terms.values())
 
 
+# ----------------------------------------------------------------------------------------- ABKD
+
+
+def _check_exponent(name: str, value: float) -> None:
+    if not is_number(value) or not math.isfinite(value):
+        raise LossInputError(f"{name} must be a finite number (of any sign), got {value!r}")
+
+
+def _ab_rows(log_p: Tensor, log_q: Tensor, alpha: float, beta: float) -> Tensor:
+    """D_AB(p ‖ q) per row from log-probabilities (B, C) → (B,); every power is exp(exponent·log)."""
+    s = alpha + beta
+    if alpha == 0 and beta == 0:  # ½ Σ (log p − log q)²
+        return 0.5 * (log_p - log_q).pow(2).sum(dim=1)
+    if alpha == 0:  # (1/β²) Σ [q^β log(q^β / p^β) − q^β + p^β]
+        q_b = torch.exp(beta * log_q)
+        return (q_b * (beta * (log_q - log_p) - 1) + torch.exp(beta * log_p)).sum(dim=1) / beta**2
+    if beta == 0:  # (1/α²) Σ [p^α log(p^α / q^α) − p^α + q^α]
+        p_a = torch.exp(alpha * log_p)
+        return (p_a * (alpha * (log_p - log_q) - 1) + torch.exp(alpha * log_q)).sum(dim=1) / alpha**2
+    if s == 0:  # (1/α²) Σ [log(q^α / p^α) + p^α / q^α − 1]
+        d = alpha * (log_p - log_q)
+        return (torch.expm1(d) - d).sum(dim=1) / alpha**2
+    # −(1/(αβ)) Σ [p^α q^β − α/(α+β) p^(α+β) − β/(α+β) q^(α+β)]
+    cross = torch.exp(alpha * log_p + beta * log_q)
+    terms = cross - (alpha / s) * torch.exp(s * log_p) - (beta / s) * torch.exp(s * log_q)
+    return terms.sum(dim=1) / (-alpha * beta)
+
+
+def ab_divergence(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    alpha: float = 0.8,
+    beta: float = 0.3,
+    temperature: float = 4.0,
+) -> Tensor:
+    """mean_b D_AB(p ‖ q), the α-β divergence of ABKD summed over the classes; no T² factor.
+
+    student_logits, teacher_logits: (B, C); p = softmax(z_t/T) (the teacher, first argument),
+    q = softmax(z_s/T). For α, β, α + β ≠ 0 (Cichocki, Cruces & Amari, Entropy 13:134, 2011):
+
+        D_AB(p ‖ q) = −1/(αβ) Σ_k [p_k^α q_k^β − α/(α+β) p_k^(α+β) − β/(α+β) q_k^(α+β)],
+
+    which is what ghwang-s/abkd computes (standard_classification/distiller_zoo/abkl.py:61-81,
+    reduced by ``divergence.mean()`` at :92, with no T²; the published settings all fall in this
+    case). At α = 0, β = 0 or α + β = 0 the value is the limit of this formula, so the loss is
+    continuous in (α, β) (the same paper's definition at these points):
+
+    * β = 0: (1/α²) Σ [p^α log(p^α/q^α) − p^α + q^α]; (1, 0) is KL(p ‖ q), the forward KL;
+    * α = 0: (1/β²) Σ [q^β log(q^β/p^β) − q^β + p^β]; (0, 1) is KL(q ‖ p), the reverse KL;
+    * α = −β ≠ 0: (1/α²) Σ [log(q^α/p^α) + p^α/q^α − 1];
+    * α = β = 0: ½ Σ (log p − log q)².
+
+    The published code's branches for the first three (abkl.py:29-60) normalise by 1/α (or 1/β)
+    instead of 1/α² (1/β²): they differ from these limits by the factor α (β), so they agree only
+    where it is 1, at (1, 0) and (0, 1). α and β may be any finite numbers (the published sweeps
+    include negative β); with a negative exponent a vanishing probability makes the value large.
+
+    Powers are computed as exp(exponent·log_softmax), in float32 (float64 for float64 inputs):
+    for α, β ≥ 0 no term exceeds 1. Close to (not at) a special case the general formula is a
+    difference quotient: its rounding error grows like ε/|αβ| near α = 0 or β = 0 and ε·|α/(α+β)|
+    near α + β = 0 (ε ≈ 1e-7 in float32, 1e-16 in float64); pass float64 logits to evaluate it
+    there precisely.
+    """
+    z_s, z_t, _ = prepare(student_logits, teacher_logits)
+    _check_exponent("alpha", alpha)
+    _check_exponent("beta", beta)
+    check_positive("temperature", temperature)
+    log_p = F.log_softmax(z_t / temperature, dim=1)
+    log_q = F.log_softmax(z_s / temperature, dim=1)
+    return _ab_rows(log_p, log_q, float(alpha), float(beta)).mean()
+
+
 # -------------------------------------------------------------------------------------- modules
 
 
@@ -491,3 +567,41 @@ class MLKDLoss(DistillationLoss):
         )
         ce = self.ce(student_logits, target) + self.ce(student_strong_logits, target)
         return self.total({"ce": ce, **{name: self.kd_weight * term for name, term in terms.items()}})
+
+
+class ABKDLoss(DistillationLoss):
+    """ce_weight·CE + kd_weight·D_AB(p_t ‖ p_s) of ABKD (:func:`ab_divergence`, no T² factor).
+
+    Defaults: ghwang-s/abkd's resnet56→resnet20 setting, the one per-pair setting it publishes
+    (README.md:166-174: α = 0.8, β = 0.3, ``b`` = 32; standard_classification/train_ab.sh:25:
+    ``-r 1``; T = 4, train_student.py:66). helper/loops.py:94 trains on r·CE + b·ABKL.
+
+    With ``logit_standardization`` the divergence reads standardized logits and is multiplied by
+    T², as the published AB-LSD loss does (distiller_zoo/ls.py:49); the CE term reads the raw
+    logits. The published AB-LSD hyper-parameters (CE 0.1, weight 9, T = 2) are set by the
+    training presets (:mod:`rld.methods.abkd`), not by this module.
+    """
+
+    def __init__(
+        self,
+        alpha: float = 0.8,
+        beta: float = 0.3,
+        temperature: float = 4.0,
+        kd_weight: float = 32.0,
+        ce_weight: float = 1.0,
+        **kw,
+    ):
+        super().__init__(ce_weight, **kw)
+        _check_exponent("alpha", alpha)
+        _check_exponent("beta", beta)
+        check_positive("temperature", temperature)
+        check_weight("kd_weight", kd_weight)
+        self.alpha, self.beta, self.temperature, self.kd_weight = alpha, beta, temperature, kd_weight
+
+    def forward(self, student_logits: Tensor, teacher_logits: Tensor, target: Tensor, epoch: float | Tensor = 1):
+        check_target(target, student_logits)
+        z_s, z_t = self.distill_inputs(student_logits, teacher_logits)
+        divergence = ab_divergence(z_s, z_t, self.alpha, self.beta, self.temperature)
+        if self.logit_standardization:
+            divergence = divergence * self.temperature**2
+        return self.total({"ce": self.ce(student_logits, target), "abkd": self.kd_weight * divergence})

@@ -33,6 +33,8 @@ wttm       CE + β·U_γ(p_t)·KL(power-transformed teacher ‖ student), γ = 0
 mlkd       0.1·(CE(weak) + CE(strong)) + 0.9·(KD at T, 3, 5, 2, 6 + class- and batch-level Gram
            alignment), T = 4, on a weak and a strong (RandAugment + Cutout) view of every image: its
            own augmentation (``views=("weak", "strong")``; Jin et al. 2023)
+abkd       CE + 32·D_AB(p_t ‖ p_s), the α-β divergence of the tempered softmaxes, α = 0.8, β = 0.3,
+           T = 4, no T² factor (the published resnet56→resnet20 setting, for every pair; Wang et al. 2025)
 =========  =====================================================================================
 
 ``logit_standardization``: the logits entering the distillation terms are z-scored per sample
@@ -49,6 +51,8 @@ dkd        alpha·w, beta·w, temperature = b
 rld        alpha·w, beta·w, temperature = b, scd_temperature = b
 rc         kd_weight·w, rc_weight·w, temperature = b
 mlkd       kd_weight = w (set), temperature = b; CE weight unchanged; only its KD terms standardized
+abkd       the published AB-LSD: kd_weight = w (set), temperature = b, ce_weight 0.1, α 0.9, β 0.3
+           (set), and the divergence ×T²
 lr         not defined by the published code: refused
 others     not defined by the published code (the feature methods, DIST, NKD, WTTM): refused
 =========  ===================================================================================
@@ -61,6 +65,7 @@ from typing import Any
 
 from rld.errors import UserError
 from rld.methods import (
+    abkd,
     at,
     catkd,
     crd,
@@ -117,6 +122,7 @@ METHODS: dict[str, MethodSpec] = {
         nkd,
         wttm,
         mlkd,
+        abkd,
     )
 }
 
@@ -198,8 +204,9 @@ def resolved_params(cfg) -> dict[str, Any]:
 def ls_adjustments(method: dict, temperature: float | None = None, weight: float | None = None) -> dict:
     """The published logit-standardization setting for ``method`` (a ``method`` section as a dict):
     each value the method's :class:`LSRule` names, from the values in ``method`` (or the method's
-    defaults where ``method`` has none), base temperature ``temperature`` (b, default 2) and
-    weight ``weight`` (w, default 9). Raises UserError for a method without a rule (LR)."""
+    defaults where ``method`` has none), base temperature ``temperature`` (b, default 2), weight
+    ``weight`` (w, default 9) and the values the rule sets outright. Raises UserError for a method
+    without a rule (LR)."""
     spec = get_spec(method["name"])
     if spec.ls is None:
         raise _refuse_ls(spec)
@@ -207,6 +214,7 @@ def ls_adjustments(method: dict, temperature: float | None = None, weight: float
     w = LS_WEIGHT if weight is None else float(weight)
     out: dict[str, float] = {key: b for key in spec.ls.temperatures}
     out.update({key: w for key in spec.ls.set_weights})
+    out.update(dict(spec.ls.set_values))
     for key in spec.ls.scaled_weights:
         value = method.get(key)
         out[key] = (spec.params[key] if value is None else value) * w

@@ -49,11 +49,14 @@ LS_KEYS = ("logit_standardization", "ls_temperature", "ls_weight")
 @dataclass(frozen=True)
 class LSRule:
     """What logit standardization does to a method's hyper-parameters, as the published training
-    script of Sun et al. 2024 (``train.py`` of sunshangquan/logit-standardization-KD) sets them."""
+    script of Sun et al. 2024 (``train.py`` of sunshangquan/logit-standardization-KD) sets them, or,
+    for a method whose own published code has a standardized variant (ABKD's AB-LSD), as that code
+    sets them."""
 
     temperatures: tuple[str, ...] = ()  # set to the base temperature b
     set_weights: tuple[str, ...] = ()  # set to the weight w
     scaled_weights: tuple[str, ...] = ()  # multiplied by the weight w
+    set_values: tuple[tuple[str, float], ...] = ()  # (key, value): set to a published value (ABKD's AB-LSD)
 
 
 @dataclass
