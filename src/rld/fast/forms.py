@@ -49,7 +49,7 @@ EXACT_ENOUGH: dict[str, frozenset[str] | None] = {
     "float16": None,  # every logit method: loss ≤ 4e-5, gradient ≤ 9e-4 relative
     # int8: loss ≤ 1e-4, gradient ≤ 5e-3 for these; LR's right/wrong split turns on the teacher's argmax
     # and its margin, which the rounding moves (gradient up to 0.1 relative)
-    "int8": frozenset({"kd", "dkd", "rld", "la", "rc", "ctkd", "dist", "nkd", "wttm"}),
+    "int8": frozenset({"kd", "dkd", "rld", "la", "rc", "ctkd", "dist", "nkd", "wttm", "abkd"}),
     # top-k, k ≤ 100: even KD at temperature 1 moves by 1e-2 (loss); the non-target terms far more
     "topk": frozenset(),
 }
