@@ -77,17 +77,8 @@ def _scales() -> list[int]:
 class SDDConfig(MethodConfig):
     """What every SDD variant takes beside its base loss's parameters."""
 
-    scales: list[int] = field(
-        default_factory=_scales,
-        metadata={
-            "help": "SDD: the pooling grids, increasing from 1, each dividing the largest, e.g. [1,2,4] or [1,2] "
-            "(the published --M)"
-        },
-    )
-    complementary_weight: float = field(
-        default=SDD_COMPLEMENTARY_WEIGHT,  # hard-coded 2 in the published losses (KD.py:89-90)
-        metadata={"help": "SDD: weight of a region whose teacher prediction disagrees with the global one"},
-    )
+    scales: list[int] = field(default_factory=_scales)  # the pooling grids (help: rld.config.KEY_HELP)
+    complementary_weight: float = SDD_COMPLEMENTARY_WEIGHT  # hard-coded 2 in the published losses (KD.py:89-90)
 
 
 @dataclass
@@ -111,15 +102,18 @@ class SDDKDConfig(SDDConfig):
 @dataclass
 class SDNKDConfig(SDDConfig):
     name: str = "sd_nkd"
-    gamma: float = 8.0  # DKD.BETA (cfg.py:165; SDD_nkd.py:165); the presets set each pair's
+    gamma: float = field(
+        default=8.0,  # DKD.BETA (cfg.py:165; SDD_nkd.py:165); the presets set each pair's
+        metadata={"help": "weight of the non-target term (the published DKD.BETA)"},
+    )
     temperature: float = 4.0  # DKD.T (cfg.py:166; SDD_nkd.py:164)
     warmup_epochs: float = 20.0  # DKD.WARMUP (cfg.py:167; SDD_nkd.py:163)
     ce_weight: float = 1.0  # DKD.CE_WEIGHT (cfg.py:163; SDD_nkd.py:162)
     nkd_exclude_target: bool = field(
         default=False,  # SDD_nkd.py:53 keeps the target class in the non-target term
         metadata={
-            "help": "SD-NKD: remove the target class from the non-target term as NKD does (false: the published "
-            "SDD code, which keeps it)"
+            "help": "remove the target class from the non-target term as NKD does (false: the published SDD code, "
+            "which keeps it)"
         },
     )
 
