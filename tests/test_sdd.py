@@ -210,6 +210,31 @@ def test_local_logits_on_a_7x7_map_are_not_the_model_logits_but_are_on_8x8():
             assert torch.allclose(z[:, :, 0], f.logits, atol=1e-5) is same
 
 
+# the side of the final map the published *_SDD models pool (post-ReLU in every one of them)
+PUBLISHED_MAPS = {
+    "resnet20": 8, "resnet8x4": 8, "resnet32x4": 8, "wrn_16_2": 8, "wrn_40_2": 8,  # resnet.py:199, wrn.py:138
+    "vgg8": 4, "vgg13": 4, "ResNet50": 4, "ShuffleV1": 4, "ShuffleV2": 4,  # vgg.py:98, resnetv2.py, Shufflenet*.py
+    "MobileNetV2": 2,  # mobilenetv2.py:155-158, after conv_1x1_bn and its ReLU
+}  # fmt: skip
+
+
+def test_final_maps_are_the_post_relu_maps_the_published_models_pool():
+    torch.manual_seed(8)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        for name, side in PUBLISHED_MAPS.items():
+            f = create_model(name, num_classes=10).eval().forward_features(x)
+            assert f.pre_pool.shape[-2:] == (side, side) and bool((f.pre_pool >= 0).all()), name
+            assert (f.pre_pool == 0).any(), name  # a ReLU's output
+        for name in ("ResNet18", "MobileNetV1"):  # imagenet/resnet.py:328-330, imagenet/mobilenetv2.py:53-55
+            f = (
+                create_model(name, num_classes=10, dataset="imagenet")
+                .eval()
+                .forward_features(torch.randn(1, 3, 224, 224))
+            )
+            assert f.pre_pool.shape[-2:] == (7, 7) and bool((f.pre_pool >= 0).all()), name
+
+
 # ----------------------------------------------------------------------------- weights and row losses
 
 
