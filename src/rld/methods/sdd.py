@@ -13,12 +13,12 @@ the N·B rows (:func:`~rld.losses.sdd_loss`, :func:`~rld.losses.sdd_pool`):
 
 with the CE on the student's own (global) logits, which it also predicts with. Four variants:
 
-=======  ==========================================================  =====================================
-sd_kd    ℓ = T²·KL (kd_weight)                                       published (``SDD_KD``, KD.py)
-sd_dkd   ℓ = α·TCKD + β·NCKD at T                                    published (``SDD_DKD``, SDD_DKD.py)
-sd_nkd   ℓ = target term + γ·non-target term of NKD at T             published (``SDD_NKD``, SDD_nkd.py)
-sd_rld   ℓ = α·SCD + β·MCD of RLD at T (mask M_ge)                    beyond the published code
-=======  ==========================================================  =====================================
+======  ===============================================  ==========================================
+sd_kd   ℓ = T²·KL (weight kd_weight)                      published (``SDD_KD``, ``KD.py``)
+sd_dkd  ℓ = α·TCKD + β·NCKD at T                          published (``SDD_DKD``, ``SDD_DKD.py``)
+sd_nkd  ℓ = target term + γ·non-target term of NKD at T   published (``SDD_NKD``, ``SDD_nkd.py``)
+sd_rld  ℓ = α·SCD + β·MCD of RLD at T (mask M_ge)         beyond the published code
+======  ===============================================  ==========================================
 
 Sources (shicaiwei123/SDD-CVPR2024, ``mdistiller/``): the pooling of class ``SPP``
 (``models/cifar/utils.py:5-39``), the local logits of the ``*_SDD`` models (e.g.
@@ -130,55 +130,44 @@ class SDRLDConfig(SDDConfig):
     ce_weight: float = 1.0
 
 
+def _kd_rows(s: Tensor, t: Tensor, y: Tensor, temperature: float) -> tuple[Tensor]:
+    return (kd_loss(s, t, temperature, reduction="none"),)
+
+
+def _dkd_rows(s: Tensor, t: Tensor, y: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
+    return dkd_terms(s, t, y, temperature, reduction="none")
+
+
+def _nkd_rows(s: Tensor, t: Tensor, y: Tensor, temperature: float, nkd_exclude_target: bool) -> tuple[Tensor, Tensor]:
+    return nkd_terms(s, t, y, temperature, reduction="none", exclude_target=nkd_exclude_target)
+
+
+def _rld_rows(
+    s: Tensor, t: Tensor, y: Tensor, temperature: float, scd_temperature: float | None, mask: str
+) -> tuple[Tensor, Tensor]:
+    return rld_terms(s, t, y, temperature, scd_temperature, mask, reduction="none")
+
+
 @dataclass(frozen=True)
 class Base:
-    """A base loss: its per-row terms (a function of the method's parameters), their names in the
-    step's parts, and the parameter (or 1) each term is multiplied by."""
+    """A base loss: its per-row terms ``rows(student_rows, teacher_rows, target_rows, **keys)``, the
+    method parameters it takes, the terms' names in the step's parts, the parameter (None: 1) each
+    term is multiplied by, and whether a warm-up scales them."""
 
-    name: str
-    terms: Callable[[dict[str, Any]], Callable[[Tensor, Tensor, Tensor], tuple[Tensor, ...]]]
+    rows: Callable[..., tuple[Tensor, ...]]
+    keys: tuple[str, ...]
     parts: tuple[str, ...]
     weights: tuple[str | None, ...]
     warmup: bool
 
 
-def _kd_rows(p: dict[str, Any]):
-    def rows(s: Tensor, t: Tensor, y: Tensor) -> tuple[Tensor]:
-        return (kd_loss(s, t, p["temperature"], reduction="none"),)
-
-    return rows
-
-
-def _dkd_rows(p: dict[str, Any]):
-    return partial(_call, dkd_terms, temperature=p["temperature"], reduction="none")
-
-
-def _nkd_rows(p: dict[str, Any]):
-    return partial(
-        _call, nkd_terms, temperature=p["temperature"], reduction="none", exclude_target=p["nkd_exclude_target"]
-    )
-
-
-def _rld_rows(p: dict[str, Any]):
-    return partial(
-        _call,
-        rld_terms,
-        temperature=p["temperature"],
-        scd_temperature=p["scd_temperature"],
-        mask=p["mask"],
-        reduction="none",
-    )
-
-
-def _call(fn, s: Tensor, t: Tensor, y: Tensor, **kw) -> tuple[Tensor, ...]:
-    return tuple(fn(s, t, y, **kw))
-
-
 BASES = {
-    "sd_kd": Base("kd", _kd_rows, ("kd",), ("kd_weight",), warmup=False),
-    "sd_dkd": Base("dkd", _dkd_rows, ("tckd", "nckd"), ("alpha", "beta"), warmup=True),
-    "sd_nkd": Base("nkd", _nkd_rows, ("target", "non_target"), (None, "gamma"), warmup=True),
-    "sd_rld": Base("rld", _rld_rows, ("scd", "mcd"), ("alpha", "beta"), warmup=True),
+    "sd_kd": Base(_kd_rows, ("temperature",), ("kd",), ("kd_weight",), warmup=False),
+    "sd_dkd": Base(_dkd_rows, ("temperature",), ("tckd", "nckd"), ("alpha", "beta"), warmup=True),
+    "sd_nkd": Base(
+        _nkd_rows, ("temperature", "nkd_exclude_target"), ("target", "non_target"), (None, "gamma"), warmup=True
+    ),
+    "sd_rld": Base(_rld_rows, ("temperature", "scd_temperature", "mask"), ("scd", "mcd"), ("alpha", "beta"), True),
 }
 
 
@@ -208,7 +197,7 @@ class SDD(Method):
         self.ce_weight = float(params["ce_weight"])
         self.term_weights = tuple(1.0 if k is None else float(params[k]) for k in self.base.weights)
         self.warmup_epochs = float(params["warmup_epochs"]) if self.base.warmup else 0.0
-        self.row_terms = self.base.terms(params)
+        self.row_terms = partial(self.base.rows, **{key: params[key] for key in self.base.keys})
         label = spec.name.upper().replace("_", "-")
         k_s = final_map(label, probe_features(ctx.student, ctx.input_shape), ctx.student, "student")
         k_t = final_map(label, probe_features(ctx.teacher, ctx.input_shape), ctx.teacher, "teacher")
