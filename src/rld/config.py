@@ -285,20 +285,23 @@ KEY_HELP = {
     "model.teacher_weights": "teacher weights instead of teacher_checkpoint: default | a weight name | a local file",
     "model.freeze_backbone": "train only the student's classifier (linear probing)",
     "method.name": "the method, by its registered name (key_help() lists them)",
-    "method.alpha": "DKD: TCKD weight; RLD: SCD weight; ABKD: exponent alpha of the alpha-beta divergence",
-    "method.beta": "DKD: NCKD weight; RLD: MCD weight; DIST: inter-class relation weight; WTTM: weight of its term; "
-    "ABKD: exponent beta of the alpha-beta divergence",
+    "method.alpha": "DKD, SD-DKD: TCKD weight; RLD, SD-RLD: SCD weight; ABKD: exponent alpha of the alpha-beta "
+    "divergence",
+    "method.beta": "DKD, SD-DKD: NCKD weight; RLD, SD-RLD: MCD weight; DIST: inter-class relation weight; "
+    "WTTM: weight of its term; ABKD: exponent beta of the alpha-beta divergence",
     "method.temperature": "distillation temperature T",
-    "method.scd_temperature": "RLD: temperature of SCD (default: method.temperature)",
-    "method.warmup_epochs": "DKD/RLD/ReviewKD: linear warm-up of the distillation terms, in epochs",
-    "method.mask": "RLD: ge (M_ge, the paper's) | g (the ablation of Table 1)",
+    "method.scd_temperature": "RLD, SD-RLD: temperature of SCD (default: method.temperature)",
+    "method.warmup_epochs": "DKD/RLD/ReviewKD/SD-DKD/SD-NKD/SD-RLD: linear warm-up of the distillation terms (epochs)",
+    "method.mask": "RLD, SD-RLD: ge (M_ge, the paper's) | g (the ablation of Table 1)",
     "method.logit_standardization": "z-score the logits of the distillation terms and set b, w (Sun et al. 2024)",
     "method.ls_temperature": "logit standardization: base temperature b (default 2)",
     "method.ls_weight": "logit standardization: weight w (default 9)",
     "method.ce_weight": "weight of the cross-entropy term",
-    "method.kd_weight": "KD/LA/RC/CTKD: weight of the KD term; DIST: weight of the whole DIST term; "
+    "method.kd_weight": "KD/LA/RC/CTKD/SD-KD: weight of the KD term; DIST: weight of the whole DIST term; "
     "ABKD: weight of the alpha-beta divergence",
     "method.rc_weight": "RC: weight of the RC term",
+    "method.scales": "SD-*: SDD's pooling grids, increasing from 1, each dividing the largest: [1,2,4] or [1,2] (--M)",
+    "method.complementary_weight": "SD-*: weight of a region whose teacher prediction disagrees with the global one's",
     "method.lambda1": "LR: weight of the MSE on right samples",
     "method.lambda2": "LR: weight of the MSE towards revised targets",
     "method.eta": "LR: revision strength",

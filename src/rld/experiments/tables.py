@@ -6,8 +6,8 @@ student, a distilled student, or a method rld does not implement) and, for train
 ``method.alpha=0`` for "without L_SCD"). Cells of different tables that describe the same
 training (Table 1's "M_ge with SCD", Table 3's RLD and Table 5's "CE+SCD+MCD" on
 resnet32x4→resnet8x4) share one variant key, hence one set of run folders. ``table_extra`` goes
-beyond the paper (newer logit methods on Table 3's pairs, rld's own runs only) and shares Table 3's
-KD, DKD and RLD runs the same way.
+beyond the paper (newer logit methods and SDD on Table 3's pairs, rld's own runs only) and shares
+Table 3's KD, DKD and RLD runs the same way.
 """
 
 from __future__ import annotations
@@ -253,7 +253,8 @@ def _table6() -> TableSpec:
     )
 
 
-# Beyond the paper: newer logit methods beside the paper's KD, DKD and RLD on Table 3's pairs.
+# Beyond the paper: newer logit methods, and SDD on four of the logit losses, beside the paper's KD,
+# DKD and RLD on Table 3's pairs.
 EXTRA_METHODS = {
     "KD": "kd",
     "DKD": "dkd",
@@ -263,21 +264,37 @@ EXTRA_METHODS = {
     "WTTM": "wttm",
     "MLKD": "mlkd",
     "ABKD": "abkd",
+    "SD-KD": "sd_kd",
+    "SD-DKD": "sd_dkd",
+    "SD-NKD": "sd_nkd",
+    "SD-RLD": "sd_rld",
 }
-# Rows trained under another protocol than the paper's methods: shown beside them, marked.
+SDD_ROWS = ("SD-KD", "SD-DKD", "SD-NKD", "SD-RLD")
+_SDD_CLIPPING = (
+    "gradient norm clipped at 40, shicaiwei123/SDD-CVPR2024 mdistiller/engine/trainer.py:189; the mdistiller "
+    "trainer of the KD, DKD and RLD rows does not clip"
+)
+# Rows trained under another protocol than the paper's methods, or beyond any published code: shown
+# beside them, marked.
 EXTRA_PROTOCOL = {
     "MLKD": (
         "different protocol (its own strong augmentation, RandAugment and Cutout, and two views per image; "
         "its published epochs and learning rates per pair, rld/configs/cifar100/mlkd.yaml): not a like-for-like "
         "comparison with the other rows"
-    )
+    ),
+    **{row: f"published with gradient clipping ({_SDD_CLIPPING})" for row in SDD_ROWS[:3]},
+    "SD-RLD": (
+        "beyond the published code (SDD on RLD's loss, rld's combination: RLD's values with SD-DKD's scales, "
+        "rld/configs/cifar100/sd_rld.yaml; trained with SD-DKD's protocol)"
+    ),
 }
 
 
 def _table_extra() -> TableSpec:
-    """Teacher, student, KD, DKD, RLD and the newer DIST, NKD, WTTM, MLKD and ABKD on Table 3's pairs
-    (rld's own runs only); MLKD's row is marked as trained under a different protocol. KD, DKD and RLD
-    share Table 3's runs."""
+    """Teacher, student, KD, DKD, RLD, the newer DIST, NKD, WTTM, MLKD and ABKD, and SDD on KD, DKD,
+    NKD and RLD on Table 3's pairs (rld's own runs only); MLKD's row is marked as trained under a
+    different protocol, the SDD rows by the published trainer's gradient clipping, SD-RLD as beyond
+    the published code. KD, DKD and RLD share Table 3's runs."""
     rows = ("Teacher", "Student", *EXTRA_METHODS)
     columns, cells = [], {}
     for pair in TABLE3_PAIRS:
@@ -288,11 +305,13 @@ def _table_extra() -> TableSpec:
         for row, method in EXTRA_METHODS.items():
             cells[(row, column)] = Cell(pair, DISTILL, row, None, Variant(method, method))
     paper_rows = ("KD", "DKD", "RLD")
-    groups = {row: "Logit" if row in paper_rows else "Newer logit" for row in EXTRA_METHODS}
+    groups = {
+        row: "Logit" if row in paper_rows else "SDD" if row in SDD_ROWS else "Newer logit" for row in EXTRA_METHODS
+    }
     return TableSpec(
         "table_extra",
-        "Beyond the paper: newer logit methods (DIST, NKD, WTTM, MLKD, ABKD) beside KD, DKD and RLD on Table 3's "
-        "pairs (CIFAR-100)",
+        "Beyond the paper: newer logit methods (DIST, NKD, WTTM, MLKD, ABKD) and SDD (SD-KD, SD-DKD, SD-NKD, "
+        "SD-RLD) beside KD, DKD and RLD on Table 3's pairs (CIFAR-100)",
         "cifar100",
         rows,
         tuple(columns),
@@ -301,8 +320,9 @@ def _table_extra() -> TableSpec:
         note=(
             "Every method at its published CIFAR-100 setting (rld/configs/cifar100/METHOD.yaml); WTTM's gamma 0.2 "
             "and beta 4 are a documented choice, not the per-pair values of its paper, and ABKD's alpha 0.8, "
-            "beta 0.3 and weight 32 are its published resnet56 -> resnet20 values, used for every pair. KD, DKD "
-            "and RLD are the runs of Table 3 (same seeds, epochs and overrides, same folders)."
+            "beta 0.3 and weight 32 are its published resnet56 -> resnet20 values, used for every pair; SD-RLD is "
+            "rld's own combination. KD, DKD and RLD are the runs of Table 3 (same seeds, epochs and overrides, "
+            "same folders)."
         ),
         paper=False,
         row_notes=dict(EXTRA_PROTOCOL),

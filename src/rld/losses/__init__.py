@@ -12,6 +12,10 @@ Feature-distillation functions: :func:`hint_loss`, :func:`at_loss`, :func:`rkd_l
 Newer methods (:mod:`rld.losses.newer`): :func:`dist_loss`, :func:`nkd_loss`, :func:`wttm_loss`,
 :func:`mlkd_loss`, :func:`ab_divergence` (ABKD) and the modules :class:`DISTLoss`, :class:`NKDLoss`,
 :class:`WTTMLoss`, :class:`MLKDLoss`, :class:`ABKDLoss`.
+SDD (:mod:`rld.losses.sdd`): :func:`sdd_pool`, :func:`sdd_local_logits`, :func:`sdd_weights` and
+:func:`sdd_loss`, which applies any per-row logit loss to local logits. ``reduction="none"`` gives
+the per-row values of :func:`kd_loss`, :func:`dkd_terms`, :func:`rld_terms`, :func:`nkd_terms` (and of
+the ``*_loss`` combinations), whose batch means the default returns.
 
 Inputs may be float16, bfloat16, float32 or float64; the work is done in float32 (float64 stays
 float64) and in log space. DKD and RLD run as one kernel compiled with torch.compile (see
@@ -66,6 +70,7 @@ from rld.losses.newer import (
     wttm_loss,
     wttm_weights,
 )
+from rld.losses.sdd import sdd_local_logits, sdd_loss, sdd_pool, sdd_regions, sdd_weights
 
 __all__ = [
     "value_checks",
@@ -120,4 +125,9 @@ __all__ = [
     "nkd_terms",
     "wttm_loss",
     "wttm_weights",
+    "sdd_local_logits",
+    "sdd_loss",
+    "sdd_pool",
+    "sdd_regions",
+    "sdd_weights",
 ]

@@ -144,6 +144,20 @@ def remove_classes(logits: Tensor, removed: Tensor) -> Tensor:
     return torch.where(removed, floor, logits)
 
 
+REDUCTIONS = ("mean", "none")
+
+
+def check_reduction(reduction: str) -> None:
+    """``"mean"``: a loss averaged over the batch (a scalar); ``"none"``: one value per sample (B,)."""
+    if reduction not in REDUCTIONS:
+        raise LossInputError(f"reduction must be 'mean' (a batch mean) or 'none' (per row), got {reduction!r}")
+
+
+def reduce_rows(rows: Tensor, scale: float | Tensor, reduction: str) -> Tensor:
+    """``scale``·mean of ``rows`` (B,) (``"mean"``, the mean taken first), or ``scale``·``rows`` (``"none"``)."""
+    return rows.mean() * scale if reduction == "mean" else rows * scale
+
+
 def kl_rows(log_p: Tensor, log_q: Tensor) -> Tensor:
     """KL(p ‖ q) per row from log-probabilities: (B, K) → (B,)."""
     return F.kl_div(log_q, log_p, reduction="none", log_target=True).sum(dim=1)

@@ -6,21 +6,32 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rld.losses._common import check_logits, check_positive, compute_dtype, kl_rows, prepare
+from rld.losses._common import (
+    check_logits,
+    check_positive,
+    check_reduction,
+    compute_dtype,
+    kl_rows,
+    prepare,
+    reduce_rows,
+)
 
 
-def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float | Tensor = 4.0) -> Tensor:
+def kd_loss(
+    student_logits: Tensor, teacher_logits: Tensor, temperature: float | Tensor = 4.0, reduction: str = "mean"
+) -> Tensor:
     """T²·KL(softmax(z_t/T) ‖ softmax(z_s/T)), summed over classes, averaged over the batch (paper Eq. 3).
 
     student_logits, teacher_logits: (B, C). ``temperature`` may be a scalar tensor (CTKD's learned
     temperature); the gradient then reaches it too. Returns a scalar in float32 (float64 for
-    float64 inputs).
+    float64 inputs); with ``reduction="none"`` the (B,) values of the rows, whose mean it is.
     """
     z_s, z_t, _ = prepare(student_logits, teacher_logits)
     check_positive("temperature", temperature)
+    check_reduction(reduction)
     log_p_s = F.log_softmax(z_s / temperature, dim=1)
     log_p_t = F.log_softmax(z_t / temperature, dim=1)
-    return kl_rows(log_p_t, log_p_s).mean() * temperature**2
+    return reduce_rows(kl_rows(log_p_t, log_p_s), temperature**2, reduction)
 
 
 def standardize_logits(logits: Tensor, eps: float = 1e-7) -> Tensor:

@@ -31,6 +31,7 @@ from rld.losses._common import (
     check_logits,
     check_pair,
     check_positive,
+    check_reduction,
     check_target,
     check_weight,
     compute_dtype,
@@ -38,6 +39,7 @@ from rld.losses._common import (
     kl_rows,
     one_hot,
     prepare,
+    reduce_rows,
     remove_classes,
 )
 from rld.losses.kd import standardize_logits
@@ -112,9 +114,15 @@ def dist_loss(
 
 
 def nkd_terms(
-    student_logits: Tensor, teacher_logits: Tensor, target: Tensor, temperature: float = 3.0
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    target: Tensor,
+    temperature: float = 3.0,
+    reduction: str = "mean",
+    exclude_target: bool = True,
 ) -> tuple[Tensor, Tensor]:
-    """(target term, non-target term) of NKD, batch means.
+    """(target term, non-target term) of NKD, batch means (``reduction="none"``: the (B,) values of
+    the rows, whose means they are).
 
     target term = −mean_b t_y·log s_y, with s = softmax(z_s), t = softmax(z_t) at temperature 1
     and t_y detached; non-target term = −τ²·mean_b Σ_{i≠y} T̂_i·log Ŝ_i, the cross-entropy of the
@@ -122,24 +130,41 @@ def nkd_terms(
     Source: yzd-v/cls_KD, mmcls/models/dis_losses/nkd.py (NKDLoss.forward). The non-target
     term is a cross-entropy, not a KL: it exceeds τ²·KL(T̂ ‖ Ŝ) by τ²·H(T̂), which has no
     gradient with respect to the student.
+
+    ``exclude_target=False`` keeps the target class in the second term, which becomes
+    −τ²·Σ_i T_i·log S_i over every class: what the NKD of the published SDD code computes
+    (shicaiwei123/SDD-CVPR2024 mdistiller/distillers/SDD_nkd.py:53, a mask built with
+    ``scatter_(1, label, 1)`` that removes nothing).
     """
     z_s, z_t, target = prepare(student_logits, teacher_logits, target)
     check_positive("temperature", temperature)
+    check_reduction(reduction)
+    if not isinstance(exclude_target, bool):
+        raise LossInputError(f"exclude_target must be True or False, got {exclude_target!r}")
     log_s = F.log_softmax(z_s, dim=1).gather(1, target[:, None])
     t_y = F.log_softmax(z_t, dim=1).gather(1, target[:, None]).exp().detach()
-    target_term = -(t_y * log_s).mean()
+    target_term = reduce_rows(-(t_y * log_s).squeeze(1), 1.0, reduction)
 
-    drop = one_hot(target, z_s.shape[1])
-    log_s_hat = F.log_softmax(remove_classes(z_s / temperature, drop), dim=1)
-    t_hat = F.softmax(remove_classes(z_t / temperature, drop), dim=1)  # exactly 0 at the target
-    non_target = -(t_hat * log_s_hat).sum(dim=1).mean() * temperature**2
+    if exclude_target:
+        drop = one_hot(target, z_s.shape[1])
+        z_s, z_t = remove_classes(z_s / temperature, drop), remove_classes(z_t / temperature, drop)
+    else:
+        z_s, z_t = z_s / temperature, z_t / temperature
+    log_s_hat = F.log_softmax(z_s, dim=1)
+    t_hat = F.softmax(z_t, dim=1)  # exactly 0 at a removed target
+    non_target = reduce_rows(-(t_hat * log_s_hat).sum(dim=1), temperature**2, reduction)
     return target_term, non_target
 
 
 def nkd_loss(
-    student_logits: Tensor, teacher_logits: Tensor, target: Tensor, gamma: float = 3.5, temperature: float = 3.0
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    target: Tensor,
+    gamma: float = 3.5,
+    temperature: float = 3.0,
+    reduction: str = "mean",
 ) -> Tensor:
-    """target term + γ·non-target term of NKD (see :func:`nkd_terms`).
+    """target term + γ·non-target term of NKD (see :func:`nkd_terms`; ``reduction="none"``: per row).
 
     student_logits, teacher_logits: (B, C); target: (B,) class indices. Defaults: the CIFAR-100
     config of yzd-v/cls_KD, configs/distillers/cifar100/res34_distill_res18_cifar.py
@@ -147,7 +172,7 @@ def nkd_loss(
     temp=1.0, gamma=1.5 (the NKDLoss class defaults); DeiT pairs: temp=1.0, gamma=1.0.
     """
     check_weight("gamma", gamma)
-    target_term, non_target = nkd_terms(student_logits, teacher_logits, target, temperature)
+    target_term, non_target = nkd_terms(student_logits, teacher_logits, target, temperature, reduction)
     return target_term + gamma * non_target
 
 

@@ -35,6 +35,15 @@ mlkd       0.1·(CE(weak) + CE(strong)) + 0.9·(KD at T, 3, 5, 2, 6 + class- and
            own augmentation (``views=("weak", "strong")``; Jin et al. 2023)
 abkd       CE + 32·D_AB(p_t ‖ p_s), the α-β divergence of the tempered softmaxes, α = 0.8, β = 0.3,
            T = 4, no T² factor (the published resnet56→resnet20 setting, for every pair; Wang et al. 2025)
+sd_kd      SDD (Wei et al. 2024) on KD: the final maps pooled over 1x1, 2x2, 4x4 regions (scales
+           [1, 2, 4]), each region's logits from the network's own classifier, region weights 2
+           where the teacher's region and global predictions disagree about the label, else 1;
+           0.1·CE + 0.9·weighted mean T²·KL over the N·B regions, T = 4, no warm-up
+sd_dkd     SDD on DKD: CE + warm-up·weighted mean (α·TCKD + β·NCKD), α = 1, β = 8, T = 4, 20 epochs
+sd_nkd     SDD on NKD: CE + warm-up·weighted mean (target + γ·non-target term), γ = 8, T = 4, 20
+           epochs; the published code's non-target term keeps the target class (an option removes it)
+sd_rld     SDD on RLD (beyond the published code): CE + warm-up·weighted mean (α·SCD + β·MCD),
+           RLD's α = 1, β = 8, T = 4, M_ge, 20 epochs
 =========  =====================================================================================
 
 ``logit_standardization``: the logits entering the distillation terms are z-scored per sample
@@ -54,7 +63,7 @@ mlkd       kd_weight = w (set), temperature = b; CE weight unchanged; only its K
 abkd       the published AB-LSD: kd_weight = w (set), temperature = b, ce_weight 0.1, α 0.9, β 0.3
            (set), and the divergence ×T²
 lr         not defined by the published code: refused
-others     not defined by the published code (the feature methods, DIST, NKD, WTTM): refused
+others     not defined by the published code (the feature methods, DIST, NKD, WTTM, the SDD variants): refused
 =========  ===================================================================================
 """
 
@@ -83,6 +92,7 @@ from rld.methods import (
     reviewkd,
     rkd,
     rld,
+    sdd,
     simkd,
     vanilla,
     wttm,
@@ -100,29 +110,35 @@ from rld.methods.base import (
 )
 
 METHODS: dict[str, MethodSpec] = {
-    module.SPEC.name: module.SPEC
-    for module in (
-        vanilla,
-        kd,
-        dkd,
-        rld,
-        la,
-        rc,
-        lr,
-        ctkd,
-        fitnet,
-        at,
-        rkd,
-        crd,
-        ofd,
-        reviewkd,
-        simkd,
-        catkd,
-        dist,
-        nkd,
-        wttm,
-        mlkd,
-        abkd,
+    spec.name: spec
+    for spec in (
+        *(
+            module.SPEC
+            for module in (
+                vanilla,
+                kd,
+                dkd,
+                rld,
+                la,
+                rc,
+                lr,
+                ctkd,
+                fitnet,
+                at,
+                rkd,
+                crd,
+                ofd,
+                reviewkd,
+                simkd,
+                catkd,
+                dist,
+                nkd,
+                wttm,
+                mlkd,
+                abkd,
+            )
+        ),
+        *sdd.SPECS,  # sd_kd, sd_dkd, sd_nkd, sd_rld: one method over four base losses
     )
 }
 

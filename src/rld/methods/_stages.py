@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from rld.losses._common import check_weight, compute_dtype
 from rld.methods.base import probe_features
+from rld.models.features import Features
 
 
 def ce_term(logits: Tensor, target: Tensor, weight: float) -> Tensor:
@@ -59,3 +60,19 @@ def stage_shapes(
     if not feats:
         raise no_stage_features(method, role, model, kind)
     return [tuple(f.shape[1:]) for f in feats]
+
+
+def final_map(method: str, features: Features, model: nn.Module, which: str) -> int:
+    """The number of classes of ``model``'s classifier, checked to be an ``nn.Linear`` that reads the
+    model's final feature map (``Features.pre_pool``); ValueError naming the model otherwise."""
+    name = model_label(model)
+    if not features.feats or features.pre_pool is None:
+        raise ValueError(
+            f"{method} reads the {which}'s final feature map, which model {name!r} does not provide "
+            "(torchvision: and timm: models give logits and the pooled feature only); use a model of the rld zoo"
+        )
+    classifier = model.get_classifier()
+    channels = features.pre_pool.shape[1]
+    if not isinstance(classifier, nn.Linear) or classifier.in_features != channels:
+        raise ValueError(f"the {which} {name!r}: its classifier does not read its {channels}-channel final map")
+    return classifier.out_features

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rld.losses import cat_loss, class_activation_maps
-from rld.methods._stages import check_flags, check_int, check_weights
+from rld.methods._stages import check_flags, check_int, check_weights, final_map
 from rld.methods.base import Method, MethodConfig, MethodContext, MethodSpec, probe_features
 from rld.models.features import Features
 
@@ -74,21 +74,6 @@ def _check(params: dict[str, Any]) -> None:
     check_flags(params, "normalize", "binarize_teacher")
 
 
-def _final_map(features: Features, model: nn.Module, which: str) -> int:
-    """The channels of ``model``'s final feature map, checked against its classifier."""
-    name = getattr(model, "model_name", "") or type(model).__name__
-    if not features.feats or features.pre_pool is None:
-        raise ValueError(
-            f"CAT-KD reads the {which}'s final feature map, which model {name!r} does not provide "
-            "(torchvision: and timm: models give logits and the pooled feature only); use a model of the rld zoo"
-        )
-    classifier = model.get_classifier()
-    channels = features.pre_pool.shape[1]
-    if not isinstance(classifier, nn.Linear) or classifier.in_features != channels:
-        raise ValueError(f"the {which} {name!r}: its classifier does not read its {channels}-channel final map")
-    return classifier.out_features
-
-
 class CATKD(Method):
     """The loss weights, the pooling and flags, the teacher classifier's weight and the student's classifier."""
 
@@ -100,8 +85,8 @@ class CATKD(Method):
         self.cam_resolution = int(params["cam_resolution"])
         self.normalize = bool(params["normalize"])
         self.binarize_teacher = bool(params["binarize_teacher"])
-        k_s = _final_map(probe_features(ctx.student, ctx.input_shape), ctx.student, "student")
-        k_t = _final_map(probe_features(ctx.teacher, ctx.input_shape), ctx.teacher, "teacher")
+        k_s = final_map("CAT-KD", probe_features(ctx.student, ctx.input_shape), ctx.student, "student")
+        k_t = final_map("CAT-KD", probe_features(ctx.teacher, ctx.input_shape), ctx.teacher, "teacher")
         if k_s != k_t:
             raise ValueError(
                 f"the student classifies {k_s} classes and the teacher {k_t}: their CAMs cannot be matched"
