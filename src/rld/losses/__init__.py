@@ -10,7 +10,8 @@ Feature-distillation functions: :func:`hint_loss`, :func:`at_loss`, :func:`rkd_l
 :func:`ofd_loss`, :func:`hcl_loss`, :func:`crd_scores`, :func:`crd_nce_loss`, :func:`class_activation_maps`,
 :func:`cat_loss`, :func:`simkd_loss` (see :mod:`rld.losses.feature` and :mod:`rld.losses.crd`).
 Newer methods (:mod:`rld.losses.newer`): :func:`dist_loss`, :func:`nkd_loss`, :func:`wttm_loss`,
-:func:`mlkd_loss` and the modules :class:`DISTLoss`, :class:`NKDLoss`, :class:`WTTMLoss`, :class:`MLKDLoss`.
+:func:`mlkd_loss`, :func:`crld_loss` (its terms :func:`crld_terms`, masks :func:`crld_masks`) and the modules
+:class:`DISTLoss`, :class:`NKDLoss`, :class:`WTTMLoss`, :class:`MLKDLoss`, :class:`CRLDLoss`.
 
 Inputs may be float16, bfloat16, float32 or float64; the work is done in float32 (float64 stays
 float64) and in log space. DKD and RLD run as one kernel compiled with torch.compile (see
@@ -49,10 +50,14 @@ from rld.losses.modules import (
     warmup_factor,
 )
 from rld.losses.newer import (
+    CRLDLoss,
     DISTLoss,
     MLKDLoss,
     NKDLoss,
     WTTMLoss,
+    crld_loss,
+    crld_masks,
+    crld_terms,
     dist_loss,
     dist_terms,
     mlkd_loss,
@@ -102,10 +107,14 @@ __all__ = [
     "swap_teacher_logits",
     "use_compiled",
     "warmup_factor",
+    "CRLDLoss",
     "DISTLoss",
     "MLKDLoss",
     "NKDLoss",
     "WTTMLoss",
+    "crld_loss",
+    "crld_masks",
+    "crld_terms",
     "dist_loss",
     "dist_terms",
     "mlkd_loss",
