@@ -33,6 +33,10 @@ wttm       CE + β·U_γ(p_t)·KL(power-transformed teacher ‖ student), γ = 0
 mlkd       0.1·(CE(weak) + CE(strong)) + 0.9·(KD at T, 3, 5, 2, 6 + class- and batch-level Gram
            alignment), T = 4, on a weak and a strong (RandAugment + Cutout) view of every image: its
            own augmentation (``views=("weak", "strong")``; Jin et al. 2023)
+crld       CE(weak) + CE(strong) + 2·within-view KD (each view's student to its teacher) + 0.5·cross-view
+           KD (each view's student to the other view's teacher), T = 4, per sample, gated by the
+           teacher's confidence (weak view ≥ 0.9 for the within-view terms, strong view ≥ 0.2 for the
+           cross-view ones), on MLKD's two views (Zhang et al. 2024)
 =========  =====================================================================================
 
 ``logit_standardization``: the logits entering the distillation terms are z-scored per sample
@@ -50,7 +54,7 @@ rld        alpha·w, beta·w, temperature = b, scd_temperature = b
 rc         kd_weight·w, rc_weight·w, temperature = b
 mlkd       kd_weight = w (set), temperature = b; CE weight unchanged; only its KD terms standardized
 lr         not defined by the published code: refused
-others     not defined by the published code (the feature methods, DIST, NKD, WTTM): refused
+others     not defined by the published code (the feature methods, DIST, NKD, WTTM, CRLD): refused
 =========  ===================================================================================
 """
 
@@ -64,6 +68,7 @@ from rld.methods import (
     at,
     catkd,
     crd,
+    crld,
     ctkd,
     dist,
     dkd,
@@ -91,6 +96,7 @@ from rld.methods.base import (
     MethodContext,
     MethodSpec,
     StrongView,
+    TwoViewLogitMethod,
     logits_only,
 )
 
@@ -117,6 +123,7 @@ METHODS: dict[str, MethodSpec] = {
         nkd,
         wttm,
         mlkd,
+        crld,
     )
 }
 
@@ -245,6 +252,7 @@ __all__ = [
     "MethodContext",
     "MethodSpec",
     "StrongView",
+    "TwoViewLogitMethod",
     "build_method",
     "get_spec",
     "list_methods",
