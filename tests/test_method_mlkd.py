@@ -367,7 +367,7 @@ def test_a_crash_inside_an_epoch_then_resume_is_exact(tmp_path, teacher_ckpt, ti
         ("train.teacher_cache=full", "which the teacher-logit cache cannot hold"),
         (
             "train.static_step=on",
-            "train.static_step=on cannot run a method that trains on a strongly augmented view (MLKD)",
+            "train.static_step=on cannot run a method that trains on a strongly augmented view (MLKD, CRLD)",
         ),
     ],
 )

@@ -242,9 +242,9 @@ def test_table_extra_dry_run_plans_the_newer_methods_beside_table3s(tmp_path, ca
     out, plan_file = tmp_path / "repro", tmp_path / "plan.json"
     # every run of the table, with Table 3's default seeds 0, 1, 2 (teachers: seed 0 only)
     full = plan_table("table_extra", out)
-    assert full.seeds == (0, 1, 2) and len(full.runs) == 275
+    assert full.seeds == (0, 1, 2) and len(full.runs) == 296
     distilled = [r for r in full.runs if r.roles == ["distill"]]
-    methods = ["kd", "dkd", "rld", "dist", "nkd", "wttm", "mlkd", "abkd", "sd_kd", "sd_dkd", "sd_nkd", "sd_rld"]
+    methods = ["kd", "dkd", "rld", "dist", "nkd", "wttm", "mlkd", "crld", "abkd", "sd_kd", "sd_dkd", "sd_nkd", "sd_rld"]
     assert {(f"{r.teacher}-{r.student}", r.method, r.seed) for r in distilled} == set(
         itertools.product(TABLE3_PAIRS, methods, [0, 1, 2])
     )
@@ -253,7 +253,7 @@ def test_table_extra_dry_run_plans_the_newer_methods_beside_table3s(tmp_path, ca
     args = ["reproduce", "table_extra", "--dry-run", "--seeds", "0", "--json", str(plan_file), "--out", str(out)]
     assert main(args) == 0
     printed = capsys.readouterr().out
-    assert "table_extra: 95 runs (5 teacher, 6 student, 84 distill)" in printed
+    assert "table_extra: 102 runs (5 teacher, 6 student, 91 distill)" in printed
     assert "cifar100/resnet56-resnet20/wttm/seed0  [gamma=0.2 beta=4.0 ce_weight=1.0]" in printed
     body = json.loads(plan_file.read_text())
     assert (body["table"], body["seeds"]) == ("table_extra", [0])
@@ -265,11 +265,11 @@ def test_table_extra_dry_run_plans_the_newer_methods_beside_table3s(tmp_path, ca
             )
     cells = {(c["row"], c["column"]): c["runs"] for c in body["cells"]}
     rows = list(dict.fromkeys(row for row, _ in cells))
-    assert rows == ["Teacher", "Student", "KD", "DKD", "RLD", "DIST", "NKD", "WTTM", "MLKD", "ABKD", *SDD_ROWS]
+    assert rows == ["Teacher", "Student", "KD", "DKD", "RLD", "DIST", "NKD", "WTTM", "MLKD", "CRLD", "ABKD", *SDD_ROWS]
     columns = [column for row, column in cells if row == "MLKD"]
     labels = [pair.replace("-", " → ") for pair in TABLE3_PAIRS]
     assert columns == labels
-    for method in ("wttm", "mlkd"):
+    for method in ("wttm", "mlkd", "crld"):
         row = method.upper()
         assert all(
             cells[(row, label)] == [f"cifar100/{pair}/{method}/seed0"] for pair, label in zip(TABLE3_PAIRS, labels)
@@ -294,6 +294,7 @@ def test_table_extra_dry_run_plans_the_newer_methods_beside_table3s(tmp_path, ca
     assert "In brackets the paper's number" not in markdown and "(paper " not in markdown
     assert "MLKD: different protocol (its own strong augmentation" in markdown
     assert "| Newer logit | MLKD (different protocol) | — |" in markdown
+    assert "| Newer logit | CRLD (different protocol) | — |" in markdown
     assert "not available" not in markdown and "feature-distillation" not in markdown
     assert [r.name for r in plan_table("table_extra", out, seeds=[0], methods=["mlkd"]).runs][-1] == (
         "cifar100/resnet110-resnet20/mlkd/seed0"

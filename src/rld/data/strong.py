@@ -1,4 +1,4 @@
-"""The strong augmentation of MLKD, computed on the training device for a whole batch at once.
+"""The strong augmentation of MLKD and CRLD, computed on the training device for a whole batch at once.
 
 MLKD (Jin et al., CVPR 2023) trains on two views of every image: the *weak* one of the protocol
 (random crop with padding 4 and flip on CIFAR-100, ``RandomResizedCrop`` and flip on ImageNet) and
@@ -6,10 +6,13 @@ a *strong* one: an independent draw of the same crop and flip, then a FixMatch-s
 with Cutout (Jin-Ying/Multi-Level-Logit-Distillation, ``mdistiller/dataset/cifar100.py`` and
 ``imagenet.py``: ``get_cifar100_train_transform_strong`` builds ``MultipleApply([weak, strong])``
 with ``strong = RandomCrop(32, padding=4), RandomHorizontalFlip(), RandAugment(2, 10), ToTensor,
-Normalize``). Its ``RandAugment(n=2, m=10)`` ignores ``m``: per image it picks 2 of the 14
-operations of ``augment_list()`` with replacement, gives each a magnitude drawn uniformly from the
-operation's range, then applies ``Cutout`` with a side of ``U(0, 0.5)`` times the image width,
-filled with (125, 123, 114):
+Normalize``). CRLD (Zhang et al., ACM MM 2024) trains on the same two views: its
+``mdistiller/dataset/cifar100.py`` (Weijia-Zhang/CRLD, read through its copy scx-822/CRLD-main)
+has MLKD's ``MultipleApply``, ``RandAugment``, ``Cutout`` and ``augment_list``, and ``imagenet.py``
+the same strong view after ``RandomResizedCrop(224)`` and flip. ``RandAugment(n=2, m=10)``
+ignores ``m``: per image it picks 2 of the 14 operations of ``augment_list()`` with replacement,
+gives each a magnitude drawn uniformly from the operation's range, then applies ``Cutout`` with a
+side of ``U(0, 0.5)`` times the image width, filled with (125, 123, 114):
 
 ==============  ===============  ====================================================
 operation       magnitude        what it does (as PIL does it, on uint8 pixels)

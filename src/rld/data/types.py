@@ -53,7 +53,7 @@ class Batch(NamedTuple):
     targets: (B,) int64 class indices, on the training device.
     indices: (B,) int64 indices into the split, or None where the loader does not track them.
     views:   (B,) int64 augmentation view ids (see :mod:`rld.data.device_loader`), or None.
-    strong:  (B, 3, H, W) float32 the strongly augmented view of the same images (MLKD's; see
+    strong:  (B, 3, H, W) float32 the strongly augmented view of the same images (MLKD's, CRLD's; see
              :mod:`rld.data.strong`), or None where the loader was not asked for it.
     """
 

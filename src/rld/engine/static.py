@@ -65,8 +65,8 @@ def static_step_wanted(setting: str, loader: Any, teacher_fn: Any, distributed: 
     ``on`` asks for it (and needs the device-resident loader); ``require`` too, and on CUDA every
     capture must succeed (``StaticSteps(strict=True)``); ``auto`` takes it on CUDA when the data,
     the teacher provider and the process set allow a capture; ``off`` never. A loader that yields a
-    strongly augmented view (``Batch.strong``, MLKD's) runs the plain loop: the static step renders
-    the protocol's view only (``auto`` skips it, ``on`` is refused).
+    strongly augmented view (``Batch.strong``, MLKD's and CRLD's) runs the plain loop: the static
+    step renders the protocol's view only (``auto`` skips it, ``on`` is refused).
     """
     if setting == "off":
         return False
@@ -77,7 +77,7 @@ def static_step_wanted(setting: str, loader: Any, teacher_fn: Any, distributed: 
     key = f"train.static_step={setting}"
     if setting in ("on", "require") and strong:
         raise UserError(
-            f"{key} cannot run a method that trains on a strongly augmented view (MLKD): "
+            f"{key} cannot run a method that trains on a strongly augmented view (MLKD, CRLD): "
             "use train.static_step=auto or off"
         )
     if setting in ("on", "require"):

@@ -10,8 +10,9 @@ Feature-distillation functions: :func:`hint_loss`, :func:`at_loss`, :func:`rkd_l
 :func:`ofd_loss`, :func:`hcl_loss`, :func:`crd_scores`, :func:`crd_nce_loss`, :func:`class_activation_maps`,
 :func:`cat_loss`, :func:`simkd_loss` (see :mod:`rld.losses.feature` and :mod:`rld.losses.crd`).
 Newer methods (:mod:`rld.losses.newer`): :func:`dist_loss`, :func:`nkd_loss`, :func:`wttm_loss`,
-:func:`mlkd_loss`, :func:`ab_divergence` (ABKD) and the modules :class:`DISTLoss`, :class:`NKDLoss`,
-:class:`WTTMLoss`, :class:`MLKDLoss`, :class:`ABKDLoss`.
+:func:`mlkd_loss`, :func:`crld_loss` (its terms :func:`crld_terms`, masks :func:`crld_masks`),
+:func:`ab_divergence` (ABKD) and the modules :class:`DISTLoss`, :class:`NKDLoss`, :class:`WTTMLoss`,
+:class:`MLKDLoss`, :class:`CRLDLoss`, :class:`ABKDLoss`.
 SDD (:mod:`rld.losses.sdd`): :func:`sdd_pool`, :func:`sdd_local_logits`, :func:`sdd_weights` and
 :func:`sdd_loss`, which applies any per-row logit loss to local logits. ``reduction="none"`` gives
 the per-row values of :func:`kd_loss`, :func:`dkd_terms`, :func:`rld_terms`, :func:`nkd_terms` (and of
@@ -55,11 +56,15 @@ from rld.losses.modules import (
 )
 from rld.losses.newer import (
     ABKDLoss,
+    CRLDLoss,
     DISTLoss,
     MLKDLoss,
     NKDLoss,
     WTTMLoss,
     ab_divergence,
+    crld_loss,
+    crld_masks,
+    crld_terms,
     dist_loss,
     dist_terms,
     mlkd_loss,
@@ -111,11 +116,15 @@ __all__ = [
     "use_compiled",
     "warmup_factor",
     "ABKDLoss",
+    "CRLDLoss",
     "DISTLoss",
     "MLKDLoss",
     "NKDLoss",
     "WTTMLoss",
     "ab_divergence",
+    "crld_loss",
+    "crld_masks",
+    "crld_terms",
     "dist_loss",
     "dist_terms",
     "mlkd_loss",

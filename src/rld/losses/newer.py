@@ -1,4 +1,4 @@
-"""Newer logit-distillation losses: DIST, NKD, WTTM, MLKD and ABKD, with a loss module for each.
+"""Newer logit-distillation losses: DIST, NKD, WTTM, MLKD, ABKD and CRLD, with a loss module for each.
 
 Each definition follows the authors' published code (cited next to it), including its
 constants; where that code differs from a plain reading of the paper, the docstring says how.
@@ -13,6 +13,9 @@ constants; where that code differs from a plain reading of the paper, the docstr
   alignment, on a weakly and a strongly augmented view of the batch.
 * ABKD (Wang et al., ICML 2025): the α-β divergence D_AB(p_t ‖ p_s) of the tempered softmaxes,
   which is forward KL at (α, β) = (1, 0) and reverse KL at (0, 1).
+* CRLD (Zhang et al., ACM MM 2024): per-sample KD within each of the two views and across them
+  (the weak view's teacher for the strong view's student and the reverse), each pair of terms
+  gated by a confidence threshold on one of the teacher's views.
 
 The pure functions take logits (B, C) and return scalar tensors, computed in float32 (float64
 for float64 inputs); bad inputs raise :class:`LossInputError`.
@@ -456,6 +459,122 @@ def ab_divergence(
     return _ab_rows(log_p, log_q, float(alpha), float(beta)).mean()
 
 
+# ----------------------------------------------------------------------------------------- CRLD
+
+# The published code: Weijia-Zhang/CRLD, mdistiller/distillers/CRLD.py (read through its copy
+# scx-822/CRLD-main @ c9d6657; haiduo/DeepKD @ afb5964 mdistiller/distillers/CRLD.py:122-125 has the
+# same loss lines) and mdistiller/engine/cfg.py (CFG.CRLD: TEMPERATURE 4, TAU_W 0.9, TAU_S 0.2).
+CRLD_TAU_W = 0.9
+CRLD_TAU_S = 0.2
+
+
+def _check_threshold(name: str, value: float) -> None:
+    if not is_number(value) or not 0 <= value <= 1:
+        raise LossInputError(f"{name} must be a number in [0, 1] (a probability), got {value!r}")
+
+
+def _confident(z_t: Tensor, tau: float) -> Tensor:
+    """max_c softmax(z_t)[b, c] ≥ tau per sample (temperature 1, no gradient): bool (B,)."""
+    return F.softmax(z_t.detach(), dim=1).amax(dim=1) >= tau
+
+
+def crld_masks(
+    teacher_weak_logits: Tensor, teacher_strong_logits: Tensor, tau_w: float = CRLD_TAU_W, tau_s: float = CRLD_TAU_S
+) -> tuple[Tensor, Tensor]:
+    """(mask_w, mask_s) of CRLD, bool (B,): the samples whose teacher confidence, the largest
+    probability of softmax(z_t) at temperature 1, is ≥ ``tau_w`` on the weak view and ≥ ``tau_s``
+    on the strong view (``conf_w.ge(self.tau_w)``, ``conf_s.ge(self.tau_s)`` in CRLD.forward_train).
+    mask_w gates both within-view terms, mask_s both cross-view terms (:func:`crld_terms`)."""
+    check_logits("teacher_weak_logits", teacher_weak_logits)
+    check_logits("teacher_strong_logits", teacher_strong_logits)
+    if teacher_strong_logits.shape != teacher_weak_logits.shape:
+        raise LossInputError(
+            "teacher_strong_logits must have the shape of the weak view's logits "
+            f"{tuple(teacher_weak_logits.shape)}, got {tuple(teacher_strong_logits.shape)}"
+        )
+    _check_threshold("tau_w", tau_w)
+    _check_threshold("tau_s", tau_s)
+    dtype = compute_dtype(teacher_weak_logits, teacher_strong_logits)
+    return _confident(teacher_weak_logits.to(dtype), tau_w), _confident(teacher_strong_logits.to(dtype), tau_s)
+
+
+def _kd_rows(z_s: Tensor, z_t: Tensor, t: float) -> Tensor:
+    """t²·KL(softmax(z_t/t) ‖ softmax(z_s/t)) per sample, (B,) (kd_loss of CRLD.py with reduce=False)."""
+    return kl_rows(F.log_softmax(z_t / t, dim=1), F.log_softmax(z_s / t, dim=1)) * t**2
+
+
+def crld_terms(
+    student_weak_logits: Tensor,
+    teacher_weak_logits: Tensor,
+    student_strong_logits: Tensor,
+    teacher_strong_logits: Tensor,
+    temperature: float = 4.0,
+    tau_w: float = CRLD_TAU_W,
+    tau_s: float = CRLD_TAU_S,
+) -> tuple[Tensor, Tensor]:
+    """(within, cross), the two distillation terms of CRLD as its published distiller computes them,
+    unweighted.
+
+    All logits (B, C); the weak and strong views are the same B images under the weak (random crop
+    and flip) and strong (the same, then RandAugment(2, 10) and Cutout) augmentations. With
+    KD(s, t)_b = T²·KL(softmax(z_t,b/T) ‖ softmax(z_s,b/T)) per sample and the masks m_w, m_s of
+    :func:`crld_masks` (teacher confidences at temperature 1, thresholds ≥ τ_w and ≥ τ_s):
+
+    * ``within`` = (1/B)·Σ_b m_w,b·[KD(s_w, t_w)_b + KD(s_s, t_s)_b], each view's student to its own teacher;
+    * ``cross``  = (1/B)·Σ_b m_s,b·[KD(s_s, t_w)_b + KD(s_w, t_s)_b], the weak view's teacher for the strong
+      view's student and the strong view's teacher for the weak view's student.
+
+    The pairing is the published one (``loss_kd_wv``, ``loss_kd_cv`` of CRLD.forward_train): the
+    weak-view teacher's mask m_w gates *both* within-view terms (the strong view's pair included),
+    the strong-view teacher's mask m_s *both* cross-view terms (the one whose target is the weak
+    teacher's included). The masked sums are divided by the whole batch B (``.mean()`` over all
+    samples), not by the number of samples kept: a term shrinks when fewer samples pass its
+    threshold.
+    """
+    z_sw, z_tw, z_ss, z_ts = _prepare_views(
+        student_weak_logits, teacher_weak_logits, student_strong_logits, teacher_strong_logits
+    )
+    check_positive("temperature", temperature)
+    _check_threshold("tau_w", tau_w)
+    _check_threshold("tau_s", tau_s)
+    t = temperature
+    m_w = _confident(z_tw, tau_w).to(z_sw.dtype)
+    m_s = _confident(z_ts, tau_s).to(z_sw.dtype)
+    within = (m_w * (_kd_rows(z_sw, z_tw, t) + _kd_rows(z_ss, z_ts, t))).mean()
+    cross = (m_s * (_kd_rows(z_ss, z_tw, t) + _kd_rows(z_sw, z_ts, t))).mean()
+    return within, cross
+
+
+def crld_loss(
+    student_weak_logits: Tensor,
+    teacher_weak_logits: Tensor,
+    student_strong_logits: Tensor,
+    teacher_strong_logits: Tensor,
+    temperature: float = 4.0,
+    tau_w: float = CRLD_TAU_W,
+    tau_s: float = CRLD_TAU_S,
+    within_weight: float = 2.0,
+    cross_weight: float = 0.5,
+) -> Tensor:
+    """within_weight·within + cross_weight·cross of :func:`crld_terms` (no CE; see :class:`CRLDLoss`).
+
+    Defaults (mdistiller/engine/cfg.py of the published code): T = 4, τ_w = 0.9, τ_s = 0.2,
+    WV_WEIGHT 2.0, CV_WEIGHT 0.5; ImageNet (configs/imagenet/{r34_r18,r50_mv1}/crld.yaml): T = 1.
+    """
+    check_weight("within_weight", within_weight)
+    check_weight("cross_weight", cross_weight)
+    within, cross = crld_terms(
+        student_weak_logits,
+        teacher_weak_logits,
+        student_strong_logits,
+        teacher_strong_logits,
+        temperature,
+        tau_w,
+        tau_s,
+    )
+    return within_weight * within + cross_weight * cross
+
+
 # -------------------------------------------------------------------------------------- modules
 
 
@@ -630,3 +749,69 @@ class ABKDLoss(DistillationLoss):
         if self.logit_standardization:
             divergence = divergence * self.temperature**2
         return self.total({"ce": self.ce(student_logits, target), "abkd": self.kd_weight * divergence})
+
+
+class CRLDLoss(DistillationLoss):
+    """ce_weight·(CE(weak) + CE(strong)) + within_weight·within + cross_weight·cross of CRLD.
+
+    Called as ``loss(student_weak, teacher_weak, target, epoch, student_strong_logits=...,
+    teacher_strong_logits=...)``: the positional logits are the weak view's (the student predicts
+    with those); see :func:`crld_terms` for the terms and their masks. The two CEs are added, not
+    averaged (CRLD.py: ``CE_WEIGHT * (CE(s_w, y) + CE(s_s, y))``). No warm-up: ``epoch`` is unused.
+    Defaults: CIFAR-100 (mdistiller/engine/cfg.py: CE_WEIGHT 1.0, WV_WEIGHT 2.0, CV_WEIGHT 0.5,
+    TEMPERATURE 4, TAU_W 0.9, TAU_S 0.2, which no configs/cifar100/crld/*.yaml changes); ImageNet
+    (configs/imagenet/{r34_r18,r50_mv1}/crld.yaml): TEMPERATURE 1.0, CE_WEIGHT 2.0.
+
+    ``logit_standardization`` is refused: the published code of logit standardization does not
+    define it for CRLD.
+    """
+
+    def __init__(
+        self,
+        temperature: float = 4.0,
+        tau_w: float = CRLD_TAU_W,
+        tau_s: float = CRLD_TAU_S,
+        within_weight: float = 2.0,
+        cross_weight: float = 0.5,
+        ce_weight: float = 1.0,
+        **kw,
+    ):
+        super().__init__(ce_weight, **kw)
+        if self.logit_standardization:
+            raise LossInputError(
+                "CRLD with logit standardization is not defined by the published code of logit standardization"
+            )
+        check_positive("temperature", temperature)
+        _check_threshold("tau_w", tau_w)
+        _check_threshold("tau_s", tau_s)
+        check_weight("within_weight", within_weight)
+        check_weight("cross_weight", cross_weight)
+        self.temperature, self.tau_w, self.tau_s = temperature, tau_w, tau_s
+        self.within_weight, self.cross_weight = within_weight, cross_weight
+
+    def forward(
+        self,
+        student_logits: Tensor,
+        teacher_logits: Tensor,
+        target: Tensor,
+        epoch: float | Tensor = 1,
+        student_strong_logits: Tensor | None = None,
+        teacher_strong_logits: Tensor | None = None,
+    ) -> tuple[Tensor, Parts]:
+        if student_strong_logits is None or teacher_strong_logits is None:
+            raise LossInputError(
+                "CRLD needs the logits of the strongly augmented view too: pass student_strong_logits= "
+                "and teacher_strong_logits="
+            )
+        check_target(target, student_logits)
+        within, cross = crld_terms(
+            student_logits,
+            teacher_logits,
+            student_strong_logits,
+            teacher_strong_logits,
+            self.temperature,
+            self.tau_w,
+            self.tau_s,
+        )
+        ce = self.ce(student_logits, target) + self.ce(student_strong_logits, target)
+        return self.total({"ce": ce, "within": self.within_weight * within, "cross": self.cross_weight * cross})

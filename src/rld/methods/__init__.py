@@ -44,6 +44,10 @@ sd_nkd     SDD on NKD: CE + warm-up·weighted mean (target + γ·non-target term
            epochs; the published code's non-target term keeps the target class (an option removes it)
 sd_rld     SDD on RLD (beyond the published code): CE + warm-up·weighted mean (α·SCD + β·MCD),
            RLD's α = 1, β = 8, T = 4, M_ge, 20 epochs
+crld       CE(weak) + CE(strong) + 2·within-view KD (each view's student to its teacher) + 0.5·cross-view
+           KD (each view's student to the other view's teacher), T = 4, per sample, gated by the
+           teacher's confidence (weak view ≥ 0.9 for the within-view terms, strong view ≥ 0.2 for the
+           cross-view ones), on MLKD's two views (Zhang et al. 2024)
 =========  =====================================================================================
 
 ``logit_standardization``: the logits entering the distillation terms are z-scored per sample
@@ -63,7 +67,7 @@ mlkd       kd_weight = w (set), temperature = b; CE weight unchanged; only its K
 abkd       the published AB-LSD: kd_weight = w (set), temperature = b, ce_weight 0.1, α 0.9, β 0.3
            (set), and the divergence ×T²
 lr         not defined by the published code: refused
-others     not defined by the published code (the feature methods, DIST, NKD, WTTM, the SDD variants): refused
+others     not defined by the published code (the feature methods, DIST, NKD, WTTM, CRLD, the SDD variants): refused
 =========  ===================================================================================
 """
 
@@ -78,6 +82,7 @@ from rld.methods import (
     at,
     catkd,
     crd,
+    crld,
     ctkd,
     dist,
     dkd,
@@ -106,6 +111,7 @@ from rld.methods.base import (
     MethodContext,
     MethodSpec,
     StrongView,
+    TwoViewLogitMethod,
     logits_only,
 )
 
@@ -135,6 +141,7 @@ METHODS: dict[str, MethodSpec] = {
                 nkd,
                 wttm,
                 mlkd,
+                crld,
                 abkd,
             )
         ),
@@ -269,6 +276,7 @@ __all__ = [
     "MethodContext",
     "MethodSpec",
     "StrongView",
+    "TwoViewLogitMethod",
     "build_method",
     "get_spec",
     "list_methods",

@@ -11,7 +11,7 @@ exactly what the spec asks for and never branches on a method's name:
   teacher-logit cache, and its student runs ``model(x)``;
 * a method that reads features gets :class:`~rld.models.features.Features` of one forward pass of
   the student and of the teacher (``forward_features``);
-* a method whose ``views`` include ``"strong"`` (MLKD) trains on a strongly augmented view of every
+* a method whose ``views`` include ``"strong"`` (MLKD, CRLD) trains on a strongly augmented view of every
   image too: the loaders yield it (``Batch.strong``, :mod:`rld.data.strong`), the student and the
   teacher run on it as well, and the method gets both as a :class:`StrongView` (its ``strong``
   keyword). The teacher-logit cache cannot hold random views, so such a method runs without it.
@@ -148,6 +148,30 @@ class LogitMethod(Method):
         return self.loss(student.logits, teacher.logits if teacher is not None else None, target, epoch)
 
 
+class TwoViewLogitMethod(Method):
+    """A method made of one logit loss module that reads both views (MLKD, CRLD): called with
+    ``strong=``:class:`StrongView`, its loss gets the weak view's logits positionally and the strong
+    view's as ``student_strong_logits`` and ``teacher_strong_logits``."""
+
+    def __init__(self, spec: MethodSpec, loss: DistillationLoss):
+        super().__init__()
+        self.spec, self.loss = spec, loss
+
+    def forward(self, student, teacher, target, epoch, index=None, strong: StrongView | None = None):
+        if strong is None or strong.teacher is None:
+            raise ValueError(
+                f"method {self.name!r} trains on the strong view too: call it with strong=StrongView(student, teacher)"
+            )
+        return self.loss(
+            student.logits,
+            teacher.logits,
+            target,
+            epoch,
+            student_strong_logits=strong.student.logits,
+            teacher_strong_logits=strong.teacher.logits,
+        )
+
+
 @dataclass(frozen=True)
 class MethodSpec:
     """A registered method.
@@ -169,7 +193,7 @@ class MethodSpec:
     ls: LSRule | None = None  # None: logit standardization is not defined for the method (refused)
     uses_rng: bool = False  # draws random numbers in its step (CRD's negatives)
     own_prediction: bool = False  # predicts with more than the student (Method.predict; SimKD)
-    views: tuple[str, ...] = ("weak",)  # the views of a batch it trains on (VIEWS; MLKD adds "strong")
+    views: tuple[str, ...] = ("weak",)  # the views of a batch it trains on (VIEWS; MLKD and CRLD add "strong")
 
     @property
     def strong_view(self) -> bool:

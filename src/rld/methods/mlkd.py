@@ -37,7 +37,7 @@ from typing import Any
 
 from rld.losses import MLKDLoss
 from rld.losses.newer import MLKD_PERCENTILE
-from rld.methods.base import LSRule, Method, MethodConfig, MethodContext, MethodSpec, StrongView
+from rld.methods.base import LSRule, Method, MethodConfig, MethodContext, MethodSpec, TwoViewLogitMethod
 
 
 @dataclass
@@ -52,28 +52,8 @@ class MLKDConfig(MethodConfig):
     )
 
 
-class MLKDMethod(Method):
-    """MLKD's loss on the weak view (``student``, ``teacher``) and the strong one (``strong``)."""
-
-    def __init__(self, spec: MethodSpec, loss: MLKDLoss):
-        super().__init__()
-        self.spec, self.loss = spec, loss
-
-    def forward(self, student, teacher, target, epoch, index=None, strong: StrongView | None = None):
-        if strong is None or strong.teacher is None:
-            raise ValueError("MLKD trains on the strong view too: call it with strong=StrongView(student, teacher)")
-        return self.loss(
-            student.logits,
-            teacher.logits,
-            target,
-            epoch,
-            student_strong_logits=strong.student.logits,
-            teacher_strong_logits=strong.teacher.logits,
-        )
-
-
 def _build(params: dict[str, Any], ctx: MethodContext | None = None) -> Method:
-    return MLKDMethod(SPEC, MLKDLoss(**params))
+    return TwoViewLogitMethod(SPEC, MLKDLoss(**params))
 
 
 def _check(params: dict[str, Any]) -> None:
