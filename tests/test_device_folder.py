@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 from scipy.stats import ks_2samp
+from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode, RandomResizedCrop
 from torchvision.transforms import functional as TF
 from torchvision.transforms.v2 import functional as F2
@@ -20,7 +21,7 @@ from torchvision.transforms.v2 import functional as F2
 from conftest import assert_user_error
 from rld.cli import main
 from rld.data import build_data
-from rld.data.crop_views import center_crop_box, resize_shorter, train_views, uniforms
+from rld.data.crop_views import train_views, uniforms
 from rld.data.decode import ImageDecoder, jpeg_components, torchcodec_available
 from rld.data.device_folder import DeviceFolderLoader
 from rld.data.sampling import EpochSampler
@@ -163,11 +164,16 @@ def _decoded(rng, h=375, w=500) -> torch.Tensor:
     return torch.from_numpy(np.array(_photo(rng, h, w))).permute(2, 0, 1).contiguous()
 
 
+def _normalized(pixels: torch.Tensor) -> torch.Tensor:
+    """torchvision's ToDtype(float32, scale=True) + Normalize (ImageNet) of uint8 pixels."""
+    return F2.normalize(F2.to_dtype(pixels, torch.float32, scale=True), list(IMAGENET_MEAN), list(IMAGENET_STD))
+
+
 def test_a_views_pixels_equal_torchvisions_resized_crop_flip_and_normalize(tmp_path):
-    """For the view the loader drew, its image equals torchvision's resized_crop + hflip + Normalize of
-    the decoded tensor: exactly when torchvision resizes in float32 (then rounds, as it does for uint8
-    on a GPU), within 1 grey level with its CPU uint8 kernel; and within 1 level of the PIL path (PIL's
-    own resampling; 0.2 level on average here)."""
+    """For the view the loader drew, its image equals torchvision's resized_crop + hflip + ToDtype +
+    Normalize of the decoded uint8 tensor on the same device (to float rounding, 1e-6); within 1 grey
+    level of torchvision's float32 resize (what it computes on a GPU) and of the PIL path (PIL's own
+    resampling; 0.2 level on average here)."""
     rng = np.random.default_rng(1)
     for i, (h, w) in enumerate([(375, 500), (500, 333), (40, 60)]):
         (tmp_path / "train" / "x").mkdir(parents=True, exist_ok=True)
@@ -181,21 +187,22 @@ def test_a_views_pixels_equal_torchvisions_resized_crop_flip_and_normalize(tmp_p
             pil = Image.open(files[index]).convert("RGB")
             x = torch.from_numpy(np.array(pil)).permute(2, 0, 1).contiguous()
             top, left, h, w, flip = (int(v[0]) for v in train_views(2, epoch, [index], [x.shape[1]], [x.shape[2]]))
+            want = F2.resized_crop(x, top, left, h, w, [224, 224], antialias=True)
+            want = F2.horizontal_flip(want) if flip else want
+            torch.testing.assert_close(image, _normalized(want), rtol=0, atol=1e-6)
             pixels = image * STD * 255 + MEAN * 255  # back to grey levels
-            exact = F2.resized_crop(x.float(), top, left, h, w, [224, 224], antialias=True).round()
-            exact = F2.horizontal_flip(exact) if flip else exact
-            want = F2.normalize(exact / 255, list(IMAGENET_MEAN), list(IMAGENET_STD))
-            torch.testing.assert_close(image, want, rtol=0, atol=1e-6)
-            uint8 = F2.resized_crop(x, top, left, h, w, [224, 224], antialias=True)
-            uint8 = F2.horizontal_flip(uint8) if flip else uint8
-            assert (pixels - uint8.float()).abs().max() < 1.001
+            fp32 = F2.resized_crop(x.float(), top, left, h, w, [224, 224], antialias=True).round()
+            fp32 = F2.horizontal_flip(fp32) if flip else fp32
+            assert (pixels - fp32).abs().max() < 1.001
             via_pil = TF.resized_crop(pil, top, left, h, w, [224, 224], InterpolationMode.BILINEAR)
             via_pil = TF.hflip(via_pil) if flip else via_pil
-            diff = (pixels - torch.from_numpy(np.asarray(via_pil)).permute(2, 0, 1).float()).abs()
+            diff = (pixels - torch.from_numpy(np.array(via_pil)).permute(2, 0, 1).float()).abs()
             assert diff.mean() < 0.3 and diff.max() <= 1.001, (diff.mean(), diff.max())
 
 
 def test_evaluation_resizes_and_centre_crops_as_torchvision(tmp_path):
+    """Resize(256) of the shorter side + CenterCrop(224) as torchvision computes them on the decoded
+    tensor (to float rounding); within 1 grey level of its float32 resize and of the PIL path."""
     rng = np.random.default_rng(2)
     shapes = [(375, 500), (500, 333), (300, 300), (180, 256)]
     for i, (h, w) in enumerate(shapes):
@@ -205,14 +212,16 @@ def test_evaluation_resizes_and_centre_crops_as_torchvision(tmp_path):
     loader = DeviceFolderLoader(files, [0] * 4, 4, train=False, device="cpu", num_workers=0, channels_last=True)
     (batch,) = list(loader)
     assert batch.images.is_contiguous(memory_format=torch.channels_last) and batch.indices.tolist() == [0, 1, 2, 3]
-    assert resize_shorter(375, 500, 256) == (256, 341) and center_crop_box(256, 341, 224) == (16, 58)
+    reference = T.Compose([T.Resize(256), T.CenterCrop(224), T.PILToTensor()])
     for f, image in zip(files, batch.images):
-        x = torch.from_numpy(np.array(Image.open(f).convert("RGB"))).permute(2, 0, 1).contiguous()
-        exact = F2.center_crop(F2.resize(x.float(), [256], antialias=True).round(), [224, 224])
-        want = F2.normalize(exact / 255, list(IMAGENET_MEAN), list(IMAGENET_STD))
-        torch.testing.assert_close(image, want, rtol=0, atol=1e-6)
-        uint8 = F2.center_crop(F2.resize(x, [256], antialias=True), [224, 224])
-        assert (image * STD * 255 + MEAN * 255 - uint8.float()).abs().max() < 1.001
+        pil = Image.open(f).convert("RGB")
+        x = torch.from_numpy(np.array(pil)).permute(2, 0, 1).contiguous()
+        want = F2.center_crop(F2.resize(x, [256], antialias=True), [224, 224])
+        torch.testing.assert_close(image, _normalized(want), rtol=0, atol=1e-6)
+        pixels = image * STD * 255 + MEAN * 255
+        fp32 = F2.center_crop(F2.resize(x.float(), [256], antialias=True).round(), [224, 224])
+        assert (pixels - fp32).abs().max() < 1.001
+        assert (pixels - reference(pil).float()).abs().max() < 1.001
 
 
 # ----------------------------------------------------------------------------- decoding

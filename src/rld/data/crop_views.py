@@ -27,8 +27,7 @@ draws      use
 
 When no attempt fits, torchvision's central crop with the aspect ratio clamped to ``ratio`` is taken
 (draws 20 and 21 unused). Every draw is made for every sample whether it is used or not, so a draw's
-number never depends on another's value. Evaluation has no randomness: ``Resize(R)`` of the shorter
-side (the longer ``int(R·long/short)``) and ``CenterCrop(C)`` (``top = round((H' - C) / 2)``).
+number never depends on another's value.
 """
 
 from __future__ import annotations
@@ -115,17 +114,3 @@ def train_views(
     """``(top, left, h, w, flip)`` of samples ``indices`` (B,) of images ``heights`` x ``widths`` in
     epoch ``epoch`` of a run seeded ``seed``: :func:`uniforms` then :func:`resized_crop_params`."""
     return resized_crop_params(uniforms(seed, epoch, indices, DRAWS, stream), heights, widths)
-
-
-def resize_shorter(height: int, width: int, size: int) -> tuple[int, int]:
-    """``(H', W')`` of ``Resize(size)`` (an int: the shorter side) of an ``height`` x ``width`` image:
-    the shorter side becomes ``size``, the longer ``int(size·long/short)`` (torchvision's rule)."""
-    if width <= height:
-        return int(size * height / width), size
-    return size, int(size * width / height)
-
-
-def center_crop_box(height: int, width: int, crop: int) -> tuple[int, int]:
-    """``(top, left)`` of ``CenterCrop(crop)`` in an ``height`` x ``width`` image (at least ``crop``
-    on each side): ``round((H - crop) / 2)`` (torchvision's rule)."""
-    return int(round((height - crop) / 2.0)), int(round((width - crop) / 2.0))

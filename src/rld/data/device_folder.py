@@ -6,10 +6,11 @@ normalises there, so the host's cores do not cap the images per second.
 
 Training: ``RandomResizedCrop(S)`` + ``RandomHorizontalFlip()`` + ``Normalize`` (ImageNet statistics).
 The crop and flip of a sample are a pure function of ``(seed, epoch, sample index)`` and the image's
-size (:mod:`rld.data.crop_views`), drawn by torchvision's rule; the crop is resized with bilinear
-interpolation and antialiasing and rounded to integer pixel values, as torchvision resizes a uint8
-tensor, then flipped, scaled to [0, 1] and normalised. Evaluation: ``Resize(round(S·256/224))`` of the
-shorter side + ``CenterCrop(S)``, the same way.
+size (:mod:`rld.data.crop_views`), drawn by torchvision's rule; the crop is resized by torchvision's
+own ``resize`` of the uint8 tensor (bilinear, antialiased: on a CPU its uint8 kernel, on a GPU in float32
+and rounded), then flipped, scaled to [0, 1] and normalised: what ``RandomResizedCrop`` + flip +
+``ToDtype(scale)`` + ``Normalize`` of torchvision compute on that tensor for that view. Evaluation:
+``Resize(round(S·256/224))`` of the shorter side + ``CenterCrop(S)``, the same way.
 
 The view of a sample is identified by ``(seed, epoch, index)``: batches carry ``indices`` (into the
 loader's file list) and ``views=None``; :attr:`DeviceFolderLoader.epoch` is the epoch of the batches
@@ -24,10 +25,10 @@ import logging
 from collections.abc import Iterator, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms.v2 import functional as F2
 
-from rld.data.crop_views import STRONG_STREAM, TRAIN_STREAM, center_crop_box, resize_shorter, train_views
+from rld.data.crop_views import STRONG_STREAM, TRAIN_STREAM, train_views
 from rld.data.decode import ImageDecoder
 from rld.data.device_loader import as_device
 from rld.data.sampling import EpochSampler, check_seed
@@ -228,7 +229,7 @@ class DeviceFolderLoader:
         return self.strong.from_pixels(pixels, plan.to(self.device)).contiguous(memory_format=fmt)
 
     def _pixels(self, images: list[torch.Tensor], indices: torch.Tensor, epoch: int, stream: int) -> torch.Tensor:
-        """(B, 3, S, S) float32 integer pixel values 0..255 of the crops (rounded after resizing)."""
+        """(B, 3, S, S) float32 integer pixel values 0..255 of the crops, resized by torchvision."""
         size = self.image_size
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         out = torch.empty((len(images), 3, size, size), device=self.device, memory_format=fmt)
@@ -238,14 +239,11 @@ class DeviceFolderLoader:
             top, left, h, w, flip = train_views(self.seed, epoch, indices.numpy(), heights, widths, stream)
             for k, image in enumerate(images):
                 t, le = int(top[k]), int(left[k])
-                crop = resize_crop(image[:, t : t + int(h[k]), le : le + int(w[k])], size, size)
+                crop = resize(image[:, t : t + int(h[k]), le : le + int(w[k])], [size, size])
                 out[k] = crop.flip(-1) if flip[k] else crop
         else:
             for k, image in enumerate(images):
-                rh, rw = resize_shorter(int(image.shape[1]), int(image.shape[2]), self.resize)
-                resized = resize_crop(image, rh, rw)
-                t, le = center_crop_box(rh, rw, size)
-                out[k] = resized[:, t : t + size, le : le + size]
+                out[k] = F2.center_crop(resize(image, [self.resize]), [size, size])
         return out
 
     def _normalize(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -253,10 +251,9 @@ class DeviceFolderLoader:
         return pixels.div_(255).sub_(self._mean).div_(self._std)
 
 
-def resize_crop(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """``image`` (3, h, w) uint8 resized to (3, height, width) float32 with integer values: bilinear with
-    antialiasing, rounded (what torchvision's ``resize`` of a uint8 tensor computes before its cast)."""
-    x = image.unsqueeze(0).float()
-    if tuple(image.shape[1:]) != (height, width):
-        x = F.interpolate(x, size=(height, width), mode="bilinear", antialias=True, align_corners=False).round_()
-    return x[0]
+def resize(image: torch.Tensor, size: list[int]) -> torch.Tensor:
+    """``image`` (3, h, w) uint8 resized by torchvision (``[S]``: the shorter side) with bilinear
+    interpolation and antialiasing: on a CPU its uint8 kernel, elsewhere in float32 and rounded. In
+    channels-last memory, where torchvision's CPU kernel is fastest; the values do not depend on it."""
+    x = image.unsqueeze(0).contiguous(memory_format=torch.channels_last)
+    return F2.resize(x, size, antialias=True)[0]
