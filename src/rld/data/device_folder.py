@@ -196,14 +196,14 @@ class DeviceFolderLoader:
             position += len(errors)
             if not keep:
                 continue
-            images = [images[k] for k in keep]
-            idx = indices[rows]
+            if len(keep) < len(images):  # unreadable files skipped (data.skip_bad_images)
+                images, targets, indices = [images[k] for k in keep], targets[rows], indices[rows]
             yield Batch(
-                self.render(images, idx, epoch),
-                targets[rows].to(self.device, non_blocking=self._pin),
-                idx.to(self.device, non_blocking=self._pin),
+                self.render(images, indices, epoch),
+                targets.to(self.device, non_blocking=self._pin),
+                indices.to(self.device, non_blocking=self._pin),
                 None,
-                None if strong_rows is None else self._render_strong(images, idx, epoch, strong_rows),
+                None if strong_rows is None else self._render_strong(images, indices, epoch, strong_rows),
             )
 
     def _readable(self, image: torch.Tensor | str, read_error: str, index: int) -> bool:
