@@ -256,6 +256,47 @@ def test_grey_cmyk_and_png_named_jpeg_decode_to_pils_rgb(tmp_path, decoder):
     assert isinstance(dec([torch.frombuffer(bytearray(b"not an image"), dtype=torch.uint8)])[0], str)
 
 
+def test_on_a_gpu_cmyk_goes_to_the_cpu_and_a_jpeg_the_device_refuses_falls_back(tmp_path):
+    """The routing of a CUDA device, with the device decoder stood in for (no GPU here): grey and RGB
+    JPEGs go to one batched device call; CMYK goes to the CPU before it; when the batched call fails,
+    the files are tried one by one and the one refused goes to the CPU; a PNG never reaches it."""
+    rng = np.random.default_rng(4)
+    photo = _photo(rng, 30, 40)
+    blobs = {}
+    files = {
+        "rgb": (photo, "JPEG"),
+        "grey": (photo.convert("L"), "JPEG"),
+        "cmyk": (photo.convert("CMYK"), "JPEG"),
+        "refused": (photo, "JPEG"),
+        "png": (photo, "PNG"),
+    }
+    for name, (image, fmt) in files.items():
+        image.save(tmp_path / name, fmt, quality=70 if name == "refused" else 90)
+        blobs[name] = torch.frombuffer(bytearray((tmp_path / name).read_bytes()), dtype=torch.uint8)
+    dec = ImageDecoder("cpu", "torchvision")
+    real, calls = dec._jpeg, []
+
+    def device_jpeg(data, device):
+        names = [n for x in (data if isinstance(data, list) else [data]) for n, b in blobs.items() if b is x]
+        calls.append((str(device), names))
+        if str(device) != "cpu" and "refused" in names:
+            raise RuntimeError("nvJPEG refuses it")
+        return real(data, "cpu")
+
+    dec._jpeg, dec.device = device_jpeg, torch.device("meta")  # meta: stands for the GPU
+    out = dec(list(blobs.values()))
+    assert all(isinstance(x, torch.Tensor) and x.shape == (3, 30, 40) for x in out)
+    assert calls == [
+        ("cpu", ["cmyk"]),
+        ("meta", ["rgb", "grey", "refused"]),
+        ("meta", ["rgb"]),
+        ("meta", ["grey"]),
+        ("meta", ["refused"]),
+        ("cpu", ["refused"]),
+    ]
+    assert dec.fallbacks == 3  # CMYK, the refused JPEG, the PNG
+
+
 def test_decoder_names_are_checked():
     with pytest.raises(UserError, match="unknown data.decoder 'nvjpeg': choose one of auto, torchvision, torchcodec"):
         ImageDecoder("cpu", "nvjpeg")
