@@ -20,7 +20,9 @@ from torchvision.transforms.v2 import functional as F2
 
 from conftest import assert_user_error
 from rld.cli import main
+from rld.config import resolve
 from rld.data import build_data
+from rld.data.build import eval_preprocess, image_pipeline
 from rld.data.crop_views import train_views, uniforms
 from rld.data.decode import ImageDecoder, jpeg_components, torchcodec_available
 from rld.data.device_folder import DeviceFolderLoader
@@ -331,8 +333,6 @@ def test_build_data_chooses_the_pipeline(tmp_path):
     assert isinstance(device.train, DeviceFolderLoader) and isinstance(device.test, DeviceFolderLoader)
     assert isinstance(build_data("imagefolder", str(root), **kw).train, TorchLoader)  # auto on a CPU: pil
     assert isinstance(build_data("imagefolder", str(root), pipeline="pil", **kw).train, TorchLoader)
-    from rld.data.build import eval_preprocess
-
     pil = build_data("imagefolder", str(root), pipeline="pil", **kw)
     assert (
         eval_preprocess(device.test)
@@ -356,6 +356,10 @@ def test_build_data_chooses_the_pipeline(tmp_path):
     assert all(torch.equal(a.strong, b.strong) for a, b in zip(first[1:], held.train))  # exact resume
     with pytest.raises(UserError, match="unknown data.decoder 'pillow'"):
         build_data("imagefolder", str(root), decoder="pillow", **kw)
+    # auto: the device pipeline on CUDA, as the ImageNet presets leave it
+    assert [image_pipeline("auto", d) for d in ("cuda", "cuda:1", "cpu")] == ["device", "device", "pil"]
+    assert image_pipeline("device", "cpu") == "device" and image_pipeline("pil", "cuda") == "pil"
+    assert resolve("imagenet/ResNet34-ResNet18/rld").data.pipeline == "auto"
 
 
 @pytest.mark.parametrize("pipeline", ["device", "pil"])

@@ -49,6 +49,13 @@ class DataBundle:
     holdout: Holdout | None = None  # data.holdout: the part of the training split that ``test`` evaluates
 
 
+def image_pipeline(pipeline: str, device: torch.device | str) -> str:
+    """The pipeline image files load through: ``device`` or ``pil`` (``auto``: device on CUDA only)."""
+    if pipeline == "auto":
+        return "device" if as_device(device).type == "cuda" else "pil"
+    return pipeline
+
+
 def _world(distributed: bool) -> tuple[int, int]:
     """(rank, world size) if ``distributed`` and torch.distributed is initialised, else (0, 1)."""
     if distributed and torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -226,7 +233,7 @@ def build_data(
     if holdout is not None:  # the data set's own evaluation part was never built (test_set is None)
         eval_transform = sources.image_transform(train=False, image_size=size)
         train_set, test_set, carved = carve_dataset(train_set, eval_transform, holdout, holdout_seed)
-    on_device = pipeline == "device" or (pipeline == "auto" and as_device(device).type == "cuda")
+    on_device = image_pipeline(pipeline, device) == "device"
     if on_device and key == "hf":
         if pipeline == "device":
             log.info("data.pipeline=device: a Hugging Face data set loads through the pil pipeline")
