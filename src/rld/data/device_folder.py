@@ -101,7 +101,9 @@ class DeviceFolderLoader:
             epoch's strong plan at the sample's position (:mod:`rld.data.strong`).
 
     Each ``iter(loader)`` uses the current epoch and then advances it; :meth:`set_epoch` chooses it.
-    Yields :class:`Batch` ``(images (B, 3, S, S) float32, targets (B,), indices (B,), None, strong)``.
+    Yields :class:`Batch` ``(images (B, 3, S, S) float32, targets (B,), indices (B,), None, strong)``;
+    while it does, :attr:`epoch` is the epoch of those batches: with :attr:`seed` and an index it
+    names a sample's view.
     """
 
     def __init__(
