@@ -26,6 +26,7 @@ from conftest import (
 from rld.cli import main
 from rld.data import build as data_build
 from rld.data import build_data, load_digits
+from rld.data.device_folder import DeviceFolderLoader
 from rld.data.device_loader import DeviceLoader
 from rld.data.holdout import holdout_split
 from rld.errors import UserError
@@ -117,6 +118,7 @@ def _kind(kind: str, tmp_path: Path, tiny_cifar: Path) -> tuple[str, str | None,
         ("digits", "device"),
         ("cifar100", "pil"),
         ("imagefolder", "device"),
+        ("imagefolder", "pil"),
         ("folder", "device"),
         ("manifest", "device"),
         ("hf", "device"),
@@ -151,6 +153,9 @@ def test_the_holdout_is_a_stratified_seeded_part_of_the_training_split(
             want = (x - torch.tensor(data.mean)[:, None, None]) / torch.tensor(data.std)[:, None, None]
             images = torch.cat([b.images for b in held.test])
             assert torch.allclose(images, want, atol=1e-6) and not held.test.train
+    elif isinstance(held.test, DeviceFolderLoader):  # the held-out training images, evaluated
+        assert held.train.train and not held.test.train
+        assert set(held.test.files) <= set(plain.train.files) and not set(held.test.files) & set(held.train.files)
     else:
         transform = repr(held.test.loader.dataset.base.base.transform)
         assert "CenterCrop" in transform and "RandomResizedCrop" not in transform

@@ -37,8 +37,11 @@ from rld.method_config import MethodConfig
 class DataConfig:
     name: str = "digits"  # digits | cifar100 | imagefolder (alias imagenet) | hf (Hugging Face datasets)
     path: str | None = None  # CIFAR-100 folder / archive / .npz, or an ImageFolder root
-    pipeline: str = "device"  # device (augmentation on the training device) | pil (DataLoader + transforms)
-    num_workers: int = 4  # DataLoader workers (image folders and the pil pipeline)
+    # auto | device (decoding of image files and augmentation on the training device) | pil (DataLoader
+    # workers + torchvision transforms); auto: device, except image folders on a CPU, which use pil
+    pipeline: str = "auto"
+    num_workers: int = 4  # DataLoader workers (image folders: they read the files; the pil pipeline)
+    decoder: str = "auto"  # image folders on the device pipeline: auto | torchvision | torchcodec
     eval_batch_size: int = 256
     # Keep only the first N training images of each class (in the split's order: a fixed subset, the
     # same for every seed); the test split is unchanged. None keeps them all. Array data sets only.
@@ -265,8 +268,10 @@ KEY_HELP = {
     "seed": "random seed of the run (weights, data order, augmentation)",
     "data.name": "digits (embedded) | cifar100 | imagefolder (alias imagenet) | hf (Hugging Face datasets)",
     "data.path": "CIFAR-100 folder / archive / .npz, an image folder or a CSV manifest (absolute once resolved)",
-    "data.pipeline": "device (augmentation on the training device) | pil (DataLoader + transforms)",
-    "data.num_workers": "DataLoader workers (image folders and the pil pipeline)",
+    "data.pipeline": "auto | device (decode and augment on the training device) | pil (DataLoader + transforms); "
+    "auto: device, but pil for image folders on a CPU",
+    "data.num_workers": "DataLoader workers (image folders: they read the files; the pil pipeline)",
+    "data.decoder": "image folders on the device pipeline: auto (torchcodec if installed) | torchvision | torchcodec",
     "data.eval_batch_size": "batch size of evaluation",
     "data.train_per_class": "array data sets: train on the first N images of each class (a fixed subset)",
     "data.image_size": "input side: digits (upsampled, default 32), image folders / manifests / hf (default 224)",

@@ -4,13 +4,16 @@
 * Array data sets kept in memory: :func:`load_cifar100` (official pickles, archive or .npz),
   :func:`load_digits` (embedded, no download); :class:`DeviceLoader` runs their augmentation on
   the training device, :class:`ArrayImageDataset` is the conventional PIL/torchvision path.
-* Image folders (ImageNet): :func:`load_image_folders` and :class:`TorchLoader`.
+* Image folders (ImageNet): :func:`load_image_folders`; :class:`DeviceFolderLoader` decodes and augments
+  on the training device (views a pure function of (seed, epoch, index)), :class:`TorchLoader` is the
+  DataLoader + PIL path.
 
 Every loader yields :class:`Batch` ``(images, targets, indices, views)``.
 """
 
 from rld.data.arrays import CIFAR100_CLASSES, CIFAR100_MEAN, CIFAR100_STD, load_cifar100
 from rld.data.build import DATASETS, DataBundle, build_data
+from rld.data.device_folder import DeviceFolderLoader
 from rld.data.device_loader import DeviceLoader
 from rld.data.digits import load_digits
 from rld.data.folder import folder_transform, load_image_folders
@@ -36,6 +39,7 @@ __all__ = [
     "ArraySplit",
     "Batch",
     "DataBundle",
+    "DeviceFolderLoader",
     "DeviceLoader",
     "EpochSampler",
     "IndexedDataset",

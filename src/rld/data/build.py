@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -11,10 +12,12 @@ import numpy as np
 import torch
 
 from rld.data.arrays import load_cifar100
-from rld.data.device_loader import DeviceLoader
+from rld.data.decode import DECODERS
+from rld.data.device_folder import DeviceFolderLoader
+from rld.data.device_loader import DeviceLoader, as_device
 from rld.data.digits import load_digits
 from rld.data.folder import load_image_folders, load_train_folder
-from rld.data.holdout import Holdout, carve_arrays, carve_dataset
+from rld.data.holdout import Holdout, LabelledSubset, carve_arrays, carve_dataset
 from rld.data.pil import ArrayImageDataset, array_transform
 from rld.data.torch_loader import IndexedDataset, TorchLoader, TwoCrops, with_two_crops
 from rld.data.types import ArrayDataset, ArraySplit, Loader
@@ -22,7 +25,11 @@ from rld.errors import UserError
 
 DATASETS = ("digits", "cifar100", "imagefolder", "imagenet", "hf")
 """Names accepted by :func:`build_data` (``imagenet`` is an alias of ``imagefolder``)."""
-PIPELINES = ("device", "pil")
+PIPELINES = ("auto", "device", "pil")
+"""``auto``: the device pipeline, except for image files on a CPU (there DataLoader workers decode and
+augment in parallel, and the device pipeline would do it in the training process)."""
+
+log = logging.getLogger("rld")
 
 
 @dataclass
@@ -40,6 +47,13 @@ class DataBundle:
     name: str
     split: Any = None  # the train/validation split of a single folder or a manifest (rld.data.sources.Split)
     holdout: Holdout | None = None  # data.holdout: the part of the training split that ``test`` evaluates
+
+
+def image_pipeline(pipeline: str, device: torch.device | str) -> str:
+    """The pipeline image files load through: ``device`` or ``pil`` (``auto``: device on CUDA only)."""
+    if pipeline == "auto":
+        return "device" if as_device(device).type == "cuda" else "pil"
+    return pipeline
 
 
 def _world(distributed: bool) -> tuple[int, int]:
@@ -109,7 +123,7 @@ def build_data(
     num_workers: int = 4,
     channels_last: bool = False,
     distributed: bool = False,
-    pipeline: Literal["device", "pil"] = "device",
+    pipeline: Literal["auto", "device", "pil"] = "auto",
     train_per_class: int | None = None,
     image_size: int | None = None,
     val_fraction: float | None = None,
@@ -120,6 +134,7 @@ def build_data(
     holdout: float | None = None,
     holdout_seed: int = 0,
     strong_view: bool = False,
+    decoder: str = "auto",
 ) -> DataBundle:
     """Build the training and evaluation loaders of data set ``name``.
 
@@ -139,8 +154,11 @@ def build_data(
             evaluation takes ``rank::world_size`` of ``0..N-1`` without padding, so that summing
             the per-rank counts covers every test sample once. ``set_epoch`` is forwarded to the
             sampler; iterating without it advances the epoch by one each time.
-        pipeline: for the array data sets, ``"device"`` (:class:`DeviceLoader`, augmentation on
-            the device) or ``"pil"`` (the conventional DataLoader + torchvision transforms).
+        pipeline: ``"device"``: augmentation on the device (:class:`DeviceLoader` for the array data
+            sets; :class:`~rld.data.device_folder.DeviceFolderLoader` for image folders and manifests:
+            workers read the files, the device decodes); ``"pil"``: the conventional DataLoader +
+            torchvision transforms; ``"auto"``: ``device``, except for image files on a CPU device.
+            Hugging Face data sets always load through the ``pil`` pipeline.
         train_per_class: for the array data sets, train on only the first N images of each class
             (:func:`first_per_class`); the normalisation statistics stay those of the full split.
         image_size: the side of the model's input: digits (upsampled; default 32), image folders,
@@ -148,6 +166,8 @@ def build_data(
         val_fraction: image folders without ``train/``/``val/`` and CSV manifests without a
             ``split`` column: the stratified validation fraction (:mod:`rld.data.sources`).
         skip_bad_images: leave unreadable images out (counted in the log) instead of stopping.
+        decoder: the device pipeline's image decoder: ``auto``, ``torchvision`` or ``torchcodec``
+            (:mod:`rld.data.decode`).
         split: a saved :class:`~rld.data.sources.Split` to use instead of splitting anew.
         image_column, label_column: the columns of a Hugging Face data set (``name="hf"``).
         holdout: hold out this stratified fraction of the training split (seeded by ``holdout_seed``,
@@ -159,6 +179,8 @@ def build_data(
         raise UserError(f"unknown data set {name!r}: choose one of {', '.join(DATASETS)}")
     if pipeline not in PIPELINES:
         raise UserError(f"unknown data pipeline {pipeline!r}: choose one of {', '.join(PIPELINES)}")
+    if decoder not in DECODERS:
+        raise UserError(f"unknown data.decoder {decoder!r}: choose one of {', '.join(DECODERS)}")
     eval_batch_size = batch_size if eval_batch_size is None else eval_batch_size
     for what, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -185,7 +207,7 @@ def build_data(
             data, carved = carve_arrays(data, holdout, holdout_seed)
         train, test = _array_loaders(
             data,
-            pipeline,
+            "pil" if pipeline == "pil" else "device",
             batch_size=batch_size,
             eval_batch_size=eval_batch_size,
             num_workers=num_workers,
@@ -211,6 +233,21 @@ def build_data(
     if holdout is not None:  # the data set's own evaluation part was never built (test_set is None)
         eval_transform = sources.image_transform(train=False, image_size=size)
         train_set, test_set, carved = carve_dataset(train_set, eval_transform, holdout, holdout_seed)
+    on_device = image_pipeline(pipeline, device) == "device"
+    if on_device and key == "hf":
+        if pipeline == "device":
+            log.info("data.pipeline=device: a Hugging Face data set loads through the pil pipeline")
+    elif on_device:
+        options = dict(image_size=size, decoder=decoder, skip_bad=skip_bad_images, num_workers=num_workers, **common)
+        return DataBundle(
+            DeviceFolderLoader(*image_list(train_set), batch_size, train=True, strong=strong_view, **options),
+            DeviceFolderLoader(*image_list(test_set), eval_batch_size, train=False, **options),
+            len(classes),
+            classes,
+            key,
+            split,
+            carved,
+        )
     strong = with_two_crops(train_set, f"the strong view of data set {key}") if strong_view else None
     return DataBundle(
         TorchLoader(
@@ -273,12 +310,36 @@ def _image_datasets(
     return train_set, test_set, classes, split
 
 
+def image_list(dataset: Any) -> tuple[list[str], list[int]]:
+    """(paths, labels) of the files of an image data set: an ``ImageFolder``, an
+    :class:`~rld.data.sources.ImageListDataset` or a :class:`~rld.data.holdout.LabelledSubset` of one."""
+    from rld.data.sources import ImageListDataset
+
+    if isinstance(dataset, LabelledSubset):
+        files, labels = image_list(dataset.base)
+        return [files[i] for i in dataset.indices], [labels[i] for i in dataset.indices]
+    if isinstance(dataset, ImageListDataset):
+        return [str(dataset.root / p) for p, _ in dataset.items], [int(y) for _, y in dataset.items]
+    samples = getattr(dataset, "samples", None)  # torchvision's ImageFolder
+    if samples is None:
+        raise TypeError(f"{type(dataset).__name__} does not list image files")
+    return [str(p) for p, _ in samples], [int(y) for _, y in samples]
+
+
 def eval_preprocess(test_loader: Any) -> dict[str, Any]:
     """The evaluation preprocessing of a run's test loader: ``{"size": [H, W]}`` (array data: images are
     resized to that size) or ``{"resize": R, "crop": C}`` (image folders), plus ``mean`` and ``std``."""
     if isinstance(test_loader, DeviceLoader):
         return {
             "size": [test_loader.height, test_loader.width],
+            "mean": list(test_loader.mean),
+            "std": list(test_loader.std),
+        }
+    if isinstance(test_loader, DeviceFolderLoader):
+        size = test_loader.image_size
+        return {
+            "resize": test_loader.resize,
+            "crop": [size, size],
             "mean": list(test_loader.mean),
             "std": list(test_loader.std),
         }

@@ -1,7 +1,8 @@
 """A ``torch.utils.data.DataLoader`` (worker processes, pinned memory) that yields :class:`Batch`.
 
-Used for data that does not fit the device (image folders such as ImageNet) and for the
-conventional CPU/PIL pipeline of the array data sets. The sample order comes from
+The ``pil`` pipeline: image folders such as ImageNet (on a CPU by default; on CUDA
+:class:`~rld.data.device_folder.DeviceFolderLoader` decodes and augments them on the device), Hugging
+Face data sets, and the conventional CPU/PIL pipeline of the array data sets. The sample order comes from
 :class:`~rld.data.sampling.EpochSampler`: the same permutation per ``(seed, epoch)`` as the device
 loader, sharded across ranks like ``DistributedSampler``. The augmentation draws happen in the
 workers with torch's random generator, which the DataLoader seeds from ``seed``; unlike the order,

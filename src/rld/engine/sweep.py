@@ -18,7 +18,7 @@ batching saves nothing) step in turn, bit-identical to their single runs.
 
 Seeds. With batched students, the runs of several seeds train in one group too when their data sets
 are equal whatever the seed (the device-resident data sets: digits and cifar100 with
-``data.pipeline=device``; a folder's validation split depends on the seed) and the groups run in
+``data.pipeline`` device or auto; a folder's validation split depends on the seed) and the groups run in
 this process (:func:`group_runs`): every seed keeps its own data stream — one loader per seed over
 the one copy of the images on the device — the teacher runs once per step on the seeds' batches
 together, and the students of all seeds stack into one batched computation, each on its own
@@ -185,7 +185,7 @@ def stream_signature(cfg: RunConfig) -> tuple:
     return (
         cfg.seed,
         get_spec(cfg.method.name).views,
-        (d.name, d.path, d.pipeline, d.num_workers, d.eval_batch_size, d.train_per_class, d.image_size),
+        (d.name, d.path, d.pipeline, d.decoder, d.num_workers, d.eval_batch_size, d.train_per_class, d.image_size),
         (d.val_fraction, d.holdout, d.holdout_seed, d.skip_bad_images, d.image_column, d.label_column),
         (t.batch_size, t.device, t.deterministic, t.channels_last, t.amp, t.batch_students),
         (m.teacher, m.teacher_checkpoint, m.teacher_weights, m.dataset),
@@ -195,7 +195,8 @@ def stream_signature(cfg: RunConfig) -> tuple:
 
 
 SEED_FREE_DATA = ("digits", "cifar100")
-"""Data sets whose images and splits do not depend on the seed (with ``data.pipeline=device``)."""
+"""Data sets whose images and splits do not depend on the seed (on the device-resident loader:
+``data.pipeline`` device or auto)."""
 
 
 def seeds_share_a_group(cfg: RunConfig) -> bool:
@@ -203,7 +204,7 @@ def seeds_share_a_group(cfg: RunConfig) -> bool:
     batched (``train.batch_students`` on, or ``auto`` on CUDA) on device-resident data that is the same
     for every seed, each seed on its own stream."""
     d, t = cfg.data, cfg.train
-    if d.pipeline != "device" or d.name not in SEED_FREE_DATA:
+    if d.pipeline == "pil" or d.name not in SEED_FREE_DATA:
         return False
     name = ("cuda" if torch.cuda.is_available() else "cpu") if t.device == "auto" else t.device
     try:

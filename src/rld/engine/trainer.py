@@ -621,6 +621,7 @@ def data_options(cfg: RunConfig, run_dir: Path | None = None) -> dict[str, Any]:
         seed=cfg.seed,
         num_workers=d.num_workers,
         pipeline=d.pipeline,
+        decoder=d.decoder,
         val_fraction=d.val_fraction,
         skip_bad_images=d.skip_bad_images,
         split=saved_split(run_dir),
