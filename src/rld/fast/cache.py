@@ -65,13 +65,9 @@ views, whichever batches filled them; on CUDA they agree to the rounding of the 
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
-import os
-import shutil
 import time
-import uuid
 import weakref
 import zipfile
 import zlib
@@ -87,6 +83,17 @@ from rld.data.device_loader import DeviceLoader
 from rld.data.types import Batch
 from rld.data.views import NUM_VIEWS
 from rld.errors import UserError
+from rld.fast.files import (
+    CHUNK_BYTES,
+    atomic_write,
+    create_folder,
+    default_cache_dir,
+    exclusive_lock,
+    free_bytes,
+    human_size,
+    npy_problem,
+    safe_name,
+)
 from rld.fast.key import CACHE_FORMAT, VIEW_DEFINITION, cache_key
 
 log = logging.getLogger("rld")
@@ -106,19 +113,9 @@ def fill_batch_size(device: torch.device) -> int:
     return FILL_BATCH.get(device.type, FILL_BATCH["cuda"])
 
 
-def default_cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/rld/teacher-logits``, or ``~/.cache/rld/teacher-logits``."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "rld" / "teacher-logits"
-
-
 def usable_views(loader: DeviceLoader) -> torch.Tensor:
     """The views the loader's training augmentation can produce: all 162, or the 81 unflipped ones."""
     return torch.arange(NUM_VIEWS) if loader.flip else torch.arange(0, NUM_VIEWS, 2)
-
-
-CHUNK_BYTES = 1 << 22
-"""Logit bytes per checksummed chunk (whole images: 129 CIFAR-100 images of 162 float16 views)."""
 
 
 def chunk_images(shape: tuple[int, int, int], itemsize: int) -> int:
@@ -153,16 +150,7 @@ def _damaged(folder: Path, rows: slice, n: int) -> UserError:
 
 def _write_index(folder: Path, filled: np.ndarray, crcs: np.ndarray) -> None:
     """``index.npz`` (the mask and the chunks' checksums, which must agree) replaced atomically."""
-    tmp = folder / f".{INDEX}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, filled=filled, crc32=crcs)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, folder / INDEX)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write(folder / INDEX, lambda f: np.savez(f, filled=filled, crc32=crcs))
 
 
 def _read_index(folder: Path, shape: tuple[int, int, int], chunks: int) -> tuple[np.ndarray, np.ndarray]:
@@ -181,23 +169,9 @@ def _read_index(folder: Path, shape: tuple[int, int, int], chunks: int) -> tuple
 
 def _check_logits_file(folder: Path, shape: tuple[int, int, int], dtype: np.dtype) -> None:
     """Refuse a logits.npy whose header is unreadable, describes another array, or that is truncated."""
-    path = folder / LOGITS
-    try:
-        with open(path, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            fmt = np.lib.format
-            header = (fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0)(f)
-            offset = f.tell()
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise corrupt(folder, f"{LOGITS} is missing") from None
-    except (OSError, ValueError) as err:
-        raise corrupt(folder, f"{LOGITS} has no readable header: {str(err).splitlines()[0]}") from err
-    if tuple(header[0]) != tuple(shape) or np.dtype(header[2]) != dtype or header[1]:
-        raise corrupt(folder, f"{LOGITS} holds another array")
-    need = offset + int(np.prod(shape)) * dtype.itemsize
-    if size < need:
-        raise corrupt(folder, f"{LOGITS} is truncated: {size:,} of {need:,} bytes")
+    problem = npy_problem(folder / LOGITS, shape, dtype)
+    if problem is not None:
+        raise corrupt(folder, problem)
 
 
 @dataclass
@@ -243,8 +217,7 @@ class _Files:
         if not (self.dirty and self.writable):
             return
         n = self.values.shape[0]
-        with open(self.folder / FLUSH_LOCK, "a+b") as lock_file:
-            fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX)  # one flush at a time, across processes
+        with exclusive_lock(self.folder / FLUSH_LOCK):  # one flush at a time, across processes
             disk, crcs = _read_index(self.folder, self.values.shape, len(self.crcs))
             new = self.filled & ~disk  # entries of this process the file lacks
             changed = np.unique(np.nonzero(new)[0] // self.rows)
@@ -435,11 +408,8 @@ class LogitStore:
 
 def _check_space(folder: Path, shape: tuple[int, int, int], dtype: torch.dtype, fraction: float) -> None:
     """UserError unless the file system of ``folder`` has room for ``fraction`` of the table."""
-    probe = folder
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
     need = int(np.prod(shape)) * torch.empty((), dtype=dtype).element_size() * fraction
-    free = shutil.disk_usage(probe).free
+    free = free_bytes(folder)
     if need > free:
         raise UserError(
             f"the teacher-logit cache needs {need / 2**30:.2f} GiB more in {folder} but only "
@@ -449,10 +419,8 @@ def _check_space(folder: Path, shape: tuple[int, int, int], dtype: torch.dtype, 
 
 def _create(folder: Path, shape: tuple[int, int, int], dtype: torch.dtype, meta: dict[str, Any]) -> None:
     """Create an empty store folder atomically (built under a temporary name, then renamed)."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+
+    def fill(tmp: Path) -> None:
         np_dtype = np.float16 if dtype == torch.float16 else np.float32
         table = np.lib.format.open_memmap(tmp / LOGITS, mode="w+", dtype=np_dtype, shape=shape)  # sparse
         table.flush()
@@ -461,11 +429,8 @@ def _create(folder: Path, shape: tuple[int, int, int], dtype: torch.dtype, meta:
         crcs = [_crc(None, filled[c * rows : (c + 1) * rows]) for c in range(-(-shape[0] // rows))]
         _write_index(tmp, filled, np.array(crcs, dtype=np.uint32))
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
-        os.rename(tmp, folder)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not folder.is_dir():  # not merely another process creating the same folder first
-            raise
+
+    create_folder(folder, fill)
 
 
 class CachedTeacher:
@@ -552,18 +517,6 @@ class CachedTeacher:
         self.store.flush()
 
 
-def human_size(nbytes: float) -> str:
-    """``1.51 GiB``, ``25.4 KiB``, ``812 B``."""
-    units, k = ("B", "KiB", "MiB", "GiB"), 0
-    while nbytes >= 1024 and k < len(units) - 1:
-        nbytes, k = nbytes / 1024, k + 1
-    return f"{nbytes:.3g} {units[k]}"
-
-
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-
-
 def open_teacher_cache(
     cfg: Any,
     teacher_fn: Any,
@@ -595,7 +548,7 @@ def open_teacher_cache(
         precision=precision,
         teacher_precision=teacher_fn.precision,
     )
-    name = f"{_safe(cfg.model.teacher)}-{_safe(cfg.data.name)}-{key[:16]}"
+    name = f"{safe_name(cfg.model.teacher)}-{safe_name(cfg.data.name)}-{key[:16]}"
     meta = {
         "format": CACHE_FORMAT,
         "teacher": cfg.model.teacher,
