@@ -36,6 +36,9 @@ import math
 
 import numpy as np
 
+VERSION = 1
+"""The version of the rule below (hash, draw layout, crop rule): stored teacher outputs are keyed by it
+(:mod:`rld.fast.key`); a change of the rule that changes any view must bump it."""
 SCALE = (0.08, 1.0)
 RATIO = (3.0 / 4.0, 4.0 / 3.0)
 ATTEMPTS = 10

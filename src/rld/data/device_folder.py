@@ -161,7 +161,14 @@ class DeviceFolderLoader:
             pin_memory=self._pin,
             persistent_workers=num_workers > 0,
             drop_last=False,
+            generator=self._quiet_generator(),
         )
+
+    def _quiet_generator(self) -> torch.Generator:
+        """The DataLoader's own generator: each iteration draws its workers' base seed from it, not from
+        torch's global generator, so loading (or evaluating a teacher) leaves the run's random state as it
+        was. The workers only read bytes: the seed changes nothing they deliver."""
+        return torch.Generator().manual_seed(self.seed)
 
     @property
     def files(self) -> list[str]:
@@ -189,17 +196,13 @@ class DeviceFolderLoader:
             rank, world_size = self._world
             plan = strong_plan(self.seed, epoch, self.n, flip=False, offsets=OFFSETS, rank=rank, world_size=world_size)
         for flat, offsets, targets, indices, errors in self.loader:
-            bounds = offsets.tolist()
-            blobs = [flat[bounds[k] : bounds[k + 1]] for k in range(len(errors))]
-            images = self.decoder(blobs)
-            keep = [k for k, image in enumerate(images) if self._readable(image, errors[k], int(indices[k]))]
-            rows = torch.tensor(keep, dtype=torch.int64)
+            images, rows = self._decode(flat, offsets, indices, errors)
             strong_rows = None if plan is None else plan[position + rows]
             position += len(errors)
-            if not keep:
+            if not images:
                 continue
-            if len(keep) < len(images):  # unreadable files skipped (data.skip_bad_images)
-                images, targets, indices = [images[k] for k in keep], targets[rows], indices[rows]
+            if len(rows) < len(errors):  # unreadable files skipped (data.skip_bad_images)
+                targets, indices = targets[rows], indices[rows]
             yield Batch(
                 self.render(images, indices, epoch),
                 targets.to(self.device, non_blocking=self._pin),
@@ -207,6 +210,52 @@ class DeviceFolderLoader:
                 None,
                 None if strong_rows is None else self._render_strong(images, indices, epoch, strong_rows),
             )
+
+    def in_order(self, epoch: int, batch_size: int | None = None) -> Iterator[Batch]:
+        """Every sample's training view of ``epoch`` in index order (0 .. N-1, whatever this loader's
+        shard), rendered as :meth:`__iter__` renders it: what a store of per-view outputs is filled from.
+        Batches of ``batch_size`` (default: the loader's) samples; unreadable files are left out
+        (``skip_bad``) or stop with the UserError naming them, as in training."""
+        if not self.train:
+            raise ValueError("in_order renders training views: this loader evaluates")
+        loader = DataLoader(
+            self._dataset,
+            batch_size=batch_size or self.batch_size,
+            shuffle=False,
+            num_workers=self.loader.num_workers,
+            collate_fn=collate_bytes,
+            pin_memory=self._pin,
+            generator=self._quiet_generator(),
+        )
+        for flat, offsets, targets, indices, errors in loader:
+            images, rows = self._decode(flat, offsets, indices, errors)
+            if not images:
+                continue
+            if len(rows) < len(errors):
+                targets, indices = targets[rows], indices[rows]
+            yield Batch(
+                self.render(images, indices, epoch),
+                targets.to(self.device, non_blocking=self._pin),
+                indices.to(self.device, non_blocking=self._pin),
+                None,
+            )
+
+    def views_of(self, indices: Sequence[int], epoch: int) -> Batch:
+        """The training views of samples ``indices`` in ``epoch``, their files read in this process (no
+        workers): a few samples' views, rendered as in :meth:`__iter__`."""
+        flat, offsets, targets, idx, errors = collate_bytes([self._dataset[int(i)] for i in indices])
+        images, rows = self._decode(flat, offsets, idx, errors)
+        targets, idx = targets[rows], idx[rows]
+        pixels = self.render(images, idx, epoch) if images else torch.empty(0, 3, self.image_size, self.image_size)
+        return Batch(pixels, targets.to(self.device), idx.to(self.device), None)
+
+    def _decode(self, flat, offsets, indices, errors) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The readable images of a collated batch (decoded on the device) and their rows (K,) int64."""
+        bounds = offsets.tolist()
+        blobs = [flat[bounds[k] : bounds[k + 1]] for k in range(len(errors))]
+        images = self.decoder(blobs)
+        keep = [k for k, image in enumerate(images) if self._readable(image, errors[k], int(indices[k]))]
+        return [images[k] for k in keep], torch.tensor(keep, dtype=torch.int64)
 
     def _readable(self, image: torch.Tensor | str, read_error: str, index: int) -> bool:
         if isinstance(image, torch.Tensor):
