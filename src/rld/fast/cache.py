@@ -433,6 +433,20 @@ def _create(folder: Path, shape: tuple[int, int, int], dtype: torch.dtype, meta:
     create_folder(folder, fill)
 
 
+def teacher_logits(forward: Callable[[Batch], torch.Tensor], images: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """``forward``'s logits (B, C) of images (B, 3, H, W), never computed on a batch of one: on the CPU a
+    batch of one takes another convolution path than larger batches, whose per-sample outputs do not
+    depend on the batch; a single image is run twice in a batch of two (in ``channels_last`` memory
+    format when the loader delivers it)."""
+    single = images.shape[0] == 1
+    if single:
+        images = images.expand(2, *images.shape[1:]).contiguous(
+            memory_format=torch.channels_last if channels_last else torch.contiguous_format
+        )
+    logits = forward(Batch(images, None, None, None))
+    return logits[:1] if single else logits
+
+
 class CachedTeacher:
     """Teacher-logit provider that looks logits up in a :class:`LogitStore`.
 
@@ -468,13 +482,7 @@ class CachedTeacher:
         """Teacher logits (B, C) float32 of images (B, 3, H, W); never a batch of one (see module doc)."""
         if self.forward is None:
             raise RuntimeError("this provider has no teacher: its store is complete")
-        single = images.shape[0] == 1
-        if single:
-            images = images.expand(2, *images.shape[1:]).contiguous(
-                memory_format=torch.channels_last if self.loader.channels_last else torch.contiguous_format
-            )
-        logits = self.forward(Batch(images, None, None, None))
-        return logits[:1] if single else logits
+        return teacher_logits(self.forward, images, self.loader.channels_last)
 
     @torch.no_grad()
     def fill(
