@@ -98,10 +98,14 @@ class TrainConfig:
     channels_last: bool = True  # channels-last activations and weights (faster convolutions on CPU and GPU)
     deterministic: bool = True
     sync_bn: bool = True  # SyncBatchNorm under torchrun on CUDA (CPU/gloo: per-process statistics)
-    # Teacher-logit cache (rld.fast.cache): the eval-mode teacher's logits per (image, augmentation view).
+    # Teacher-logit cache (rld.fast.cache): the eval-mode teacher's logits per (image, augmentation view);
+    # for image folders (rld.fast.store) per (epoch, sample) of the run's seed, filled by `rld cache`.
     teacher_cache: str = "off"  # off (teacher forward every step) | lazy (fill on first use) | full (build up front)
     cache_dir: str | None = None  # default: $XDG_CACHE_HOME/rld/teacher-logits (~/.cache/rld/teacher-logits)
-    cache_precision: str = "float16"  # float16 | float32 storage of the cached logits
+    # storage form (rld.fast.forms): float16 | float32; image folders also int8 (per-row step) | topk
+    cache_precision: str = "float16"
+    cache_topk: int = 20  # the topk form: the k largest logits kept per sample (rld.fast.forms.TOPK_DEFAULT)
+    cache_inexact: bool = False  # train on a stored form that rld.fast.forms measures inexact for the method
     # Whole-step execution (rld.engine.static): the step reads everything from device buffers and,
     # on CUDA, is replayed as CUDA graphs. auto = on for CUDA with the device-resident loader.
     # require: as on, and on CUDA a step that cannot be captured is an error, not an eager fallback.
@@ -333,7 +337,9 @@ KEY_HELP = {
     "train.sync_bn": "SyncBatchNorm under torchrun on CUDA",
     "train.teacher_cache": "off | lazy | full: the teacher-logit cache",
     "train.cache_dir": "where teacher-logit caches live (default ~/.cache/rld/teacher-logits)",
-    "train.cache_precision": "float16 | float32 storage of cached logits",
+    "train.cache_precision": "float16 | float32 storage of cached logits; image folders also int8 | topk",
+    "train.cache_topk": "the topk storage form: logits kept per sample (the other classes filled; image folders)",
+    "train.cache_inexact": "train on a storage form measured inexact for the method (int8 for lr; topk for any)",
     "train.static_step": "auto | on | off | require: whole-step execution (CUDA graphs on CUDA; require: no fallback)",
     "train.batch_students": "auto | on | off: step a sweep's students of one architecture together (auto: on CUDA)",
     "train.stop_on_nonfinite": "stop (exit status 3) at an epoch whose loss or weights went non-finite; keep last.pt",
@@ -669,10 +675,11 @@ def validate(cfg: RunConfig) -> None:
         ),
         (t.checkpoint_every_steps >= 0, "train.checkpoint_every_steps must be >= 0", t.checkpoint_every_steps),
         (
-            t.cache_precision in ("float16", "float32"),
-            "train.cache_precision must be float16 or float32",
+            t.cache_precision in CACHE_FORMS,
+            f"train.cache_precision must be {', '.join(CACHE_FORMS[:-1])} or {CACHE_FORMS[-1]}",
             t.cache_precision,
         ),
+        (t.cache_topk >= 1, "train.cache_topk must be >= 1", t.cache_topk),
     ]
     for ok, what, value in checks:
         if not ok:
@@ -718,11 +725,40 @@ def validate(cfg: RunConfig) -> None:
             f"method {cfg.method.name!r} trains on a strongly augmented view drawn afresh every step, which the "
             "teacher-logit cache cannot hold: set train.teacher_cache=off"
         )
+    _check_cache_form(cfg, spec.needs_teacher)
     if (cfg.model.teacher_checkpoint or cfg.model.teacher_weights) and not spec.needs_teacher:
         raise UserError(
             f"method {cfg.method.name!r} trains without a teacher: --teacher / model.teacher_checkpoint / "
             "model.teacher_weights would be ignored; use a distillation preset (rld presets)"
         )
+
+
+CACHE_FORMS = ("float32", "float16", "int8", "topk")
+"""The storage forms of teacher outputs (:data:`rld.fast.forms.FORMS`); the array data sets' cache
+takes the first two."""
+FOLDER_DATA = ("imagefolder", "imagenet", "hf")
+"""Data sets of image files: their teacher outputs are stored per (epoch, sample) (:mod:`rld.fast.store`)."""
+
+
+def _check_cache_form(cfg: RunConfig, needs_teacher: bool) -> None:
+    """The storage form suits the data set, the mode and the method (:func:`rld.fast.forms.check_method`)."""
+    t = cfg.train
+    if cfg.data.name.lower() not in FOLDER_DATA:
+        if t.cache_precision not in ("float16", "float32"):
+            raise UserError(
+                f"train.cache_precision={t.cache_precision} is a storage form of image-folder stores; the "
+                f"teacher-logit cache of {cfg.data.name} stores float16 or float32"
+            )
+        return
+    if t.teacher_cache == "lazy":
+        raise UserError(
+            "train.teacher_cache=lazy is for the array data sets (digits, cifar100); for image folders fill the store "
+            "once with `rld cache PRESET … --epochs E` and train with train.teacher_cache=full"
+        )
+    if t.teacher_cache == "full" and needs_teacher:
+        from rld.fast.forms import check_method
+
+        check_method(t.cache_precision, cfg.method.name, t.cache_inexact)
 
 
 def _refuse_nonfinite(cfg: RunConfig) -> None:

@@ -2,8 +2,9 @@
 
 :func:`build_teacher_fn` makes a run's provider — a forward of the eval-mode teacher
 (:class:`TeacherForward`, float32 logits) or lookups in the teacher-logit cache
-(:mod:`rld.fast.cache`) — and :func:`teacher_outputs` gives every data stream's methods what they
-declare (logits, features, both views), for one stream or several.
+(:mod:`rld.fast.cache`) or, for image folders, the store of per-epoch outputs (:mod:`rld.fast.store`)
+— and :func:`teacher_outputs` gives every data stream's methods what they declare (logits, features,
+both views), for one stream or several.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from rld.config import TEACHER_PRECISIONS, RunConfig
+from rld.config import FOLDER_DATA, TEACHER_PRECISIONS, RunConfig
 from rld.data.types import concat_batches
 from rld.errors import UserError
 from rld.fast.cache import open_teacher_cache
@@ -140,7 +141,9 @@ def build_teacher_fn(cfg: RunConfig, num_classes: int, device: torch.device, tra
     """The teacher-logit provider of a run: ``provider(batch) -> (B, C)`` float32 teacher logits.
 
     A forward pass of the frozen teacher, or, with ``train.teacher_cache`` lazy/full, lookups in the
-    teacher-logit cache of ``train_loader`` (:mod:`rld.fast.cache`; device-resident loader only).
+    teacher-logit cache of ``train_loader`` (:mod:`rld.fast.cache`; device-resident loader only), or for
+    image folders (``full``) in the store of per-(epoch, sample) outputs that ``rld cache`` filled
+    (:mod:`rld.fast.store`; device pipeline only): then the teacher is loaded for its key, never run.
     """
     teacher = _build_teacher(cfg, num_classes, device)
     if cfg.train.channels_last:
@@ -148,4 +151,8 @@ def build_teacher_fn(cfg: RunConfig, num_classes: int, device: torch.device, tra
     forward = TeacherForward(teacher, cfg.train.amp)
     if cfg.train.teacher_cache == "off":
         return forward
+    if cfg.data.name.lower() in FOLDER_DATA:  # outputs per (epoch, sample), filled by `rld cache`
+        from rld.fast.store import open_teacher_store
+
+        return open_teacher_store(cfg, forward, train_loader, num_classes)
     return open_teacher_cache(cfg, forward, train_loader, num_classes)

@@ -157,6 +157,7 @@ EXECUTION_KEYS = {
     "train": (
         "device",
         "cache_dir",
+        "cache_inexact",
         "static_step",
         "batch_students",
         "channels_last",

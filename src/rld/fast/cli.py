@@ -39,18 +39,20 @@ def _flags(args: argparse.Namespace) -> dict:
 
 
 def _cmd_cache(args: argparse.Namespace) -> None:
-    from rld.config import resolve, with_flags
+    from rld.config import FOLDER_DATA, resolve, with_flags
     from rld.fast.build import build_cache
     from rld.fast.cache import human_size
 
     extra = [f"train.cache_dir={args.cache_dir}"] if args.cache_dir else []
     extra += [f"train.cache_precision={args.precision}"] if args.precision else []
     cfg = resolve(args.preset, [*with_flags(list(args.overrides), _flags(args)), *extra])
+    folder = cfg.data.name.lower() in FOLDER_DATA
     bar = None
     if sys.stderr.isatty():
         from tqdm import tqdm
 
-        bar = tqdm(desc="teacher logits", unit=" views", dynamic_ncols=True, leave=False)
+        what = ("teacher outputs", " images") if folder else ("teacher logits", " views")
+        bar = tqdm(desc=what[0], unit=what[1], dynamic_ncols=True, leave=False)
 
     def progress(done: int, total: int) -> None:
         if bar is not None:
@@ -58,9 +60,16 @@ def _cmd_cache(args: argparse.Namespace) -> None:
             bar.n = done
             bar.refresh()
 
-    r = build_cache(cfg, progress)
+    r = build_cache(cfg, progress, epochs=args.epochs, verify=args.verify)
     if bar is not None:
         bar.close()
+    if folder:
+        checked = f", {r['verified']} checked" if args.verify else ""
+        print(
+            f"teacher-output store: epochs 1-{r['epochs']} of {r['samples']:,} samples ({r['computed']} computed now "
+            f"in {r['seconds']:.1f}s{checked}; {r['form']}, {human_size(r['bytes'])} per epoch) → {r['path']}"
+        )
+        return
     print(
         f"teacher-logit cache: {r['entries']:,} entries ({r['computed']:,} computed now in {r['seconds']:.1f}s, "
         f"{human_size(r['bytes'])}) → {r['path']}"
@@ -168,7 +177,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     """Register ``cache``, ``sweep`` and ``bench`` on the ``rld`` sub-command parser."""
     from rld.executor import add_arguments as add_executor_arguments
 
-    p = sub.add_parser("cache", help="compute and store the teacher's logits for every augmentation view")
+    p = sub.add_parser(
+        "cache",
+        help="compute and store the teacher's logits for every augmentation view (image folders: of epochs 1..E)",
+    )
     p.add_argument("preset", metavar="PRESET_OR_YAML", help="the distillation preset the cache is for")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="as for rld train")
     p.add_argument("--teacher", metavar="CKPT", help="teacher checkpoint")
@@ -179,8 +191,17 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "--cache-precision",
         "--precision",
         dest="precision",
-        choices=("float16", "float32"),
-        help="storage precision (= train.cache_precision; default float16)",
+        choices=("float16", "float32", "int8", "topk"),
+        help="storage form (= train.cache_precision; default float16; int8 and topk for image folders)",
+    )
+    p.add_argument(
+        "--epochs",
+        type=int,
+        metavar="E",
+        help="image folders: store the views of epochs 1..E (default: train.epochs of the preset)",
+    )
+    p.add_argument(
+        "--verify", action="store_true", help="image folders: also check the checksums of the epochs already stored"
     )
     p.set_defaults(func=_cmd_cache)
 
