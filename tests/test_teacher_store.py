@@ -311,6 +311,7 @@ def test_array_data_keeps_float16_and_float32():
     with pytest.raises(UserError, match="train.cache_topk must be >= 1"):
         resolve("demo/rld", ["train.cache_topk=0"])
     assert resolve("demo/rld").train.cache_topk == forms.TOPK_DEFAULT
+    assert resolve("demo/rld", ["train.teacher_cache=off"]).train.teacher_cache == "off"  # not YAML's false
 
 
 # ----------------------------------------------------------------------------- key, filling
