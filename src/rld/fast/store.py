@@ -200,8 +200,8 @@ class OutputStore:
             except OSError as err:
                 raise _unusable(folder, err) from err
         meta = _read_meta(folder)
-        layout = (meta["num_samples"], meta["num_classes"], meta["form"], meta["record_bytes"])
-        if meta["key"] != key or layout != (num_samples, num_classes, form, dtype.itemsize):
+        layout = tuple(meta.get(f) for f in ("num_samples", "num_classes", "form", "record_bytes"))
+        if meta.get("key") != key or layout != (num_samples, num_classes, form, dtype.itemsize):
             raise UserError(
                 f"the teacher-output store {folder} belongs to another teacher, data set, seed or form; delete the "
                 "folder"
@@ -252,7 +252,7 @@ class OutputStore:
         self.check_files([epoch])
         crcs = _crcs_from_text(self.meta["epochs"][str(epoch)])
         if crcs is None or len(crcs) != -(-self.n // self.chunk):
-            raise _damaged(self.folder, f"meta.json lists {len(crcs)} checksums for epoch {epoch}")
+            raise _damaged(self.folder, f"meta.json gives no valid checksums for epoch {epoch}")
         table = self._map(epoch) if table is None else table
         bad = [
             c
@@ -443,6 +443,12 @@ def _read_meta(folder: Path) -> dict[str, Any]:
     body = {k: v for k, v in meta.items() if k != "checksum"}
     if _meta_checksum(body) != meta["checksum"]:
         raise _damaged(folder, f"{META} does not match its checksum: it was edited")
+    fields = {"key": str, "num_samples": int, "num_classes": int, "form": str, "chunk_records": int, "epochs": dict}
+    wrong = [name for name, kind in fields.items() if not isinstance(body.get(name), kind)]
+    if body.get("form") == "topk" and not isinstance(body.get("k"), int):
+        wrong.append("k")
+    if wrong or body["form"] not in forms.FORMS or body["chunk_records"] < 1:
+        raise _damaged(folder, f"{META} does not describe a store ({', '.join(wrong) or 'form'})")
     return body
 
 
