@@ -31,8 +31,9 @@ by the next fill); epochs already complete are skipped. Fills of one folder take
 Integrity. Opening a store for training checks what is cheap for every epoch the run needs: listed in
 meta.json, its file present, of the right header and length (a truncated file is refused before anything
 is written). The records of an epoch are checked against their checksums when the epoch is first read
-(one pass over the file: about a second per GB) — the run's first epoch when the store is opened, so a
-fresh run writes nothing when it is damaged, later epochs as they begin. A mismatch stops the run with one
+(one pass over the file: under a second per GB) — epoch 1 when the store is opened, so a fresh run
+writes nothing when it is damaged, the others as they begin (a run stops before any step of the damaged
+epoch, its last.pt holding the epoch before). A mismatch stops the run with one
 line naming the epoch and its samples; deleting that epoch's file and running ``rld cache`` again
 recomputes only that epoch (``rld cache --verify`` checks every epoch).
 
@@ -41,11 +42,14 @@ to the device), and the form is decoded on the device into (B, C) float32 logits
 records fit in a quarter of the free device memory (ImageNet float16: 2.6 GB) is copied to the device when
 it begins, and lookups are then a gather there with no host synchronisation.
 
-Exactness. float32 records are the teacher's logits bit for bit: on the CPU a teacher forward does not
-depend on the other samples of its batch, except that a batch of one takes another convolution path, so
-the teacher never runs on one image alone (:func:`rld.fast.cache.teacher_logits`) and a run on float32
-records trains exactly as with the live teacher. On CUDA they agree to the rounding of the convolution
-algorithms chosen per batch size. Other forms: :mod:`rld.fast.forms`.
+Exactness. float32 records are the teacher's logits computed in the fill's batches (index order); a live
+teacher computes them in the training batches. Where a sample's forward does not depend on the other
+samples of its batch — the tests' small models on the CPU, as long as no batch holds one image (another
+convolution path: the fill never runs the teacher on one image alone, :func:`rld.fast.cache.teacher_logits`)
+— they are equal bit for bit and a run on float32 records trains exactly as with the live teacher.
+A convolution library may choose another algorithm for another batch size (ResNet34 at 224 px on a CPU:
+up to 1e-4 apart between batches of 8 and 3; CUDA likewise): then they agree to that rounding. Other
+forms: :mod:`rld.fast.forms`.
 """
 
 from __future__ import annotations
