@@ -81,10 +81,12 @@ def test_bad_forms_and_methods_are_refused_in_one_line():
     for method in ("kd", "dkd", "rld", "lr", "abkd"):
         forms.check_method("float16", method, opt_in=False)
     forms.check_method("int8", "rld", opt_in=False)
-    with pytest.raises(UserError, match=r"stored as int8 change method 'lr'.*train.cache_inexact=true"):
+    with pytest.raises(
+        UserError, match=r"stored as int8 change the loss or gradient of method 'lr'.*cache_inexact=true"
+    ):
         forms.check_method("int8", "lr", opt_in=False)
     forms.check_method("int8", "lr", opt_in=True)
-    with pytest.raises(UserError, match=r"stored as topk change method 'kd'"):
+    with pytest.raises(UserError, match=r"stored as topk change the loss or gradient of method 'kd'"):
         forms.check_method("topk", "kd", opt_in=False)
 
 

@@ -157,7 +157,7 @@ def test_topk_is_refused_for_rld_without_the_opt_in_and_trains_with_it(setup, tm
     data, teacher, over = setup
     over = [*over, "train.cache_precision=topk", "train.cache_topk=2", "train.teacher_cache=full"]
     code = main(["train", "demo/rld", *over, "--out", str(tmp_path / "refused")])
-    message = "teacher outputs stored as topk change method 'rld'"
+    message = "teacher outputs stored as topk change the loss or gradient of method 'rld'"
     assert_user_error(code, capsys.readouterr().err, message)
     assert main(["cache", "demo/rld", *over]) == 2  # the same settings: refused by `rld cache` too
     assert_user_error(2, capsys.readouterr().err, message)
@@ -292,7 +292,7 @@ def test_missing_epochs_are_refused_before_anything_is_written(setup, tmp_path, 
     [
         ("data.pipeline=pil", "train.teacher_cache=full on image folders needs data.pipeline=device"),
         ("train.teacher_cache=lazy", "train.teacher_cache=lazy is for the array data sets (digits, cifar100)"),
-        ("train.cache_precision=int8 method.name=lr", "teacher outputs stored as int8 change method 'lr'"),
+        ("train.cache_precision=int8 method.name=lr", "stored as int8 change the loss or gradient of method 'lr'"),
     ],
 )
 def test_settings_the_store_cannot_serve_are_refused(setup, tmp_path, capsys, setting, message):

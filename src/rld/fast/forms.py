@@ -70,7 +70,7 @@ def check_method(form: str, method: str, opt_in: bool) -> None:
     if allowed is None or method in allowed or opt_in:
         return
     raise UserError(
-        f"teacher outputs stored as {form} change method {method!r}'s loss or gradient by more than "
+        f"teacher outputs stored as {form} change the loss or gradient of method {method!r} by more than "
         f"{INEXACT_LOSS:g} / {INEXACT_GRAD:g} relative (benchmarks/logit_forms.py): store them as float16, or "
         "set train.cache_inexact=true to train on them anyway"
     )
