@@ -6,7 +6,8 @@ PACKAGE: names from benchmarks/mutation.toml (default: all of them, in the file'
 package runs in ``.mutation/<package>/``: ``src`` and ``tests`` link to the project's, and a
 ``pyproject.toml`` adds the package's ``[tool.mutmut]`` section to the project's, so mutmut mutates
 only that package and collects which test covers which function from that package's tests alone.
-Every run starts afresh (``--resume`` continues an interrupted one). The script prints one line per
+Every run starts afresh (``--resume`` continues an interrupted one; ``--survivors`` runs again only
+the mutants that survived the last run). The script prints one line per
 package (generated, killed, survived, equivalent, ...) and writes ``.mutation/<package>/summary.json``
 and ``survivors.txt`` (the surviving mutants; ``mutmut show NAME`` in that folder prints one).
 """
@@ -100,6 +101,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mutmut", default=shutil.which("mutmut") or "mutmut", help="the mutmut executable")
     parser.add_argument("--max-children", type=int, default=1, help="mutants run at the same time (default 1)")
     parser.add_argument("--resume", action="store_true", help="continue the package's last, interrupted run")
+    parser.add_argument(
+        "--survivors",
+        action="store_true",
+        help="run again only the mutants that survived (or had no test) in the package's last run, against the "
+        "tests as they are now: the killed ones stay killed when tests were only added",
+    )
     args = parser.parse_args(argv)
     names = args.packages or list(config["packages"])
     unknown = [n for n in names if n not in config["packages"]]
@@ -109,11 +116,14 @@ def main(argv: list[str] | None = None) -> int:
     env.pop("PYTHONPATH", None)  # mutmut puts its mutated copy first; the project's src must not shadow it
     rows = []
     for name in names:
-        work = write_workdir(name, config["packages"][name], config["mutmut"], fresh=not args.resume)
+        again = []
+        if args.survivors:
+            again = [m for m, s in mutant_statuses(args.mutmut, WORK / name).items() if s in SURVIVED | {"no tests"}]
+        work = write_workdir(name, config["packages"][name], config["mutmut"], fresh=not (args.resume or again))
         print(f"{name}: mutmut in {work.relative_to(ROOT)} (log: run.log)", flush=True)
         start = time.monotonic()
-        with open(work / "run.log", "w") as log:
-            cmd = [args.mutmut, "run", "--max-children", str(args.max_children)]
+        with open(work / "run.log", "a" if again else "w") as log:
+            cmd = [args.mutmut, "run", "--max-children", str(args.max_children), *again]
             rc = subprocess.run(cmd, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
         seconds = time.monotonic() - start
         statuses = mutant_statuses(args.mutmut, work)
@@ -128,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{row['killed_pct']} % killed ({row['seconds']} s, mutmut exit {rc})",
             flush=True,
         )
-    print("\n| package | generated | killed | survived | no test | equivalent | killed % |\n|---|---:|---:|---:|---:|---:|---:|")
+    print("\n| package | generated | killed | survived | no test | equivalent | killed % |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(
             f"| {r['package']} | {r['generated']} | {r['killed']} | {r['survived']} | {r['no_tests']} "
