@@ -27,9 +27,14 @@ PUBLISHED: dict[str, dict] = {
     # RLD code cfg.py CFG.MY (RLD's section): ALPHA 1.0, BETA 8.0, T 4.0, WARMUP 20, CE_WEIGHT 1.0; the
     # paper's mask M_ge (Eq. 7); the SCD term at T unless scd_temperature is set
     "rld": {
-        "alpha": 1.0, "beta": 8.0, "temperature": 4.0, "scd_temperature": None, "warmup_epochs": 20.0,
-        "mask": "ge", "ce_weight": 1.0,
-    },  # fmt: skip
+        "alpha": 1.0,
+        "beta": 8.0,
+        "temperature": 4.0,
+        "scd_temperature": None,
+        "warmup_epochs": 20.0,
+        "mask": "ge",
+        "ce_weight": 1.0,
+    },
     # RLD code distillers/SWAP.py: KD towards the swapped logits at CFG.KD.TEMPERATURE 4, unweighted, no CE
     "la": {"temperature": 4.0, "kd_weight": 1.0, "ce_weight": 0.0},
     # RLD code cfg.py CFG.RC: CE_WEIGHT 1.0, KD_WEIGHT 1.0, RC_WEIGHT 0.1, T 4.0
@@ -47,22 +52,37 @@ PUBLISHED: dict[str, dict] = {
     # mdistiller CFG.CRD: FEAT.DIM 128, LOSS.CE_WEIGHT 1.0, LOSS.FEAT_WEIGHT 0.8, NCE.K 16384,
     # NCE.MOMENTUM 0.5, NCE.TEMPERATURE 0.07
     "crd": {
-        "ce_weight": 1.0, "feat_weight": 0.8, "feat_dim": 128, "nce_k": 16384, "nce_t": 0.07, "nce_momentum": 0.5,
-    },  # fmt: skip
+        "ce_weight": 1.0,
+        "feat_weight": 0.8,
+        "feat_dim": 128,
+        "nce_k": 16384,
+        "nce_t": 0.07,
+        "nce_momentum": 0.5,
+    },
     # mdistiller CFG.OFD: LOSS.CE_WEIGHT 1.0, LOSS.FEAT_WEIGHT 0.001, CONNECTOR.KERNEL_SIZE 1; every stage
     # the teacher names, teacher in train mode (clovaai/overhaul-distillation train_with_distillation.py)
     "ofd": {"ce_weight": 1.0, "feat_weight": 0.001, "connector_kernel": 1, "stages": None, "teacher_train_mode": True},
     # mdistiller CFG.REVIEWKD: CE_WEIGHT 1.0, REVIEWKD_WEIGHT 1.0, WARMUP_EPOCHS 20, MAX_MID_CHANNEL 512,
     # STU_PREACT False; teacher in eval mode (mdistiller Distiller.train)
     "reviewkd": {
-        "ce_weight": 1.0, "feat_weight": 1.0, "warmup_epochs": 20.0, "max_mid_channels": 512, "stu_preact": False,
+        "ce_weight": 1.0,
+        "feat_weight": 1.0,
+        "warmup_epochs": 20.0,
+        "max_mid_channels": 512,
+        "stu_preact": False,
         "teacher_train_mode": False,
-    },  # fmt: skip
+    },
     # DefangChen/SimKD scripts/run_distill.sh: -c 0 -b 1; train_student.py: -f/--factor 2
     "simkd": {"ce_weight": 0.0, "feat_weight": 1.0, "factor": 2},
     # GzyAftermath/CAT-KD mdistiller/engine/cfg.py CFG.CAT_KD: LOSS.CE_WEIGHT 1.0, LOSS.CAT_loss_weight 400.0,
     # LOSS.CAM_RESOLUTION 2, IF_NORMALIZE True, IF_BINARIZE False
-    "catkd": {"ce_weight": 1.0, "feat_weight": 400.0, "cam_resolution": 2, "normalize": True, "binarize_teacher": False},
+    "catkd": {
+        "ce_weight": 1.0,
+        "feat_weight": 400.0,
+        "cam_resolution": 2,
+        "normalize": True,
+        "binarize_teacher": False,
+    },
     # hunto/image_classification_sota configs/strategies/distill/dist_cifar.yaml: ori_loss_weight 1.,
     # kd_loss_weight 2., kd dist_t4 (DIST(beta=1, gamma=1, tau=4))
     "dist": {"beta": 1.0, "gamma": 1.0, "temperature": 4.0, "kd_weight": 2.0, "ce_weight": 1.0},
@@ -76,25 +96,47 @@ PUBLISHED: dict[str, dict] = {
     # Weijia-Zhang/CRLD cfg.py CFG.CRLD: TEMPERATURE 4, TAU_W 0.9, TAU_S 0.2, WV_WEIGHT 2.0, CV_WEIGHT 0.5,
     # CE_WEIGHT 1.0 (tests/test_crld.py pins them beside the presets)
     "crld": {
-        "temperature": 4.0, "tau_w": 0.9, "tau_s": 0.2, "within_weight": 2.0, "cross_weight": 0.5, "ce_weight": 1.0,
-    },  # fmt: skip
+        "temperature": 4.0,
+        "tau_w": 0.9,
+        "tau_s": 0.2,
+        "within_weight": 2.0,
+        "cross_weight": 0.5,
+        "ce_weight": 1.0,
+    },
     # ABKD README.md:166-174 (alpha 0.8, beta 0.3, b 32), train_student.py:66 (T 4), train_ab.sh:25 (-r 1)
     "abkd": {"alpha": 0.8, "beta": 0.3, "temperature": 4.0, "kd_weight": 32.0, "ce_weight": 1.0},
     # shicaiwei123/SDD-CVPR2024: train.py:184 --M [1,2,4]; the hard-coded region weight 2 (KD.py:89-90);
     # cfg.py:61-64 (KD), 163-167 (DKD); SDD_nkd.py:53, 162-165; SD-RLD takes RLD's (tests/test_sdd.py)
     "sd_kd": {"scales": [1, 2, 4], "complementary_weight": 2.0, "temperature": 4.0, "ce_weight": 0.1, "kd_weight": 0.9},
     "sd_dkd": {
-        "scales": [1, 2, 4], "complementary_weight": 2.0, "alpha": 1.0, "beta": 8.0, "temperature": 4.0,
-        "warmup_epochs": 20.0, "ce_weight": 1.0,
-    },  # fmt: skip
+        "scales": [1, 2, 4],
+        "complementary_weight": 2.0,
+        "alpha": 1.0,
+        "beta": 8.0,
+        "temperature": 4.0,
+        "warmup_epochs": 20.0,
+        "ce_weight": 1.0,
+    },
     "sd_nkd": {
-        "scales": [1, 2, 4], "complementary_weight": 2.0, "gamma": 8.0, "temperature": 4.0, "warmup_epochs": 20.0,
-        "ce_weight": 1.0, "nkd_exclude_target": False,
-    },  # fmt: skip
+        "scales": [1, 2, 4],
+        "complementary_weight": 2.0,
+        "gamma": 8.0,
+        "temperature": 4.0,
+        "warmup_epochs": 20.0,
+        "ce_weight": 1.0,
+        "nkd_exclude_target": False,
+    },
     "sd_rld": {
-        "scales": [1, 2, 4], "complementary_weight": 2.0, "alpha": 1.0, "beta": 8.0, "temperature": 4.0,
-        "scd_temperature": None, "warmup_epochs": 20.0, "mask": "ge", "ce_weight": 1.0,
-    },  # fmt: skip
+        "scales": [1, 2, 4],
+        "complementary_weight": 2.0,
+        "alpha": 1.0,
+        "beta": 8.0,
+        "temperature": 4.0,
+        "scd_temperature": None,
+        "warmup_epochs": 20.0,
+        "mask": "ge",
+        "ce_weight": 1.0,
+    },
 }
 # logit standardization (sunshangquan/logit-standardization-KD): off, with its b and w unset (2 and 9)
 BASE = {"logit_standardization": False, "ls_temperature": None, "ls_weight": None}
