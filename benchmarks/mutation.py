@@ -1,15 +1,17 @@
 """Mutation testing of the core packages with mutmut 3 (``make mutation``; see docs/testing.md).
 
-    python benchmarks/mutation.py [--mutmut PATH] [--max-children 1] [--resume] [PACKAGE ...]
+    python benchmarks/mutation.py [--config TOML] [--mutmut PATH] [--max-children 1]
+                                  [--resume | --survivors] [PACKAGE ...]
 
 PACKAGE: names from benchmarks/mutation.toml (default: all of them, in the file's order). Each
 package runs in ``.mutation/<package>/``: ``src`` and ``tests`` link to the project's, and a
 ``pyproject.toml`` adds the package's ``[tool.mutmut]`` section to the project's, so mutmut mutates
 only that package and collects which test covers which function from that package's tests alone.
 Every run starts afresh (``--resume`` continues an interrupted one; ``--survivors`` runs again only
-the mutants that survived the last run). The script prints one line per
-package (generated, killed, survived, equivalent, ...) and writes ``.mutation/<package>/summary.json``
-and ``survivors.txt`` (the surviving mutants; ``mutmut show NAME`` in that folder prints one).
+the mutants that survived the last run). The script prints one line per package (generated,
+killed, survived, equivalent, ...) and writes, in ``.mutation/<package>/``, ``summary.json``,
+``statuses.json`` (every mutant's result) and ``survivors.txt`` (``mutmut show NAME`` in that
+folder prints a mutant's change).
 """
 
 from __future__ import annotations
@@ -54,7 +56,13 @@ def write_workdir(name: str, pkg: dict, common: dict, fresh: bool) -> Path:
     for link in ("src", "tests"):
         if not (work / link).is_symlink():
             (work / link).symlink_to(ROOT / link)
-    section = {**common, "only_mutate": pkg["mutate"], "pytest_add_cli_args_test_selection": pkg["tests"]}
+    deselect = [arg for test in pkg.get("deselect", []) for arg in ("--deselect", test)]
+    section = {
+        **common,
+        "only_mutate": pkg["mutate"],
+        "pytest_add_cli_args_test_selection": pkg["tests"],
+        "pytest_add_cli_args": common.get("pytest_add_cli_args", []) + deselect,
+    }
     lines = ["", "[tool.mutmut]"] + [f"{k} = {toml_value(v)}" for k, v in section.items()]
     (work / "pyproject.toml").write_text((ROOT / "pyproject.toml").read_text() + "\n".join(lines) + "\n")
     return work
@@ -95,8 +103,12 @@ def summarise(name: str, statuses: dict[str, str], equivalent: dict[str, str], s
 
 
 def main(argv: list[str] | None = None) -> int:
-    config = tomllib.loads(CONFIG.read_text())
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", type=Path, default=CONFIG)
+    config_path = pre.parse_known_args(argv)[0].config
+    config = tomllib.loads(config_path.read_text())
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", type=Path, default=CONFIG, help="the configuration (default: %(default)s)")
     parser.add_argument("packages", nargs="*", help=f"default: all ({', '.join(config['packages'])})")
     parser.add_argument("--mutmut", default=shutil.which("mutmut") or "mutmut", help="the mutmut executable")
     parser.add_argument("--max-children", type=int, default=1, help="mutants run at the same time (default 1)")
@@ -105,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         "--survivors",
         action="store_true",
         help="run again only the mutants that survived (or had no test) in the package's last run, against the "
-        "tests as they are now: the killed ones stay killed when tests were only added",
+        "tests as they are now; the others keep their last result (a killed mutant stays killed while tests are "
+        "only added)",
     )
     args = parser.parse_args(argv)
     names = args.packages or list(config["packages"])
@@ -116,9 +129,10 @@ def main(argv: list[str] | None = None) -> int:
     env.pop("PYTHONPATH", None)  # mutmut puts its mutated copy first; the project's src must not shadow it
     rows = []
     for name in names:
-        again = []
+        again, before = [], {}
         if args.survivors:
-            again = [m for m, s in mutant_statuses(args.mutmut, WORK / name).items() if s in SURVIVED | {"no tests"}]
+            before = json.loads((WORK / name / "statuses.json").read_text())
+            again = [m for m, s in before.items() if s in SURVIVED | {"no tests"}]
         work = write_workdir(name, config["packages"][name], config["mutmut"], fresh=not (args.resume or again))
         print(f"{name}: mutmut in {work.relative_to(ROOT)} (log: run.log)", flush=True)
         start = time.monotonic()
@@ -127,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
             rc = subprocess.run(cmd, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
         seconds = time.monotonic() - start
         statuses = mutant_statuses(args.mutmut, work)
+        if again:  # a changed test selection resets mutmut's results: the mutants not run again keep theirs
+            statuses = {m: (statuses.get(m, "not checked") if m in again else s) for m, s in before.items()}
+        (work / "statuses.json").write_text(json.dumps(statuses, indent=0) + "\n")
         row, survivors = summarise(name, statuses, config.get("equivalent", {}), seconds)
         row["mutmut_exit_code"] = rc
         (work / "summary.json").write_text(json.dumps(row, indent=2) + "\n")
