@@ -375,6 +375,49 @@ def test_a_sweep_locks_every_run_folder_before_it_starts(tmp_path, tiny_cifar, c
         held.release()
 
 
+def test_a_lock_given_back_unused_leaves_the_folder_exactly_as_it_was(tmp_path):
+    """undo() after acquire: the lock file's bytes and times, and the times of the folder that held
+    it (or of the first folder that existed), are as before; nothing created stays."""
+    from rld.engine import lock
+
+    old = tmp_path / "old"  # a run folder whose lock file names its last holder
+    old.mkdir()
+    (old / "rld.lock").write_text('{"host": "h", "pid": 1, "since": "2025-01-01 00:00:00 UTC"}\n')
+    (old / "metrics.csv").write_text("epoch\n1\n")
+    plain = tmp_path / "plain"  # a folder without a lock file
+    plain.mkdir()
+    (plain / "notes.txt").write_text("x")
+    os.utime(old / "rld.lock", ns=(10**18, 10**18))  # times a rewrite could not keep by chance
+    for folder in (old, plain, tmp_path):
+        os.utime(folder, ns=(10**18, 10**18))
+    for out in (old, plain, tmp_path / "new" / "run"):
+        before = folder_snapshot(tmp_path)
+        held = lock.RunLock(out)
+        held.acquire()
+        assert f'"pid": {os.getpid()}' in (out / "rld.lock").read_text()  # held: it names this process
+        held.undo()
+        assert folder_snapshot(tmp_path) == before, out
+
+
+def test_a_refused_sweep_trains_no_run_of_its_grid(tmp_path, tiny_cifar, capsys, steps_taken):
+    """The last run of the grid cannot start (a run there already, or one of another configuration
+    with --resume): the sweep is refused before any run trains, the folder of the grid untouched."""
+    out = tmp_path / "sweep"
+    over = [*_tiny(tiny_cifar), "train.epochs=1"]
+    last = out / "train.lr=0.1,seed=0"
+    train(resolve("demo/vanilla", [*over, "train.lr=0.1", "train.weight_decay=0.001"]), last)
+    steps_taken[0] = 0
+    argv = ["sweep", "demo/vanilla", "train.lr=0.05,0.1", *over, "--out", str(out)]
+    for extra, message in (
+        ([], f"{last} already holds a run; add --resume"),
+        (["--resume"], "trained with another configuration (differs in train.weight_decay)"),
+    ):
+        before = folder_snapshot(out)
+        assert_user_error(*_cli(capsys, *argv, *extra), message)
+        assert folder_snapshot(out) == before and steps_taken[0] == 0, extra
+    assert sorted(p.name for p in out.iterdir()) == [last.name]  # the first run's folder was never made
+
+
 def test_the_lock_dies_with_its_holder_not_with_the_children_it_forked(tmp_path):
     """A forked child shares its parent's open lock file (and so its flock): it closes its copy at
     once, without unlocking. The parent keeps its lock while such a child lives and after it ends; a
