@@ -115,9 +115,20 @@ def assert_user_error(code: int, err: str, message: str) -> None:
     assert message in err, err
 
 
-def folder_snapshot(root: Path) -> dict[str, bytes | None]:
-    """Every file (its bytes) and folder (None) under ``root``: equal snapshots mean an untouched folder."""
-    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None) for p in sorted(Path(root).rglob("*"))}
+def folder_snapshot(root: Path) -> dict[str, tuple[bytes | None, int, int]]:
+    """Every file and folder under ``root`` (the folder itself too): its bytes (None for a folder),
+    modification time in ns and inode number. Equal snapshots mean an untouched folder: a file
+    rewritten with the same bytes, or replaced by a renamed copy, differs in its time or inode; a
+    file created and removed again changes its folder's time."""
+
+    def entry(p: Path) -> tuple[bytes | None, int, int]:
+        st = p.stat()
+        return (p.read_bytes() if p.is_file() else None), st.st_mtime_ns, st.st_ino
+
+    root = Path(root)
+    if not root.exists():
+        return {}
+    return {str(p.relative_to(root)): entry(p) for p in [root, *sorted(root.rglob("*"))]}
 
 
 def assert_same_tensors(a, b, where: str = "") -> None:
