@@ -218,6 +218,56 @@ def test_periodic_mid_epoch_checkpoints_resume_exactly_after_a_crash(
     assert_same_run_state(load_last(tmp_path / "ref"), load_last(out))
 
 
+def test_a_resume_inside_an_epoch_restores_the_generator_crds_negatives_draw_from(
+    tmp_path, teacher_ckpt, fault, monkeypatch
+):
+    """CRD draws its negatives from torch's global generator in every step. A crash inside epoch 2
+    (step.pt after its step 2) and a resume end bit for bit as the run never stopped; the same resume
+    without the saved generator state does not: the exactness rests on the restored state, which a
+    method that draws nothing could not show."""
+    import shutil
+
+    from rld.engine import checkpoint
+
+    over = [
+        "data.image_size=16",
+        "data.train_per_class=10",  # 100 images at batch 32: 4 steps per epoch
+        "train.batch_size=32",
+        "train.epochs=2",
+        "train.checkpoint_every_steps=2",
+        f"model.teacher_checkpoint={teacher_ckpt}",
+    ]
+    train(resolve("demo/crd", over), tmp_path / "ref")
+
+    class Crash(BaseException):
+        pass
+
+    def crash(status):
+        raise Crash(status)
+
+    monkeypatch.setattr(faults.os, "_exit", crash)
+    out = tmp_path / "run"
+    fault("after_step:7")  # epoch 2, step 3: step.pt holds epoch 2 after step 2
+    with pytest.raises(Crash):
+        train(resolve("demo/crd", over), out)
+    saved = torch.load(out / "checkpoints" / "step.pt", weights_only=True)
+    assert (saved["position"]["epoch"], saved["position"]["step"]) == (2, 2)
+    fault(None)
+    shutil.copytree(out, tmp_path / "forgot")
+    train(resolve("demo/crd", over), out, resume=True)
+    assert metric_rows(out / "metrics.csv") == metric_rows(tmp_path / "ref" / "metrics.csv")
+    assert_same_run_state(load_last(tmp_path / "ref"), load_last(out))
+
+    monkeypatch.setattr(checkpoint, "set_rng_state", lambda state: None)  # a resume that forgets it
+    torch.manual_seed(12345)
+    train(resolve("demo/crd", over), tmp_path / "forgot", resume=True)
+    ref, forgot = load_last(tmp_path / "ref"), load_last(tmp_path / "forgot")
+    with pytest.raises(AssertionError):
+        assert_same_run_state(ref, forgot)
+    # other negatives, other gradients: the weights differ, not only the saved generator state
+    assert any(not torch.equal(ref["model"][k], forgot["model"][k]) for k in ref["model"])
+
+
 def test_a_sweep_stopped_mid_epoch_resumes_every_run_exactly(tmp_path, tiny_cifar, fault, steps_taken, capsys):
     """Two runs in lockstep (3 steps per epoch each): SIGTERM during the group's 4th step (epoch 2,
     step 1) saves both runs' positions; the resumed sweep trains the 2 steps left of each and ends
