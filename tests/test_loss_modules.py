@@ -29,12 +29,14 @@ from rld.losses import (
     ab_divergence,
     crld_terms,
     dist_terms,
+    dkd_loss,
     dkd_terms,
     kd_loss,
     label_revision_loss,
     mlkd_terms,
     nkd_terms,
     rc_loss,
+    rld_loss,
     rld_terms,
     standardize_logits,
     swap_teacher_logits,
@@ -163,3 +165,45 @@ def test_ctkd_takes_every_parameter(std):
     tau = parts.pop("temperature")
     assert tau.item() == pytest.approx(2.0 + 5.0 * torch.sigmoid(torch.tensor(1.0)).item(), rel=1e-6)  # θ starts at 1
     _close(parts, {"ce": _ce(zs, y, 0.3), "kd": 1.7 * kd_loss(s, t, tau)})
+
+
+@pytest.mark.parametrize("kind", ["dkd", "rld-ge", "rld-g"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_kernels_gradients_of_each_term_equal_the_composite_forms(kind, dtype):
+    """dkd_terms / rld_terms run the closed-form kernel for a teacher without gradient and the
+    composite form for one with: the student's gradient of each term alone, and of weighted sums
+    (a module's parts, the α/β-weighted loss), agree."""
+    zs, zt, y = _inputs(7, b=8, c=9)
+    zs, zt = zs.to(dtype), zt.to(dtype)
+
+    def terms(student, teacher):
+        if kind == "dkd":
+            return dkd_terms(student, teacher, y, 2.5)
+        return rld_terms(student, teacher, y, 2.5, 1.5, kind.split("-")[1])
+
+    tol = {"rtol": 1e-5, "atol": 1e-7} if dtype == torch.float32 else {"rtol": 1e-10, "atol": 1e-13}
+    for weights in ((1.0, 0.0), (0.0, 1.0), (0.3, 1.7)):
+        grads = []
+        for teacher_grad in (False, True):  # the kernel, then the composite form
+            s = zs.clone().requires_grad_(True)
+            t = zt.clone().requires_grad_(teacher_grad)
+            first, second = terms(s, t)
+            loss = weights[0] * first if weights[1] == 0 else weights[1] * second
+            if weights[0] and weights[1]:
+                loss = weights[0] * first + weights[1] * second
+            (grad,) = torch.autograd.grad(loss, s)
+            grads.append(grad)
+        torch.testing.assert_close(grads[0], grads[1], **tol, msg=f"{kind} {weights}")
+        assert grads[0].abs().sum() > 0
+    # the α/β-weighted loss, whose gradient the kernel sums itself
+    for teacher_grad in (False, True):
+        s = zs.clone().requires_grad_(True)
+        t = zt.clone().requires_grad_(teacher_grad)
+        if kind == "dkd":
+            loss = dkd_loss(s, t, y, alpha=0.3, beta=1.7, temperature=2.5)
+        else:
+            loss = rld_loss(s, t, y, alpha=0.3, beta=1.7, temperature=2.5, scd_temperature=1.5, mask=kind[4:])
+        (grad,) = torch.autograd.grad(loss, s)
+        grads.append(grad)
+    torch.testing.assert_close(grads[-2], grads[-1], **tol)
+    torch.testing.assert_close(grads[-2], grads[1], **tol)  # = the weighted sum of the terms

@@ -10,10 +10,12 @@ names where its values come from.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 
 import pytest
 
 from rld import losses
+from rld.losses import _fused
 from rld.methods import METHODS, get_spec, method_params
 
 # mdistiller = megvii-research/mdistiller, mdistiller/engine/cfg.py (the CFG.<METHOD> sections);
@@ -183,3 +185,69 @@ def test_a_loss_module_built_without_arguments_holds_the_published_defaults(name
     if name == "lr":  # LR's loss has its own CE on the right samples: no separate CE weight
         want["ce_weight"] = 0.0
     assert held == want
+
+
+# The keyword defaults of rld.losses' functions (users call them in their own loops), written out:
+# the same published values as above where a method's parameter, else the published constant named.
+FUNCTION_DEFAULTS: dict[str, dict] = {
+    "kd_loss": {"temperature": 4.0, "reduction": "mean"},  # CFG.KD.TEMPERATURE
+    "dkd_loss": {"alpha": 1.0, "beta": 8.0, "temperature": 4.0, "reduction": "mean"},  # CFG.DKD
+    "dkd_terms": {"temperature": 4.0, "reduction": "mean"},
+    "rld_loss": {
+        "alpha": 1.0,
+        "beta": 8.0,
+        "temperature": 4.0,
+        "scd_temperature": None,
+        "mask": "ge",
+        "reduction": "mean",
+    },
+    "rld_terms": {"temperature": 4.0, "scd_temperature": None, "mask": "ge", "reduction": "mean"},
+    "mask_ge": {"mask": "ge"},
+    "rc_loss": {"temperature": 4.0},  # CFG.RC.T
+    "label_revision_loss": {"lambda1": 4.0, "lambda2": 1.0, "eta": 0.8},  # REVISION.py
+    "ctkd_lambda": {"ramp_epochs": 10},  # CTKD --decay_loops 10
+    # logit standardization: (z - mean) / (1e-7 + std) (logit-standardization-KD's normalize)
+    "standardize_logits": {"eps": 1e-7},
+    "at_loss": {"p": 2.0},  # CFG.AT.P
+    "attention_map": {"p": 2.0},
+    "cat_loss": {"resolution": 2, "normalize": False, "binarize_teacher": False},  # CAM_RESOLUTION 2
+    "crd_scores": {"temperature": 0.07},  # CFG.CRD.NCE.TEMPERATURE
+    "crd_nce_loss": {"eps": 1e-7},  # RepDistiller crd/criterion.py: eps = 1e-7
+    "rkd_loss": {"distance_weight": 25.0, "angle_weight": 50.0, "squared": False, "eps": 1e-12},  # CFG.RKD
+    "dist_loss": {"beta": 1.0, "gamma": 1.0, "temperature": 4.0, "eps": 1e-8},  # DIST(beta=1, gamma=1, tau=4)
+    "dist_terms": {"temperature": 4.0, "eps": 1e-8},
+    "nkd_loss": {"gamma": 3.5, "temperature": 3.0, "reduction": "mean"},  # cls_KD temp=3.0, gamma=3.5
+    "nkd_terms": {"temperature": 3.0, "reduction": "mean", "exclude_target": True},  # NKD drops the target
+    "mlkd_loss": {"temperature": 4.0, "percentile": 50.0, "standardize_kd": False},
+    "mlkd_terms": {"temperature": 4.0, "percentile": 50.0, "standardize_kd": False},
+    "mlkd_mask_fractions": {"percentile": 50.0},
+    "ab_divergence": {"alpha": 0.8, "beta": 0.3, "temperature": 4.0},
+    "crld_loss": {"temperature": 4.0, "tau_w": 0.9, "tau_s": 0.2, "within_weight": 2.0, "cross_weight": 0.5},
+    "crld_terms": {"temperature": 4.0, "tau_w": 0.9, "tau_s": 0.2},
+    "crld_masks": {"tau_w": 0.9, "tau_s": 0.2},
+    "sdd_local_logits": {"bias": None, "scales": (1, 2, 4)},
+    "sdd_pool": {"scales": (1, 2, 4)},
+    "sdd_loss": {"complementary_weight": 2.0},
+    "sdd_weights": {"complementary_weight": 2.0},
+}
+# classes and internal functions users reach
+CLASS_DEFAULTS: dict[str, dict] = {
+    "CTKDTemperature": {"t_min": 1.0, "t_range": 20.0, "init": 1.0, "ramp_epochs": 10},  # CTKD: θ starts at 1
+}
+
+
+def _defaults(fn) -> dict:
+    params = inspect.signature(fn).parameters.values()
+    return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty and p.kind != p.VAR_KEYWORD}
+
+
+def test_the_loss_functions_keyword_defaults_are_the_published_values():
+    public = {n: getattr(losses, n) for n in losses.__all__}
+    with_defaults = {n for n, f in public.items() if not inspect.isclass(f) and callable(f) and _defaults(f)}
+    assert with_defaults == set(FUNCTION_DEFAULTS)
+    for name, want in FUNCTION_DEFAULTS.items():
+        assert _defaults(public[name]) == want, name
+    for name, want in CLASS_DEFAULTS.items():
+        assert _defaults(public[name]) == want, name
+    # the kernel of DKD and RLD: the plain sum of its two terms unless weighted
+    assert _defaults(_fused.decoupled_kernel) == {"alpha": 1.0, "beta": 1.0}
