@@ -8,10 +8,15 @@ the warm-up, with a float and a 0-d tensor epoch, and its parts are compared wit
 
 from __future__ import annotations
 
+import inspect
+import math
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
 
+from rld import losses
 from rld.losses import (
     ABKDLoss,
     CRLDLoss,
@@ -207,3 +212,75 @@ def test_the_kernels_gradients_of_each_term_equal_the_composite_forms(kind, dtyp
         grads.append(grad)
     torch.testing.assert_close(grads[-2], grads[-1], **tol)
     torch.testing.assert_close(grads[-2], grads[1], **tol)  # = the weighted sum of the terms
+
+
+# Every numeric parameter of rld.losses' functions and modules refuses a negative and a NaN value
+# with a message that names it. Left out, as documented: the exponents of ABKD (α, β may be
+# negative), θ's start of CTKD (any real), standardize_logits' eps and ctkd_lambda's ramp.
+FREE = {("ab_divergence", "alpha"), ("ab_divergence", "beta"), ("ABKDLoss", "alpha"), ("ABKDLoss", "beta")}
+FREE |= {("CTKDTemperature", "init"), ("standardize_logits", "eps"), ("ctkd_lambda", "ramp_epochs")}
+
+
+def _checked_calls():
+    g = torch.Generator().manual_seed(0)
+    zs, zt = torch.randn(6, 5, generator=g), torch.randn(6, 5, generator=g)
+    y = torch.tensor([0, 1, 2, 3, 4, 0])
+    feat = torch.rand(6, 4, 3, 3, generator=g)
+    args = {
+        "kd_loss": (zs, zt),
+        "dkd_loss": (zs, zt, y),
+        "dkd_terms": (zs, zt, y),
+        "rld_loss": (zs, zt, y),
+        "rld_terms": (zs, zt, y),
+        "rc_loss": (zs, y),
+        "label_revision_loss": (zs, zt, y),
+        "dist_loss": (zs, zt),
+        "dist_terms": (zs, zt),
+        "nkd_loss": (zs, zt, y),
+        "nkd_terms": (zs, zt, y),
+        "wttm_loss": (zs, zt),
+        "wttm_weights": (zt,),
+        "mlkd_loss": (zs, zt, zs, zt),
+        "mlkd_terms": (zs, zt, zs, zt),
+        "mlkd_mask_fractions": (zt,),
+        "ab_divergence": (zs, zt),
+        "crld_loss": (zs, zt, zs, zt),
+        "crld_terms": (zs, zt, zs, zt),
+        "crld_masks": (zt, zt),
+        "standardize_logits": (zs,),
+        "at_loss": ([feat], [feat]),
+        "attention_map": (feat,),
+        "crd_scores": (torch.randn(6, 8, generator=g), torch.randn(6, 3, 8, generator=g)),
+        "crd_nce_loss": (torch.rand(6, 4, generator=g), 100),
+        "rkd_loss": (torch.randn(6, 8, generator=g), torch.randn(6, 8, generator=g)),
+        "sdd_weights": (torch.randn(6, 5, 3, generator=g), y),
+        "ctkd_lambda": (3.0,),
+    }
+    modules = ["KDLoss", "DKDLoss", "RLDLoss", "LALoss", "RCLoss", "LRLoss", "CTKDLoss", "DISTLoss", "NKDLoss"]
+    modules += ["WTTMLoss", "MLKDLoss", "ABKDLoss", "CRLDLoss", "CTKDTemperature"]
+    calls = []
+    for name, positional in args.items():
+        fn = getattr(losses, name)
+        for p in inspect.signature(fn).parameters.values():
+            numeric = isinstance(p.default, int | float) and not isinstance(p.default, bool)
+            if numeric or p.name == "gamma":
+                calls.append((name, p.name, fn, positional, {}))
+    for name in modules:
+        cls = getattr(losses, name)
+        given = {"gamma": 0.2, "beta": 4.0} if name == "WTTMLoss" else {}
+        params = [p.name for p in inspect.signature(cls).parameters.values() if p.kind != p.VAR_KEYWORD]
+        params += ["t_min", "t_range", "ramp_epochs"] if name == "CTKDLoss" else []
+        for param in params:
+            if param not in ("mask", "logit_standardization"):
+                calls.append((name, param, cls, (), given))
+    return [c for c in calls if c[:2] not in FREE]
+
+
+@pytest.mark.parametrize("bad", [-1.0, math.nan])
+def test_every_numeric_parameter_refuses_a_bad_value_naming_itself(bad):
+    calls = _checked_calls()
+    assert len(calls) > 80
+    for name, param, fn, positional, given in calls:
+        with pytest.raises(ValueError) as err:
+            fn(*positional, **{**given, param: bad})
+        assert re.match(rf"{param} must ", str(err.value)), (name, param, str(err.value))
