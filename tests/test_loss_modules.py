@@ -221,7 +221,8 @@ FREE = {("ab_divergence", "alpha"), ("ab_divergence", "beta"), ("ABKDLoss", "alp
 FREE |= {("CTKDTemperature", "init"), ("standardize_logits", "eps"), ("ctkd_lambda", "ramp_epochs")}
 
 
-def _checked_calls():
+def _valid_args() -> dict[str, tuple]:
+    """Valid positional arguments of the functions of rld.losses that check their inputs."""
     g = torch.Generator().manual_seed(0)
     zs, zt = torch.randn(6, 5, generator=g), torch.randn(6, 5, generator=g)
     y = torch.tensor([0, 1, 2, 3, 4, 0])
@@ -256,10 +257,14 @@ def _checked_calls():
         "sdd_weights": (torch.randn(6, 5, 3, generator=g), y),
         "ctkd_lambda": (3.0,),
     }
+    return args
+
+
+def _checked_calls():
     modules = ["KDLoss", "DKDLoss", "RLDLoss", "LALoss", "RCLoss", "LRLoss", "CTKDLoss", "DISTLoss", "NKDLoss"]
     modules += ["WTTMLoss", "MLKDLoss", "ABKDLoss", "CRLDLoss", "CTKDTemperature"]
     calls = []
-    for name, positional in args.items():
+    for name, positional in _valid_args().items():
         fn = getattr(losses, name)
         for p in inspect.signature(fn).parameters.values():
             numeric = isinstance(p.default, int | float) and not isinstance(p.default, bool)
@@ -284,3 +289,23 @@ def test_every_numeric_parameter_refuses_a_bad_value_naming_itself(bad):
         with pytest.raises(ValueError) as err:
             fn(*positional, **{**given, param: bad})
         assert re.match(rf"{param} must ", str(err.value)), (name, param, str(err.value))
+
+
+def test_every_tensor_argument_of_a_wrong_shape_is_refused_naming_itself():
+    """A 1-D tensor in place of each tensor argument: the message starts with the argument's name (the
+    weak view's logits of MLKD and CRLD are checked, and named, as the plain logits)."""
+    checked = 0
+    for name, positional in _valid_args().items():
+        fn = getattr(losses, name)
+        params = list(inspect.signature(fn).parameters)
+        given = {"gamma": 0.5} if name.startswith("wttm") else {}
+        for i, value in enumerate(positional):
+            if not isinstance(value, torch.Tensor):
+                continue
+            bad = [*positional[:i], torch.zeros(3), *positional[i + 1 :]]
+            with pytest.raises(ValueError) as err:
+                fn(*bad, **given)
+            names = (params[i], params[i].replace("_weak", ""))
+            assert str(err.value).startswith(tuple(f"{n} " for n in names)), (name, params[i], str(err.value))
+            checked += 1
+    assert checked > 50
