@@ -256,6 +256,13 @@ def _valid_args() -> dict[str, tuple]:
         "rkd_loss": (torch.randn(6, 8, generator=g), torch.randn(6, 8, generator=g)),
         "sdd_weights": (torch.randn(6, 5, 3, generator=g), y),
         "ctkd_lambda": (3.0,),
+        "hint_loss": (feat, feat),
+        "ofd_margin": (torch.rand(4, generator=g), torch.randn(4, generator=g)),
+        "ofd_loss": (feat, feat, torch.randn(4, generator=g)),
+        "class_activation_maps": (feat, torch.randn(7, 4, generator=g)),
+        "binarize_cams": (feat,),
+        "cat_loss": (feat, feat),
+        "simkd_loss": (feat, feat),
     }
     return args
 
@@ -292,7 +299,7 @@ def test_every_numeric_parameter_refuses_a_bad_value_naming_itself(bad):
 
 
 def test_every_tensor_argument_of_a_wrong_shape_is_refused_naming_itself():
-    """A 1-D tensor in place of each tensor argument: the message names the argument (the weak view's
+    """A 0-d tensor in place of each tensor argument: the message names the argument (the weak view's
     logits of MLKD and CRLD are checked, and named, as the plain logits), the shape it must have and
     the shape it has."""
     checked = 0
@@ -303,12 +310,31 @@ def test_every_tensor_argument_of_a_wrong_shape_is_refused_naming_itself():
         for i, value in enumerate(positional):
             if not isinstance(value, torch.Tensor):
                 continue
-            bad = [*positional[:i], torch.zeros(3), *positional[i + 1 :]]
+            bad = [*positional[:i], torch.zeros(()), *positional[i + 1 :]]
             with pytest.raises(ValueError) as err:
                 fn(*bad, **given)
             names = "|".join((params[i], params[i].replace("_weak", "")))
-            shape = r"shape \(B(,|(, [A-Z0-9 +]+)+)\)( = \(6,\))?|the shape of the weak view's logits \(6, 5\)"
-            pattern = rf"({names}) must (have|be floating-point local logits of) ({shape}), got \(3,\)"
+            shape = r"shape \([A-Z](,|(, [A-Z0-9_ +.]+)+)\)( = \(6,\)| or \(K, C, 1, 1\))?"
+            shape += r"|the shape of the weak view's logits \(6, 5\)"
+            pattern = rf"({names}) must (have|be floating-point local logits of) ({shape}), got \(\)"
             assert re.fullmatch(pattern, str(err.value)), (name, params[i], str(err.value))
             checked += 1
     assert checked > 50
+
+
+def test_the_edges_of_the_input_rules_are_accepted_as_documented():
+    """The smallest accepted values sit on the edge of each rule (K = 1 negative, one training sample,
+    a score of 0), and a CAM equal to its map's mean absolute activation is not above it."""
+    scores = torch.tensor([[0.5, 0.0]], dtype=torch.float64)  # K = 1 negative, of score 0
+    got = losses.crd_nce_loss(scores, 1, eps=0.0)  # n_data = 1: the noise term K·P_n is 1
+    assert got.item() == pytest.approx(-(math.log(0.5 / 1.5) + math.log(1 / 1)), rel=1e-12)
+    with pytest.raises(ValueError, match=r"n_data must be the number of training samples, an integer >= 1, got 0"):
+        losses.crd_nce_loss(scores, 0)
+    with pytest.raises(ValueError, match=r"scores must be >= 0 \(exponentials divided by Z\), got a minimum of -1"):
+        losses.crd_nce_loss(torch.tensor([[1.0, -1.0]]), 1)
+    with pytest.raises(ValueError, match=r"with K >= 1 negatives, got \(1, 1\)"):
+        losses.crd_nce_loss(torch.ones(1, 1), 1)
+    cams = torch.tensor([[[[1.5, 1.5], [3.0, -3.0]]]])  # mean |CAM| = 2.25: only 3.0 is above it
+    assert losses.binarize_cams(cams).tolist() == [[[[0.0, 0.0], [1.0, 0.0]]]]
+    tie = torch.tensor([[[[1.0, 1.0], [1.0, 1.0]]]])  # every value equals the mean: none above it
+    assert losses.binarize_cams(tie).tolist() == [[[[0.0, 0.0], [0.0, 0.0]]]]
