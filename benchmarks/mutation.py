@@ -17,6 +17,7 @@ folder prints a mutant's change).
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import os
 import platform
@@ -78,13 +79,16 @@ def mutant_statuses(mutmut: str, work: Path) -> dict[str, str]:
     return statuses
 
 
-def summarise(name: str, statuses: dict[str, str], equivalent: dict[str, str], seconds: float) -> dict:
+def summarise(name: str, statuses: dict[str, str], config: dict, seconds: float) -> tuple[dict, list[str]]:
     counts = Counter(statuses.values())
-    survivors = sorted(m for m, s in statuses.items() if s in SURVIVED)
-    equiv = [m for m in survivors if m in equivalent]
+    equivalent, untestable = config.get("equivalent", {}), config.get("untestable", {})
+    alive = sorted(m for m, s in statuses.items() if s in SURVIVED | {"no tests"})
+    equiv = [m for m in alive if m in equivalent]
+    apart = [m for m in alive if m not in equivalent and any(fnmatch.fnmatchcase(m, p) for p in untestable)]
+    survivors = [m for m in alive if m not in equiv and m not in apart and statuses[m] in SURVIVED]
     killed = sum(counts[s] for s in KILLED)
-    survived = len(survivors) - len(equiv)
-    no_tests = counts["no tests"]
+    survived = len(survivors)
+    no_tests = sum(1 for m in alive if statuses[m] == "no tests" and m not in equiv and m not in apart)
     scored = killed + survived + no_tests  # a mutant no test runs is a mutant no test catches
     return {
         "package": name,
@@ -96,7 +100,8 @@ def summarise(name: str, statuses: dict[str, str], equivalent: dict[str, str], s
         "survived": survived,
         "no_tests": no_tests,
         "equivalent": len(equiv),
-        "not_run": sum(counts[s] for s in NOT_RUN) - no_tests,
+        "untestable": len(apart),
+        "not_run": sum(counts[s] for s in NOT_RUN if s != "no tests"),
         "killed_pct": round(100 * killed / scored, 1) if scored else None,
         "statuses": dict(counts),
     }, survivors
@@ -144,23 +149,24 @@ def main(argv: list[str] | None = None) -> int:
         if again:  # a changed test selection resets mutmut's results: the mutants not run again keep theirs
             statuses = {m: (statuses.get(m, "not checked") if m in again else s) for m, s in before.items()}
         (work / "statuses.json").write_text(json.dumps(statuses, indent=0) + "\n")
-        row, survivors = summarise(name, statuses, config.get("equivalent", {}), seconds)
+        row, survivors = summarise(name, statuses, config, seconds)
         row["mutmut_exit_code"] = rc
         (work / "summary.json").write_text(json.dumps(row, indent=2) + "\n")
         (work / "survivors.txt").write_text("".join(f"{m}\n" for m in survivors))
         rows.append(row)
         print(
             f"{name}: {row['generated']} generated, {row['killed']} killed, {row['survived']} survived, "
-            f"{row['no_tests']} without a test, {row['equivalent']} equivalent, {row['not_run']} not run; "
+            f"{row['no_tests']} without a test, {row['equivalent']} equivalent, {row['untestable']} untestable, "
+            f"{row['not_run']} not run; "
             f"{row['killed_pct']} % killed ({row['seconds']} s, mutmut exit {rc})",
             flush=True,
         )
-    print("\n| package | generated | killed | survived | no test | equivalent | killed % |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("\n| package | generated | killed | survived | no test | equivalent | untestable | killed % |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(
             f"| {r['package']} | {r['generated']} | {r['killed']} | {r['survived']} | {r['no_tests']} "
-            f"| {r['equivalent']} | {r['killed_pct']} |"
+            f"| {r['equivalent']} | {r['untestable']} | {r['killed_pct']} |"
         )
     return 0 if all(r["mutmut_exit_code"] == 0 for r in rows) else 1
 
