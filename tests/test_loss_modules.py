@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import math
 import re
+import warnings
 
 import pytest
 import torch
@@ -338,3 +339,12 @@ def test_the_edges_of_the_input_rules_are_accepted_as_documented():
     assert losses.binarize_cams(cams).tolist() == [[[[0.0, 0.0], [1.0, 0.0]]]]
     tie = torch.tensor([[[[1.0, 1.0], [1.0, 1.0]]]])  # every value equals the mean: none above it
     assert losses.binarize_cams(tie).tolist() == [[[[0.0, 0.0], [0.0, 0.0]]]]
+
+
+def test_the_loss_functions_run_without_a_warning():
+    """No deprecation or user warning on valid inputs (a softmax without its dim, for one, warns)."""
+    for name, positional in _valid_args().items():
+        given = {"gamma": 0.5} if name.startswith("wttm") else {}
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            getattr(losses, name)(*positional, **given)
