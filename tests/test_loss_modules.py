@@ -348,3 +348,58 @@ def test_the_loss_functions_run_without_a_warning():
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             getattr(losses, name)(*positional, **given)
+
+
+def test_attention_and_review_losses_on_maps_that_are_not_square():
+    """AT pools each side of a pair to the smaller one, (min H, min W); ReviewKD's HCL keeps a pooled
+    level l only while l < the map's height. Checked on maps taller than wide and the reverse."""
+    g = torch.Generator().manual_seed(3)
+    f_s = torch.rand(2, 3, 8, 4, generator=g, dtype=torch.float64)
+    f_t = torch.rand(2, 5, 4, 6, generator=g, dtype=torch.float64)
+
+    def attention(f):  # mean over channels of f², flattened, unit length per sample
+        q = f.pow(2).mean(dim=1).flatten(1)
+        return q / q.norm(dim=1, keepdim=True)
+
+    pooled = [F.adaptive_avg_pool2d(f, (4, 4)) for f in (f_s, f_t)]
+    want = (attention(pooled[0]) - attention(pooled[1])).pow(2).mean()
+    torch.testing.assert_close(losses.at_loss([f_s], [f_t]), want, rtol=1e-12, atol=0)
+
+    for h, w, levels in ((3, 8, (2, 1)), (8, 3, (4, 2, 1))):
+        a = torch.rand(2, 3, h, w, generator=g, dtype=torch.float64)
+        b = torch.rand(2, 3, h, w, generator=g, dtype=torch.float64)
+        loss, weight, weights = F.mse_loss(a, b), 1.0, 1.0
+        for level in levels:
+            weight /= 2
+            loss = loss + weight * F.mse_loss(F.adaptive_avg_pool2d(a, level), F.adaptive_avg_pool2d(b, level))
+            weights += weight
+        torch.testing.assert_close(losses.hcl_loss([a], [b]), loss / weights, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_every_loss_function_computes_low_precision_inputs_in_float32(dtype):
+    """Inputs in float16 / bfloat16 give what their float32 values give, as a float32 result."""
+    for name, positional in _valid_args().items():
+        if name in ("ctkd_lambda", "binarize_cams", "class_activation_maps", "ofd_margin"):
+            continue  # not losses: no float32 promise (maps and margins keep their inputs' dtype)
+        given = {"gamma": 0.5} if name.startswith("wttm") else {}
+
+        def cast(x, to):
+            if isinstance(x, torch.Tensor) and x.is_floating_point():
+                return x.to(dtype).to(to)
+            if isinstance(x, list):
+                return [cast(v, to) for v in x]
+            return x
+
+        low = getattr(losses, name)(*[cast(a, dtype) for a in positional], **given)
+        full = getattr(losses, name)(*[cast(a, torch.float32) for a in positional], **given)
+
+        def outputs(x):  # a tensor, a tuple of them, or a dict of named terms (mlkd_terms)
+            return list(x.values()) if isinstance(x, dict) else list(x) if isinstance(x, tuple) else [x]
+
+        for got, want in zip(outputs(low), outputs(full), strict=True):
+            if want.dtype == torch.bool:  # crld_masks
+                assert torch.equal(got, want), name
+                continue
+            assert got.dtype == torch.float32, (name, got.dtype)
+            torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6, msg=name)
