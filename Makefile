@@ -7,7 +7,7 @@ TORCH  ?= torch==2.14.1 torchvision==0.29.1
 PY      = $(VENV)/bin/python
 DEMO_OUT ?= runs/demo
 
-.PHONY: demo test lint bench docs clean
+.PHONY: demo test lint bench docs clean mutation
 
 $(VENV)/.base: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,23 @@ docs: $(VENV)/.docs
 
 bench: $(VENV)/.dev
 	$(PY) benchmarks/losses.py --json benchmarks/losses-cpu.json
+
+# Mutation testing of the core (docs/testing.md), not part of `make test`: mutmut in its own
+# environment (MUTVENV), which sees the project's environment through a .pth file.
+# `make mutation PKG=losses` runs one package (benchmarks/mutation.toml names them).
+MUTVENV ?= .mutation/venv
+MUTMUT  ?= mutmut==3.8.1
+PKG     ?=
+
+$(MUTVENV)/.mutmut: $(VENV)/.dev
+	test -x $(MUTVENV)/bin/python || $(PY) -m venv $(MUTVENV)
+	$(PY) -c 'import site; print(site.getsitepackages()[0])' \
+		> "$$($(MUTVENV)/bin/python -c 'import site; print(site.getsitepackages()[0])')/rld-project-venv.pth"
+	$(MUTVENV)/bin/python -m pip install -q '$(MUTMUT)'
+	touch $@
+
+mutation: $(MUTVENV)/.mutmut
+	$(MUTVENV)/bin/python benchmarks/mutation.py --mutmut $(MUTVENV)/bin/mutmut $(PKG)
 
 clean:
 	rm -rf $(VENV) build site src/*.egg-info .pytest_cache

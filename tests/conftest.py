@@ -6,6 +6,10 @@
 * The DKD/RLD loss kernel runs eagerly (compiling takes seconds per process). The tests that take
   the ``compiled_losses`` fixture, and ``test_losses.py``'s kernel tests, run the compiled kernel
   that users get by default.
+* Under ``make mutation`` (``RLD_MUTATION`` set; see docs/testing.md) the code under test is a
+  mutated copy whose functions torch.compile cannot trace: ``compiled_losses`` runs the kernel
+  eagerly there (the tests that check compiling itself are deselected), and the processes the
+  tests start import the same mutated copy.
 """
 
 from __future__ import annotations
@@ -25,6 +29,11 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+MUTATION = bool(os.environ.get("RLD_MUTATION"))
+if MUTATION:  # the processes the tests start import the mutated copy beside tests/, as this one does
+    _src = str(Path(__file__).resolve().parents[1] / "src")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_src, os.environ.get("PYTHONPATH")) if p)
 
 TIME_COLUMNS = ("epoch_time", "train_time")
 HAS_CXX = any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "g++", "c++", "clang++"))
@@ -106,9 +115,20 @@ def assert_user_error(code: int, err: str, message: str) -> None:
     assert message in err, err
 
 
-def folder_snapshot(root: Path) -> dict[str, bytes | None]:
-    """Every file (its bytes) and folder (None) under ``root``: equal snapshots mean an untouched folder."""
-    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None) for p in sorted(Path(root).rglob("*"))}
+def folder_snapshot(root: Path) -> dict[str, tuple[bytes | None, int, int]]:
+    """Every file and folder under ``root`` (the folder itself too): its bytes (None for a folder),
+    modification time in ns and inode number. Equal snapshots mean an untouched folder: a file
+    rewritten with the same bytes, or replaced by a renamed copy, differs in its time or inode; a
+    file created and removed again changes its folder's time."""
+
+    def entry(p: Path) -> tuple[bytes | None, int, int]:
+        st = p.stat()
+        return (p.read_bytes() if p.is_file() else None), st.st_mtime_ns, st.st_ino
+
+    root = Path(root)
+    if not root.exists():
+        return {}
+    return {str(p.relative_to(root)): entry(p) for p in [root, *sorted(root.rglob("*"))]}
 
 
 def assert_same_tensors(a, b, where: str = "") -> None:
@@ -177,11 +197,18 @@ def assert_compiled(fused, counter) -> None:
 
 
 @pytest.fixture
-def compiled_losses(loss_compiler):
+def compiled_losses(request):
     """The DKD/RLD kernel compiled as users run it by default. Skipped only without a C++ compiler;
-    with one, a compile that breaks (and falls back to eager) fails the test."""
+    with one, a compile that breaks (and falls back to eager) fails the test. Under a mutation run
+    the kernel runs eagerly (yields the module and no counter)."""
+    if MUTATION:
+        from rld.losses import _fused
+
+        yield _fused, None
+        return
     if not HAS_CXX:
         pytest.skip("torch.compile needs a C++ compiler on the CPU (without one the kernel runs eagerly)")
+    loss_compiler = request.getfixturevalue("loss_compiler")
     yield loss_compiler
     assert_compiled(*loss_compiler)
 

@@ -404,6 +404,27 @@ def test_bench_conventional_loader_has_min_8_cores_workers_by_default(monkeypatc
         assert bench.default_workers() == workers
 
 
+def test_a_cached_run_on_a_set_without_flips_equals_the_live_teacher_bit_for_bit(tmp_path, teacher_ckpt):
+    """The digits set takes no flips (a mirrored digit is another symbol): its images have 81 views,
+    the unflipped half of the 162. A full float32 cache of 16x16 digits holds exactly those for every
+    image, and a run that reads it trains bit for bit as the run that asks the live teacher."""
+    over = [
+        "data.train_per_class=3",  # 30 images: 2 steps per epoch at batch 16, the last one of 14
+        "data.image_size=16",
+        "train.batch_size=16",
+        "train.epochs=2",
+        f"model.teacher_checkpoint={teacher_ckpt}",
+    ]
+    train(resolve("demo/rld", over), tmp_path / "live")
+    cache = [*over, "train.teacher_cache=full", "train.cache_precision=float32", f"train.cache_dir={tmp_path / 'c'}"]
+    train(resolve("demo/rld", cache), tmp_path / "cached")
+    assert metric_rows(tmp_path / "cached" / "metrics.csv") == metric_rows(tmp_path / "live" / "metrics.csv")
+    assert_same_run_state(load_last(tmp_path / "live"), load_last(tmp_path / "cached"), ignore_config=CACHE_KEYS)
+    (folder,) = (tmp_path / "c").iterdir()
+    filled = np.load(folder / "index.npz")["filled"]
+    assert filled.shape == (30, 162) and filled[:, 0::2].all() and not filled[:, 1::2].any()
+
+
 def test_rld_cache_builds_every_view_and_training_then_needs_no_teacher_forward(capsys, tmp_path, teacher_ckpt):
     data = write_two_image_cifar(tmp_path / "two.npz")
     common = ["data.name=cifar100", f"data.path={data}", "--teacher", str(teacher_ckpt)]

@@ -218,6 +218,56 @@ def test_periodic_mid_epoch_checkpoints_resume_exactly_after_a_crash(
     assert_same_run_state(load_last(tmp_path / "ref"), load_last(out))
 
 
+def test_a_resume_inside_an_epoch_restores_the_generator_crds_negatives_draw_from(
+    tmp_path, teacher_ckpt, fault, monkeypatch
+):
+    """CRD draws its negatives from torch's global generator in every step. A crash inside epoch 2
+    (step.pt after its step 2) and a resume end bit for bit as the run never stopped; the same resume
+    without the saved generator state does not: the exactness rests on the restored state, which a
+    method that draws nothing could not show."""
+    import shutil
+
+    from rld.engine import checkpoint
+
+    over = [
+        "data.image_size=16",
+        "data.train_per_class=10",  # 100 images at batch 32: 4 steps per epoch
+        "train.batch_size=32",
+        "train.epochs=2",
+        "train.checkpoint_every_steps=2",
+        f"model.teacher_checkpoint={teacher_ckpt}",
+    ]
+    train(resolve("demo/crd", over), tmp_path / "ref")
+
+    class Crash(BaseException):
+        pass
+
+    def crash(status):
+        raise Crash(status)
+
+    monkeypatch.setattr(faults.os, "_exit", crash)
+    out = tmp_path / "run"
+    fault("after_step:7")  # epoch 2, step 3: step.pt holds epoch 2 after step 2
+    with pytest.raises(Crash):
+        train(resolve("demo/crd", over), out)
+    saved = torch.load(out / "checkpoints" / "step.pt", weights_only=True)
+    assert (saved["position"]["epoch"], saved["position"]["step"]) == (2, 2)
+    fault(None)
+    shutil.copytree(out, tmp_path / "forgot")
+    train(resolve("demo/crd", over), out, resume=True)
+    assert metric_rows(out / "metrics.csv") == metric_rows(tmp_path / "ref" / "metrics.csv")
+    assert_same_run_state(load_last(tmp_path / "ref"), load_last(out))
+
+    monkeypatch.setattr(checkpoint, "set_rng_state", lambda state: None)  # a resume that forgets it
+    torch.manual_seed(12345)
+    train(resolve("demo/crd", over), tmp_path / "forgot", resume=True)
+    ref, forgot = load_last(tmp_path / "ref"), load_last(tmp_path / "forgot")
+    with pytest.raises(AssertionError):
+        assert_same_run_state(ref, forgot)
+    # other negatives, other gradients: the weights differ, not only the saved generator state
+    assert any(not torch.equal(ref["model"][k], forgot["model"][k]) for k in ref["model"])
+
+
 def test_a_sweep_stopped_mid_epoch_resumes_every_run_exactly(tmp_path, tiny_cifar, fault, steps_taken, capsys):
     """Two runs in lockstep (3 steps per epoch each): SIGTERM during the group's 4th step (epoch 2,
     step 1) saves both runs' positions; the resumed sweep trains the 2 steps left of each and ends
@@ -373,6 +423,49 @@ def test_a_sweep_locks_every_run_folder_before_it_starts(tmp_path, tiny_cifar, c
         assert refused.value.holder.startswith(f"pid {os.getpid()} on host {socket.gethostname()}, since ")
     finally:
         held.release()
+
+
+def test_a_lock_given_back_unused_leaves_the_folder_exactly_as_it_was(tmp_path):
+    """undo() after acquire: the lock file's bytes and times, and the times of the folder that held
+    it (or of the first folder that existed), are as before; nothing created stays."""
+    from rld.engine import lock
+
+    old = tmp_path / "old"  # a run folder whose lock file names its last holder
+    old.mkdir()
+    (old / "rld.lock").write_text('{"host": "h", "pid": 1, "since": "2025-01-01 00:00:00 UTC"}\n')
+    (old / "metrics.csv").write_text("epoch\n1\n")
+    plain = tmp_path / "plain"  # a folder without a lock file
+    plain.mkdir()
+    (plain / "notes.txt").write_text("x")
+    os.utime(old / "rld.lock", ns=(10**18, 10**18))  # times a rewrite could not keep by chance
+    for folder in (old, plain, tmp_path):
+        os.utime(folder, ns=(10**18, 10**18))
+    for out in (old, plain, tmp_path / "new" / "run"):
+        before = folder_snapshot(tmp_path)
+        held = lock.RunLock(out)
+        held.acquire()
+        assert f'"pid": {os.getpid()}' in (out / "rld.lock").read_text()  # held: it names this process
+        held.undo()
+        assert folder_snapshot(tmp_path) == before, out
+
+
+def test_a_refused_sweep_trains_no_run_of_its_grid(tmp_path, tiny_cifar, capsys, steps_taken):
+    """The last run of the grid cannot start (a run there already, or one of another configuration
+    with --resume): the sweep is refused before any run trains, the folder of the grid untouched."""
+    out = tmp_path / "sweep"
+    over = [*_tiny(tiny_cifar), "train.epochs=1"]
+    last = out / "train.lr=0.1,seed=0"
+    train(resolve("demo/vanilla", [*over, "train.lr=0.1", "train.weight_decay=0.001"]), last)
+    steps_taken[0] = 0
+    argv = ["sweep", "demo/vanilla", "train.lr=0.05,0.1", *over, "--out", str(out)]
+    for extra, message in (
+        ([], f"{last} already holds a run; add --resume"),
+        (["--resume"], "trained with another configuration (differs in train.weight_decay)"),
+    ):
+        before = folder_snapshot(out)
+        assert_user_error(*_cli(capsys, *argv, *extra), message)
+        assert folder_snapshot(out) == before and steps_taken[0] == 0, extra
+    assert sorted(p.name for p in out.iterdir()) == [last.name]  # the first run's folder was never made
 
 
 def test_the_lock_dies_with_its_holder_not_with_the_children_it_forked(tmp_path):

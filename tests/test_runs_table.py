@@ -231,7 +231,8 @@ def test_the_probe_reads_only_and_never_refuses_a_run(tmp_path):
     holds its instant of shared lock waits that instant out instead of refusing the run."""
     out = tmp_path / "run"
     out.mkdir()
-    assert lock.holder(out) is None and folder_snapshot(out) == {}
+    before = folder_snapshot(out)
+    assert lock.holder(out) is None and folder_snapshot(out) == before and list(before) == ["."]
     held = lock.RunLock(out)
     held.acquire()
     try:

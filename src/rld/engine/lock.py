@@ -107,11 +107,18 @@ class RunLock:
         self.fd: int | None = None
         self.created: list[Path] = []  # what acquire created (folders, the lock file), for undo()
         self.previous: bytes | None = None  # the lock file's content before acquire wrote its own
+        # (atime, mtime) in ns of the lock file before acquire wrote it, and of the deepest folder that
+        # existed before acquire (its time changes when a file or folder is created in it): undo() and
+        # an unused release() put them back, so the folder is left exactly as it was
+        self.previous_times: tuple[int, int] | None = None
+        self.anchor: tuple[Path, tuple[int, int]] | None = None
 
     def acquire(self) -> None:
         """Take the lock and write this process's name into it; UserError when another process holds it."""
         try:
             missing = [p for p in (self.out, *self.out.parents) if not p.exists()]
+            anchor = next(p for p in (self.out, *self.out.parents) if p.exists())
+            self.anchor = (anchor, _times(anchor.stat()))
             self.out.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise UserError(
@@ -147,6 +154,7 @@ class RunLock:
         if not existed:
             self.created.append(self.path)
         self.previous = _read(fd) if existed else None
+        self.previous_times = _times(os.fstat(fd)) if existed else None
         record = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
         data = (json.dumps(record) + "\n").encode()
         os.ftruncate(fd, 0)
@@ -181,15 +189,26 @@ class RunLock:
                     path.rmdir()
                 except OSError:
                     break
+            self._restore_anchor()
+
+    def _restore_anchor(self) -> None:
+        if self.anchor is not None:
+            try:
+                os.utime(self.anchor[0], ns=self.anchor[1])
+            except OSError:
+                pass
 
     def undo(self) -> None:
         """Release and leave the folder as it was before :meth:`acquire` (a command refused after all)."""
         if self.fd is not None and self.previous is not None:
             os.ftruncate(self.fd, 0)
             os.pwrite(self.fd, self.previous, 0)
+            if self.previous_times is not None:
+                os.utime(self.fd, ns=self.previous_times)
         elif self.fd is not None and self.path in self.created:
             _remove(self.path)
         self.release()
+        self._restore_anchor()
 
 
 _BUSY = (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK)
@@ -244,6 +263,10 @@ def _remove(path: Path) -> None:
         path.unlink()
     except OSError:
         pass
+
+
+def _times(st: os.stat_result) -> tuple[int, int]:
+    return st.st_atime_ns, st.st_mtime_ns
 
 
 def _read(fd: int) -> bytes:

@@ -1,0 +1,175 @@
+"""Mutation testing of the core packages with mutmut 3 (``make mutation``; see docs/testing.md).
+
+    python benchmarks/mutation.py [--config TOML] [--mutmut PATH] [--max-children 1]
+                                  [--resume | --survivors] [PACKAGE ...]
+
+PACKAGE: names from benchmarks/mutation.toml (default: all of them, in the file's order). Each
+package runs in ``.mutation/<package>/``: ``src`` and ``tests`` link to the project's, and a
+``pyproject.toml`` adds the package's ``[tool.mutmut]`` section to the project's, so mutmut mutates
+only that package and collects which test covers which function from that package's tests alone.
+Every run starts afresh (``--resume`` continues an interrupted one; ``--survivors`` runs again only
+the mutants that survived the last run). The script prints one line per package (generated,
+killed, survived, equivalent, ...) and writes, in ``.mutation/<package>/``, ``summary.json``,
+``statuses.json`` (every mutant's result) and ``survivors.txt`` (``mutmut show NAME`` in that
+folder prints a mutant's change).
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter
+from datetime import date
+from pathlib import Path
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "benchmarks" / "mutation.toml"
+WORK = ROOT / ".mutation"
+
+# mutmut's statuses, grouped as the summary counts them
+KILLED = {"killed", "timeout", "segfault"}  # a mutant that hangs or crashes the tests is caught too
+SURVIVED = {"survived", "suspicious"}
+NOT_RUN = {"no tests", "skipped", "not checked", "check was interrupted by user", "caught by type check"}
+
+
+def toml_value(value) -> str:
+    """A TOML value for the strings, numbers, booleans and lists of strings the config holds."""
+    return json.dumps(value)  # their JSON spelling is valid TOML
+
+
+def write_workdir(name: str, pkg: dict, common: dict, fresh: bool) -> Path:
+    work = WORK / name
+    if fresh and work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    for link in ("src", "tests"):
+        if not (work / link).is_symlink():
+            (work / link).symlink_to(ROOT / link)
+    deselect = [arg for test in pkg.get("deselect", []) for arg in ("--deselect", test)]
+    section = {
+        **common,
+        "only_mutate": pkg["mutate"],
+        "pytest_add_cli_args_test_selection": pkg["tests"],
+        "pytest_add_cli_args": common.get("pytest_add_cli_args", []) + deselect,
+    }
+    lines = ["", "[tool.mutmut]"] + [f"{k} = {toml_value(v)}" for k, v in section.items()]
+    (work / "pyproject.toml").write_text((ROOT / "pyproject.toml").read_text() + "\n".join(lines) + "\n")
+    return work
+
+
+def mutant_statuses(mutmut: str, work: Path) -> dict[str, str]:
+    out = subprocess.run([mutmut, "results", "--all", "true"], cwd=work, capture_output=True, text=True, check=True)
+    statuses = {}
+    for line in out.stdout.splitlines():
+        name, sep, status = line.strip().rpartition(": ")
+        if sep and "__mutmut_" in name:
+            statuses[name] = status
+    return statuses
+
+
+def summarise(name: str, statuses: dict[str, str], config: dict, seconds: float) -> tuple[dict, list[str]]:
+    counts = Counter(statuses.values())
+    equivalent, untestable = config.get("equivalent", {}), config.get("untestable", {})
+    alive = sorted(m for m, s in statuses.items() if s in SURVIVED | {"no tests"})
+    equiv = [m for m in alive if m in equivalent]
+    apart = [m for m in alive if m not in equivalent and any(fnmatch.fnmatchcase(m, p) for p in untestable)]
+    survivors = [m for m in alive if m not in equiv and m not in apart and statuses[m] in SURVIVED]
+    killed = sum(counts[s] for s in KILLED)
+    survived = len(survivors)
+    no_tests = sum(1 for m in alive if statuses[m] == "no tests" and m not in equiv and m not in apart)
+    scored = killed + survived + no_tests  # a mutant no test runs is a mutant no test catches
+    return {
+        "package": name,
+        "date": date.today().isoformat(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "seconds": round(seconds),
+        "generated": len(statuses),
+        "killed": killed,
+        "survived": survived,
+        "no_tests": no_tests,
+        "equivalent": len(equiv),
+        "untestable": len(apart),
+        "not_run": sum(counts[s] for s in NOT_RUN if s != "no tests"),
+        "killed_pct": round(100 * killed / scored, 1) if scored else None,
+        "statuses": dict(counts),
+    }, survivors
+
+
+def main(argv: list[str] | None = None) -> int:
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", type=Path, default=CONFIG)
+    config_path = pre.parse_known_args(argv)[0].config
+    config = tomllib.loads(config_path.read_text())
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", type=Path, default=CONFIG, help="the configuration (default: %(default)s)")
+    parser.add_argument("packages", nargs="*", help=f"default: all ({', '.join(config['packages'])})")
+    parser.add_argument("--mutmut", default=shutil.which("mutmut") or "mutmut", help="the mutmut executable")
+    parser.add_argument("--max-children", type=int, default=1, help="mutants run at the same time (default 1)")
+    parser.add_argument("--resume", action="store_true", help="continue the package's last, interrupted run")
+    parser.add_argument(
+        "--survivors",
+        action="store_true",
+        help="run again only the mutants that survived (or had no test) in the package's last run, against the "
+        "tests as they are now; the others keep their last result (a killed mutant stays killed while tests are "
+        "only added)",
+    )
+    args = parser.parse_args(argv)
+    names = args.packages or list(config["packages"])
+    unknown = [n for n in names if n not in config["packages"]]
+    if unknown:
+        parser.error(f"unknown package(s) {', '.join(unknown)}; known: {', '.join(config['packages'])}")
+    env = {**os.environ, "RLD_MUTATION": "1", "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+    env.pop("PYTHONPATH", None)  # mutmut puts its mutated copy first; the project's src must not shadow it
+    rows = []
+    for name in names:
+        again, before = [], {}
+        if args.survivors:
+            before = json.loads((WORK / name / "statuses.json").read_text())
+            again = [m for m, s in before.items() if s in SURVIVED | {"no tests"}]
+        work = write_workdir(name, config["packages"][name], config["mutmut"], fresh=not (args.resume or again))
+        print(f"{name}: mutmut in {work.relative_to(ROOT)} (log: run.log)", flush=True)
+        start = time.monotonic()
+        with open(work / "run.log", "a" if again else "w") as log:
+            cmd = [args.mutmut, "run", "--max-children", str(args.max_children), *again]
+            rc = subprocess.run(cmd, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+        seconds = time.monotonic() - start
+        statuses = mutant_statuses(args.mutmut, work)
+        if again:  # a changed test selection resets mutmut's results: the mutants not run again keep theirs
+            statuses = {m: (statuses.get(m, "not checked") if m in again else s) for m, s in before.items()}
+        (work / "statuses.json").write_text(json.dumps(statuses, indent=0) + "\n")
+        row, survivors = summarise(name, statuses, config, seconds)
+        row["mutmut_exit_code"] = rc
+        (work / "summary.json").write_text(json.dumps(row, indent=2) + "\n")
+        (work / "survivors.txt").write_text("".join(f"{m}\n" for m in survivors))
+        rows.append(row)
+        print(
+            f"{name}: {row['generated']} generated, {row['killed']} killed, {row['survived']} survived, "
+            f"{row['no_tests']} without a test, {row['equivalent']} equivalent, {row['untestable']} untestable, "
+            f"{row['not_run']} not run; "
+            f"{row['killed_pct']} % killed ({row['seconds']} s, mutmut exit {rc})",
+            flush=True,
+        )
+    print("\n| package | generated | killed | survived | no test | equivalent | untestable | killed % |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(
+            f"| {r['package']} | {r['generated']} | {r['killed']} | {r['survived']} | {r['no_tests']} "
+            f"| {r['equivalent']} | {r['untestable']} | {r['killed_pct']} |"
+        )
+    return 0 if all(r["mutmut_exit_code"] == 0 for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
