@@ -179,7 +179,7 @@ def run_demo(
 
 
 def _run(out: Path, overrides: list[str], methods, seeds, env, report: bool) -> DemoResult:
-    from rld.config import resolve
+    from rld.config import resolve, text_override
     from rld.engine import train
     from rld.engine.sweep import SweepRun, train_runs
     from rld.experiments.report import write_report
@@ -196,7 +196,7 @@ def _run(out: Path, overrides: list[str], methods, seeds, env, report: bool) -> 
     planned = []
     for seed in seeds:
         for method in methods:
-            given = [] if method == "vanilla" else [f"model.teacher_checkpoint={weights}"]
+            given = [] if method == "vanilla" else [text_override("model.teacher_checkpoint", weights)]
             cfg = resolve(f"{PRESETS}/{method}", [*overrides, *given, f"seed={seed}"])
             tracking = Tracking(f"{PRESETS}/{method}", group)
             planned.append(
