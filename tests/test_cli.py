@@ -172,6 +172,7 @@ def test_flag_and_override_mistakes_are_one_line(capsys, argv, message):
         ("train.warmup_epochs=inf", "train.warmup_epochs must be >= 0 and < train.epochs, got inf"),
         ("data.path=\\${x}", "data.path=${x}: a value cannot hold '${' (a configuration reads '${…}' as an"),
         ("train.device={a: 1}", "'train.device={a: 1}': train.device takes a name, not a map"),
+        ("train.device=meta", "train.device must be auto, cpu, cuda or cuda:N, got meta"),
         ("data.path=[x", "'data.path=[x' is not a valid value: unclosed '['"),
     ],
 )

@@ -624,6 +624,10 @@ def resolve(source: str, overrides: list[str] | None = None) -> RunConfig:
     return run
 
 
+DEVICE_SYNTAX = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
+"""The devices rld trains and evaluates on (``train.device``, ``--device``)."""
+
+
 def validate(cfg: RunConfig) -> None:
     """Value checks the types cannot express; raises UserError naming the key."""
     t = cfg.train
@@ -676,6 +680,7 @@ def validate(cfg: RunConfig) -> None:
             t.batch_students,
         ),
         (t.checkpoint_every_steps >= 0, "train.checkpoint_every_steps must be >= 0", t.checkpoint_every_steps),
+        (DEVICE_SYNTAX.fullmatch(t.device) is not None, "train.device must be auto, cpu, cuda or cuda:N", t.device),
         (
             t.cache_precision in ("float16", "float32"),
             "train.cache_precision must be float16 or float32",

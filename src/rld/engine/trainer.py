@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from rld.config import RunConfig, from_dict
+from rld.config import DEVICE_SYNTAX, RunConfig, from_dict
 from rld.data import build_data
 from rld.data.build import eval_preprocess
 from rld.engine import checkpoint as ckpt
@@ -69,12 +69,11 @@ def resolve_device(name: str, world: World) -> torch.device:
     A CUDA device always comes back with its index (``cuda`` is the current device, under torchrun
     the process's ``LOCAL_RANK``): ``torch.cuda.set_device`` and the CUDA-graph capture need one, and
     tensors compared by device then agree."""
+    if not isinstance(name, str) or DEVICE_SYNTAX.fullmatch(name) is None:  # not meta, mps, xla, …
+        raise UserError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise UserError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N") from err
+    device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise UserError("train.device is cuda but no CUDA device is available; use --device cpu")
