@@ -162,6 +162,9 @@ def test_a_csv_manifest_and_a_corrupt_image(tmp_path, capsys):
     ]
     code = main([*argv, str(out)])
     assert_user_error(code, capsys.readouterr().err, f"cannot read image {root / 'dog' / '2.png'}")
+    assert not out.exists()  # a new run stopped by a user error before its first checkpoint leaves no folder
+    out.mkdir()
+    assert main([*argv, str(out)]) == 2 and list(out.iterdir()) == []  # an empty folder stays as it was
     assert main([*argv, str(tmp_path / "skipping"), "data.skip_bad_images=true"]) == 0
 
 

@@ -268,9 +268,11 @@ def _run_group(group: list[SweepRun], resume_from: dict[Path, Path | None], resu
 
     try:
         failed = train_group(members, data, teacher_fn, world, loaders)
-    except BaseException:
+    except BaseException as err:
         for m in members:
             m.run.abort()  # their trackers end their runs (a stop signal closed them already)
+            if isinstance(err, UserError):
+                m.run.folder.discard()  # new runs refused before their first checkpoint leave no folder
         raise
     if hasattr(teacher_fn, "close"):
         teacher_fn.close()
