@@ -246,7 +246,7 @@ def image_files(items: list[str]) -> list[Path]:
     for item in items:
         path = Path(item)
         if path.is_dir():
-            out += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            out += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         elif path.is_file():
             out.append(path)
         else:
@@ -260,7 +260,7 @@ def predict(
     source: str | Path, images: list[str], *, top_k: int = 5, batch_size: int = 64, data_path: str | None = None
 ) -> list[dict[str, Any]]:
     """Top-``top_k`` classes and probabilities of each image file: ``[{"image", "top": [(class, p), ...]}]``."""
-    from PIL import Image, UnidentifiedImageError
+    from rld.data.sources import read_image
 
     if top_k < 1:
         raise UserError(f"--top-k must be >= 1, got {top_k}")
@@ -272,11 +272,7 @@ def predict(
         chunk = files[start : start + batch_size]
         tensors = []
         for f in chunk:
-            try:
-                with Image.open(f) as image:
-                    tensors.append(predictor.preprocess(image))
-            except (UnidentifiedImageError, OSError) as err:
-                raise UserError(f"cannot read image {f}: {str(err).splitlines()[0][:120]}") from err
+            tensors.append(predictor.preprocess(read_image(f, "give only image files")))
         probs = predictor.logits(torch.stack(tensors)).softmax(dim=1)
         values, indices = probs.topk(min(top_k, probs.shape[1]), dim=1)
         for f, v, i in zip(chunk, values.tolist(), indices.tolist()):
