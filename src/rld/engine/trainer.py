@@ -36,6 +36,7 @@ from rld.engine.step import Outcome, train_step
 from rld.engine.teacher import TeacherViews
 from rld.errors import UserError
 from rld.methods import MethodContext, StrongView, build_method, get_spec, logits_only
+from rld.models.checkpoint import load_state
 from rld.models.features import Features
 from rld.models.weights import create_pretrained, freeze_backbone
 from rld.trackers import Tracking
@@ -350,9 +351,13 @@ class Run:
         changed = _check_same_config(from_dict(state["config"]), self.cfg, self.out, state["epoch"])
         if changed and self.world.is_main:
             log.info("resuming with a new schedule (%s) from epoch %d", ", ".join(changed), state["epoch"] + 1)
-        self.student.load_state_dict(state["model"])
-        self.method.load_state_dict(state["method"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_state(self.student, state["model"], path, "student weights")
+        load_state(self.method, state["method"], path, "method state")
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as err:
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+            raise UserError(f"checkpoint {path}: its optimizer state does not fit ({reason}); it is damaged") from err
         _match_buffer_layouts(self.optimizer)
         self.history, self.best, self.start_epoch = state["history"], state["best"], state["epoch"] + 1
         self.resume_position = state.get("position")

@@ -221,12 +221,15 @@ def extra_parameters(record: RunRecord) -> int:
 
     if not get_spec(record.config.method.name).reads_features:
         return build_method(record.config.method).extra_parameters()
-    import torch
+    from rld.engine import checkpoint as ckpt
 
     path = record.path / "checkpoints" / "last.pt"
     if not path.is_file():
         raise UserError(f"{record.path} has no checkpoints/last.pt: the run has not finished an epoch")
-    return int(torch.load(path, map_location="cpu", weights_only=False)["method_parameters"])
+    count = ckpt.load_run(path).get("method_parameters")  # never unpickles code (weights_only)
+    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+        raise UserError(f"checkpoint {path} records no count of the method's parameters: it is damaged")
+    return count
 
 
 @dataclass
