@@ -167,7 +167,7 @@ def _write_index(folder: Path, filled: np.ndarray, crcs: np.ndarray) -> None:
 
 def _read_index(folder: Path, shape: tuple[int, int, int], chunks: int) -> tuple[np.ndarray, np.ndarray]:
     try:
-        with np.load(folder / INDEX) as index:
+        with open(folder / INDEX, "rb") as f, np.load(f) as index:  # (np.load leaks a file it opens and refuses)
             filled, crcs = index["filled"], index["crc32"]
     except FileNotFoundError:
         raise corrupt(folder, f"{INDEX} is missing") from None
@@ -176,6 +176,8 @@ def _read_index(folder: Path, shape: tuple[int, int, int], chunks: int) -> tuple
         raise corrupt(folder, f"{INDEX} is unreadable: {reason}") from err
     if filled.shape != tuple(shape[:2]) or filled.dtype != bool or crcs.shape != (chunks,):
         raise corrupt(folder, f"{INDEX} does not describe a table of {shape[0]} images")
+    if crcs.dtype.kind not in "iu" or crcs.size and (crcs.min() < 0 or crcs.max() > 0xFFFFFFFF):
+        raise corrupt(folder, f"{INDEX} holds no CRC-32 checksums")
     return filled, crcs.astype(np.uint32)
 
 
@@ -191,8 +193,9 @@ def _check_logits_file(folder: Path, shape: tuple[int, int, int], dtype: np.dtyp
         size = path.stat().st_size
     except FileNotFoundError:
         raise corrupt(folder, f"{LOGITS} is missing") from None
-    except (OSError, ValueError) as err:
-        raise corrupt(folder, f"{LOGITS} has no readable header: {str(err).splitlines()[0]}") from err
+    except Exception as err:  # noqa: BLE001 - numpy's header parser raises many kinds for damaged bytes
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:120]
+        raise corrupt(folder, f"{LOGITS} has no readable header: {reason}") from err
     if tuple(header[0]) != tuple(shape) or np.dtype(header[2]) != dtype or header[1]:
         raise corrupt(folder, f"{LOGITS} holds another array")
     need = offset + int(np.prod(shape)) * dtype.itemsize
@@ -326,7 +329,9 @@ class LogitStore:
                 on_disk = json.loads((folder / "meta.json").read_text())
             except ValueError as err:
                 raise corrupt(folder, f"meta.json is unreadable: {err}") from err
-            if on_disk.get("key") != key or tuple(on_disk.get("shape", ())) != tuple(shape):
+            if not isinstance(on_disk, dict) or not isinstance(on_disk.get("shape", []), list):
+                raise corrupt(folder, "meta.json does not describe a cache")
+            if on_disk.get("key") != key or on_disk.get("shape") != list(shape):
                 raise UserError(
                     f"the teacher-logit cache {folder} belongs to another teacher or data set; delete the folder"
                 )
