@@ -452,3 +452,9 @@ def test_every_argument_has_help_text():
 
     walk(build_parser(), "rld")
     assert missing == []
+
+
+def test_teacher_cache_off_is_a_value_not_a_boolean(capsys):
+    """YAML reads off as false: train.teacher_cache=off (its documented value) was refused."""
+    assert main(["train", "demo/kd", "train.teacher_cache=off", "--dry-run"]) == 0
+    assert "teacher_cache: 'off'" in capsys.readouterr().out

@@ -635,6 +635,7 @@ def validate(cfg: RunConfig) -> None:
     on_off = {"true": "on", "false": "off"}
     t.static_step = on_off.get(str(t.static_step).lower(), t.static_step)
     t.batch_students = on_off.get(str(t.batch_students).lower(), t.batch_students)
+    t.teacher_cache = {"false": "off"}.get(str(t.teacher_cache).lower(), t.teacher_cache)
     checks = [
         (t.epochs > 0, "train.epochs must be > 0", t.epochs),
         (t.batch_size > 0, "train.batch_size must be > 0", t.batch_size),
