@@ -454,6 +454,45 @@ def test_every_argument_has_help_text():
     assert missing == []
 
 
+DIGITS = ["data.train_per_class=2", "data.holdout=0.5", "data.image_size=16", "train.batch_size=10", "train.epochs=1"]
+
+
+@pytest.mark.parametrize(
+    "grid,message",
+    [
+        ("train.device=cpu,cuda:99", "cuda"),
+        ("data.train_per_class=2,1000", "data.train_per_class=1000 exceeds the smallest class"),
+        ("model.teacher_checkpoint={teacher},{missing}", "checkpoint file not found"),
+        ("model.teacher_weights=null,nope", "weights 'nope'"),
+        ("data.image_size=16,4", "image size must be an integer >= 8"),
+        ("data.pipeline=device,pil train.teacher_cache=full", "needs the device-resident loader"),
+    ],
+)
+def test_a_sweep_refuses_a_run_before_training_any(capsys, tmp_path, teacher, grid, message):
+    """A mistake only the second lockstep group makes (its device, data, teacher or cache) refuses the
+    sweep before the first group trains: no folder is written (the first group's runs trained, and
+    stayed, before)."""
+    grid = grid.format(teacher=teacher, missing=tmp_path / "missing.pt").split()
+    flags = [] if "device" in grid[0] else ["--device", "cpu"]
+    argv = ["sweep", "demo/kd", *DIGITS, "model.teacher=resnet8", *grid, "train.loggers=[]", *flags]
+    argv += [] if "teacher_checkpoint" in grid[0] else ["--teacher", str(teacher)]
+    code = main([*argv, f"train.cache_dir={tmp_path / 'cache'}", "--out", str(tmp_path / "sweep")])
+    assert_user_error(code, capsys.readouterr().err, message)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_rld_demo_refuses_a_student_folder_before_training_its_teacher(capsys, tmp_path):
+    """A student's folder holding a run of another configuration refuses rld demo before its teacher
+    trains (it trained, and its folder stayed, before)."""
+    argv = ["train", "demo/vanilla", *DIGITS, "train.loggers=[]", "--device", "cpu"]
+    assert main([*argv, "--out", str(tmp_path / "demo" / "kd" / "seed0")]) == 0
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    capsys.readouterr()
+    code = main(["demo", "--out", str(tmp_path / "demo"), "--seeds", "0", "--device", "cpu", "train.epochs=1"])
+    assert_user_error(code, capsys.readouterr().err, "kd/seed0 was trained with another configuration")
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # no teacher folder
+
+
 def test_teacher_cache_off_is_a_value_not_a_boolean(capsys):
     """YAML reads off as false: train.teacher_cache=off (its documented value) was refused."""
     assert main(["train", "demo/kd", "train.teacher_cache=off", "--dry-run"]) == 0

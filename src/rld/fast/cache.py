@@ -569,6 +569,15 @@ def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
+def require_device_loader(mode: str, loader: Any) -> None:
+    """UserError unless ``loader`` gives each sample's (image, view), as ``train.teacher_cache=MODE`` needs."""
+    if not isinstance(loader, DeviceLoader):
+        raise UserError(
+            f"train.teacher_cache={mode} needs the device-resident loader (data.pipeline=device with digits or "
+            "cifar100): only it gives each sample's (image, view); use train.teacher_cache=off here"
+        )
+
+
 def open_teacher_cache(
     cfg: Any,
     teacher_fn: Any,
@@ -586,11 +595,7 @@ def open_teacher_cache(
         progress: ``progress(done, total)`` while a full build runs.
     """
     mode = cfg.train.teacher_cache
-    if not isinstance(loader, DeviceLoader):
-        raise UserError(
-            f"train.teacher_cache={mode} needs the device-resident loader (data.pipeline=device with digits or "
-            "cifar100): only it gives each sample's (image, view); use train.teacher_cache=off here"
-        )
+    require_device_loader(mode, loader)
     precision = cfg.train.cache_precision
     key = cache_key(
         teacher_name=cfg.model.teacher,
