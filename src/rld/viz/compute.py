@@ -26,12 +26,12 @@ FIG7_CLASSES = ("leopard", "television", "dinosaur")  # the classes of the paper
 
 
 def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError as err:
-        raise UserError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N") from err
+    """The device ``--device`` names, as training resolves it (auto, cpu, cuda, cuda:N; one that is not
+    there, or of another kind, is refused in one line)."""
+    from rld.engine.distributed import World
+    from rld.engine.trainer import resolve_device
+
+    return resolve_device(name, World())
 
 
 @lru_cache(maxsize=2)
