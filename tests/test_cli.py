@@ -497,3 +497,10 @@ def test_teacher_cache_off_is_a_value_not_a_boolean(capsys):
     """YAML reads off as false: train.teacher_cache=off (its documented value) was refused."""
     assert main(["train", "demo/kd", "train.teacher_cache=off", "--dry-run"]) == 0
     assert "teacher_cache: 'off'" in capsys.readouterr().out
+
+
+def test_a_sweep_over_seeds_that_are_not_integers_is_one_line(capsys, tmp_path):
+    """seed=V1,V2 with values that are not seeds (a traceback from int() before)."""
+    for values in ("sgd,simkd", "0,1.5", "0,-1"):
+        code = main(["sweep", "demo/vanilla", f"seed={values}", "--dry-run", "--out", str(tmp_path)])
+        assert_user_error(code, capsys.readouterr().err, "seed=V1,V2 takes seeds, integers >= 0 (e.g. seed=0,1,2), got")

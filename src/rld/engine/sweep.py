@@ -63,6 +63,7 @@ import io
 import itertools
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -166,7 +167,10 @@ def plan_sweep(
     if seed_axis and seeds:
         raise UserError("give the seeds either as --seeds or as seed=V1,V2, not both")
     if seed_axis:
-        seeds = [int(v) for k, vs in axes if k == "seed" for v in vs]
+        values = [v for k, vs in axes if k == "seed" for v in vs]
+        if not all(re.fullmatch(r"[0-9]+", v) for v in values):
+            raise UserError(f"seed=V1,V2 takes seeds, integers >= 0 (e.g. seed=0,1,2), got seed={','.join(values)}")
+        seeds = [int(v) for v in values]
         axes = [(k, vs) for k, vs in axes if k != "seed"]
     keys = [k for k, _ in axes]
     runs: list[SweepRun] = []
