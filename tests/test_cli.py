@@ -504,3 +504,15 @@ def test_a_sweep_over_seeds_that_are_not_integers_is_one_line(capsys, tmp_path):
     for values in ("sgd,simkd", "0,1.5", "0,-1"):
         code = main(["sweep", "demo/vanilla", f"seed={values}", "--dry-run", "--out", str(tmp_path)])
         assert_user_error(code, capsys.readouterr().err, "seed=V1,V2 takes seeds, integers >= 0 (e.g. seed=0,1,2), got")
+
+
+def test_a_sweep_refused_by_its_first_group_leaves_its_folder_untouched(capsys, tmp_path, teacher):
+    """The first lockstep group is built before the run folders are locked: refused there (weights that
+    are not a file), no lock or run folder is created and removed again in --out (its mtime stays)."""
+    out = tmp_path / "sweep"
+    (out / "notes").mkdir(parents=True)
+    before = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in [out, *out.rglob("*")]}
+    argv = ["sweep", "demo/kd", *DIGITS, "model.teacher=resnet8", "--teacher", str(teacher), "--device", "cpu"]
+    code = main([*argv, "method.temperature=2,4", "model.student_weights=nope", "train.loggers=[]", "--out", str(out)])
+    assert_user_error(code, capsys.readouterr().err, "weights 'nope'")
+    assert {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in [out, *out.rglob("*")]} == before

@@ -294,8 +294,11 @@ def _build_group(
     return world, data, loaders, teacher_fn, members
 
 
-def _run_group(group: list[SweepRun], resume_from: dict[Path, Path | None], resume: bool) -> list[dict[str, Any]]:
-    world, data, loaders, teacher_fn, members = _build_group(group, resume_from, resume)
+def _run_group(
+    group: list[SweepRun], resume_from: dict[Path, Path | None], resume: bool, built: tuple | None = None
+) -> list[dict[str, Any]]:
+    """Train one lockstep group (``built``: what :func:`_build_group` built for it, else built now)."""
+    world, data, loaders, teacher_fn, members = built or _build_group(group, resume_from, resume)
     try:
         failed = train_group(members, data, teacher_fn, world, loaders)
     except BaseException as err:
@@ -364,9 +367,10 @@ def train_runs(
     # then every run folder is locked (one writer per run) until the sweep ends; if another process
     # holds one, none is taken and the sweep is refused
     expected = {r.out: lock.folder_state(r.out) for r in runs}
+    first = _build_group(groups[0], resume_from, resume)  # before the locks: refused here, nothing is touched
     locks = lock.hold_all([r.out for r in runs], expected)
     try:
-        return _train_groups(groups, runs, resume_from, resume, summary)
+        return _train_groups(groups, runs, resume_from, resume, summary, first)
     finally:
         for held in reversed(locks):  # the last taken first: a folder the first lock created empties last
             lock.release(held.out)
@@ -428,13 +432,14 @@ def _lockstep_positions(group: list[SweepRun], resume_from: dict[Path, Path | No
                 resume_from[out] = last if last.exists() else None
 
 
-def _train_groups(groups, runs, resume_from, resume, summary) -> list[dict[str, Any]]:
+def _train_groups(groups, runs, resume_from, resume, summary, first=None) -> list[dict[str, Any]]:
+    """Train the groups in turn; ``first``: the first group as :func:`_build_group` built it."""
     log.info(
         "sweep: %d runs in %d lockstep group(s) (%s)", len(runs), len(groups), "; ".join(map(describe_group, groups))
     )
     rows: list[dict[str, Any]] = []
-    for group in groups:
-        rows += _run_group(group, resume_from, resume)
+    for i, group in enumerate(groups):
+        rows += _run_group(group, resume_from, resume, first if i == 0 else None)
         if summary is not None:
             _write_summary(summary, rows)
     return rows
