@@ -17,6 +17,7 @@ import subprocess
 import sys
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 os.environ["RLD_COMPILE_LOSSES"] = "0"
 os.environ["OMP_NUM_THREADS"] = "1"
@@ -106,9 +107,20 @@ def assert_user_error(code: int, err: str, message: str) -> None:
     assert message in err, err
 
 
-def folder_snapshot(root: Path) -> dict[str, bytes | None]:
-    """Every file (its bytes) and folder (None) under ``root``: equal snapshots mean an untouched folder."""
-    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None) for p in sorted(Path(root).rglob("*"))}
+def folder_snapshot(root: Path, *, stat: bool = False) -> dict[str, Any]:
+    """Every file (its bytes) and folder (None) under ``root``: equal snapshots mean an untouched folder.
+
+    ``stat``: each entry also with its inode and modification time, so a file written again with the
+    same bytes (or replaced by a copy) counts as a change too."""
+
+    def entry(p: Path) -> Any:
+        content = p.read_bytes() if p.is_file() else None
+        if not stat:
+            return content
+        st = p.stat()
+        return content, st.st_ino, st.st_mtime_ns
+
+    return {str(p.relative_to(root)): entry(p) for p in sorted(Path(root).rglob("*"))}
 
 
 def assert_same_tensors(a, b, where: str = "") -> None:
