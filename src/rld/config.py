@@ -817,6 +817,7 @@ def text_override(key: str, value: Any) -> str:
     return f"{key}={_yaml_quoted(text)}"
 
 
+@cache
 def _plain_yaml(text: str) -> Any:
     """What YAML reads ``text`` as (None when it cannot: then it needs quoting)."""
     try:
