@@ -170,6 +170,10 @@ def test_flag_and_override_mistakes_are_one_line(capsys, argv, message):
         ("train.momentum=-inf", "train.momentum must be in [0, 1), got -inf"),
         ("data.holdout=nan", "data.holdout must be in (0, 1), got nan"),
         ("train.warmup_epochs=inf", "train.warmup_epochs must be >= 0 and < train.epochs, got inf"),
+        ("data.path=\\${x}", "data.path=${x}: a value cannot hold '${' (a configuration reads '${…}' as an"),
+        ("train.device={a: 1}", "'train.device={a: 1}': train.device takes a name, not a map"),
+        ("train.device=meta", "train.device must be auto, cpu, cuda or cuda:N, got meta"),
+        ("data.path=[x", "'data.path=[x' is not a valid value: unclosed '['"),
     ],
 )
 def test_malformed_and_non_finite_override_values_are_one_line(capsys, tmp_path, override, message):
@@ -190,6 +194,81 @@ def test_malformed_and_non_finite_override_values_are_one_line(capsys, tmp_path,
 def test_non_finite_method_weights_and_temperatures_are_refused(capsys, preset, override, message):
     extra = ["method.logit_standardization=true"] if "ls_" in override else []
     assert message in _error(capsys, ["train", preset, *extra, override, "--dry-run"])
+
+
+NAMES = ["[x]", "{a}", "*t", "&a", "!x", "%s", "@x", "`x`", "|x", ">x", "#x", "a: b", "a #b", "'q'", '"q"', "-x"]
+
+
+def _class_folders(root: Path) -> Path:
+    """Two class folders of six 12x12 PNG images each under ``root``."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        (root / name).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(rng.integers(0, 256, size=(12, 12, 3), dtype=np.uint8)).save(root / name / f"{i}.png")
+    return root
+
+
+def _two_class_teacher(path: Path) -> Path:
+    torch.manual_seed(0)
+    torch.save({"model": create_model("resnet8", num_classes=2).state_dict()}, path)
+    return path
+
+
+IMAGES = [
+    "data.val_fraction=0.5",
+    "model.teacher=resnet8",
+    "model.student=resnet8",
+    "model.dataset=cifar100",
+    "model.student_weights=null",
+    "data.image_size=16",
+    "data.num_workers=0",
+    "train.batch_size=4",
+    "train.epochs=1",
+    "train.warmup_epochs=0",
+    "train.loggers=[]",
+]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_flag_value_is_a_path_never_yaml(capsys, tmp_path, name):
+    """--data and --teacher take paths as they are: a folder and a file whose names start with a
+    YAML-special character (or hold ': ' or ' #') are the data set and the teacher of rld train, sweep
+    and tune, while the same text in an override keeps its YAML meaning."""
+    import yaml
+
+    data, ckpt = _class_folders(tmp_path / name), _two_class_teacher(tmp_path / f"{name}.pt")
+    flags = ["--data", str(data), "--teacher", str(ckpt), "--device", "cpu"]
+    assert main(["train", "custom/kd", *IMAGES, *flags, "--dry-run"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["data"]["path"] == str(data) and printed["model"]["teacher_checkpoint"] == str(ckpt)
+    assert main(["sweep", "custom/kd", *IMAGES, *flags, "method.temperature=2,4", "--dry-run"]) == 0
+    assert "sweep: 2 runs" in capsys.readouterr().out
+    grid = ["--grid", "method.temperature=2,4", "--val-fraction", "0.5", "--out", str(tmp_path / "tune")]
+    assert main(["tune", "custom/kd", *IMAGES, *flags, *grid, "--dry-run"]) == 0  # reads the folder's images
+    assert "validation" in capsys.readouterr().out
+
+
+def test_runs_on_a_folder_and_a_teacher_named_like_yaml(capsys, tmp_path):
+    """A run trains on the folder [x] with the teacher *t.pt, and rld cache fills a cache in the folder
+    {c}; an override data.path=[x keeps its YAML meaning (and is refused as such)."""
+    data, ckpt = _class_folders(tmp_path / "[x]"), _two_class_teacher(tmp_path / "*t.pt")
+    out = tmp_path / "run"
+    argv = ["train", "custom/kd", *IMAGES, "--data", str(data), "--teacher", str(ckpt), "--device", "cpu"]
+    assert main([*argv, "--out", str(out)]) == 0, capsys.readouterr().err
+    assert json.loads((out / "teacher.json").read_text())["checkpoint"] == str(ckpt)
+    assert json.loads((out / "split.json").read_text())["root"] == str(data)
+    digits = ["demo/kd", "data.train_per_class=2", "data.image_size=16", "model.teacher=resnet8", "--device", "cpu"]
+    teacher = tmp_path / "&t.pt"
+    torch.save({"model": create_model("resnet8", num_classes=10).state_dict()}, teacher)
+    assert main(["cache", *digits, "--teacher", str(teacher), "--cache-dir", str(tmp_path / "{c}")]) == 0
+    assert [p.name for p in (tmp_path / "{c}").iterdir()][0].startswith("resnet8-digits-")
+    capsys.readouterr()
+    assert "'data.path=[x' is not a valid value: unclosed '['" in _error(capsys, ["train", "custom/kd", "data.path=[x"])
+    assert main(["train", "custom/kd", *IMAGES, f"data.path='{data}'", "--teacher", str(ckpt), "--dry-run"]) == 0
 
 
 def test_an_internal_error_shows_its_traceback_and_what_to_report(monkeypatch, capsys):
@@ -373,3 +452,67 @@ def test_every_argument_has_help_text():
 
     walk(build_parser(), "rld")
     assert missing == []
+
+
+DIGITS = ["data.train_per_class=2", "data.holdout=0.5", "data.image_size=16", "train.batch_size=10", "train.epochs=1"]
+
+
+@pytest.mark.parametrize(
+    "grid,message",
+    [
+        ("train.device=cpu,cuda:99", "cuda"),
+        ("data.train_per_class=2,1000", "data.train_per_class=1000 exceeds the smallest class"),
+        ("model.teacher_checkpoint={teacher},{missing}", "checkpoint file not found"),
+        ("model.teacher_weights=null,nope", "weights 'nope'"),
+        ("data.image_size=16,4", "image size must be an integer >= 8"),
+        ("data.pipeline=device,pil train.teacher_cache=full", "needs the device-resident loader"),
+    ],
+)
+def test_a_sweep_refuses_a_run_before_training_any(capsys, tmp_path, teacher, grid, message):
+    """A mistake only the second lockstep group makes (its device, data, teacher or cache) refuses the
+    sweep before the first group trains: no folder is written (the first group's runs trained, and
+    stayed, before)."""
+    grid = grid.format(teacher=teacher, missing=tmp_path / "missing.pt").split()
+    flags = [] if "device" in grid[0] else ["--device", "cpu"]
+    argv = ["sweep", "demo/kd", *DIGITS, "model.teacher=resnet8", *grid, "train.loggers=[]", *flags]
+    argv += [] if "teacher_checkpoint" in grid[0] else ["--teacher", str(teacher)]
+    code = main([*argv, f"train.cache_dir={tmp_path / 'cache'}", "--out", str(tmp_path / "sweep")])
+    assert_user_error(code, capsys.readouterr().err, message)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_rld_demo_refuses_a_student_folder_before_training_its_teacher(capsys, tmp_path):
+    """A student's folder holding a run of another configuration refuses rld demo before its teacher
+    trains (it trained, and its folder stayed, before)."""
+    argv = ["train", "demo/vanilla", *DIGITS, "train.loggers=[]", "--device", "cpu"]
+    assert main([*argv, "--out", str(tmp_path / "demo" / "kd" / "seed0")]) == 0
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    capsys.readouterr()
+    code = main(["demo", "--out", str(tmp_path / "demo"), "--seeds", "0", "--device", "cpu", "train.epochs=1"])
+    assert_user_error(code, capsys.readouterr().err, "kd/seed0 was trained with another configuration")
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # no teacher folder
+
+
+def test_teacher_cache_off_is_a_value_not_a_boolean(capsys):
+    """YAML reads off as false: train.teacher_cache=off (its documented value) was refused."""
+    assert main(["train", "demo/kd", "train.teacher_cache=off", "--dry-run"]) == 0
+    assert "teacher_cache: 'off'" in capsys.readouterr().out
+
+
+def test_a_sweep_over_seeds_that_are_not_integers_is_one_line(capsys, tmp_path):
+    """seed=V1,V2 with values that are not seeds (a traceback from int() before)."""
+    for values in ("sgd,simkd", "0,1.5", "0,-1"):
+        code = main(["sweep", "demo/vanilla", f"seed={values}", "--dry-run", "--out", str(tmp_path)])
+        assert_user_error(code, capsys.readouterr().err, "seed=V1,V2 takes seeds, integers >= 0 (e.g. seed=0,1,2), got")
+
+
+def test_a_sweep_refused_by_its_first_group_leaves_its_folder_untouched(capsys, tmp_path, teacher):
+    """The first lockstep group is built before the run folders are locked: refused there (weights that
+    are not a file), no lock or run folder is created and removed again in --out (its mtime stays)."""
+    out = tmp_path / "sweep"
+    (out / "notes").mkdir(parents=True)
+    before = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in [out, *out.rglob("*")]}
+    argv = ["sweep", "demo/kd", *DIGITS, "model.teacher=resnet8", "--teacher", str(teacher), "--device", "cpu"]
+    code = main([*argv, "method.temperature=2,4", "model.student_weights=nope", "train.loggers=[]", "--out", str(out)])
+    assert_user_error(code, capsys.readouterr().err, "weights 'nope'")
+    assert {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in [out, *out.rglob("*")]} == before

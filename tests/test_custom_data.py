@@ -4,7 +4,10 @@ export, and predictions that agree with the run's own evaluation."""
 
 from __future__ import annotations
 
+import io
 import json
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -162,7 +165,59 @@ def test_a_csv_manifest_and_a_corrupt_image(tmp_path, capsys):
     ]
     code = main([*argv, str(out)])
     assert_user_error(code, capsys.readouterr().err, f"cannot read image {root / 'dog' / '2.png'}")
+    assert not out.exists()  # a new run stopped by a user error before its first checkpoint leaves no folder
+    out.mkdir()
+    assert main([*argv, str(out)]) == 2 and list(out.iterdir()) == []  # an empty folder stays as it was
     assert main([*argv, str(tmp_path / "skipping"), "data.skip_bad_images=true"]) == 0
+
+
+TINY = [  # resnet8 on 16x16 inputs: a fraction of a second per run
+    "model.student=resnet8",
+    "model.dataset=cifar100",
+    "model.student_weights=null",
+    "data.image_size=16",
+    "data.num_workers=0",
+    "train.batch_size=4",
+    "train.epochs=1",
+    "train.warmup_epochs=0",
+    "train.loggers=[]",
+]
+
+
+@pytest.mark.parametrize("layout", ["folder", "csv", "trainval"])
+@pytest.mark.parametrize("damage", ["truncated", "random", "huge"])
+def test_an_image_that_cannot_be_decoded_is_one_line_or_left_out(tmp_path, capsys, layout, damage):
+    """A truncated JPEG (whose damage only decoding shows), random bytes named .jpg, or the header of
+    a 20000 x 20000 PNG (a decompression bomb to PIL), in a single folder, a CSV manifest or train/
+    and val/ folders: the run stops with one line naming the file and leaves no run folder; with
+    data.skip_bad_images=true it is left out and the run trains."""
+    root = tmp_path / "pets"
+    if layout == "trainval":
+        _images(root / "train", per_class=3), _images(root / "val", per_class=2)
+    else:
+        _images(root, per_class=4)
+    bad = (root / "train" if layout == "trainval" else root) / "cat" / "bad.jpg"
+    if damage == "truncated":
+        buffer = io.BytesIO()
+        Image.fromarray(np.full((40, 40, 3), 128, dtype=np.uint8)).save(buffer, format="JPEG")
+        bad.write_bytes(buffer.getvalue()[:300])
+    elif damage == "random":
+        bad.write_bytes(np.random.default_rng(0).bytes(100))
+    else:
+        ihdr = b"IHDR" + struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0)
+        bad.write_bytes(b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + ihdr + struct.pack(">I", zlib.crc32(ihdr)))
+    data = {"folder": [f"data.path={root}", "data.val_fraction=0.5"], "trainval": [f"data.path={root}"]}.get(layout)
+    if layout == "csv":
+        files = sorted(p.relative_to(root) for p in root.rglob("*") if p.suffix in (".png", ".jpg"))
+        rows = [f"{p},{p.parent.name},{'val' if p.name == '0.png' else 'train'}" for p in files]
+        (root / "labels.csv").write_text("path,label,split\n" + "\n".join(rows) + "\n")
+        data = [f"data.path={root / 'labels.csv'}"]
+    argv = ["train", "custom/teacher", *data, *TINY, "--device", "cpu", "--out", str(tmp_path / "run")]
+    code = main(argv)
+    assert_user_error(code, capsys.readouterr().err, f"cannot read image {bad}")
+    assert not (tmp_path / "run").exists()  # stopped before its first checkpoint: nothing left behind
+    assert main([*argv, "data.skip_bad_images=true"]) == 0
+    assert "bad.jpg" in capsys.readouterr().out  # said in the log
 
 
 def test_a_manifest_row_without_a_label_or_not_text_is_refused(tmp_path):

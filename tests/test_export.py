@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -101,3 +102,56 @@ def test_checkpoints_record_their_classes_and_preprocessing(run_and_images, tmp_
     assert info["classes"] == list(data.classes)
     assert info["preprocess"]["size"] == [32, 32]
     assert np.allclose(info["preprocess"]["mean"], data.mean) and np.allclose(info["preprocess"]["std"], data.std)
+
+
+def _flip(data: bytes, at: int, mask: int = 0x19) -> bytes:
+    return data[:at] + bytes([data[at] ^ mask]) + data[at + 1 :]
+
+
+@pytest.mark.parametrize("fmt,suffix", [("safetensors", ".safetensors"), ("onnx", ".onnx"), ("torchscript", ".ts")])
+def test_a_damaged_export_is_one_line(run_and_images, tmp_path, capsys, fmt, suffix):
+    """An export cut short, or whose metadata was edited into nonsense, is refused by rld predict in
+    one line naming the file (each format's reader raised its own exception before)."""
+    run, images, _ = run_and_images
+    good = export(run, fmt, tmp_path / f"good{suffix}").read_bytes()
+    image = str(images / "00.png")
+    for n in (0, 40, len(good) // 2, len(good) - 10):
+        path = tmp_path / f"cut{n}{suffix}"
+        path.write_bytes(good[:n])
+        code = main(["predict", str(path), image])
+        assert_user_error(code, capsys.readouterr().err, str(path))
+    text = json.dumps(Predictor(tmp_path / f"good{suffix}").meta)
+    at = good.find(text.encode()) if fmt != "torchscript" else -1
+    if at >= 0:  # the metadata stored as it is: a number of classes that no longer matches
+        edited = good.replace(b'"num_classes": 10', b'"num_classes": 19')
+        (tmp_path / f"edited{suffix}").write_bytes(edited)
+        code = main(["predict", str(tmp_path / f"edited{suffix}"), image])
+        assert_user_error(code, capsys.readouterr().err, "its rld metadata does not name its 19 classes")
+
+
+def test_a_checkpoint_whose_pickle_was_damaged_is_one_line(run_and_images, tmp_path, capsys):
+    """A flipped byte in a run checkpoint's pickle renames a weight (the file still loads): rld eval,
+    export and predict refuse it in one line instead of a traceback from load_state_dict; a byte that
+    breaks the pickle is said in a few words, without torch's warning."""
+    run, images, _ = run_and_images
+    good = (run / "checkpoints" / "best.pt").read_bytes()
+    at = good.index(b"layer2.0.downsample.0.weight") + len("layer2.0.downsample.0.we")
+    renamed = tmp_path / "renamed.pt"
+    renamed.write_bytes(_flip(good, at))
+    for argv in (
+        ["eval", str(renamed), "--device", "cpu"],
+        ["export", str(renamed), "--format", "safetensors", "--out", str(tmp_path / "x.safetensors")],
+        ["predict", str(renamed), str(images / "00.png")],
+    ):
+        code = main(argv)
+        err = capsys.readouterr().err
+        assert_user_error(code, err, f"checkpoint {renamed}: its student weights do not fit resnet8 (1 missing keys")
+        assert "the file is damaged or edited" in err
+    assert not (tmp_path / "x.safetensors").exists()
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(_flip(good, 100))
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        code = main(["eval", str(broken), "--device", "cpu"])
+    assert_user_error(code, capsys.readouterr().err, "its pickle is damaged or holds more than tensors, numbers and")
+    assert [w for w in seen if not issubclass(w.category, ResourceWarning)] == []  # (they would print on stderr)

@@ -664,6 +664,41 @@ def test_a_corrupt_teacher_logit_cache_is_never_used(tmp_path, monkeypatch):
     assert cache.open_teacher_cache(cfg, forward, loader, 10).store.folder == folder  # repaired: used again
 
 
+def test_a_cache_whose_small_files_were_damaged_is_refused(tmp_path):
+    """meta.json holding a list, index.npz with checksums of another kind, a logits.npy header that
+    numpy's parser chokes on: each refused as corrupt (tracebacks before), the folder untouched."""
+    import warnings
+
+    from rld.errors import UserError
+    from rld.fast import cache
+
+    cfg, forward, loader = _cache(tmp_path)
+    folder = cache.open_teacher_cache(cfg, forward, loader, 10).store.folder
+    files = {p.name: p.read_bytes() for p in folder.iterdir()}
+    meta, index, logits = folder / "meta.json", folder / "index.npz", folder / "logits.npy"
+    with np.load(index) as saved:
+        filled, crcs = saved["filled"], saved["crc32"]
+    header_end = files["logits.npy"].index(b"}")
+    damages = [
+        (meta, b"[" + files["meta.json"] + b"]", "meta.json does not describe a cache"),
+        (index, None, "index.npz holds no CRC-32 checksums"),
+        (logits, files["logits.npy"][:header_end] + b"(" + files["logits.npy"][header_end + 1 :], "has no readable"),
+    ]
+    for path, data, match in damages:
+        if data is None:
+            with open(path, "wb") as f:
+                np.savez(f, filled=filled, crc32=np.full(crcs.shape, np.nan))
+        else:
+            path.write_bytes(data)
+        damaged = {p.name: p.read_bytes() for p in folder.iterdir()}
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # (a NaN cast to uint32 warned before)
+            with pytest.raises(UserError, match=match):
+                cache.open_teacher_cache(cfg, forward, loader, 10)
+        assert {p.name: p.read_bytes() for p in folder.iterdir()} == damaged
+        path.write_bytes(files[path.name])
+
+
 def test_training_refuses_a_corrupt_cache_with_one_line(capsys, tmp_path, teacher_ckpt):
     """`rld cache`, then a flipped byte: `rld train … train.teacher_cache=full` (and `rld cache`
     itself) stop with status 2 and the rebuild hint, writing no run folder."""

@@ -233,6 +233,11 @@ def test_plot_and_report_errors_are_one_line(runs, tmp_path, capsys):
             "unknown class",
         ),
         (["report", str(tmp_path / "empty"), "--out", str(tmp_path / "r.html")], "is not a folder"),
+        (  # a device of another kind (a traceback from the data loader before) or that is not there
+            ["plot", "tsne", str(runs["kd"]), "--device", "mps", "--out", str(tmp_path / "x.png")],
+            "unknown device 'mps': use auto, cpu, cuda or cuda:N",
+        ),
+        (["plot", "tsne", str(runs["kd"]), "--device", "cuda:99", "--out", str(tmp_path / "x.png")], "cuda"),
     ]
     for argv, message in cases:
         code = main(argv)

@@ -224,7 +224,9 @@ def _cmd_demo(args: argparse.Namespace) -> None:
         seeds = tuple(int(s) for s in args.seeds.split(",")) if args.seeds else None
     except ValueError:
         raise UserError(f"--seeds takes comma-separated integers, e.g. 0,1,2; got {args.seeds!r}") from None
-    overrides = [*args.overrides, *([f"train.device={args.device}"] if args.device else [])]
+    from rld.config import text_override
+
+    overrides = [*args.overrides, *([text_override("train.device", args.device)] if args.device else [])]
     r = run_demo(args.out, overrides, **({"seeds": seeds} if seeds else {}))
     print(
         "\nrld demo — handwritten digits (scikit-learn): a resnet20 teacher trained on all 1,347 training images, "

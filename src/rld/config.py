@@ -584,7 +584,25 @@ def _merged(layers: list[tuple[Any, str]]) -> DictConfig:
             f"cannot resolve the interpolation in {key}: {str(err).splitlines()[0]}; give a plain value, "
             f"e.g. {example_value(key)}"
         ) from err
+    _refuse_literal_interpolations(OmegaConf.to_container(cfg, resolve=False))
     return cfg
+
+
+def _refuse_literal_interpolations(node: Any, key: str = "") -> None:
+    """A resolved value still holding ``${`` (an escaped ``\\${…}``, a path given by a flag, an
+    environment variable's text) would be read as an interpolation by every later reader of the
+    configuration (its config.yaml, its checkpoints): refused, naming the key."""
+    if isinstance(node, dict):
+        for name, item in node.items():
+            _refuse_literal_interpolations(item, f"{key}.{name}" if key else str(name))
+    elif isinstance(node, list):
+        for item in node:
+            _refuse_literal_interpolations(item, key)
+    elif isinstance(node, str) and "${" in node:
+        raise UserError(
+            f"{key}={node}: a value cannot hold '${{' (a configuration reads '${{…}}' as an interpolation); "
+            "rename the file or folder, or give a plain value"
+        )
 
 
 def resolve(source: str, overrides: list[str] | None = None) -> RunConfig:
@@ -622,6 +640,10 @@ def resolve(source: str, overrides: list[str] | None = None) -> RunConfig:
     return run
 
 
+DEVICE_SYNTAX = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
+"""The devices rld trains and evaluates on (``train.device``, ``--device``)."""
+
+
 def validate(cfg: RunConfig) -> None:
     """Value checks the types cannot express; raises UserError naming the key."""
     t = cfg.train
@@ -629,7 +651,7 @@ def validate(cfg: RunConfig) -> None:
     on_off = {"true": "on", "false": "off"}
     t.static_step = on_off.get(str(t.static_step).lower(), t.static_step)
     t.batch_students = on_off.get(str(t.batch_students).lower(), t.batch_students)
-    t.teacher_cache = "off" if str(t.teacher_cache).lower() == "false" else t.teacher_cache
+    t.teacher_cache = {"false": "off"}.get(str(t.teacher_cache).lower(), t.teacher_cache)
     checks = [
         (t.epochs > 0, "train.epochs must be > 0", t.epochs),
         (t.batch_size > 0, "train.batch_size must be > 0", t.batch_size),
@@ -675,6 +697,7 @@ def validate(cfg: RunConfig) -> None:
             t.batch_students,
         ),
         (t.checkpoint_every_steps >= 0, "train.checkpoint_every_steps must be >= 0", t.checkpoint_every_steps),
+        (DEVICE_SYNTAX.fullmatch(t.device) is not None, "train.device must be auto, cpu, cuda or cuda:N", t.device),
         (
             t.cache_precision in CACHE_FORMS,
             f"train.cache_precision must be {', '.join(CACHE_FORMS[:-1])} or {CACHE_FORMS[-1]}",
@@ -814,15 +837,54 @@ def override_key(override: str) -> str:
     return override.split("=", 1)[0].strip()
 
 
+def _yaml_quoted(text: str) -> str:
+    """``text`` as a YAML double-quoted scalar that reads back as exactly ``text``: printable ASCII
+    as it is, ``"`` and ``\\`` escaped, every other character as ``\\uXXXX`` / ``\\UXXXXXXXX``."""
+    out = []
+    for c in text:
+        if c in '"\\':
+            out.append("\\" + c)
+        elif " " <= c <= "~":
+            out.append(c)
+        else:
+            out.append(f"\\u{ord(c):04x}" if ord(c) < 0x10000 else f"\\U{ord(c):08x}")
+    return '"' + "".join(out) + '"'
+
+
+def text_override(key: str, value: Any) -> str:
+    """``KEY=VALUE`` that sets ``key`` to the text of ``value`` as it is, whatever it holds: a path or
+    name given by a flag (``--data``, ``--teacher``, ``--device``, ``--cache-dir``) is never read as
+    YAML (``[x]``, ``{a}``, ``*t.pt``, ``a #b``, ``a: b``) nor as an interpolation (``${…}``). Quoted
+    only where YAML would read it otherwise (``data.path=/data/cifar`` stays as it is)."""
+    text = str(value)
+    if "${" not in text and _plain_yaml(text) == text:
+        return f"{key}={text}"
+    text = re.sub(r"(\\*)\$\{", lambda m: m.group(1) * 2 + "\\${", text)  # OmegaConf's escape
+    return f"{key}={_yaml_quoted(text)}"
+
+
+@cache
+def _plain_yaml(text: str) -> Any:
+    """What YAML reads ``text`` as (None when it cannot: then it needs quoting)."""
+    try:
+        return OmegaConf.from_dotlist([f"x={text}"]).x
+    except Exception:  # noqa: BLE001 - any failure to read means: quote it
+        return None
+
+
 def with_flags(overrides: list[str], flags: dict[str, Any]) -> list[str]:
-    """``overrides`` plus ``KEY=VALUE`` for every flag given (``flags``: key → value or None).
+    """``overrides`` plus ``KEY=VALUE`` for every flag given (``flags``: key → value or None); a flag's
+    value is taken as it is (text, or a number for ``seed``), never read as YAML (:func:`text_override`).
 
     A flag and an override of the same key is an error (neither silently wins)."""
     given = {override_key(o) for o in overrides}
     for key, value in flags.items():
         if value is not None and key in given:
             raise UserError(f"{FLAG_KEYS.get(key, key)} and {key}=… both set {key}; give one of them")
-    return [*overrides, *(f"{k}={v}" for k, v in flags.items() if v is not None)]
+    return [
+        *overrides,
+        *(f"{k}={v}" if isinstance(v, int) else text_override(k, v) for k, v in flags.items() if v is not None),
+    ]
 
 
 def schedule_overrides(cfg: RunConfig, epochs: int, keep: set[str] | frozenset[str] = frozenset()) -> list[str]:

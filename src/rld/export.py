@@ -58,14 +58,16 @@ def _metadata_of_checkpoint(path: Path, data_path: str | None = None) -> tuple[d
         "epoch": int(state["epoch"]),
         "source": str(path),
     }
+    export_metadata(json.dumps(meta), path)  # what the checkpoint records of its data, checked
     return meta, state["model"], cfg
 
 
-def _student(meta: dict[str, Any], state_dict: dict) -> nn.Module:
+def _student(meta: dict[str, Any], state_dict: dict, path: Path) -> nn.Module:
     from rld.models import create_model
+    from rld.models.checkpoint import load_state
 
     model = create_model(meta["model"], num_classes=meta["num_classes"], dataset=meta["dataset"])
-    model.load_state_dict(state_dict)
+    load_state(model, state_dict, path, "student weights")
     return model.eval()
 
 
@@ -97,9 +99,9 @@ def export(checkpoint: str | Path, fmt: str, out: str | Path, data_path: str | N
             )
         from rld.engine import checkpoint as ckpt
 
-        model = predictor(cfg, ckpt.load_run(path))
+        model = predictor(cfg, ckpt.load_run(path), path)
     else:
-        model = _student(meta, state_dict)
+        model = _student(meta, state_dict, path)
     out = Path(out)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -156,17 +158,17 @@ class Predictor:
             raise UserError(f"{path} does not exist; give a run checkpoint, a run folder or an exported file")
         self.path = path
         self._session = None
+        self.format = None  # the export's format; None for a run checkpoint
         if path.suffix == ".safetensors":
-            self.meta, self.model = self._from_safetensors(path)
+            self.format = "safetensors"
+            self.meta, self.model = _reading(path, self.format, lambda: self._from_safetensors(path))
         elif path.suffix == ".onnx":
-            self.meta = self._from_onnx(path)
+            self.format = "onnx"
+            self.meta = _reading(path, self.format, lambda: self._from_onnx(path))
             self.model = None
         elif path.suffix in (".ts", ".torchscript") or _is_torchscript(path):
-            files = {"rld.json": ""}
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated, still supported
-                self.model = torch.jit.load(str(path), map_location="cpu", _extra_files=files).eval()
-            self.meta = json.loads(files["rld.json"])
+            self.format = "torchscript"
+            self.meta, self.model = _reading(path, self.format, lambda: self._from_torchscript(path))
         else:
             from rld.engine.predictor import own_prediction, predictor
 
@@ -174,9 +176,9 @@ class Predictor:
             if own_prediction(cfg):  # the student with the method's modules (SimKD), as rld eval and export
                 from rld.engine import checkpoint as ckpt
 
-                self.model = predictor(cfg, ckpt.load_run(path))
+                self.model = predictor(cfg, ckpt.load_run(path), path)
             else:
-                self.model = _student(self.meta, state_dict)
+                self.model = _student(self.meta, state_dict, path)
 
     @staticmethod
     def _from_safetensors(path: Path):
@@ -189,8 +191,18 @@ class Predictor:
             text = (f.metadata() or {}).get("rld")
         if not text:
             raise UserError(f"{path} is not an rld export (no 'rld' metadata)")
-        meta = json.loads(text)
-        return meta, _student(meta, load_file(str(path)))
+        meta = export_metadata(text, path)
+        return meta, _student(meta, load_file(str(path)), path)
+
+    @staticmethod
+    def _from_torchscript(path: Path):
+        files = {"rld.json": ""}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated, still supported
+            model = torch.jit.load(str(path), map_location="cpu", _extra_files=files).eval()
+        if not files["rld.json"]:
+            raise UserError(f"{path} is not an rld export (no rld.json)")
+        return export_metadata(files["rld.json"], path), model
 
     def _from_onnx(self, path: Path) -> dict[str, Any]:
         try:
@@ -202,15 +214,30 @@ class Predictor:
         props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
         if "rld" not in props:
             raise UserError(f"{path} is not an rld export (no 'rld' metadata)")
+        meta = export_metadata(props["rld"], path)
         self._session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        return json.loads(props["rld"])
+        return meta
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
-        if self._session is not None:
-            (out,) = self._session.run(["logits"], {"images": images.numpy()})
-            return torch.from_numpy(out)
-        with torch.no_grad():
-            return self.model(images).float()
+        """(B, C) logits of preprocessed images (B, 3, H, W). An export that loads but does not run (or
+        does not give B x C logits) is damaged: UserError."""
+
+        def run() -> torch.Tensor:
+            if self._session is not None:
+                (out,) = self._session.run(["logits"], {"images": images.numpy()})
+                return torch.from_numpy(out)
+            with torch.no_grad():
+                return self.model(images).float()
+
+        if self.format is None:
+            return run()  # a model rld builds from a run checkpoint: a failure here is a bug
+        out = _reading(self.path, self.format, run, "does not run")
+        if not isinstance(out, torch.Tensor) or tuple(out.shape) != (len(images), self.meta["num_classes"]):
+            raise UserError(
+                f"{self.path} does not give {self.meta['num_classes']} logits per image: the {self.format} export "
+                "is damaged; export the run again (rld export)"
+            )
+        return out
 
     def preprocess(self, image) -> torch.Tensor:
         """A PIL image -> (3, H, W) float32 as the run evaluated its test images."""
@@ -236,8 +263,69 @@ def _is_torchscript(path: Path) -> bool:
     try:
         with zipfile.ZipFile(path) as z:
             return any("/code/" in name for name in z.namelist())
-    except (OSError, zipfile.BadZipFile):
+    except Exception:  # noqa: BLE001 - not a readable zip (damaged files raise many kinds): not TorchScript
         return False
+
+
+def _reading(path: Path, fmt: str, read, what: str = "cannot be read"):
+    """``read()``; any exception but a UserError means a damaged export file: UserError naming it."""
+    try:
+        return read()
+    except UserError:
+        raise
+    except Exception as err:  # noqa: BLE001 - a damaged file makes each reader raise its own kinds
+        reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        raise UserError(
+            f"{path} {what} as a {fmt} export ({reason}); it is damaged or not an rld export: export the run "
+            "again (rld export)"
+        ) from err
+
+
+MAX_SIDE = 10_000
+"""The largest image side an export's preprocessing may give (a damaged number is refused, not allocated)."""
+
+
+def export_metadata(text: Any, path: Path) -> dict[str, Any]:
+    """The ``rld`` metadata of an export (JSON text) checked for what :class:`Predictor` reads: the model,
+    the class names (one per output), the preprocessing (sizes, and 3 finite means and positive stds).
+    UserError naming what is wrong (an edited or damaged file)."""
+    import math
+
+    def bad(what: str) -> UserError:
+        return UserError(f"{path}: its rld metadata {what}; export the run again (rld export)")
+
+    try:
+        meta = json.loads(text)
+    except (TypeError, ValueError) as err:
+        raise bad(f"is not JSON ({str(err).splitlines()[0][:80]})") from err
+    if not isinstance(meta, dict):
+        raise bad("is not a JSON object")
+    for key in ("model", "dataset"):
+        if not isinstance(meta.get(key), str) or not meta[key]:
+            raise bad(f"has no {key} name")
+    n, classes = meta.get("num_classes"), meta.get("classes")
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise bad("gives no number of classes")
+    if not isinstance(classes, list) or len(classes) != n or not all(isinstance(c, str) for c in classes):
+        raise bad(f"does not name its {n} classes")
+    pre = meta.get("preprocess")
+
+    def side(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_SIDE
+
+    def pair(value: Any) -> bool:
+        return isinstance(value, list) and len(value) == 2 and all(map(side, value))
+
+    def stats(value: Any, low: float) -> bool:
+        ok = isinstance(value, list) and len(value) == 3
+        return ok and all(isinstance(v, int | float) and math.isfinite(v) and v > low for v in value)
+
+    if not isinstance(pre, dict) or not stats(pre.get("mean"), -math.inf) or not stats(pre.get("std"), 0.0):
+        raise bad("gives no normalisation (3 finite means, 3 positive stds)")
+    sizes = [("size", pair), ("crop", pair), ("resize", lambda v: side(v) or pair(v))]
+    if not ("size" in pre or "crop" in pre) or any(k in pre and not ok(pre[k]) for k, ok in sizes):
+        raise bad(f"gives no valid input size (sides of 1 to {MAX_SIDE} pixels)")
+    return meta
 
 
 def image_files(items: list[str]) -> list[Path]:
@@ -246,7 +334,7 @@ def image_files(items: list[str]) -> list[Path]:
     for item in items:
         path = Path(item)
         if path.is_dir():
-            out += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            out += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         elif path.is_file():
             out.append(path)
         else:
@@ -260,7 +348,7 @@ def predict(
     source: str | Path, images: list[str], *, top_k: int = 5, batch_size: int = 64, data_path: str | None = None
 ) -> list[dict[str, Any]]:
     """Top-``top_k`` classes and probabilities of each image file: ``[{"image", "top": [(class, p), ...]}]``."""
-    from PIL import Image, UnidentifiedImageError
+    from rld.data.sources import read_image
 
     if top_k < 1:
         raise UserError(f"--top-k must be >= 1, got {top_k}")
@@ -272,11 +360,7 @@ def predict(
         chunk = files[start : start + batch_size]
         tensors = []
         for f in chunk:
-            try:
-                with Image.open(f) as image:
-                    tensors.append(predictor.preprocess(image))
-            except (UnidentifiedImageError, OSError) as err:
-                raise UserError(f"cannot read image {f}: {str(err).splitlines()[0][:120]}") from err
+            tensors.append(predictor.preprocess(read_image(f, "give only image files")))
         probs = predictor.logits(torch.stack(tensors)).softmax(dim=1)
         values, indices = probs.topk(min(top_k, probs.shape[1]), dim=1)
         for f, v, i in zip(chunk, values.tolist(), indices.tolist()):

@@ -305,7 +305,10 @@ def _image_datasets(
             train_set, test_set = sources.split_datasets(split, size, skip_bad_images, held_out=held_out)
             classes = list(split.classes)
         else:
-            train_set, test_set = load_image_folders(path, size) if held_out else (load_train_folder(path, size), None)
+            if held_out:
+                train_set, test_set = load_image_folders(path, size, skip_bad_images)
+            else:
+                train_set, test_set = load_train_folder(path, size, skip_bad_images), None
             classes = list(train_set.classes)
     return train_set, test_set, classes, split
 

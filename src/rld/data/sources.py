@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,12 +142,45 @@ def manifest_split(csv_path: str | Path, val_fraction: float | None, seed: int) 
     return Split(root, classes, train, val)
 
 
-def _readable(path: Path) -> bool:
+SKIP_HINT = "remove it or set data.skip_bad_images=true"
+
+
+def read_image(path: str | Path, hint: str = SKIP_HINT) -> Image.Image:
+    """The image file ``path`` decoded, as RGB. UserError naming the file, what is wrong and ``hint``
+    when it is not an image PIL can decode whole: not an image, truncated or damaged (PIL raises
+    many kinds of exceptions for those), or a size PIL refuses as a decompression bomb. A size it
+    merely warns about (over ``Image.MAX_IMAGE_PIXELS``) is said in the log and decoded."""
     try:
-        with Image.open(path) as image:
-            image.verify()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                rgb = image.convert("RGB")
+    except UnidentifiedImageError:
+        raise UserError(f"cannot read image {path}: not an image file PIL knows; {hint}") from None
+    except Exception as err:  # noqa: BLE001 - truncated or damaged data: OSError, SyntaxError, ValueError, …
+        reason = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
+        raise UserError(f"cannot read image {path} ({reason}); {hint}") from err
+    for w in caught:
+        log.warning("image %s: %s", path, str(w.message).splitlines()[0] if str(w.message) else "a warning")
+    return rgb
+
+
+def skipped_text(count: int, total: int, root: Any, names: list[Any]) -> str:
+    """``3 unreadable image(s) of 120 under ROOT: a.jpg, b.jpg, c.jpg`` (five names at most)."""
+    shown = ", ".join(map(str, names[:5])) + (", …" if len(names) > 5 else "")
+    return f"{count} unreadable image(s) of {total} under {root}" + (f": {shown}" if shown else "")
+
+
+def readable(path: str | Path) -> bool:
+    """Whether PIL identifies ``path`` as an image and its ``verify`` passes: a check that decodes no
+    pixels (a truncated JPEG passes it; :func:`read_image` finds that when it decodes)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                image.verify()
         return True
-    except (UnidentifiedImageError, OSError, SyntaxError):
+    except Exception:  # noqa: BLE001 - any exception PIL raises on a damaged file
         return False
 
 
@@ -159,11 +193,15 @@ class ImageListDataset(Dataset):
         if missing:
             raise UserError(f"image {self.root / missing[0]} does not exist ({len(missing)} missing files)")
         if skip_bad:
-            good = [(p, y) for p, y in items if _readable(self.root / p)]
-            if len(good) < len(items):
-                log.info("skipped %d unreadable image(s) of %d under %s", len(items) - len(good), len(items), root)
+            bad = [p for p, _ in items if not readable(self.root / p)]
+            if bad:
+                log.info("skipped %s", skipped_text(len(bad), len(items), root, bad))
+            unreadable = set(bad)
+            good = [(p, y) for p, y in items if p not in unreadable]
+            if items and not good:
+                raise UserError(f"none of the {len(items)} images under {root} can be read")
             items = good
-        self.items = items
+        self.items, self.skip_bad = items, skip_bad
 
     def __len__(self) -> int:
         return len(self.items)
@@ -174,16 +212,17 @@ class ImageListDataset(Dataset):
         return [label for _, label in self.items]
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
-        path, label = self.items[index]
-        try:
-            with Image.open(self.root / path) as image:
-                image = image.convert("RGB")
-        except (UnidentifiedImageError, OSError) as err:
-            raise UserError(
-                f"cannot read image {self.root / path} ({str(err).splitlines()[0][:120]}); remove it or set "
-                "data.skip_bad_images=true"
-            ) from err
-        return self.transform(image), label
+        """``(image, label)``; with ``skip_bad``, an image whose damage only decoding shows (the check
+        in ``__init__`` decodes no pixels) is replaced by the next readable one, said in the log."""
+        for k in range(len(self.items) if self.skip_bad else 1):
+            path, label = self.items[(index + k) % len(self.items)]
+            if not self.skip_bad:
+                return self.transform(read_image(self.root / path)), label
+            try:
+                return self.transform(read_image(self.root / path, "left out (data.skip_bad_images)")), label
+            except UserError as err:
+                log.info("%s", err)
+        raise UserError(f"none of the {len(self.items)} images under {self.root} can be read")
 
 
 def split_datasets(

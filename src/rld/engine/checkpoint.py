@@ -132,19 +132,101 @@ def load(path: Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
+    from rld.models.checkpoint import load_failure, read_torch_file
+
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return read_torch_file(path)
     except Exception as err:  # truncated zip, wrong format, pickled code, ...
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(
-            f"checkpoint {path} is corrupt or truncated ({reason[:160]}); delete it to start over "
+            f"checkpoint {path} is corrupt or truncated ({load_failure(err)}); delete it to start over "
             "or point to another checkpoint"
         ) from err
 
 
 def load_run(path: Path) -> dict:
-    """Load a checkpoint written by the rld engine (``last.pt`` / ``best.pt``)."""
+    """Load a checkpoint written by the rld engine (``last.pt`` / ``best.pt``); UserError when it is
+    unreadable, not a run checkpoint, or lacks what a run checkpoint holds (:func:`run_state_problem`)."""
     ckpt = load(path)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise UserError(f"{path} is not an rld run checkpoint (no '{FORMAT}' format marker)")
+    check_run_state(ckpt, path)
     return ckpt
+
+
+def check_run_state(state: Any, path: Path) -> None:
+    """UserError unless ``state`` (a loaded file) is a run checkpoint with all it holds intact."""
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise UserError(f"{path} is not an rld run checkpoint (no '{FORMAT}' format marker)")
+    problem = run_state_problem(state)
+    if problem:
+        raise UserError(
+            f"checkpoint {path} is damaged ({problem}); delete it to start over or point to another checkpoint"
+        )
+
+
+def _count(value: Any, low: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def run_state_problem(state: dict) -> str | None:
+    """What a run checkpoint's entries lack or hold of the wrong kind (a damaged or edited file: a
+    flipped byte in its pickle can rename a key or change a type without making it unreadable), or
+    None. Tensors' values are not checked (a run checkpoint holds no checksum of them)."""
+    model = state.get("model")
+    info, shape, position = state.get("data_info"), state.get("input_shape"), state.get("position")
+    best = state.get("best")
+    checks = [
+        (isinstance(state.get("config"), dict), "no configuration"),
+        (_count(state.get("epoch")), "no epoch count"),
+        (_count(state.get("num_classes"), 1), "no number of classes"),
+        (
+            isinstance(model, dict)
+            and bool(model)
+            and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in model.items()),
+            "no model weights",
+        ),
+        (isinstance(state.get("method", {}), dict), "no method state"),
+        (state.get("optimizer") is None or isinstance(state["optimizer"], dict), "no optimizer state"),
+        (
+            isinstance(state.get("history"), list)
+            and all(isinstance(r, dict) and _count(r.get("epoch"), 1) for r in state["history"]),
+            "no history of epochs",
+        ),
+        (
+            isinstance(best, dict) and _count(best.get("epoch")) and isinstance(best.get("test_top1"), int | float),
+            "no best epoch",
+        ),
+        (
+            position is None
+            or isinstance(position, dict)
+            and _count(position.get("epoch"), 1)
+            and _count(position.get("step")),
+            "no valid position inside an epoch",
+        ),
+        (
+            info is None
+            or isinstance(info, dict)
+            and isinstance(info.get("classes"), list)
+            and isinstance(info.get("preprocess"), dict),
+            "no valid class names and preprocessing",
+        ),
+        (
+            shape is None or isinstance(shape, list | tuple) and len(shape) == 3 and all(_count(s, 1) for s in shape),
+            "no valid input shape",
+        ),
+        (_valid_rng_state(state.get("rng")), "no valid random-number state"),
+    ]
+    return next((what for ok, what in checks if not ok), None)
+
+
+def _valid_rng_state(rng: Any) -> bool:
+    """Whether :func:`set_rng_state` takes ``rng`` (tried, and the generators' states restored; the
+    CUDA generators' part is not tried, which would start CUDA in a process that may not use it)."""
+    if not isinstance(rng, dict):
+        return False
+    saved = rng_state()
+    try:
+        set_rng_state({k: v for k, v in rng.items() if k != "cuda"})
+        return True
+    except Exception:  # noqa: BLE001 - the generators raise many kinds for a state they do not take
+        return False
+    finally:
+        set_rng_state(saved)

@@ -13,13 +13,16 @@
     out/wandb/                 W&B's own files (train.loggers has wandb)
 
 Nothing is written before :meth:`RunFolder.open`, which the run calls once everything that can
-refuse it has been checked, so a refused command leaves no folder behind.
+refuse it has been checked, so a refused command leaves no folder behind. A new run that stops with a
+user error before its first checkpoint (an image that cannot be read, a damaged teacher-logit cache,
+found while it trains) takes back what it wrote (:meth:`RunFolder.discard`).
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +58,7 @@ class RunFolder:
         self.out, self.world, self.expected_state = Path(out), world, expected_state
         self.checkpoints = self.out / "checkpoints"
         self.trackers: Trackers | None = None
+        self.fresh = False  # the folder held nothing of a run when it was opened (see discard)
 
     def open(
         self,
@@ -70,6 +74,7 @@ class RunFolder:
         ``tracking``: the run's preset and group). Rank 0 only; the others write nothing."""
         if not self.world.is_main:
             return
+        self.fresh = not self.out.is_dir() or {p.name for p in self.out.iterdir()} <= {lock.LOCK_FILE}
         lock.hold(self.out, self.expected_state)  # one writer per run folder, from its first write on
         try:
             self.checkpoints.mkdir(parents=True, exist_ok=True)
@@ -122,6 +127,23 @@ class RunFolder:
         """An epoch's row of metrics.csv to the open trackers."""
         if self.trackers is not None:
             self.trackers.log_epoch(row, epoch)
+
+    def discard(self) -> None:
+        """Remove what this run wrote, when the folder held nothing of a run before it and the run
+        stopped before its first checkpoint or metrics row (a user error found while it trained): the
+        folder is left as the command found it (its lock, and the folder itself if the lock created
+        it, go when the lock is released). Call it after :meth:`close` (the trackers' files closed)."""
+        if not (self.world.is_main and self.fresh) or (self.out / "metrics.csv").exists():
+            return
+        if self.checkpoints.is_dir() and any(self.checkpoints.iterdir()):
+            return
+        for path in self.out.iterdir():
+            if path.name == lock.LOCK_FILE:
+                continue
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
 
     def close(self, summary: dict[str, Any] | None = None, finished: bool = False) -> None:
         """Close the trackers, giving them the run's ``summary`` (``finished``: every epoch trained)."""

@@ -37,6 +37,7 @@ import torch
 from rld.engine import checkpoint as ckpt
 from rld.engine.distributed import World, all_sum
 from rld.errors import DivergedError, Interrupted, UserError
+from rld.models.checkpoint import read_torch_file
 
 log = logging.getLogger("rld")
 
@@ -132,11 +133,12 @@ def _peek(path: Path) -> dict:
     """A run checkpoint's entries, its tensors memory-mapped (not read); an unreadable file raises
     the UserError of :func:`rld.engine.checkpoint.load_run`."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        state = read_torch_file(path, mmap=True)
     except Exception:
         state = None
     if not isinstance(state, dict) or state.get("format") != ckpt.FORMAT:
         state = ckpt.load_run(path)
+    ckpt.check_run_state(state, path)
     return state
 
 

@@ -29,7 +29,7 @@ from rld.engine.distributed import World, barrier, init_world, main_decides, shu
 from rld.engine.static import StaticSteps, static_step_wanted
 from rld.engine.teacher import build_teacher_fn, teacher_outputs
 from rld.engine.trainer import Run, build_run_data, data_info, method_inputs, prepare_out_dir, setup, setup_lines
-from rld.errors import DivergedError
+from rld.errors import DivergedError, UserError
 from rld.methods import get_spec
 from rld.trackers import Tracking
 from rld.trackers import check as check_trackers
@@ -221,8 +221,10 @@ def _train(cfg: RunConfig, out: Path, resume: bool, world: World, tracking: Trac
             log.info("%s", line)
     try:
         train_group([Member(run)], data, teacher_fn, world, alone=True)
-    except BaseException:
+    except BaseException as err:
         run.abort()  # its trackers end their run (a stop signal closed it already)
+        if isinstance(err, UserError):
+            run.folder.discard()  # a new run refused before its first checkpoint leaves no folder
         raise
     return run.close()
 

@@ -22,14 +22,16 @@ from rld.engine.distributed import World
 from rld.engine.trainer import StudentAndMethod, data_options, evaluate, resolve_device
 from rld.methods import MethodContext, build_method, get_spec
 from rld.models import create_model, load_checkpoint
+from rld.models.checkpoint import load_state
 from rld.models.sources import resolve_checkpoint
 
 
-def predictor(cfg: RunConfig, state: dict[str, Any]) -> nn.Module:
-    """The eval-mode module ``x → logits`` of a run checkpoint's state (``last.pt`` / ``best.pt``)."""
+def predictor(cfg: RunConfig, state: dict[str, Any], path: str | Path = "the checkpoint") -> nn.Module:
+    """The eval-mode module ``x → logits`` of a run checkpoint's state (``last.pt`` / ``best.pt``, read
+    from ``path``: named when its weights do not fit)."""
     num_classes = int(state["num_classes"])
     student = create_model(cfg.model.student, num_classes=num_classes, dataset=cfg.model.dataset)
-    student.load_state_dict(state["model"])
+    load_state(student, state["model"], path, "student weights")
     if not get_spec(cfg.method.name).own_prediction:
         return student.eval()
     teacher = create_model(cfg.model.teacher, num_classes=num_classes, dataset=cfg.model.dataset)
@@ -41,7 +43,7 @@ def predictor(cfg: RunConfig, state: dict[str, Any]) -> nn.Module:
         seed=cfg.seed,
     )
     method = build_method(cfg.method, context)
-    method.load_state_dict(state["method"])
+    load_state(method, state["method"], path, "method state")
     return StudentAndMethod(student, method, amp=False).eval()
 
 
@@ -83,6 +85,6 @@ def evaluate_checkpoint(path: str | Path, data_path: str | None = None, device: 
     the run predicts with (:func:`rld.engine.predictor.predictor`)."""
     state = ckpt.load_run(Path(path))
     cfg = from_dict(state["config"])
-    weights = predictor(cfg, state) if own_prediction(cfg) else path
+    weights = predictor(cfg, state, path)  # (the state read once, its weights checked against the model)
     metrics = evaluate_weights(cfg, cfg.model.student, weights, data_path, device, run_dir=Path(path).parent.parent)
     return {"checkpoint": str(path), "model": cfg.model.student, "epoch": state["epoch"], **metrics}

@@ -39,8 +39,13 @@ ends with exactly the metrics of an uninterrupted run. A sweep stopped inside an
 SIGINT, ``train.checkpoint_every_steps``) continues from that step when all runs of a group stopped
 there, else from the epoch's start (:mod:`rld.engine.guard`).
 
-Faults. Every run folder is locked before the first group starts (:mod:`rld.engine.lock`): if another
-process trains one of them, the sweep is refused and writes nothing. A run whose loss goes non-finite
+Faults. Before the first group trains, everything that can refuse a run is checked for every run:
+its configuration, its folder, and what its group builds — device, data, teacher, students, methods
+(:func:`check_runs`; a group that differs from an earlier one only in its seed is not built twice) —
+so a mistake that only some runs make (a grid over ``data.path``, ``train.device``,
+``model.teacher_checkpoint``, …) refuses the sweep before any run trains. Every run folder is locked
+before the first group starts (:mod:`rld.engine.lock`): if another process trains one of them, the
+sweep is refused and writes nothing. A run whose loss goes non-finite
 stops (its summary row gets ``status`` ``diverged``); the others go on.
 
 Executors. By default the groups run one after another in this process. With a ``ray`` executor
@@ -53,10 +58,12 @@ rows with its ``status`` and ``error``. ``sweep.csv`` is rewritten as each group
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import itertools
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -160,7 +167,10 @@ def plan_sweep(
     if seed_axis and seeds:
         raise UserError("give the seeds either as --seeds or as seed=V1,V2, not both")
     if seed_axis:
-        seeds = [int(v) for k, vs in axes if k == "seed" for v in vs]
+        values = [v for k, vs in axes if k == "seed" for v in vs]
+        if not all(re.fullmatch(r"[0-9]+", v) for v in values):
+            raise UserError(f"seed=V1,V2 takes seeds, integers >= 0 (e.g. seed=0,1,2), got seed={','.join(values)}")
+        seeds = [int(v) for v in values]
         axes = [(k, vs) for k, vs in axes if k != "seed"]
     keys = [k for k, _ in axes]
     runs: list[SweepRun] = []
@@ -240,7 +250,18 @@ def describe_group(group: list[SweepRun]) -> str:
 # ----------------------------------------------------------------------------- execution
 
 
-def _run_group(group: list[SweepRun], resume_from: dict[Path, Path | None], resume: bool) -> list[dict[str, Any]]:
+def _build_group(
+    group: list[SweepRun],
+    resume_from: dict[Path, Path | None],
+    resume: bool,
+    *,
+    check: bool = False,
+    teacher: bool = True,
+):
+    """What a lockstep group trains with: ``(world, data, loaders, teacher_fn, members)``. ``check``:
+    only to see that it can be built (:func:`check_runs`): the teacher-logit cache is not opened (that
+    would fill it), only its need of the device-resident loader is checked; ``teacher=False``: nor is
+    the teacher loaded."""
     cfg0 = group[0].cfg
     world = World()
     device = setup(cfg0, world)
@@ -248,7 +269,12 @@ def _run_group(group: list[SweepRun], resume_from: dict[Path, Path | None], resu
     data = build_run_data(cfg0, device, world, group[0].out)
     seeds = group_seeds(group)  # one data stream per seed, over the one copy of the data set
     loaders = [data.train, *(data.train.with_seed(seed) for seed in seeds[1:])]
-    needs_teacher = any(get_spec(r.cfg.method.name).needs_teacher for r in group)
+    needs_teacher = teacher and any(get_spec(r.cfg.method.name).needs_teacher for r in group)
+    if check and needs_teacher and cfg0.train.teacher_cache != "off":
+        from rld.fast.cache import require_device_loader
+
+        require_device_loader(cfg0.train.teacher_cache, data.train)
+        cfg0 = dataclasses.replace(cfg0, train=dataclasses.replace(cfg0.train, teacher_cache="off"))
     teacher_fn = build_teacher_fn(cfg0, data.num_classes, device, data.train) if needs_teacher else None
     members: list[Member] = []
     for r in group:
@@ -266,12 +292,21 @@ def _run_group(group: list[SweepRun], resume_from: dict[Path, Path | None], resu
             tracking=r.tracking,
         )
         members.append(Member.own_rng(run, tag=r, stream=seeds.index(r.cfg.seed)))
+    return world, data, loaders, teacher_fn, members
 
+
+def _run_group(
+    group: list[SweepRun], resume_from: dict[Path, Path | None], resume: bool, built: tuple | None = None
+) -> list[dict[str, Any]]:
+    """Train one lockstep group (``built``: what :func:`_build_group` built for it, else built now)."""
+    world, data, loaders, teacher_fn, members = built or _build_group(group, resume_from, resume)
     try:
         failed = train_group(members, data, teacher_fn, world, loaders)
-    except BaseException:
+    except BaseException as err:
         for m in members:
             m.run.abort()  # their trackers end their runs (a stop signal closed them already)
+            if isinstance(err, UserError):
+                m.run.folder.discard()  # new runs refused before their first checkpoint leave no folder
         raise
     if hasattr(teacher_fn, "close"):
         teacher_fn.close()
@@ -326,25 +361,63 @@ def train_runs(
     stream (:func:`group_runs`); ``summary``: a CSV rewritten after each group. One summary per run.
 
     With a ``ray`` ``executor`` each group is a task (see the module docstring)."""
-    for run in runs:
-        check_trackers(run.cfg.train.loggers)  # before anything is written
-    groups = group_runs(runs, share_seeds=executor is None or executor.kind == "local")
-    # every run's folder is checked up front (existing runs, another configuration): nothing starts
-    # unless all can, and nothing is written before
-    resume_from = {r.out: prepare_out_dir(r.out, resume, r.cfg) for r in runs}
-    if executor is not None and executor.kind != "local":
+    local = executor is None or executor.kind == "local"
+    groups, resume_from = check_runs(runs, resume=resume, share_seeds=local, build=local)
+    if not local:
         return _train_groups_elsewhere(groups, runs, summary, executor)
-    for group in groups:
-        _lockstep_positions(group, resume_from)
     # then every run folder is locked (one writer per run) until the sweep ends; if another process
     # holds one, none is taken and the sweep is refused
     expected = {r.out: lock.folder_state(r.out) for r in runs}
+    first = _build_group(groups[0], resume_from, resume)  # before the locks: refused here, nothing is touched
     locks = lock.hold_all([r.out for r in runs], expected)
     try:
-        return _train_groups(groups, runs, resume_from, resume, summary)
+        return _train_groups(groups, runs, resume_from, resume, summary, first)
     finally:
-        for held in locks:
+        for held in reversed(locks):  # the last taken first: a folder the first lock created empties last
             lock.release(held.out)
+
+
+def check_runs(
+    runs: list[SweepRun],
+    *,
+    resume: bool,
+    share_seeds: bool = True,
+    build: bool = True,
+    first: bool = False,
+    teachers: bool = True,
+) -> tuple[list[list[SweepRun]], dict[Path, Path | None]]:
+    """Check everything that can refuse ``runs`` before any trains, writing nothing; returns their
+    lockstep groups and the checkpoint each resumes from.
+
+    Trackers, every run's folder (an existing run without ``resume``, a run of another configuration)
+    and, with ``build``, what each group builds before it trains (:func:`_build_group`: device, data,
+    teacher, students and methods, built and dropped) for every group but the first — which is built
+    first anyway, so its mistakes refuse the command before any run trains — unless ``first`` (a
+    command that trains something else before these runs: rld demo's teacher). A group that differs
+    from an earlier one only in its seed is not built again. ``teachers=False``: the teacher is not
+    loaded (its checkpoint is not there yet: rld demo's teacher trains first)."""
+    for run in runs:
+        check_trackers(run.cfg.train.loggers)  # before anything is written
+    groups = group_runs(runs, share_seeds=share_seeds)
+    # every run's folder is checked up front (existing runs, another configuration): nothing starts
+    # unless all can, and nothing is written before
+    resume_from = {r.out: prepare_out_dir(r.out, resume, r.cfg) for r in runs}
+    for group in groups:
+        _lockstep_positions(group, resume_from)
+    if build:
+        built = set() if first else {stream_signature(groups[0][0].cfg)[1:]}
+        state = ckpt.rng_state()  # building seeds the generators: training then starts as without the check
+        try:
+            for group in groups if first else groups[1:]:
+                key = stream_signature(group[0].cfg)[1:]
+                if key not in built:
+                    built.add(key)
+                    _build_group(group, resume_from, resume, check=True, teacher=teachers)
+        finally:
+            ckpt.set_rng_state(state)
+            if torch.cuda.is_available() and torch.cuda.is_initialized():
+                torch.cuda.empty_cache()  # what the check built
+    return groups, resume_from
 
 
 def _lockstep_positions(group: list[SweepRun], resume_from: dict[Path, Path | None]) -> None:
@@ -360,13 +433,14 @@ def _lockstep_positions(group: list[SweepRun], resume_from: dict[Path, Path | No
                 resume_from[out] = last if last.exists() else None
 
 
-def _train_groups(groups, runs, resume_from, resume, summary) -> list[dict[str, Any]]:
+def _train_groups(groups, runs, resume_from, resume, summary, first=None) -> list[dict[str, Any]]:
+    """Train the groups in turn; ``first``: the first group as :func:`_build_group` built it."""
     log.info(
         "sweep: %d runs in %d lockstep group(s) (%s)", len(runs), len(groups), "; ".join(map(describe_group, groups))
     )
     rows: list[dict[str, Any]] = []
-    for group in groups:
-        rows += _run_group(group, resume_from, resume)
+    for i, group in enumerate(groups):
+        rows += _run_group(group, resume_from, resume, first if i == 0 else None)
         if summary is not None:
             _write_summary(summary, rows)
     return rows

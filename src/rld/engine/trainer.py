@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from rld.config import RunConfig, from_dict
+from rld.config import DEVICE_SYNTAX, RunConfig, from_dict
 from rld.data import build_data
 from rld.data.build import eval_preprocess
 from rld.engine import checkpoint as ckpt
@@ -36,6 +36,7 @@ from rld.engine.step import Outcome, train_step
 from rld.engine.teacher import TeacherViews
 from rld.errors import UserError
 from rld.methods import MethodContext, StrongView, build_method, get_spec, logits_only
+from rld.models.checkpoint import load_state
 from rld.models.features import Features
 from rld.models.weights import create_pretrained, freeze_backbone
 from rld.trackers import Tracking
@@ -69,12 +70,11 @@ def resolve_device(name: str, world: World) -> torch.device:
     A CUDA device always comes back with its index (``cuda`` is the current device, under torchrun
     the process's ``LOCAL_RANK``): ``torch.cuda.set_device`` and the CUDA-graph capture need one, and
     tensors compared by device then agree."""
+    if not isinstance(name, str) or DEVICE_SYNTAX.fullmatch(name) is None:  # not meta, mps, xla, …
+        raise UserError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise UserError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N") from err
+    device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise UserError("train.device is cuda but no CUDA device is available; use --device cpu")
@@ -352,9 +352,13 @@ class Run:
         changed = _check_same_config(from_dict(state["config"]), self.cfg, self.out, state["epoch"])
         if changed and self.world.is_main:
             log.info("resuming with a new schedule (%s) from epoch %d", ", ".join(changed), state["epoch"] + 1)
-        self.student.load_state_dict(state["model"])
-        self.method.load_state_dict(state["method"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_state(self.student, state["model"], path, "student weights")
+        load_state(self.method, state["method"], path, "method state")
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as err:
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+            raise UserError(f"checkpoint {path}: its optimizer state does not fit ({reason}); it is damaged") from err
         _match_buffer_layouts(self.optimizer)
         self.history, self.best, self.start_epoch = state["history"], state["best"], state["epoch"] + 1
         self.resume_position = state.get("position")

@@ -24,6 +24,7 @@ def _seeds(text: str) -> list[int]:
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from rld.config import text_override
     from rld.executor import failure_summary, import_ray, options_from_args
     from rld.experiments.plan import parse_teacher_checkpoints, plan_table
     from rld.experiments.reproduce import reproduce
@@ -31,7 +32,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     executor = options_from_args(args, args.device)
     if executor.kind == "ray" and not args.dry_run:
         import_ray()  # before planning: a missing Ray is said at once
-    overrides = list(args.overrides) + ([f"train.device={args.device}"] if args.device else [])
+    overrides = list(args.overrides) + ([text_override("train.device", args.device)] if args.device else [])
     plan = plan_table(
         args.table,
         args.out,

@@ -179,29 +179,33 @@ def run_demo(
 
 
 def _run(out: Path, overrides: list[str], methods, seeds, env, report: bool) -> DemoResult:
-    from rld.config import resolve
+    from rld.config import resolve, text_override
     from rld.engine import train
-    from rld.engine.sweep import SweepRun, train_runs
+    from rld.engine.sweep import SweepRun, check_runs, train_runs
+    from rld.engine.trainer import prepare_out_dir
     from rld.experiments.report import write_report
     from rld.experiments.runs import teacher_weights
     from rld.trackers import Tracking
 
     group = str(out)  # the demo's runs are one group in the trackers
     teacher_tracking = Tracking(f"{PRESETS}/teacher", group)
-    teacher = train(
-        resolve(f"{PRESETS}/teacher", list(overrides)), out / "teacher", resume=True, tracking=teacher_tracking
-    )
-    _write_environment(out / "teacher", env)
-    weights = teacher_weights(out / "teacher")
+    teacher_cfg = resolve(f"{PRESETS}/teacher", list(overrides))
+    weights = teacher_weights(out / "teacher")  # (written by the teacher's run, below)
     planned = []
     for seed in seeds:
         for method in methods:
-            given = [] if method == "vanilla" else [f"model.teacher_checkpoint={weights}"]
+            given = [] if method == "vanilla" else [text_override("model.teacher_checkpoint", weights)]
             cfg = resolve(f"{PRESETS}/{method}", [*overrides, *given, f"seed={seed}"])
             tracking = Tracking(f"{PRESETS}/{method}", group)
             planned.append(
                 SweepRun(f"{method}/seed{seed}", {"method": method}, cfg, out / method / f"seed{seed}", tracking)
             )
+    # every run is checked before the teacher trains: a student's folder holding a run of another
+    # configuration, or settings the students cannot train with, refuse the demo before it writes
+    prepare_out_dir(out / "teacher", True, teacher_cfg)
+    check_runs(planned, resume=True, first=True, teachers=False)
+    teacher = train(teacher_cfg, out / "teacher", resume=True, tracking=teacher_tracking)
+    _write_environment(out / "teacher", env)
     rows = train_runs(planned, summary=out / "demo.csv", resume=True)
     for run in planned:
         _write_environment(run.out, env)

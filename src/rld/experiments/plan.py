@@ -18,7 +18,7 @@ from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
-from rld.config import RunConfig, list_presets, precision_summary, resolve, schedule_overrides
+from rld.config import RunConfig, list_presets, precision_summary, resolve, schedule_overrides, text_override
 from rld.errors import UserError
 from rld.experiments.runs import checkpoint_epoch, config_differences, read_config, teacher_weights
 from rld.experiments.tables import DISTILL, STUDENT, TEACHER, UNAVAILABLE, Cell, TableSpec, get_table
@@ -230,7 +230,7 @@ class _Planner:
     def __init__(self, table: TableSpec, root: Path, seeds, epochs, data, overrides, teachers):
         self.table, self.root, self.seeds = table, root, seeds
         self.epochs, self.overrides, self.teachers = epochs, overrides, teachers
-        self.common = [f"data.path={data}"] if data else []
+        self.common = [text_override("data.path", data)] if data else []
         self.runs: dict[str, PlannedRun] = {}
 
     def _add(self, run: PlannedRun, role: str) -> str:
@@ -280,7 +280,7 @@ class _Planner:
         teacher_ckpt = teacher_run.checkpoint or str(teacher_weights(teacher_run.out))
         preset = f"{family}/{cell.pair}/{variant.method}"
         name = f"{family}/{cell.pair}/{variant.key}/seed{seed}"
-        extra = (*variant.overrides, f"model.teacher_checkpoint={teacher_ckpt}")
+        extra = (*variant.overrides, text_override("model.teacher_checkpoint", teacher_ckpt))
         run = PlannedRun(
             name=name,
             roles=[],

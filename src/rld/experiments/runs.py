@@ -87,12 +87,13 @@ def teacher_weights(run_dir: str | Path) -> Path:
 
 def checkpoint_epoch(path: Path) -> int | None:
     """The ``epoch`` stored in a run checkpoint, or None when it is missing or unreadable."""
-    import torch
+    from rld.models.checkpoint import read_torch_file
 
     if not path.is_file():
         return None
+
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        state = read_torch_file(path, mmap=True)
     except Exception:  # unreadable: the trainer reports it properly when the run is resumed
         return None
     epoch = state.get("epoch") if isinstance(state, dict) else None

@@ -155,7 +155,7 @@ def _write_index(folder: Path, filled: np.ndarray, crcs: np.ndarray) -> None:
 
 def _read_index(folder: Path, shape: tuple[int, int, int], chunks: int) -> tuple[np.ndarray, np.ndarray]:
     try:
-        with np.load(folder / INDEX) as index:
+        with open(folder / INDEX, "rb") as f, np.load(f) as index:  # (np.load leaks a file it opens and refuses)
             filled, crcs = index["filled"], index["crc32"]
     except FileNotFoundError:
         raise corrupt(folder, f"{INDEX} is missing") from None
@@ -164,6 +164,8 @@ def _read_index(folder: Path, shape: tuple[int, int, int], chunks: int) -> tuple
         raise corrupt(folder, f"{INDEX} is unreadable: {reason}") from err
     if filled.shape != tuple(shape[:2]) or filled.dtype != bool or crcs.shape != (chunks,):
         raise corrupt(folder, f"{INDEX} does not describe a table of {shape[0]} images")
+    if crcs.dtype.kind not in "iu" or crcs.size and (crcs.min() < 0 or crcs.max() > 0xFFFFFFFF):
+        raise corrupt(folder, f"{INDEX} holds no CRC-32 checksums")
     return filled, crcs.astype(np.uint32)
 
 
@@ -299,7 +301,9 @@ class LogitStore:
                 on_disk = json.loads((folder / "meta.json").read_text())
             except ValueError as err:
                 raise corrupt(folder, f"meta.json is unreadable: {err}") from err
-            if on_disk.get("key") != key or tuple(on_disk.get("shape", ())) != tuple(shape):
+            if not isinstance(on_disk, dict) or not isinstance(on_disk.get("shape", []), list):
+                raise corrupt(folder, "meta.json does not describe a cache")
+            if on_disk.get("key") != key or on_disk.get("shape") != list(shape):
                 raise UserError(
                     f"the teacher-logit cache {folder} belongs to another teacher or data set; delete the folder"
                 )
@@ -525,6 +529,15 @@ class CachedTeacher:
         self.store.flush()
 
 
+def require_device_loader(mode: str, loader: Any) -> None:
+    """UserError unless ``loader`` gives each sample's (image, view), as ``train.teacher_cache=MODE`` needs."""
+    if not isinstance(loader, DeviceLoader):
+        raise UserError(
+            f"train.teacher_cache={mode} needs the device-resident loader (data.pipeline=device with digits or "
+            "cifar100): only it gives each sample's (image, view); use train.teacher_cache=off here"
+        )
+
+
 def open_teacher_cache(
     cfg: Any,
     teacher_fn: Any,
@@ -542,11 +555,7 @@ def open_teacher_cache(
         progress: ``progress(done, total)`` while a full build runs.
     """
     mode = cfg.train.teacher_cache
-    if not isinstance(loader, DeviceLoader):
-        raise UserError(
-            f"train.teacher_cache={mode} needs the device-resident loader (data.pipeline=device with digits or "
-            "cifar100): only it gives each sample's (image, view); use train.teacher_cache=off here"
-        )
+    require_device_loader(mode, loader)
     precision = cfg.train.cache_precision
     key = cache_key(
         teacher_name=cfg.model.teacher,

@@ -39,11 +39,11 @@ def _flags(args: argparse.Namespace) -> dict:
 
 
 def _cmd_cache(args: argparse.Namespace) -> None:
-    from rld.config import FOLDER_DATA, resolve, with_flags
+    from rld.config import FOLDER_DATA, resolve, text_override, with_flags
     from rld.fast.build import build_cache
     from rld.fast.cache import human_size
 
-    extra = [f"train.cache_dir={args.cache_dir}"] if args.cache_dir else []
+    extra = [text_override("train.cache_dir", args.cache_dir)] if args.cache_dir else []
     extra += [f"train.cache_precision={args.precision}"] if args.precision else []
     cfg = resolve(args.preset, [*with_flags(list(args.overrides), _flags(args)), *extra])
     folder = cfg.data.name.lower() in FOLDER_DATA

@@ -139,8 +139,9 @@ def npy_problem(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> str | No
         size = path.stat().st_size
     except FileNotFoundError:
         return f"{path.name} is missing"
-    except (OSError, ValueError) as err:
-        return f"{path.name} has no readable header: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
+    except Exception as err:  # noqa: BLE001 - numpy's header parser raises many kinds for damaged bytes
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:120]
+        return f"{path.name} has no readable header: {reason}"
     if tuple(header[0]) != tuple(shape) or np.dtype(header[2]) != np.dtype(dtype) or header[1]:
         return f"{path.name} holds another array"
     need = offset + int(np.prod(shape)) * np.dtype(dtype).itemsize

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,24 @@ def _plain_data_globals() -> list:
     scalar = np.float64(0).__reduce__()[0]
     dtypes = {type(np.dtype(t)) for t in ("float64", "float32", "int64", "int32")}
     return [argparse.Namespace, np.dtype, scalar, (scalar, "numpy.core.multiarray.scalar"), *dtypes]
+
+
+def read_torch_file(path: str | os.PathLike[str], *, mmap: bool = False) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU, its warnings silenced (a damaged pickle can
+    make the unpickler warn before it fails); a failure raises as ``torch.load`` does."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+
+
+def load_failure(err: BaseException) -> str:
+    """Why ``torch.load`` could not read a file, in a few words (its weights-only error is a paragraph)."""
+    text = str(err).strip()
+    if "WeightsUnpickler error:" in text:
+        lines = text.split("WeightsUnpickler error:", 1)[1].splitlines()
+        detail = next((line.strip() for line in lines if line.strip()), "")
+        return f"its pickle is damaged or holds more than tensors, numbers and dicts: {detail}"[:200]
+    return (text.splitlines() or [type(err).__name__])[0][:160]
 
 
 def _is_state_dict(obj: object) -> bool:
@@ -98,9 +117,8 @@ def _saved_architecture(metadata: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _check_fits(
-    model: nn.Module, state_dict: Mapping[str, Tensor], path: Path, metadata: Mapping[str, Any] | None = None
-) -> None:
+def _fit_problems(model: nn.Module, state_dict: Mapping[str, Tensor]) -> list[str]:
+    """How ``state_dict`` does not fit ``model``: missing and unexpected keys, shape mismatches."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
@@ -116,6 +134,13 @@ def _check_fits(
         problems.append(f"{len(unexpected)} unexpected keys ({_few(unexpected)})")
     if mis_shaped:
         problems.append(f"{len(mis_shaped)} shape mismatches ({_few(mis_shaped)})")
+    return problems
+
+
+def _check_fits(
+    model: nn.Module, state_dict: Mapping[str, Tensor], path: Path, metadata: Mapping[str, Any] | None = None
+) -> None:
+    problems = _fit_problems(model, state_dict)
     if problems:
         name = getattr(model, "model_name", "") or type(model).__name__
         holds = _saved_architecture(metadata or {})
@@ -152,9 +177,9 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike[str]) -> dict[str,
     allow = getattr(torch.serialization, "safe_globals", None)  # (torch >= 2.5)
     try:
         with allow(_plain_data_globals()) if allow else contextlib.nullcontext():
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            obj = read_torch_file(path)
     except Exception as err:  # any failure to read the file is a problem with the file
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        reason = load_failure(err)
         raise UserError(
             f"cannot read checkpoint {path} ({reason}); it must be a complete torch.save file "
             "of tensors, numbers and dicts (weights_only loading)"
@@ -165,3 +190,23 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike[str]) -> dict[str,
     _check_fits(target, state_dict, path, metadata)
     target.load_state_dict(state_dict, strict=True)
     return metadata
+
+
+def load_state(module: nn.Module, state_dict: Any, path: str | os.PathLike[str], what: str = "weights") -> None:
+    """Load ``state_dict`` (the ``what`` of the checkpoint ``path``, saved from a module like
+    ``module``) into ``module``, all or nothing: UserError naming the file when it does not fit (keys,
+    shapes, kinds of values: a damaged or edited checkpoint)."""
+    if not _is_state_dict(state_dict) and not (isinstance(state_dict, Mapping) and not state_dict):
+        raise UserError(f"checkpoint {path} holds no state dict of {what}: it is damaged; point to another checkpoint")
+    problems = _fit_problems(module, state_dict)
+    try:
+        if not problems:
+            module.load_state_dict(state_dict, strict=True)
+    except (RuntimeError, TypeError, ValueError, KeyError) as err:
+        problems = [(str(err).strip().splitlines() or [type(err).__name__])[0][:160]]
+    if problems:
+        name = getattr(module, "model_name", "") or type(module).__name__
+        raise UserError(
+            f"checkpoint {path}: its {what} do not fit {name} ({'; '.join(problems)}): the file is damaged or "
+            "edited; point to another checkpoint"
+        )

@@ -79,11 +79,12 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         except Exception as err:
             raise UserError(f"cannot read {path} as safetensors ({str(err).splitlines()[0][:160]})") from err
+    from rld.models.checkpoint import load_failure, read_torch_file
+
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = read_torch_file(path)
     except Exception as err:
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
-        raise UserError(f"cannot read weights file {path} ({reason})") from err
+        raise UserError(f"cannot read weights file {path} ({load_failure(err)})") from err
     state_dict, _ = _split_checkpoint(obj, path)
     return dict(state_dict)
 

@@ -26,12 +26,12 @@ FIG7_CLASSES = ("leopard", "television", "dinosaur")  # the classes of the paper
 
 
 def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError as err:
-        raise UserError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N") from err
+    """The device ``--device`` names, as training resolves it (auto, cpu, cuda, cuda:N; one that is not
+    there, or of another kind, is refused in one line)."""
+    from rld.engine.distributed import World
+    from rld.engine.trainer import resolve_device
+
+    return resolve_device(name, World())
 
 
 @lru_cache(maxsize=2)
@@ -221,12 +221,15 @@ def extra_parameters(record: RunRecord) -> int:
 
     if not get_spec(record.config.method.name).reads_features:
         return build_method(record.config.method).extra_parameters()
-    import torch
+    from rld.engine import checkpoint as ckpt
 
     path = record.path / "checkpoints" / "last.pt"
     if not path.is_file():
         raise UserError(f"{record.path} has no checkpoints/last.pt: the run has not finished an epoch")
-    return int(torch.load(path, map_location="cpu", weights_only=False)["method_parameters"])
+    count = ckpt.load_run(path).get("method_parameters")  # never unpickles code (weights_only)
+    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+        raise UserError(f"checkpoint {path} records no count of the method's parameters: it is damaged")
+    return count
 
 
 @dataclass
