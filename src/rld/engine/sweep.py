@@ -71,7 +71,7 @@ from typing import Any
 import torch
 
 from rld import executor as ex
-from rld.config import RunConfig, resolve
+from rld.config import FOLDER_DATA, RunConfig, resolve
 from rld.engine import checkpoint as ckpt
 from rld.engine import guard, lock
 from rld.engine.batched import batch_students_wanted
@@ -260,7 +260,8 @@ def _build_group(
 ):
     """What a lockstep group trains with: ``(world, data, loaders, teacher_fn, members)``. ``check``:
     only to see that it can be built (:func:`check_runs`): the teacher-logit cache is not opened (that
-    would fill it), only its need of the device-resident loader is checked; ``teacher=False``: nor is
+    would fill it), only its need of the device-resident loader is checked (an image folder's store of
+    teacher outputs is opened: that only reads it); ``teacher=False``: nor is
     the teacher loaded."""
     cfg0 = group[0].cfg
     world = World()
@@ -270,7 +271,8 @@ def _build_group(
     seeds = group_seeds(group)  # one data stream per seed, over the one copy of the data set
     loaders = [data.train, *(data.train.with_seed(seed) for seed in seeds[1:])]
     needs_teacher = teacher and any(get_spec(r.cfg.method.name).needs_teacher for r in group)
-    if check and needs_teacher and cfg0.train.teacher_cache != "off":
+    folder = cfg0.data.name.lower() in FOLDER_DATA  # the store of per-epoch outputs: opening it only reads
+    if check and needs_teacher and cfg0.train.teacher_cache != "off" and not folder:
         from rld.fast.cache import require_device_loader
 
         require_device_loader(cfg0.train.teacher_cache, data.train)
