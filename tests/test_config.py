@@ -46,7 +46,7 @@ REFUSED = [
     (["train.static_step=sometimes"], "train.static_step must be auto, on, off or require, got sometimes"),
     (["train.batch_students=x"], "train.batch_students must be auto, on or off, got x"),
     (["train.checkpoint_every_steps=-1"], "train.checkpoint_every_steps must be >= 0, got -1"),
-    (["train.cache_precision=bfloat16"], "train.cache_precision must be float16 or float32, got bfloat16"),
+    (["train.cache_precision=bfloat16"], "train.cache_precision must be float32, float16, int8 or topk, got bfloat16"),
     (
         ["train.loggers=[tb]"],
         "train.loggers: unknown logger 'tb'; choose from tensorboard, mlflow, wandb, "
