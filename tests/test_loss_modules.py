@@ -403,3 +403,256 @@ def test_every_loss_function_computes_low_precision_inputs_in_float32(dtype):
                 continue
             assert got.dtype == torch.float32, (name, got.dtype)
             torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6, msg=name)
+
+
+def _refusals():
+    g = torch.Generator().manual_seed(0)
+    zs, zt = torch.randn(6, 5, generator=g), torch.randn(6, 5, generator=g)
+    y = torch.tensor([0, 1, 2, 3, 4, 0])
+    feat = torch.rand(6, 4, 3, 3, generator=g)
+    # (what is wrong, the call, the whole message)
+    return [
+        (
+            "not a tensor",
+            lambda: losses.kd_loss([[1.0, 2.0]], zt),
+            "student_logits must be a torch.Tensor of shape (B, C), got list",
+        ),
+        (
+            "integer logits",
+            lambda: losses.kd_loss(zs.long(), zt),
+            "student_logits must be a floating-point tensor, got torch.int64",
+        ),
+        (
+            "one class",
+            lambda: losses.kd_loss(zs[:, :1], zt[:, :1]),
+            "student_logits needs at least 2 classes, got shape (6, 1)",
+        ),
+        (
+            "shapes differ",
+            lambda: losses.kd_loss(zs, zt[:, :4]),
+            "student_logits and teacher_logits must have the same shape (B, C), got (6, 5) and (6, 4)",
+        ),
+        (
+            "target not a tensor",
+            lambda: losses.dkd_loss(zs, zt, [0, 1, 2, 3, 4, 0]),
+            "target must be a torch.Tensor of class indices, got list",
+        ),
+        (
+            "target float",
+            lambda: losses.dkd_loss(zs, zt, y.float()),
+            "target must hold integer class indices, got dtype torch.float32",
+        ),
+        (
+            "target out of range",
+            lambda: losses.dkd_loss(zs, zt, y + 1),
+            "target holds class indices in [1, 5] but the logits have 5 classes (valid: 0..4)",
+        ),
+        (
+            "target negative",
+            lambda: losses.rld_loss(zs, zt, y - 1),
+            "target holds class indices in [-1, 3] but the logits have 5 classes (valid: 0..4)",
+        ),
+        (
+            "reduction",
+            lambda: losses.kd_loss(zs, zt, reduction="sum"),
+            "reduction must be 'mean' (a batch mean) or 'none' (per row), got 'sum'",
+        ),
+        ("mask", lambda: losses.rld_terms(zs, zt, y, mask="gt"), "mask must be one of 'ge', 'g', got 'gt'"),
+        ("mask_ge mask", lambda: losses.mask_ge(zt, y, mask="x"), "mask must be one of 'ge', 'g', got 'x'"),
+        (
+            "temperature a string",
+            lambda: losses.kd_loss(zs, zt, temperature="4"),
+            "temperature must be a number, got '4'",
+        ),
+        ("weight a string", lambda: losses.dkd_loss(zs, zt, y, alpha="1"), "alpha must be a number >= 0, got '1'"),
+        (
+            "map not a tensor",
+            lambda: losses.attention_map([1.0]),
+            "feat must be a torch.Tensor of shape (B, C, H, W), got list",
+        ),
+        (
+            "map integer",
+            lambda: losses.attention_map(feat.long()),
+            "feat must be a floating-point tensor, got torch.int64",
+        ),
+        ("map empty", lambda: losses.attention_map(feat[:0]), "feat must not be empty, got shape (0, 4, 3, 3)"),
+        (
+            "map lists not lists",
+            lambda: losses.at_loss(feat, [feat]),
+            "student_feats must be a list of (B, C, H, W) tensors, got Tensor",
+        ),
+        (
+            "map lists empty",
+            lambda: losses.at_loss([], []),
+            "student_feats must hold at least one feature map, got an empty list",
+        ),
+        (
+            "map lists lengths",
+            lambda: losses.at_loss([feat, feat], [feat]),
+            "student_feats and teacher_feats must have the same number of feature maps, got 2 and 1",
+        ),
+        (
+            "hint batch",
+            lambda: losses.hint_loss(feat, feat[:3]),
+            "student_regressed and teacher_feat must have the same batch size B, got 6 and 3",
+        ),
+        (
+            "hint shapes",
+            lambda: losses.hint_loss(feat, feat[:, :2]),
+            "student_regressed and teacher_feat must have the same shape, got (6, 4, 3, 3) and (6, 2, 3, 3)",
+        ),
+        (
+            "hcl shapes",
+            lambda: losses.hcl_loss([feat], [feat[:, :2]]),
+            "student_feats[0] and teacher_feats[0] must have the same shape, got (6, 4, 3, 3) and (6, 2, 3, 3)",
+        ),
+        (
+            "rkd one sample",
+            lambda: losses.rkd_loss(torch.randn(1, 4), torch.randn(1, 4)),
+            "rkd_loss needs a batch of at least 2 samples, got B = 1",
+        ),
+        (
+            "rkd squared",
+            lambda: losses.rkd_loss(torch.randn(3, 4), torch.randn(3, 4), squared=1),
+            "squared must be True or False, got 1",
+        ),
+        (
+            "ofd margin shapes",
+            lambda: losses.ofd_margin(torch.rand(4), torch.rand(3)),
+            "bn_weight and bn_bias must have the same shape (C,), got (4,) and (3,)",
+        ),
+        (
+            "ofd channels",
+            lambda: losses.ofd_loss(feat, feat, torch.rand(3)),
+            "student_feat, teacher_feat and margin must have the same number of channels C, got 4, 4 and 3",
+        ),
+        (
+            "cam weight shape",
+            lambda: losses.class_activation_maps(feat, torch.randn(7, 4, 2)),
+            "classifier_weight must have shape (K, C) or (K, C, 1, 1), got (7, 4, 2)",
+        ),
+        (
+            "cam channels",
+            lambda: losses.class_activation_maps(feat, torch.randn(7, 3)),
+            "classifier_weight has 3 input channels but feat has 4 (shape (6, 4, 3, 3))",
+        ),
+        (
+            "cat classes",
+            lambda: losses.cat_loss(feat, feat[:, :2]),
+            "student_cams and teacher_cams must have the same number of classes K, got 4 and 2",
+        ),
+        (
+            "cat resolution",
+            lambda: losses.cat_loss(feat, feat, resolution=0),
+            "resolution must be an integer >= 1, got 0",
+        ),
+        ("cat flag", lambda: losses.cat_loss(feat, feat, normalize=1), "normalize must be True or False, got 1"),
+        (
+            "simkd channels",
+            lambda: losses.simkd_loss(feat, feat[:, :2]),
+            (
+                "student_projected and teacher_feat must have the same number of channels, got 4 and 2: the "
+                "projector maps the student to the teacher's channels"
+            ),
+        ),
+        (
+            "simkd size",
+            lambda: losses.simkd_loss(feat, feat[:, :, :2, :2]),
+            (
+                "student_projected is 3x3 but teacher_feat only 2x2: pool the student's feature to the "
+                "teacher's size before the projector, as SimKD does"
+            ),
+        ),
+        (
+            "crd anchor/pn",
+            lambda: losses.crd_scores(torch.randn(6, 8), torch.randn(6, 3, 7)),
+            (
+                "positives_and_negatives must have shape (B, K + 1, D) = (6, K + 1, 8) to match anchor (6, 8), "
+                "got (6, 3, 7)"
+            ),
+        ),
+        (
+            "nkd exclude",
+            lambda: losses.nkd_terms(zs, zt, y, exclude_target=1),
+            "exclude_target must be True or False, got 1",
+        ),
+        ("dist eps", lambda: losses.dist_terms(zs, zt, eps=-1.0), "eps must be a number >= 0, got -1.0"),
+        (
+            "wttm no gamma",
+            lambda: losses.WTTMLoss(beta=4.0),
+            (
+                "WTTM needs gamma, the power applied to the teacher's probabilities (1/T); the published code "
+                "has no per-pair default (its --ttm_l default is 1): set it"
+            ),
+        ),
+        (
+            "wttm no beta",
+            lambda: losses.WTTMLoss(gamma=0.2),
+            "WTTM needs beta, the weight of its distillation term (set per teacher-student pair)",
+        ),
+        (
+            "percentile",
+            lambda: losses.mlkd_mask_fractions(zt, percentile=101),
+            "percentile must be a number in [0, 100], got 101",
+        ),
+        (
+            "exponent nan",
+            lambda: losses.ab_divergence(zs, zt, alpha=math.nan),
+            "alpha must be a finite number (of any sign), got nan",
+        ),
+        (
+            "threshold",
+            lambda: losses.crld_masks(zt, zt, tau_w=1.5),
+            "tau_w must be a number in [0, 1] (a probability), got 1.5",
+        ),
+        (
+            "strong view shape",
+            lambda: losses.mlkd_terms(zs, zt, zs[:, :4], zt),
+            "student_strong_logits must have the shape of the weak view's logits (6, 5), got (6, 4)",
+        ),
+        (
+            "strong view not a tensor",
+            lambda: losses.mlkd_terms(zs, zt, [1.0], zt),
+            "student_strong_logits must be a torch.Tensor of shape (B, C), got list",
+        ),
+        (
+            "strong view integer",
+            lambda: losses.mlkd_terms(zs, zt, zs.long(), zt),
+            "student_strong_logits must be a floating-point tensor, got torch.int64",
+        ),
+        (
+            "crld masks shapes",
+            lambda: losses.crld_masks(zt, zt[:, :4]),
+            "teacher_strong_logits must have the shape of the weak view's logits (6, 5), got (6, 4)",
+        ),
+        (
+            "mlkd one view",
+            lambda: losses.MLKDLoss()(zs, zt, y, 1, student_strong_logits=zs),
+            (
+                "MLKD needs the logits of the strongly augmented view too: pass student_strong_logits= and "
+                "teacher_strong_logits="
+            ),
+        ),
+        (
+            "crld one view",
+            lambda: losses.CRLDLoss()(zs, zt, y, 1, teacher_strong_logits=zt),
+            (
+                "CRLD needs the logits of the strongly augmented view too: pass student_strong_logits= and "
+                "teacher_strong_logits="
+            ),
+        ),
+        (
+            "crld ls",
+            lambda: losses.CRLDLoss(logit_standardization=True),
+            "CRLD with logit standardization is not defined by the published code of logit standardization",
+        ),
+    ]
+
+
+def test_every_refusal_of_the_losses_says_exactly_what_is_wrong():
+    refusals = _refusals()
+    assert len(refusals) == len({what for what, _, _ in refusals})
+    for what, call, message in refusals:
+        with pytest.raises(ValueError) as err:
+            call()
+        assert str(err.value) == message, what
