@@ -58,7 +58,7 @@ $(MUTVENV)/.mutmut: $(VENV)/.dev
 	touch $@
 
 mutation: $(MUTVENV)/.mutmut
-	$(MUTVENV)/bin/python benchmarks/mutation.py --mutmut $(MUTVENV)/bin/mutmut $(PKG)
+	$(MUTVENV)/bin/python benchmarks/mutation.py --mutmut $(MUTVENV)/bin/mutmut $(MUTARGS) $(PKG)
 
 clean:
 	rm -rf $(VENV) build site src/*.egg-info .pytest_cache

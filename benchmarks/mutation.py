@@ -1,6 +1,6 @@
 """Mutation testing of the core packages with mutmut 3 (``make mutation``; see docs/testing.md).
 
-    python benchmarks/mutation.py [--config TOML] [--mutmut PATH] [--max-children 1]
+    python benchmarks/mutation.py [--config TOML] [--mutmut PATH] [--max-children N]
                                   [--resume | --survivors] [PACKAGE ...]
 
 PACKAGE: names from benchmarks/mutation.toml (default: all of them, in the file's order). Each
@@ -116,7 +116,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, default=CONFIG, help="the configuration (default: %(default)s)")
     parser.add_argument("packages", nargs="*", help=f"default: all ({', '.join(config['packages'])})")
     parser.add_argument("--mutmut", default=shutil.which("mutmut") or "mutmut", help="the mutmut executable")
-    parser.add_argument("--max-children", type=int, default=1, help="mutants run at the same time (default 1)")
+    parser.add_argument(
+        "--max-children",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="mutants run at the same time (default: one per core)",
+    )
     parser.add_argument("--resume", action="store_true", help="continue the package's last, interrupted run")
     parser.add_argument(
         "--survivors",
@@ -126,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         "only added)",
     )
     args = parser.parse_args(argv)
+    # mutmut runs in the package's folder: a relative path to it must not be read from there
+    args.mutmut = str(Path(args.mutmut).resolve()) if os.sep in args.mutmut else args.mutmut
     names = args.packages or list(config["packages"])
     unknown = [n for n in names if n not in config["packages"]]
     if unknown:

@@ -35,6 +35,43 @@ if MUTATION:  # the processes the tests start import the mutated copy beside tes
     _src = str(Path(__file__).resolve().parents[1] / "src")
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_src, os.environ.get("PYTHONPATH")) if p)
 
+
+def _forget_rld_caches(package: str = "rld") -> None:
+    """Clear the ``functools`` caches of the modules of ``package`` (``rld``, ``rld.config``, ...)."""
+    for name, module in list(sys.modules.items()):
+        if name == package or name.startswith(package + "."):
+            for value in list(vars(module).values()):
+                if callable(getattr(value, "cache_clear", None)) and getattr(value, "__module__", None) == name:
+                    value.cache_clear()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under ``make mutation`` (mutmut forks each mutant's tests from a process that has collected
+    them): forget what the mutated package's caches remember, since the unmutated code computed it
+    there; and run the fastest tests first, since mutmut stops at the first failure (durations from
+    its statistics, in the mutants/ folder it runs the tests from)."""
+    if not MUTATION:
+        return
+    mutant = os.environ.get("MUTANT_UNDER_TEST", "")  # e.g. rld.losses.kd.x_kd_loss__mutmut_3
+    if "__mutmut_" in mutant:  # the caches of the mutated package (those of the others are unchanged)
+        _forget_rld_caches(".".join(mutant.split(".")[:2]))
+    stats = Path("mutmut-stats.json")
+    if stats.is_file():
+        import json
+
+        duration = json.loads(stats.read_text()).get("duration_by_test", {})
+        slowest = max(duration.values(), default=0.0) + 1.0
+        items.sort(key=lambda item: duration.get(item.nodeid, slowest))
+
+
+@pytest.fixture(autouse=MUTATION)
+def _each_test_computes_what_rld_caches():
+    """While mutmut records which test calls which function, every test starts with empty caches, so
+    that a cached function is recorded for every test that uses it, not only for the first."""
+    if os.environ.get("MUTANT_UNDER_TEST") == "stats":
+        _forget_rld_caches()
+
+
 TIME_COLUMNS = ("epoch_time", "train_time")
 HAS_CXX = any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "g++", "c++", "clang++"))
 

@@ -1,0 +1,338 @@
+"""What rld.config says and writes, compared whole: the messages of refused values, overrides and
+files, the examples it gives, the quoting of text values, the schedule `--epochs` scales, the
+precision summary, and saved configurations read back."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from rld.config import (
+    _close_matches,
+    _without_foreign_method_keys,
+    example_value,
+    from_dict,
+    key_help,
+    load_yaml,
+    precision_summary,
+    resolve,
+    schedule_overrides,
+    text_override,
+    to_yaml,
+)
+from rld.errors import UserError
+
+TRAIN_KEYS = (
+    "train.epochs, train.batch_size, train.lr, train.lr_milestones, train.lr_step, train.lr_decay, train.schedule, "
+    "train.warmup_epochs, train.optimizer, train.weight_decay, train.momentum, train.nesterov, train.grad_clip_norm, "
+    "train.device, train.amp, train.channels_last, train.deterministic, train.sync_bn, train.teacher_cache, "
+    "train.cache_dir, train.cache_precision, train.cache_topk, train.cache_inexact, train.static_step, "
+    "train.batch_students, train.stop_on_nonfinite, train.checkpoint_every_steps, train.loggers, train.experiment"
+)
+KD_TAKES = "temperature, ce_weight, kd_weight, logit_standardization, ls_temperature, ls_weight"
+
+
+def refusal(source: str, overrides: list[str]) -> str:
+    with pytest.raises(UserError) as err:
+        resolve(source, overrides)
+    return str(err.value)
+
+
+@pytest.mark.parametrize(
+    "value, problem",
+    [
+        ("[a", "unclosed '['"),
+        ("{a", "unclosed '{'"),
+        ('"abc', "unclosed quote"),
+        ("%x", "'%' cannot start a value (quote the value)"),
+        ("*x", "'*' marks a YAML alias (quote the value)"),
+        ("@x", "a character that cannot start a value (quote the value)"),
+        ("`x", "a character that cannot start a value (quote the value)"),
+        ("!!python/object:os.system x", "a YAML tag ('!!…') is not a value"),
+        ("a: b: c", "mapping values are not allowed in this context"),
+        ("]", "while parsing a block node: did not find expected node content"),
+    ],
+)
+def test_a_value_yaml_cannot_read_is_refused_with_what_is_wrong(value, problem):
+    assert refusal("demo/kd", [f"model.student={value}"]) == (
+        f"'model.student={value}' is not a valid value: {problem}; e.g. model.student=resnet8"
+    )
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            ["method.temprature=2"],
+            "unknown config key 'method.temprature' in the overrides (did you mean method.temperature, "
+            f"method.ls_temperature?); method 'kd' takes: {KD_TAKES}",
+        ),
+        (["method.xyz=2"], f"method 'kd' does not take xyz (it takes: {KD_TAKES}; set in the overrides)"),
+        (
+            ["method.logit_standardisation=true"],
+            "unknown config key 'method.logit_standardisation' in the overrides (did you mean "
+            f"method.logit_standardization?); method 'kd' takes: {KD_TAKES}",
+        ),
+        (
+            ["method.lsweight=2"],
+            "unknown config key 'method.lsweight' in the overrides (did you mean method.ls_weight, "
+            f"method.kd_weight, method.ce_weight?); method 'kd' takes: {KD_TAKES}",
+        ),
+        (
+            ["train.lrr=1"],
+            "unknown config key 'train.lrr' in the overrides (did you mean train.lr, train.lr_step, train.loggers?); "
+            f"valid keys: {TRAIN_KEYS}",
+        ),
+        (
+            ["train.x.y=1"],
+            "unknown config key 'train.x' in the overrides (did you mean train.lr, train.amp, train.epochs?); "
+            f"valid keys: {TRAIN_KEYS}",
+        ),
+        (
+            ["train.lr_milestones=5"],
+            "train.lr_milestones takes a list, e.g. train.lr_milestones=[5,7] (in the overrides)",
+        ),
+        (
+            ["train.epochs=abc"],
+            "invalid value for train.epochs in the overrides: it takes int "
+            "(Value 'abc' of type 'str' could not be converted to Integer)",
+        ),
+        (["data=5"], "'data=5': data is a section, not a value; set its keys, e.g. data.name=…"),
+    ],
+)
+def test_refused_keys_and_values_name_what_is_valid(overrides, message):
+    assert refusal("demo/kd", overrides) == message
+
+
+def test_a_method_without_logit_standardization_does_not_offer_its_keys():
+    assert refusal("demo/at", ["method.ls_wieght=2"]) == (
+        "unknown config key 'method.ls_wieght' in the overrides (did you mean method.ce_weight, "
+        "method.feat_weight?); method 'at' takes: ce_weight, feat_weight, p"
+    )
+    assert refusal("demo/at", ["method.zzz=1"]) == (
+        "method 'at' does not take zzz (it takes: ce_weight, feat_weight, p; set in the overrides)"
+    )
+
+
+def test_a_saved_configuration_is_read_back_and_old_method_sections_too():
+    saved = yaml.safe_load(to_yaml(resolve("demo/kd", ["method.temperature=3"])))
+    assert from_dict(saved) == resolve("demo/kd", ["method.temperature=3"])
+    # a section saved when every method held every key: the others' keys are null and are dropped
+    old = {**saved, "method": {**saved["method"], "alpha": None, "beta": None}}
+    assert from_dict(old).method == resolve("demo/kd", ["method.temperature=3"]).method
+    # ... but a value set for a key the method does not take is refused
+    wrong = {**saved, "method": {**saved["method"], "alpha": 1.0}}
+    with pytest.raises(UserError) as err:
+        from_dict(wrong)
+    assert str(err.value) == f"method 'kd' does not take alpha (it takes: {KD_TAKES}; set in the saved configuration)"
+    # null for a key the method takes is a value, and a wrong one
+    null = {**saved, "method": {**saved["method"], "temperature": None}}
+    with pytest.raises(UserError) as err:
+        from_dict(null)
+    assert str(err.value) == (
+        "invalid value for method.temperature in the saved configuration: it takes float "
+        "(Incompatible value 'None' for field of type 'float')"
+    )
+    for method in ({}, None):
+        plain = {**saved, "method": method}
+        assert from_dict(plain).method.name == "vanilla"
+        assert from_dict(plain).train == resolve("demo/kd", []).train
+    nameless = {**saved, "method": {"ce_weight": 0.5, "temperature": None}}
+    assert from_dict(nameless).method.name == "vanilla"
+    assert from_dict(nameless).method.ce_weight == 0.5
+
+
+def test_foreign_method_keys_are_dropped_from_a_layer_of_any_kind():
+    from omegaconf import OmegaConf
+
+    layer = {"train": {"lr": 0.1}, "method": {"name": "kd", "alpha": 1, "temperature": 2}}
+    expected = {"train": {"lr": 0.1}, "method": {"name": "kd", "temperature": 2}}
+    assert _without_foreign_method_keys(layer, {"name", "temperature"}) == expected
+    assert _without_foreign_method_keys(OmegaConf.create(layer), {"name", "temperature"}) == expected
+    assert _without_foreign_method_keys({"train": {"lr": 0.1}}, {"name"}) == {"train": {"lr": 0.1}}
+    assert _without_foreign_method_keys(["a"], {"name"}) == ["a"]
+
+
+@pytest.mark.parametrize(
+    "key, example",
+    [
+        ("data", "data.name=…"),
+        ("model", "model.student=…"),
+        ("method", "method.name=…"),
+        ("train", "train.epochs=…"),
+        ("train.amp", "train.amp=false"),
+        ("train.nesterov", "train.nesterov=false"),
+        ("train.lr_milestones", "train.lr_milestones=[150,180,210]"),
+        ("train.loggers", "train.loggers=[tensorboard]"),
+        ("train.epochs", "train.epochs=240"),
+        ("train.lr", "train.lr=0.05"),
+        ("data.name", "data.name=digits"),
+        ("train.lr_step", "train.lr_step=1"),
+        ("train.grad_clip_norm", "train.grad_clip_norm=0.5"),
+        ("data.path", "data.path=NAME"),
+        ("method.name", "method.name=vanilla"),
+        ("seed", "seed=0"),
+        ("no.such.key", "no.such.key=NAME"),
+    ],
+)
+def test_example_values_follow_the_type_and_default(key, example):
+    assert example_value(key) == example
+
+
+def test_an_empty_list_default_is_shown_with_an_example_list(monkeypatch):
+    import rld.config as config
+
+    types = {**config.key_types(), "x.empty": ("list[int]", []), "x.none": ("list[int] | None", None)}
+    monkeypatch.setattr(config, "key_types", lambda: types)
+    assert example_value("x.empty") == "x.empty=[5,7]"
+    assert example_value("x.none") == "x.none=[5,7]"
+    types["x.blank"] = ("str", "")
+    assert example_value("x.blank") == "x.blank=NAME"
+    types["x.flag"] = ("bool | None", None)
+    assert example_value("x.flag") == "x.flag=true"
+
+
+def test_close_matches_are_the_three_nearest():
+    assert _close_matches("abcd", ["abce", "abcf", "abcg", "abch", "abcx"]) == " (did you mean abcx, abch, abcg?)"
+    assert _close_matches("abcd", ["abce"]) == " (did you mean abce?)"
+    assert _close_matches("zzzz", ["abce"]) == ""
+    assert _close_matches("abcdefgh", ["abcdwxyz"]) == ""  # ratio 0.5, under the 0.6 cut-off
+    assert _close_matches("abcdefghij", ["abcdefgxyz"]) == " (did you mean abcdefgxyz?)"  # 0.7
+
+
+def test_key_help_lists_the_methods_and_joins_the_help_of_each_method():
+    from rld.methods import METHODS
+
+    helps = key_help()
+    assert helps["method.name"] == " | ".join(METHODS)
+    assert helps["method.name"].startswith("vanilla | kd | dkd | rld | ")
+    assert helps["seed"] == "random seed of the run (weights, data order, augmentation)"
+    # a method's own key without a shared help: each method's text, by method name, in method order
+    assert helps["method.p"] == "at: exponent of the attention maps (mean_c f^p)"
+    assert helps["method.feat_weight"].startswith(
+        "fitnet: weight of the hint (MSE) term; at: weight of the attention-map term; rkd: weight of the "
+    )
+    assert helps["method.feat_weight"].count("; ") == 7
+    # the shared help of a key is kept as it is
+    assert helps["method.ls_weight"] == "logit standardization: weight w (default 9)"
+    assert all(v for v in helps.values())
+
+
+@pytest.mark.parametrize(
+    "text, quoted",
+    [
+        ('a"b', '"a\\"b"'),
+        ("a\\b", '"a\\\\b"'),
+        (" ~", '" ~"'),
+        ("\x1f", '"\\u001f"'),
+        ("\x7f", '"\\u007f"'),
+        ("é", '"\\u00e9"'),
+        ("\uffff", '"\\uffff"'),
+        ("\U00010000", '"\\U00010000"'),
+    ],
+)
+def test_text_values_are_quoted_so_that_yaml_reads_them_back_exactly(text, quoted):
+    from rld.config import _yaml_quoted
+
+    assert _yaml_quoted(text) == quoted
+    assert yaml.safe_load(quoted) == text
+
+
+@pytest.mark.parametrize(
+    "value, override",
+    [
+        ("/data/cifar", "data.path=/data/cifar"),
+        ("[x]", 'data.path="[x]"'),
+        ("a #b", 'data.path="a #b"'),
+        ("${x}", 'data.path="\\\\${x}"'),
+        ("é/x", "data.path=é/x"),
+        ('a"${x}', 'data.path="a\\"\\\\${x}"'),
+    ],
+)
+def test_text_overrides_quote_only_what_yaml_would_read_otherwise(value, override):
+    assert text_override("data.path", value) == override
+
+
+def test_epochs_scale_the_schedule_warm_ups_and_ramps_except_what_is_kept():
+    rld = resolve("cifar100/resnet32x4-resnet8x4/rld", [])
+    assert (rld.train.epochs, rld.train.lr_milestones, rld.method.warmup_epochs) == (240, [150, 180, 210], 20.0)
+    assert schedule_overrides(rld, 24) == [
+        "train.epochs=24",
+        "train.lr_milestones=[15,18,21]",
+        "method.warmup_epochs=2",
+    ]
+    assert schedule_overrides(rld, 1) == [
+        "train.epochs=1",
+        "train.lr_milestones=[1,1,1]",
+        "method.warmup_epochs=0.0833333",
+    ]
+    assert schedule_overrides(rld, 240) == ["train.epochs=240"]
+    assert schedule_overrides(rld, 480) == [
+        "train.epochs=480",
+        "train.lr_milestones=[300,360,420]",
+        "method.warmup_epochs=40",
+    ]
+    assert schedule_overrides(rld, 24, keep={"method.warmup_epochs"}) == [
+        "train.epochs=24",
+        "train.lr_milestones=[15,18,21]",
+    ]
+    ctkd = resolve("cifar100/resnet32x4-resnet8x4/ctkd", [])
+    assert schedule_overrides(ctkd, 24) == ["train.epochs=24", "train.lr_milestones=[15,18,21]", "method.ramp_epochs=1"]
+    stepped = resolve("demo/kd", ["train.lr_step=30", "train.warmup_epochs=5"])
+    assert stepped.train.epochs == 10
+    assert schedule_overrides(stepped, 30) == ["train.epochs=30", "train.lr_step=90", "train.warmup_epochs=15"]
+    assert schedule_overrides(stepped, 1) == ["train.epochs=1", "train.lr_step=3", "train.warmup_epochs=0.5"]
+    short = resolve("demo/kd", ["train.lr_step=3"])
+    assert schedule_overrides(short, 1) == ["train.epochs=1", "train.lr_step=1"]  # never below 1
+    # a method without a warm-up: its (absent) key is not scaled
+    kd = resolve("cifar100/resnet32x4-resnet8x4/kd", [])
+    assert schedule_overrides(kd, 24) == ["train.epochs=24", "train.lr_milestones=[15,18,21]"]
+    for bad in (0, -3):
+        with pytest.raises(UserError) as err:
+            schedule_overrides(rld, bad)
+        assert str(err.value) == f"--epochs must be >= 1, got {bad}"
+
+
+def test_the_precision_summary_names_each_part():
+    assert precision_summary(resolve("demo/kd", [])) == {
+        "student": "float32",
+        "teacher_logits": "float32",
+        "losses": "float32",
+        "evaluation": "float32",
+    }
+    assert precision_summary(resolve("demo/kd", ["train.amp=true"])) == {
+        "student": "bf16 autocast",
+        "teacher_logits": "float32 (CUDA: bf16 body, float32 classifier)",
+        "losses": "float32",
+        "evaluation": "float32",
+    }
+
+
+def test_config_files_that_cannot_be_used_are_refused_with_the_reason(tmp_path):
+    def refused(name: str, content: bytes | None) -> str:
+        path = tmp_path / name
+        if content is not None:
+            path.write_bytes(content)
+        with pytest.raises(UserError) as err:
+            load_yaml(path)
+        return str(err.value).replace(str(tmp_path), "DIR")
+
+    assert refused("a.yaml", b"train:\n  lr: [1,\n") == (
+        "config file DIR/a.yaml is not valid YAML at line 3, column 1: expected the node content, but found "
+        "'<stream end>'"
+    )
+    assert refused("f.yaml", b"a: !!python/name:os.system\n") == (
+        "config file DIR/f.yaml is not valid YAML at line 1, column 4: could not determine a constructor for "
+        "the tag 'tag:yaml.org,2002:python/name:os.system'"
+    )
+    assert refused("b.yaml", b"- 1\n- 2\n") == (
+        "config file DIR/b.yaml must hold a mapping of sections (data, model, method, train, seed)"
+    )
+    assert refused("c.yaml", b"train.lr.x: 1\n") == (
+        "config file DIR/c.yaml: 'train.lr.x' is a dotted key; write nested sections (train: {lr.x: …}) or give it "
+        "as a KEY=VALUE override"
+    )
+    assert refused("missing.yaml", None) == "cannot read config file DIR/missing.yaml: No such file or directory"
+    assert refused("e.yaml", b"\xff\xfe") == "config file DIR/e.yaml is not UTF-8 text (byte 0: invalid start byte)"
+    (tmp_path / "empty.yaml").write_bytes(b"")
+    assert load_yaml(tmp_path / "empty.yaml") == {}
