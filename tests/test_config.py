@@ -128,6 +128,7 @@ ACCEPTED = [
     ("train.batch_students=true", ("train", "batch_students"), "on"),
     ("train.batch_students=false", ("train", "batch_students"), "off"),
     ("train.checkpoint_every_steps=0", ("train", "checkpoint_every_steps"), 0),
+    ("train.batch_size=1", ("train", "batch_size"), 1),
     ("train.loggers=[]", ("train", "loggers"), []),
     ("train.loggers=[tensorboard,mlflow,wandb]", ("train", "loggers"), ["tensorboard", "mlflow", "wandb"]),
 ]

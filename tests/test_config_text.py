@@ -253,6 +253,14 @@ def test_text_overrides_quote_only_what_yaml_would_read_otherwise(value, overrid
     assert text_override("data.path", value) == override
 
 
+@pytest.mark.parametrize("text", ["${x}", "a\\${x}", "a\\\\${x}${y}", '"q${y}z', "a: b", "[x]", "plain", "7"])
+def test_text_overrides_read_back_as_the_text_itself(text):
+    from omegaconf import OmegaConf
+
+    override = text_override("data.path", text)
+    assert OmegaConf.from_dotlist([override]).data.path == text
+
+
 def test_epochs_scale_the_schedule_warm_ups_and_ramps_except_what_is_kept():
     rld = resolve("cifar100/resnet32x4-resnet8x4/rld", [])
     assert (rld.train.epochs, rld.train.lr_milestones, rld.method.warmup_epochs) == (240, [150, 180, 210], 20.0)
@@ -336,3 +344,78 @@ def test_config_files_that_cannot_be_used_are_refused_with_the_reason(tmp_path):
     assert refused("e.yaml", b"\xff\xfe") == "config file DIR/e.yaml is not UTF-8 text (byte 0: invalid start byte)"
     (tmp_path / "empty.yaml").write_bytes(b"")
     assert load_yaml(tmp_path / "empty.yaml") == {}
+
+
+def test_storage_forms_suit_the_data_set_the_cache_mode_and_the_method(tmp_path):
+    folder = ["data.name=ImageFolder", f"data.path={tmp_path}"]  # the name in any case
+    lazy = "train.teacher_cache=lazy is for the array data sets (digits, cifar100); for image folders fill the store "
+    lazy += "once with `rld cache PRESET … --epochs E` and train with train.teacher_cache=full"
+    assert refusal("demo/kd", [*folder, "train.teacher_cache=lazy"]) == lazy
+    inexact = (
+        "teacher outputs stored as {form} change the loss or gradient of method '{method}' by more than 0.001 / 0.01 "
+        "relative (benchmarks/logit_forms.py): store them as float16, or set train.cache_inexact=true to train on "
+        "them anyway"
+    )
+    full = [*folder, "train.teacher_cache=full"]
+    assert refusal("demo/kd", [*full, "train.cache_precision=int8", "method.name=lr"]) == inexact.format(
+        form="int8", method="lr"
+    )
+    assert refusal("demo/kd", [*full, "train.cache_precision=topk"]) == inexact.format(form="topk", method="kd")
+    assert resolve("demo/kd", [*full, "train.cache_precision=int8"]).train.cache_precision == "int8"
+    assert resolve("demo/kd", [*full, "train.cache_precision=topk", "train.cache_inexact=true"]).train.cache_inexact
+    # no teacher, or no stored outputs read: nothing to check
+    assert resolve("demo/vanilla", [*full, "train.cache_precision=topk"]).train.teacher_cache == "full"
+    assert resolve("demo/kd", [*folder, "train.cache_precision=topk"]).train.teacher_cache == "off"
+    for data in (["data.name=digits"], ["data.name=cifar100", f"data.path={tmp_path}"]):
+        name = data[0].split("=")[1]
+        assert refusal("demo/kd", [*data, "train.cache_precision=int8"]) == (
+            f"train.cache_precision=int8 is a storage form of image-folder stores; the teacher-logit cache of {name} "
+            "stores float16 or float32"
+        )
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [("method.beta=4", "method.beta"), (" train.lr = 0.1", "train.lr"), ("data.path=a=b", "data.path"), ("a==", "a")],
+)
+def test_the_key_of_an_override_is_what_comes_before_the_first_equals_sign(override, key):
+    from rld.config import override_key
+
+    assert override_key(override) == key
+
+
+@pytest.mark.parametrize("override", ["method.beta", "=4", " =4", ""])
+def test_an_override_without_a_key_is_refused(override):
+    from rld.config import override_key
+
+    with pytest.raises(UserError) as err:
+        override_key(override)
+    assert str(err.value) == f"overrides must look like KEY=VALUE (e.g. method.beta=4), got {override!r}"
+
+
+def test_flags_become_overrides_of_their_keys_and_clash_with_the_same_key():
+    from rld.config import resolve_with_flags, with_flags
+
+    assert with_flags(["method.beta=4"], {"seed": 3, "data.path": "a b", "train.device": None}) == [
+        "method.beta=4",
+        "seed=3",
+        "data.path=a b",
+    ]
+    assert with_flags([], {"data.path": "7"}) == ['data.path="7"']  # text, never a number
+    for key, flag in (("seed", "--seed"), ("data.path", "--data"), ("other.key", "other.key")):
+        with pytest.raises(UserError) as err:
+            with_flags([f"{key}=1"], {key: "2"})
+        assert str(err.value) == f"{flag} and {key}=… both set {key}; give one of them"
+    with pytest.raises(UserError) as err:
+        resolve_with_flags("demo/kd", ["train.epochs=3"], epochs=4)
+    assert str(err.value) == "--epochs and train.epochs=… both set train.epochs; give one of them"
+    scaled = resolve_with_flags("cifar100/resnet32x4-resnet8x4/rld", ["method.alpha=2"], {"seed": 5}, epochs=24)
+    assert (scaled.seed, scaled.method.alpha, scaled.train.epochs, scaled.train.lr_milestones) == (
+        5,
+        2.0,
+        24,
+        [15, 18, 21],
+    )
+    assert scaled.method.warmup_epochs == 2.0
+    kept = resolve_with_flags("cifar100/resnet32x4-resnet8x4/rld", ["method.warmup_epochs=7"], epochs=24)
+    assert kept.method.warmup_epochs == 7.0
