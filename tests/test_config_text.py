@@ -419,3 +419,109 @@ def test_flags_become_overrides_of_their_keys_and_clash_with_the_same_key():
     assert scaled.method.warmup_epochs == 2.0
     kept = resolve_with_flags("cifar100/resnet32x4-resnet8x4/rld", ["method.warmup_epochs=7"], epochs=24)
     assert kept.method.warmup_epochs == 7.0
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train={lr: [1,2]}", "'train={lr: [1,2]}': train.lr takes a float, not a list; e.g. train.lr=0.05"),
+        (
+            "train={lr_step: [1,2]}",
+            "'train={lr_step: [1,2]}': train.lr_step takes a int, not a list; e.g. train.lr_step=1",
+        ),
+        ("train.lr_step={a: 1}", "'train.lr_step={a: 1}': train.lr_step takes a int, not a map; e.g. train.lr_step=1"),
+        ("train.amp=[1]", "'train.amp=[1]': train.amp takes a bool, not a list; e.g. train.amp=false"),
+        (
+            "model.student=[a]",
+            "'model.student=[a]': model.student takes a name, not a list; e.g. model.student=resnet8",
+        ),
+        (
+            "model={student: {a: 1}}",
+            "'model={student: {a: 1}}': model.student takes a name, not a map; e.g. model.student=resnet8",
+        ),
+        ("method.name=5", "method.name takes a method name, e.g. method.name=kd; got 5 in the overrides"),
+        (
+            "train.lr=${train.nope}",
+            "cannot resolve the interpolation in train.lr: Interpolation key 'train.nope' not found; give a plain "
+            "value, e.g. train.lr=0.05",
+        ),
+        (
+            "train.loggers=[tensorboard, '\\${x}']",
+            "train.loggers=${x}: a value cannot hold '${' (a configuration reads '${…}' as an interpolation); rename "
+            "the file or folder, or give a plain value",
+        ),
+    ],
+)
+def test_values_of_the_wrong_kind_are_refused_naming_the_nested_key(override, message):
+    assert refusal("demo/kd", [override]) == message
+
+
+def test_an_override_keeps_every_equals_sign_after_the_first():
+    assert resolve("demo/kd", ["train.experiment=a=b"]).train.experiment == "a=b"
+
+
+def test_a_method_named_by_an_override_takes_only_its_own_keys_from_that_override():
+    # the preset's keys of another method are dropped; the overrides' are the user's: refused
+    assert resolve("demo/kd", ["method.name=dkd", "method.alpha=3"]).method.alpha == 3.0
+    assert refusal("demo/kd", ["method.name=dkd", "method.kd_weight=1"]) == (
+        "unknown config key 'method.kd_weight' in the overrides (did you mean method.ls_weight, method.ce_weight?); "
+        "method 'dkd' takes: alpha, beta, temperature, warmup_epochs, ce_weight, logit_standardization, "
+        "ls_temperature, ls_weight"
+    )
+
+
+def test_logit_standardization_adjusts_the_values_of_the_method_finally_named():
+    dkd = resolve("cifar100/resnet32x4-resnet8x4/kd", ["method.name=dkd", "method.logit_standardization=true"]).method
+    assert (dkd.alpha, dkd.beta, dkd.temperature, dkd.ce_weight) == (9.0, 72.0, 2.0, 0.1)
+    assert (dkd.ls_temperature, dkd.ls_weight) == (2.0, 9.0)
+    kd = resolve("cifar100/resnet32x4-resnet8x4/kd", ["method.logit_standardization=true", "method.ls_weight=3"]).method
+    assert (kd.temperature, kd.kd_weight, kd.ls_temperature, kd.ls_weight) == (2.0, 3.0, 2.0, 3.0)
+    kd = resolve("cifar100/resnet32x4-resnet8x4/kd", ["method.logit_standardization=true", "method.ls_temperature=3"])
+    assert (kd.method.temperature, kd.method.kd_weight, kd.method.ls_temperature, kd.method.ls_weight) == (
+        3.0,
+        9.0,
+        3.0,
+        9.0,
+    )
+
+
+def test_config_files_by_extension_or_by_being_a_file(tmp_path):
+    (tmp_path / "a.yml").write_text("preset: demo/kd\ntrain: {lr: 0.2}\n")
+    a = resolve(str(tmp_path / "a.yml"))
+    assert (a.train.lr, a.method.name) == (0.2, "kd")
+    (tmp_path / "noext").write_text("preset: demo/kd\ntrain: {lr: 0.3}\n")
+    assert resolve(str(tmp_path / "noext")).train.lr == 0.3
+    (tmp_path / "b.yaml").write_text("train: {lr: 0.2}\n")  # no preset: the defaults
+    b = resolve(str(tmp_path / "b.yaml"))
+    assert (b.method.name, b.model.student, b.train.lr) == ("vanilla", "resnet8", 0.2)
+    for name in ("missing.yaml", "missing.yml"):
+        assert refusal(str(tmp_path / name), []) == (
+            f"cannot read config file {tmp_path / name}: No such file or directory"
+        )
+    (tmp_path / "c.yaml").write_text("preset: 5\n")
+    assert refusal(str(tmp_path / "c.yaml"), []) == (
+        f"config file {tmp_path / 'c.yaml'}: preset takes a preset name (e.g. preset: demo/rld), got 5"
+    )
+    (tmp_path / "d.yaml").write_text("preset: demo/kd\ntrain: {lr: abc}\n")
+    assert refusal(str(tmp_path / "d.yaml"), []) == (
+        f"invalid value for train.lr in {tmp_path / 'd.yaml'}: it takes float (Value 'abc' of type 'str' could not "
+        "be converted to Float)"
+    )
+
+
+def test_a_preset_is_a_copy_that_the_caller_may_change():
+    from rld.config import preset
+
+    first = preset("demo/kd")
+    first["train"]["lr"] = 99.0
+    first["method"]["temperature"] = 99.0
+    assert preset("demo/kd")["train"]["lr"] != 99.0
+    assert preset("demo/kd")["method"]["temperature"] == 4.0
+
+
+def test_methods_that_cannot_use_a_cache_train_without_one():
+    assert resolve("demo/fitnet", []).train.teacher_cache == "off"
+    assert resolve("demo/mlkd", []).train.teacher_cache == "off"
+    assert resolve("demo/crld", []).train.teacher_cache == "off"
+    assert refusal("demo/kd", ["train.cache_topk=0"]) == "train.cache_topk must be >= 1, got 0"
+    assert resolve("demo/kd", ["train.cache_topk=1"]).train.cache_topk == 1
