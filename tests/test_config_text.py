@@ -51,11 +51,13 @@ def refusal(source: str, overrides: list[str]) -> str:
         ("!!python/object:os.system x", "a YAML tag ('!!…') is not a value"),
         ("a: b: c", "mapping values are not allowed in this context"),
         ("]", "while parsing a block node: did not find expected node content"),
+        ("[a, [b", "unclosed '['"),
+        ("a\x07b", "unacceptable character #x0007: control characters are not allowed"),
     ],
 )
 def test_a_value_yaml_cannot_read_is_refused_with_what_is_wrong(value, problem):
     assert refusal("demo/kd", [f"model.student={value}"]) == (
-        f"'model.student={value}' is not a valid value: {problem}; e.g. model.student=resnet8"
+        f"{f'model.student={value}'!r} is not a valid value: {problem}; e.g. model.student=resnet8"
     )
 
 
@@ -229,6 +231,7 @@ def test_key_help_lists_the_methods_and_joins_the_help_of_each_method():
         ("é", '"\\u00e9"'),
         ("\uffff", '"\\uffff"'),
         ("\U00010000", '"\\U00010000"'),
+        ("aXb", '"aXb"'),
     ],
 )
 def test_text_values_are_quoted_so_that_yaml_reads_them_back_exactly(text, quoted):
@@ -342,6 +345,9 @@ def test_config_files_that_cannot_be_used_are_refused_with_the_reason(tmp_path):
     )
     assert refused("missing.yaml", None) == "cannot read config file DIR/missing.yaml: No such file or directory"
     assert refused("e.yaml", b"\xff\xfe") == "config file DIR/e.yaml is not UTF-8 text (byte 0: invalid start byte)"
+    assert refused("g.yaml", b"train:\n  x: a\x07b\n") == (  # a reader's error: no line, no column
+        "config file DIR/g.yaml is not valid YAML: unacceptable character #x0007: special characters are not allowed"
+    )
     (tmp_path / "empty.yaml").write_bytes(b"")
     assert load_yaml(tmp_path / "empty.yaml") == {}
 
@@ -525,3 +531,84 @@ def test_methods_that_cannot_use_a_cache_train_without_one():
     assert resolve("demo/crld", []).train.teacher_cache == "off"
     assert refusal("demo/kd", ["train.cache_topk=0"]) == "train.cache_topk must be >= 1, got 0"
     assert resolve("demo/kd", ["train.cache_topk=1"]).train.cache_topk == 1
+
+
+def test_vanilla_presets_start_from_the_family_and_the_students_settings():
+    c = resolve("cifar100/resnet8x4/vanilla")
+    assert (c.model.student, c.model.teacher, c.method.name, c.data.name) == ("resnet8x4", None, "vanilla", "cifar100")
+    assert (c.train.epochs, c.train.lr, c.train.batch_size, c.train.lr_milestones) == (240, 0.05, 64, [150, 180, 210])
+    shuffle = resolve("cifar100/ShuffleV1/vanilla")
+    assert (shuffle.model.student, shuffle.train.lr, shuffle.train.epochs) == ("ShuffleV1", 0.01, 240)
+    imagenet = resolve("imagenet/ResNet18/vanilla")
+    assert (imagenet.data.name, imagenet.train.lr, imagenet.train.epochs, imagenet.train.batch_size) == (
+        "imagenet",
+        0.2,
+        100,
+        512,
+    )
+
+
+def test_epochs_scale_what_the_overrides_make_of_the_run():
+    from rld.config import resolve_with_flags
+
+    # the method an override names is the one whose warm-up is scaled
+    assert (
+        resolve_with_flags("cifar100/resnet32x4-resnet8x4/kd", ["method.name=rld"], epochs=24).method.warmup_epochs == 2
+    )
+    none = resolve("cifar100/resnet32x4-resnet8x4/rld", ["method.warmup_epochs=0"])
+    assert schedule_overrides(none, 24) == ["train.epochs=24", "train.lr_milestones=[15,18,21]"]
+
+
+def test_pair_presets_name_their_teacher_and_student_and_take_each_layer():
+    from rld.config import list_presets, preset
+
+    pairs = [n for n in list_presets() if n.count("/") == 2 and "-" in n.split("/")[1]]
+    assert len(pairs) > 300
+    for name in pairs:
+        family, pair, method = name.split("/")
+        teacher, student = pair.split("-")
+        p = preset(name)
+        assert (p["model"]["teacher"], p["model"]["student"], p["method"]["name"]) == (teacher, student, method), name
+        assert p["model"]["dataset"] == family
+        assert "epochs" in p["train"] and "batch_size" in p["train"], name
+    for name in [n for n in list_presets() if n.endswith("/vanilla") and n.count("/") == 2 and "/few/" not in n]:
+        assert preset(name)["model"]["student"] == name.split("/")[1], name
+    # the layers, latest winning: the student's settings, the method's, the pair's for the method
+    assert resolve("cifar100/resnet32x4-ShuffleV2/kd").train.lr == 0.01  # ShuffleV2's train_cfg
+    assert resolve("cifar100/resnet32x4-resnet8x4/sd_kd").train.grad_clip_norm == 40.0  # method_train
+    mlkd = resolve("cifar100/resnet32x4-resnet8x4/mlkd").train
+    assert (mlkd.epochs, mlkd.lr) == (240, 0.025)  # method_train
+    mlkd = resolve("cifar100/resnet32x4-ShuffleV2/mlkd").train
+    assert (mlkd.epochs, mlkd.lr) == (960, 0.01)  # pair_train over method_train and the student's
+    assert resolve("cifar100/resnet32x4-resnet8x4/kd").train.grad_clip_norm is None
+
+
+def test_a_saved_section_that_is_not_a_section_is_refused():
+    saved = yaml.safe_load(to_yaml(resolve("demo/kd", [])))
+    with pytest.raises(UserError) as err:
+        from_dict({**saved, "train": 5})
+    assert str(err.value) == (
+        "invalid value for the configuration in the saved configuration: Merge error: int is not a subclass of "
+        "TrainConfig. value: 5"
+    )
+    with pytest.raises(UserError) as err:
+        from_dict({**saved, "seed": "x"})
+    assert str(err.value) == (
+        "invalid value for seed in the saved configuration: it takes int (Value 'x' of type 'str' could not be "
+        "converted to Integer)"
+    )
+
+
+@pytest.mark.parametrize("value", ["${", "${a"])
+def test_an_override_omegaconf_cannot_read_is_refused_with_its_first_line(value):
+    assert refusal("demo/kd", [f"model.student={value}"]) == (
+        f"cannot read override 'model.student={value}': no viable alternative at input '{value}'"
+    )
+
+
+
+def test_overrides_that_contradict_each_other_are_refused_together():
+    assert refusal("demo/kd", ["train.loggers=[a]", "train.loggers.x=1"]) == (
+        "the overrides train.loggers=[a] train.loggers.x=1 contradict each other: Cannot merge incompatible "
+        "container types"
+    )

@@ -423,7 +423,8 @@ def example_value(key: str) -> str:
 
 def _yaml_problem(err: yaml.YAMLError) -> str:
     """What is wrong in a YAML value, in a few words."""
-    context, problem = getattr(err, "context", None) or "", getattr(err, "problem", None) or str(err)
+    context = getattr(err, "context", None) or ""
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]  # a reader's error has neither
     if "flow sequence" in context or "flow node" in context and "'['" not in problem:
         return "unclosed '['"
     if "flow mapping" in context:
