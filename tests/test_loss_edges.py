@@ -1,0 +1,126 @@
+"""The losses where the easy cases agree and only an edge tells right from wrong: the precision the
+CRLD masks are computed in (cases on the threshold, found once by search), CTKD's ramp outside
+[0, R] and between whole epochs on the tensor path, the default epoch and defaults of the modules,
+and refusals naming the argument."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from rld.losses import (
+    CTKDTemperature,
+    DKDLoss,
+    LossInputError,
+    LRLoss,
+    RLDLoss,
+    crld_loss,
+    crld_masks,
+    ctkd_lambda,
+    dist_loss,
+    dist_terms,
+    label_revision_loss,
+    swap_teacher_logits,
+)
+from rld.losses.kd import standardize_logits
+
+
+def test_crld_masks_are_computed_in_float32_from_half_precision_logits():
+    # softmax([2.171875, 0]) = 0.89773 in float32 (< 0.9), but not below 0.9 when computed in bfloat16
+    z = torch.tensor([[2.171875, 0.0]], dtype=torch.bfloat16)
+    assert (torch.softmax(z, 1).amax(1) >= 0.9).item() and not (torch.softmax(z.float(), 1).amax(1) >= 0.9).item()
+    mask_w, mask_s = crld_masks(z, z.clone(), tau_w=0.9, tau_s=0.9)
+    assert mask_w.tolist() == [False] and mask_s.tolist() == [False]
+    assert mask_w.dtype == torch.bool
+
+
+def test_crld_masks_are_computed_in_float64_when_either_view_is():
+    # p = 0.9 − 2e-17 in float64 (< 0.9), rounded to 0.9 in float32
+    z64 = torch.tensor([[2.1972235443362194, 0.0]], dtype=torch.float64)
+    z32 = torch.zeros(1, 2)
+    assert (torch.softmax(z32.new_tensor(z64.tolist()), 1).amax() >= 0.9).item()
+    assert not (torch.softmax(z64, 1).amax() >= 0.9).item()
+    assert crld_masks(z64, z32, tau_w=0.9, tau_s=0.9)[0].tolist() == [False]
+    assert crld_masks(z32, z64, tau_w=0.9, tau_s=0.9)[1].tolist() == [False]
+    assert crld_masks(z32 + torch.tensor([[5.0, 0.0]]), z64, tau_w=0.9, tau_s=0.5)[0].tolist() == [True]
+
+
+def test_ctkd_lambda_on_the_tensor_path_follows_the_float_path_everywhere():
+    for ramp in (10.0, 4.0):
+        for epoch in (-3.0, 0.0, 0.25, 0.5, 1.0, 2.5, 4.0, 7.5, 10.0, 15.0, 300.0):
+            expected = -(1 - math.cos(math.pi * min(max(epoch, 0.0), ramp) / ramp)) / 2
+            got = ctkd_lambda(torch.tensor(epoch, dtype=torch.float64), ramp)
+            assert isinstance(got, torch.Tensor)
+            assert got.item() == pytest.approx(expected, abs=1e-12), (ramp, epoch)
+            assert ctkd_lambda(epoch, ramp) == pytest.approx(expected, abs=1e-15)
+    assert ctkd_lambda(torch.tensor(0.5)).item() == pytest.approx(-(1 - math.cos(math.pi * 0.05)) / 2, abs=1e-7)
+
+
+def test_ctkd_temperature_reverses_its_gradient_on_its_own_ramp():
+    for ramp in (10.0, 2.0):
+        tau = CTKDTemperature(ramp_epochs=ramp)
+        out = tau(1.0)
+        out.backward()
+        sig = torch.sigmoid(torch.tensor(1.0)).item()
+        # dτ/dθ = t_range·σ(θ)(1 − σ(θ)), scaled by λ(1, ramp)
+        assert tau.theta.grad.item() == pytest.approx(20.0 * sig * (1 - sig) * ctkd_lambda(1.0, ramp), rel=1e-6)
+        assert out.item() == pytest.approx(1.0 + 20.0 * sig, rel=1e-6)
+
+
+def _logits(seed: int = 0, b: int = 6, c: int = 7, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    return (
+        torch.randn(b, c, generator=g, dtype=dtype),
+        torch.randn(b, c, generator=g, dtype=dtype) * 2,
+        torch.arange(b) % c,
+    )
+
+
+@pytest.mark.parametrize("module", [DKDLoss, RLDLoss])
+def test_the_warm_up_of_a_module_starts_at_epoch_1_by_default(module):
+    s, t, y = _logits()
+    loss = module()
+    at_default, parts = loss(s, t, y)
+    assert at_default.item() == loss(s, t, y, epoch=1)[0].item()
+    assert at_default.item() != loss(s, t, y, epoch=2)[0].item()
+    assert loss(s, t, y, epoch=torch.tensor(1.0, dtype=torch.float64))[0].item() == pytest.approx(at_default.item())
+
+
+def test_label_revision_passes_logit_standardization_on():
+    s, t, y = _logits(1)
+    on = LRLoss(logit_standardization=True)(s, t, y)[0]
+    assert on.item() == pytest.approx(
+        label_revision_loss(standardize_logits(s), standardize_logits(t), y, 4.0, 1.0, 0.8).item()
+    )
+    assert on.item() != pytest.approx(LRLoss()(s, t, y)[0].item())
+
+
+def test_dist_and_crld_defaults_are_the_published_values():
+    s, t, _ = _logits(2)
+    assert dist_terms(s, t) == dist_terms(s, t, temperature=4.0)
+    assert dist_loss(s, t).item() == dist_loss(s, t, beta=1.0, gamma=1.0, temperature=4.0).item()
+    assert dist_loss(s, t).item() != dist_loss(s, t, temperature=5.0).item()
+    sw, tw, _ = _logits(3)
+    ss, ts, _ = _logits(4)
+    tw, ts = tw * 3, ts * 3  # confident teachers: both masks hold samples
+    published = crld_loss(sw, tw, ss, ts, temperature=4.0, tau_w=0.9, tau_s=0.2, within_weight=2.0, cross_weight=0.5)
+    assert crld_loss(sw, tw, ss, ts).item() == published.item()
+    for changed in ({"temperature": 5.0}, {"within_weight": 3.0}, {"cross_weight": 1.5}):
+        args = {"temperature": 4.0, "within_weight": 2.0, "cross_weight": 0.5, **changed}
+        assert crld_loss(sw, tw, ss, ts, **args).item() != published.item(), changed
+
+
+@pytest.mark.parametrize(
+    "logits, message",
+    [
+        (torch.zeros(3), "teacher_logits must have shape (B, C), got (3,)"),
+        (torch.zeros(2, 3, dtype=torch.long), "teacher_logits must be a floating-point tensor, got torch.int64"),
+        (torch.zeros(2, 1), "teacher_logits needs at least 2 classes, got shape (2, 1)"),
+    ],
+)
+def test_swapping_refuses_bad_teacher_logits_naming_them(logits, message):
+    with pytest.raises(LossInputError) as err:
+        swap_teacher_logits(logits, torch.zeros(logits.shape[0] if logits.dim() else 1, dtype=torch.long))
+    assert str(err.value) == message
