@@ -124,3 +124,43 @@ def test_swapping_refuses_bad_teacher_logits_naming_them(logits, message):
     with pytest.raises(LossInputError) as err:
         swap_teacher_logits(logits, torch.zeros(logits.shape[0] if logits.dim() else 1, dtype=torch.long))
     assert str(err.value) == message
+
+
+def test_label_revision_means_each_part_over_its_own_samples_even_one():
+    import torch.nn.functional as F
+
+    z_t = torch.tensor([[3.0, 0.0, 0.0], [0.0, 3.0, 0.0], [0.0, 0.0, 3.0], [2.0, 1.0, 0.0]], dtype=torch.float64)
+    z_s = torch.tensor([[1.0, 0.5, -1.0], [0.2, 0.1, 0.3], [-0.5, 0.0, 2.0], [0.3, 0.9, 0.1]], dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 1])  # the last sample alone is wrong (teacher's argmax 0)
+    right = [0, 1, 2]
+    ce = F.cross_entropy(z_s[right], y[right], reduction="none")
+    right_part = (ce + 4.0 * (z_s[right] - z_t[right]).pow(2).mean(1)).mean()
+    p_s, p_t = z_s[3].softmax(0), z_t[3].softmax(0)
+    rho = 0.8 / (p_t.max() - p_t[1] + 1.0)
+    revised = rho * p_t + (1 - rho) * torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64)
+    wrong_part = 1.0 * (p_s - revised).pow(2).mean()
+    assert label_revision_loss(z_s, z_t, y).item() == pytest.approx((right_part + wrong_part).item(), rel=1e-12)
+
+
+def test_mlkd_and_attention_defaults_are_the_published_values():
+    from rld.losses import attention_map, mlkd_loss
+
+    sw, tw, _ = _logits(5, b=8)
+    ss, ts, _ = _logits(6, b=8)
+    assert mlkd_loss(sw, tw, ss, ts).item() == mlkd_loss(sw, tw, ss, ts, temperature=4.0).item()
+    assert mlkd_loss(sw, tw, ss, ts).item() != mlkd_loss(sw, tw, ss, ts, temperature=5.0).item()
+    f = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    q = f.pow(2).mean(1).flatten(1)
+    assert torch.allclose(attention_map(f), q / q.norm(dim=1, keepdim=True), atol=1e-12)
+
+
+def test_ctkd_reverses_the_temperatures_gradient_at_epoch_1_by_default():
+    from rld.losses import CTKDLoss
+
+    s, t, y = _logits(7)
+    grads = []
+    for kwargs in ({}, {"epoch": 1.0}, {"epoch": 2.0}):
+        loss = CTKDLoss().double()
+        loss(s, t, y, **kwargs)[0].backward()
+        grads.append(loss.temperature.theta.grad.item())
+    assert grads[0] == grads[1] != grads[2]
