@@ -164,3 +164,67 @@ def test_ctkd_reverses_the_temperatures_gradient_at_epoch_1_by_default():
         loss(s, t, y, **kwargs)[0].backward()
         grads.append(loss.temperature.theta.grad.item())
     assert grads[0] == grads[1] != grads[2]
+
+
+def _equal(a, b) -> bool:
+    if isinstance(a, tuple):
+        return all(_equal(x, y) for x, y in zip(a, b, strict=True))
+    return torch.equal(a, b)
+
+
+def test_the_terms_functions_default_to_the_published_temperatures():
+    from rld.losses import crld_terms, dkd_terms, nkd_terms, rld_terms
+
+    s, t, y = _logits(8)
+    assert _equal(dkd_terms(s, t, y), dkd_terms(s, t, y, temperature=4.0))
+    assert not _equal(dkd_terms(s, t, y), dkd_terms(s, t, y, temperature=5.0))
+    assert _equal(rld_terms(s, t, y), rld_terms(s, t, y, temperature=4.0, scd_temperature=4.0, mask="ge"))
+    assert not _equal(rld_terms(s, t, y), rld_terms(s, t, y, temperature=5.0))
+    assert _equal(nkd_terms(s, t, y), nkd_terms(s, t, y, temperature=3.0))
+    assert not _equal(nkd_terms(s, t, y), nkd_terms(s, t, y, temperature=4.0))
+    ss, ts, _ = _logits(9)
+    t3, ts3 = t * 3, ts * 3
+    assert _equal(crld_terms(s, t3, ss, ts3), crld_terms(s, t3, ss, ts3, temperature=4.0))
+    assert not _equal(crld_terms(s, t3, ss, ts3), crld_terms(s, t3, ss, ts3, temperature=5.0))
+
+
+def test_the_kernel_weighs_both_parts_by_one_by_default_and_works_on_any_device():
+    from rld.losses._fused import decoupled_kernel
+
+    s, t, y = _logits(10)
+    total, binary, masked, grads = decoupled_kernel(s, t, y, "ge", 4.0, 4.0)
+    assert total.item() == pytest.approx((binary + masked).item(), rel=1e-15)
+    assert torch.allclose(grads[2], grads[0] + grads[1], rtol=0, atol=1e-15)
+    z, target = torch.zeros(4, 5, device="meta"), torch.zeros(4, dtype=torch.long, device="meta")
+    out = decoupled_kernel(z, z, target, "ge", 4.0, 4.0)
+    assert [o.device.type for o in out] == ["meta"] * 4
+    assert tuple(out[3].shape) == (3, 4, 5)
+
+
+@pytest.mark.parametrize("which", range(4))
+def test_two_view_losses_compute_in_float64_when_any_view_is(which):
+    from rld.losses import crld_terms, mlkd_loss
+
+    views = [x.float() * 3 for x in (_logits(11)[0], _logits(12)[1], _logits(13)[0], _logits(14)[1])]
+    views[which] = views[which].double()
+    assert mlkd_loss(*views).dtype == torch.float64
+    assert all(term.dtype == torch.float64 for term in crld_terms(*views))
+
+
+def test_an_unknown_rld_mask_is_refused_naming_the_masks():
+    with pytest.raises(LossInputError) as err:
+        RLDLoss(mask="gt")
+    assert str(err.value) == "mask must be one of 'ge', 'g', got 'gt'"
+
+
+def test_the_decoupled_losses_warn_about_nothing():
+    import warnings
+
+    from rld.losses import dkd_loss, rld_loss
+
+    s, t, y = _logits(15)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. softmax's implicit-dimension deprecation
+        for mask in ("ge", "g"):
+            rld_loss(s, t, y, mask=mask).item()
+        dkd_loss(s, t, y).item()
