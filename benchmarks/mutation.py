@@ -126,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--survivors",
         action="store_true",
-        help="run again only the mutants that survived (or had no test) in the package's last run, against the "
+        help="run again only the mutants that survived (or had no test) in the package's last run and are not "
+        "listed as equivalent or untestable, against the "
         "tests as they are now; the others keep their last result (a killed mutant stays killed while tests are "
         "only added)",
     )
@@ -144,17 +145,29 @@ def main(argv: list[str] | None = None) -> int:
         again, before = [], {}
         if args.survivors:
             before = json.loads((WORK / name / "statuses.json").read_text())
-            again = [m for m, s in before.items() if s in SURVIVED | {"no tests"}]
-        work = write_workdir(name, config["packages"][name], config["mutmut"], fresh=not (args.resume or again))
+            equivalent, untestable = config.get("equivalent", {}), config.get("untestable", {})
+            again = [
+                m
+                for m, s in before.items()
+                if s in SURVIVED | {"no tests"}
+                and m not in equivalent
+                and not any(fnmatch.fnmatchcase(m, p) for p in untestable)
+            ]
+        work = write_workdir(
+            name, config["packages"][name], config["mutmut"], fresh=not (args.resume or args.survivors)
+        )
         print(f"{name}: mutmut in {work.relative_to(ROOT)} (log: run.log)", flush=True)
-        start = time.monotonic()
-        with open(work / "run.log", "a" if again else "w") as log:
-            cmd = [args.mutmut, "run", "--max-children", str(args.max_children), *again]
-            rc = subprocess.run(cmd, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+        start, rc = time.monotonic(), 0
+        if again or not args.survivors:
+            with open(work / "run.log", "a" if again else "w") as log:
+                cmd = [args.mutmut, "run", "--max-children", str(args.max_children), *again]
+                rc = subprocess.run(cmd, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
         seconds = time.monotonic() - start
-        statuses = mutant_statuses(args.mutmut, work)
-        if again:  # a changed test selection resets mutmut's results: the mutants not run again keep theirs
+        if args.survivors:  # a changed test selection resets mutmut's results: the mutants not run again keep theirs
+            statuses = mutant_statuses(args.mutmut, work) if again else {}
             statuses = {m: (statuses.get(m, "not checked") if m in again else s) for m, s in before.items()}
+        else:
+            statuses = mutant_statuses(args.mutmut, work)
         (work / "statuses.json").write_text(json.dumps(statuses, indent=0) + "\n")
         row, survivors = summarise(name, statuses, config, seconds)
         row["mutmut_exit_code"] = rc

@@ -227,4 +227,36 @@ def test_the_decoupled_losses_warn_about_nothing():
         warnings.simplefilter("error")  # e.g. softmax's implicit-dimension deprecation
         for mask in ("ge", "g"):
             rld_loss(s, t, y, mask=mask).item()
+            rld_loss(s, t, y, mask=mask, reduction="none").sum().item()
         dkd_loss(s, t, y).item()
+        dkd_loss(s, t, y, reduction="none").sum().item()
+
+
+def test_batch_means_take_the_fused_kernel_and_rows_the_reference_path(monkeypatch):
+    import rld.losses.decoupled as decoupled
+    from rld.losses import dkd_loss, rld_loss
+
+    s, t, y = _logits(16)
+    expected = {name: f(s, t, y).item() for name, f in (("rld", rld_loss), ("dkd", dkd_loss))}
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a batch mean of a teacher without gradient takes the fused kernel")
+
+    monkeypatch.setattr(decoupled, "_binary_kl_rows", refuse)
+    monkeypatch.setattr(decoupled, "_masked_kl_rows", refuse)
+    assert rld_loss(s, t, y).item() == expected["rld"]
+    assert dkd_loss(s, t, y).item() == expected["dkd"]
+    with pytest.raises(AssertionError, match="fused kernel"):
+        rld_loss(s, t, y, reduction="none")
+    with pytest.raises(AssertionError, match="fused kernel"):  # a teacher that learns: the reference path
+        rld_loss(s, t.clone().requires_grad_(), y)
+
+
+def test_one_hot_is_made_on_the_targets_device():
+    from rld.losses._common import one_hot
+
+    target = torch.tensor([2, 0])
+    assert one_hot(target, 3).tolist() == [[False, False, True], [True, False, False]]
+    assert one_hot(target, 3, torch.float64).tolist() == [[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]]
+    meta = one_hot(torch.zeros(2, dtype=torch.long, device="meta"), 3, torch.float32)
+    assert (meta.device.type, tuple(meta.shape)) == ("meta", (2, 3))
