@@ -1,0 +1,73 @@
+"""benchmarks/mutation.py (``make mutation``): the score it reports and the folder it prepares."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_tool():
+    spec = importlib.util.spec_from_file_location("mutation_tool", ROOT / "benchmarks" / "mutation.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def read_config() -> dict:
+    return load_tool().tomllib.loads((ROOT / "benchmarks" / "mutation.toml").read_text())
+
+
+def test_the_score_leaves_out_equivalent_and_untestable_mutants_and_counts_untested_ones():
+    tool = load_tool()
+    statuses = {
+        "p.x_f__mutmut_1": "killed",
+        "p.x_f__mutmut_2": "timeout",
+        "p.x_f__mutmut_3": "survived",
+        "p.x_f__mutmut_4": "survived",  # equivalent
+        "p.x_g__mutmut_1": "survived",  # untestable by pattern
+        "p.x_g__mutmut_2": "no tests",  # untestable by pattern
+        "p.x_h__mutmut_1": "no tests",
+        "p.x_h__mutmut_2": "segfault",
+        "p.x_h__mutmut_3": "not checked",
+    }
+    config = {"equivalent": {"p.x_f__mutmut_4": "why"}, "untestable": {"p.x_g__mutmut_*": "why"}}
+    row, survivors = tool.summarise("p", statuses, config, 12.4)
+    assert survivors == ["p.x_f__mutmut_3"]
+    picked = {k: row[k] for k in ("generated", "killed", "survived", "no_tests", "equivalent", "untestable", "not_run")}
+    assert picked == {
+        "generated": 9,
+        "killed": 3,
+        "survived": 1,
+        "no_tests": 1,
+        "equivalent": 1,
+        "untestable": 2,
+        "not_run": 1,
+    }
+    assert row["killed_pct"] == 60.0  # 3 / (3 + 1 + 1)
+    assert row["seconds"] == 12
+
+
+def test_the_package_folder_links_the_project_and_adds_the_mutmut_section(tmp_path, monkeypatch):
+    tool = load_tool()
+    monkeypatch.setattr(tool, "WORK", tmp_path)
+    config = read_config()
+    work = tool.write_workdir("config", config["packages"]["config"], config["mutmut"], fresh=True)
+    assert (work / "src").resolve() == ROOT / "src" and (work / "tests").resolve() == ROOT / "tests"
+    section = tool.tomllib.loads((work / "pyproject.toml").read_text())["tool"]["mutmut"]
+    assert section["only_mutate"] == ["src/rld/config.py"]
+    assert section["pytest_add_cli_args_test_selection"] == config["packages"]["config"]["tests"]
+    deselected = section["pytest_add_cli_args"][len(config["mutmut"]["pytest_add_cli_args"]) :]
+    assert deselected[:2] == ["--deselect", config["packages"]["config"]["deselect"][0]]
+    assert section["process_isolation"] == "forkserver"
+
+
+def test_every_listed_test_file_exists_and_every_equivalent_names_a_listed_package():
+    config = read_config()
+    for name, package in config["packages"].items():
+        for test in package["tests"]:
+            assert (ROOT / test.split("::")[0]).is_file(), (name, test)
+    prefixes = tuple(f"rld.{p}." for p in config["packages"]) + ("rld.config.",)
+    for mutant, reason in config["equivalent"].items():
+        assert mutant.startswith(prefixes) and "__mutmut_" in mutant and reason, mutant
