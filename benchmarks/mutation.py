@@ -158,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"{name}: mutmut in {work.relative_to(ROOT)} (log: run.log)", flush=True)
         start, rc = time.monotonic(), 0
+        if again:  # record anew which test calls which function: mutmut misses new cases of a known test
+            (work / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
         if again or not args.survivors:
             with open(work / "run.log", "a" if again else "w") as log:
                 cmd = [args.mutmut, "run", "--max-children", str(args.max_children), *again]

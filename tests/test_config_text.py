@@ -91,6 +91,19 @@ def test_a_value_yaml_cannot_read_is_refused_with_what_is_wrong(value, problem):
             f"valid keys: {TRAIN_KEYS}",
         ),
         (
+            ["method.name=rkd", "method.ee_weight=1"],
+            "unknown config key 'method.ee_weight' in the overrides (did you mean method.ce_weight, method.feat_weight, "
+            "method.angle_weight?); method 'rkd' takes: ce_weight, feat_weight, distance_weight, angle_weight",
+        ),
+        (  # four names are close: the three closest are offered
+            ["method.name=rc", "method.e_weight=1"],
+            "unknown config key 'method.e_weight' in the overrides (did you mean method.ce_weight, method.rc_weight, "
+            "method.ls_weight?); method 'rc' takes: temperature, ce_weight, kd_weight, rc_weight, "
+            "logit_standardization, ls_temperature, ls_weight",
+        ),
+        (["=4"], "overrides must look like KEY=VALUE (e.g. method.beta=4), got '=4'"),
+        (["train.lr=1", " =4=5"], "overrides must look like KEY=VALUE (e.g. method.beta=4), got ' =4=5'"),
+        (
             ["train.lr_milestones=5"],
             "train.lr_milestones takes a list, e.g. train.lr_milestones=[5,7] (in the overrides)",
         ),
@@ -604,7 +617,6 @@ def test_an_override_omegaconf_cannot_read_is_refused_with_its_first_line(value)
     assert refusal("demo/kd", [f"model.student={value}"]) == (
         f"cannot read override 'model.student={value}': no viable alternative at input '{value}'"
     )
-
 
 
 def test_overrides_that_contradict_each_other_are_refused_together():
