@@ -4,7 +4,7 @@
                                   [--resume | --survivors] [PACKAGE ...]
 
 PACKAGE: names from benchmarks/mutation.toml (default: all of them, in the file's order). Each
-package runs in ``.mutation/<package>/``: ``src`` and ``tests`` link to the project's, and a
+package runs in ``.mutation/<package>/``: ``src``, ``tests`` and ``benchmarks`` link to the project's, and a
 ``pyproject.toml`` adds the package's ``[tool.mutmut]`` section to the project's, so mutmut mutates
 only that package and collects which test covers which function from that package's tests alone.
 Every run starts afresh (``--resume`` continues an interrupted one; ``--survivors`` runs again only
@@ -54,7 +54,7 @@ def write_workdir(name: str, pkg: dict, common: dict, fresh: bool) -> Path:
     if fresh and work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
-    for link in ("src", "tests"):
+    for link in ("src", "tests", "benchmarks"):
         if not (work / link).is_symlink():
             (work / link).symlink_to(ROOT / link)
     deselect = [arg for test in pkg.get("deselect", []) for arg in ("--deselect", test)]
