@@ -36,7 +36,7 @@ def human_size(nbytes: float) -> str:
     units, k = ("B", "KiB", "MiB", "GiB", "TiB"), 0
     while nbytes >= 1024 and k < len(units) - 1:
         nbytes, k = nbytes / 1024, k + 1
-    return f"{nbytes:.3g} {units[k]}"
+    return f"{nbytes:.3g} {units[k]}" if nbytes < 1000 else f"{nbytes:.0f} {units[k]}"  # never 1.02e+03
 
 
 def safe_name(name: str) -> str:
