@@ -64,3 +64,47 @@ def test_a_sweep_row_becomes_the_runs_outcome():
     both = _outcome({"run": "d", "status": "diverged", "diverged_epoch": 2, "error": "stopped by the guard"})
     assert both.message == "stopped by the guard"
     assert _outcome({"run": "e", "status": None}).status == ex.DONE
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    from rld.cli import main
+
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_a_sweep_plan_lists_its_runs_groups_and_schedules(capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = run_cli(
+        capsys, "sweep", "demo/kd", "method.temperature=2,4", "--seeds", "0,1", "--epochs", "2", "--dry-run"
+    )
+    assert code == 0
+    assert out.splitlines() == [
+        "sweep: 4 runs in 2 lockstep group(s) (seed 0: 2 runs; seed 1: 2 runs) -> runs/sweeps/demo/kd",
+        "  method.temperature=2,seed=0  (epochs=2 lr_milestones=[1, 2])",
+        "  method.temperature=4,seed=0  (epochs=2 lr_milestones=[1, 2])",
+        "  method.temperature=2,seed=1  (epochs=2 lr_milestones=[1, 2])",
+        "  method.temperature=4,seed=1  (epochs=2 lr_milestones=[1, 2])",
+    ]
+    assert not (tmp_path / "runs").exists()  # a plan writes nothing
+
+
+def test_a_one_run_sweep_plan_shows_its_configuration_and_a_file_is_named_by_its_stem(capsys, monkeypatch, tmp_path):
+    from rld.config import resolve, to_yaml
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine.yaml").write_text("preset: demo/kd\ntrain: {lr_step: 3}\n")
+    code, out, _ = run_cli(capsys, "sweep", "mine.yaml", "method.temperature=3", "--dry-run")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0] == "sweep: 1 runs in 1 lockstep group(s) (seed 0: 1 run) -> runs/sweeps/mine"
+    assert lines[1] == "  seed=0  (epochs=10 lr_step=3)"  # a run is named by what varies
+    assert "\n".join(lines[2:]) + "\n" == to_yaml(resolve("mine.yaml", ["method.temperature=3"]))
+
+
+def test_a_sweep_refuses_epochs_given_twice(capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(capsys, "sweep", "demo/kd", "train.epochs=3,4", "--epochs", "2", "--dry-run")
+    assert code == 2
+    assert err == "rld: error: --epochs and train.epochs=… both set train.epochs; give one of them\n"
