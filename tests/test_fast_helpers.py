@@ -108,3 +108,43 @@ def test_a_sweep_refuses_epochs_given_twice(capsys, monkeypatch, tmp_path):
     code, _, err = run_cli(capsys, "sweep", "demo/kd", "train.epochs=3,4", "--epochs", "2", "--dry-run")
     assert code == 2
     assert err == "rld: error: --epochs and train.epochs=… both set train.epochs; give one of them\n"
+
+
+def test_epoch_spans_and_store_refusals_are_written_out():
+    from rld.fast.store import _damaged, _span, _unusable
+
+    assert _span([]) == "no epochs"
+    assert _span([3]) == "epoch 3"
+    assert _span([1, 2, 3, 5, 7, 8]) == "epochs 1-3, 5, 7-8"
+    assert _span([0, 2]) == "epochs 0, 2"
+    folder = Path("/x/store")
+    assert str(_damaged(folder, "epoch 3: bad checksum")) == (
+        "the teacher-output store /x/store is damaged (epoch 3: bad checksum); it is not used. Delete the folder "
+        "(rm -r '/x/store') and fill it again with `rld cache PRESET … --epochs E`"
+    )
+    assert str(_unusable(folder, PermissionError(13, "Permission denied"))) == (
+        "cannot use the teacher-output store /x/store: Permission denied; set train.cache_dir to a writable folder"
+    )
+    assert str(_unusable(folder, OSError("disk gone\nmore"))) == (
+        "cannot use the teacher-output store /x/store: disk gone; set train.cache_dir to a writable folder"
+    )
+
+
+def test_a_damaged_chunk_of_the_logit_cache_names_its_images():
+    from rld.fast.cache import _damaged, corrupt
+
+    assert str(_damaged(Path("/c"), slice(64, 128), 100)) == (
+        "the teacher-logit cache /c is corrupt (the logits of images 64-99 do not match their checksum); it is not "
+        "used. Delete the folder (rm -r '/c') and rebuild it with `rld cache PRESET …` (or let "
+        "train.teacher_cache=lazy refill it)"
+    )
+    assert str(corrupt(Path("/c"), "x")).startswith("the teacher-logit cache /c is corrupt (x); it is not used.")
+
+
+def test_an_epochs_size_counts_every_record_in_decimal_gigabytes():
+    from rld.fast.forms import per_epoch_gb, record_bytes
+
+    assert record_bytes("topk", 1000, 100) == 4 * 100 + 6
+    assert per_epoch_gb("topk", 1_000_000, 1000, 100) == 406 * 1_000_000 / 1e9
+    assert per_epoch_gb("float16", 1_281_167, 1000) == 2_562_334_000 / 1e9
+    assert per_epoch_gb("topk", 1_000_000, 1000) == record_bytes("topk", 1000) / 1000
