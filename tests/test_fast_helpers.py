@@ -148,3 +148,53 @@ def test_an_epochs_size_counts_every_record_in_decimal_gigabytes():
     assert per_epoch_gb("topk", 1_000_000, 1000, 100) == 406 * 1_000_000 / 1e9
     assert per_epoch_gb("float16", 1_281_167, 1000) == 2_562_334_000 / 1e9
     assert per_epoch_gb("topk", 1_000_000, 1000) == record_bytes("topk", 1000) / 1000
+
+
+SWEEP_ROWS = [
+    {"run": "method.temperature=2", "best_epoch": 3, "best_top1": 41.5, "last_top1": 40.25, "status": "done"},
+    {"run": "method.temperature=4", "best_epoch": 0, "best_top1": 0.0, "last_top1": None, "status": "done"},
+    {
+        "run": "method.temperature=8",
+        "best_epoch": 1,
+        "best_top1": 12.0,
+        "last_top1": None,
+        "status": "diverged",
+        "diverged_epoch": 2,
+    },
+    {"run": "method.temperature=16", "status": "failed", "error": "worker died"},
+]
+
+
+def test_a_sweep_prints_a_table_of_its_runs_and_reports_the_diverged(capsys, monkeypatch, tmp_path):
+    import rld.engine.sweep as engine_sweep
+
+    monkeypatch.chdir(tmp_path)
+    seen = {}
+
+    def fake_sweep(preset, overrides, **kwargs):
+        seen.update(preset=preset, overrides=overrides, **kwargs)
+        return [dict(r) for r in SWEEP_ROWS]
+
+    monkeypatch.setattr(engine_sweep, "sweep", fake_sweep)
+    code, out, err = run_cli(capsys, "sweep", "demo/kd", "method.temperature=2,4,8,16", "--out", str(tmp_path / "s"))
+    assert code == 3  # a diverged run: DivergedError's exit status
+    assert out.splitlines() == [
+        f"{'run':40s} {'best top-1':>10s} {'last top-1':>10s}",
+        f"{'method.temperature=2':40s} {'    41.50%':>10s} {'    40.25%':>10s}",
+        f"{'method.temperature=4':40s} {'—':>10s} {'—':>10s}",
+        f"{'method.temperature=8':40s} {'    12.00%':>10s} {'diverged @ 2':>10s}",
+        f"{'method.temperature=16':40s} {'—':>10s} {'failed':>10s}",
+        f"summary → {tmp_path / 's' / 'sweep.csv'}",
+    ]
+    assert err == "rld: error: 1 of 4 runs diverged (method.temperature=8); the others finished\n"
+    assert (seen["preset"], seen["overrides"], seen["out"], seen["seeds"], seen["resume"]) == (
+        "demo/kd",
+        ["method.temperature=2,4,8,16"],
+        tmp_path / "s",
+        None,
+        False,
+    )
+    code, out, _ = run_cli(capsys, "sweep", "demo/kd", "method.temperature=2,4,8,16", "--json")
+    import json
+
+    assert code == 3 and json.loads(out) == SWEEP_ROWS
