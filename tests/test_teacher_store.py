@@ -375,3 +375,55 @@ def test_rld_cache_twice_writes_nothing_the_second_time_and_an_interrupted_epoch
     assert names == ["epoch-0001.npy", "fill.lock", "meta.json"] and stored.store.missing([1, 2]) == [2]
     meta = json.loads((stored.store.folder / "meta.json").read_text())
     assert list(meta["epochs"]) == ["1"]
+
+
+def test_an_epoch_file_holding_another_array_is_refused(setup, tmp_path):
+    data, teacher, _ = setup
+    stored, _, _ = _store(tmp_path, data, teacher, "float16", epochs=1)
+    store = stored.store
+    path = store.path(1)
+    np.save(path, np.zeros(store.n, dtype=np.float32))  # the right length, another record type
+    store.release()
+    with pytest.raises(UserError) as err:
+        store.load_epoch(1)
+    assert str(err.value) == (
+        f"the teacher-output store {store.folder} is damaged: epoch 1: it holds another array; it is not used. "
+        f"Delete {path.name} (rm '{path}') and run `rld cache PRESET … --epochs E` again: it recomputes only that "
+        "epoch"
+    )
+    with pytest.raises(UserError) as err:
+        store.load_epoch(7)
+    assert str(err.value) == (
+        f"the teacher-output store {store.folder} holds no epoch 7 (it holds epoch 1): run `rld cache PRESET … "
+        "--epochs 7`"
+    )
+
+
+@pytest.mark.parametrize("free_mib, copied", [(4096, True), (0, False)])
+def test_on_cuda_an_epoch_is_copied_to_the_device_when_it_fits(setup, tmp_path, monkeypatch, free_mib, copied):
+    """The CUDA branch of load_epoch on a simulated device: the free memory asked of the device it
+    names, the epoch copied when it takes at most a quarter of it, memory-mapped otherwise."""
+    import rld.fast.store as store_module
+
+    data, teacher, _ = setup
+    stored, _, _ = _store(tmp_path, data, teacher, "float32", epochs=1)
+    store = stored.store
+    asked, made = [], []
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: asked.append(device) or (free_mib << 20, 1 << 40))
+    real_empty = torch.empty
+
+    def empty(shape, dtype, device):
+        made.append(torch.device(device))
+        return real_empty(shape, dtype=dtype)  # the simulated device's memory is the CPU's
+
+    monkeypatch.setattr(store_module.torch, "empty", empty)
+    expected = store.lookup(1, torch.arange(store.n))
+    store.release()
+    store.load_epoch(1, "cuda:1")
+    assert asked == [torch.device("cuda:1")]
+    assert made == ([torch.device("cuda:1")] if copied else [])
+    records = store._epoch[1]
+    assert torch.equal(records, torch.from_numpy(np.asarray(store._map(1))))
+    assert records.dtype == torch.uint8
+    got = store.lookup(1, torch.arange(store.n))
+    assert all(torch.equal(got[k], expected[k]) for k in expected)
