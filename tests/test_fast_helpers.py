@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from rld.fast.files import default_cache_dir, human_size, safe_name, temporary_name
 
@@ -198,3 +199,42 @@ def test_a_sweep_prints_a_table_of_its_runs_and_reports_the_diverged(capsys, mon
     import json
 
     assert code == 3 and json.loads(out) == SWEEP_ROWS
+
+
+@pytest.mark.parametrize(
+    "seeds, message",
+    [
+        ("0,x", "--seeds must be comma-separated integers (e.g. 0,1,2), got '0,x'"),
+        ("1.5", "--seeds must be comma-separated integers (e.g. 0,1,2), got '1.5'"),
+        (",", "--seeds must list at least one integer, got ','"),
+    ],
+)
+def test_seed_lists_are_refused_in_one_line(capsys, monkeypatch, tmp_path, seeds, message):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(capsys, "sweep", "demo/kd", "--seeds", seeds, "--dry-run")
+    assert (code, out, err) == (2, "", f"rld: error: {message}\n")
+
+
+def test_seed_lists_may_have_spaces_and_a_trailing_comma(capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = run_cli(capsys, "sweep", "demo/kd", "--seeds", " 3, 5,", "--dry-run")
+    assert code == 0
+    assert (
+        out.splitlines()[0]
+        == "sweep: 2 runs in 2 lockstep group(s) (seed 3: 1 run; seed 5: 1 run) -> runs/sweeps/demo/kd"
+    )
+
+
+def test_a_topk_record_missing_one_class_gives_that_class_its_own_logit_back():
+    from rld.fast.forms import decode, encode
+
+    logits = torch.tensor([[4.0, 3.0, 2.0, 1.0, -2.0], [0.5, 3.0, 2.5, -1.0, 1.0]])
+    targets = torch.tensor([3, 0])  # each outside the top 3: top-3 + the true class leave one class out
+    decoded = decode(encode(logits, targets, "topk", 3), targets, 5, "topk")
+    # the one class left gets all the remaining probability: exactly its own, so its own logit
+    assert torch.allclose(decoded, logits, atol=1e-3)  # within the float16 the record keeps
+    # the classes left share the remaining mass equally (top-2 of row 0: 0 and 1, the true class 0)
+    three = decode(encode(logits, torch.tensor([0, 1]), "topk", 2), torch.tensor([0, 1]), 5, "topk").softmax(1)
+    p = logits.softmax(1)
+    assert torch.allclose(three[0, 2:], p[0, 2:].sum().expand(3) / 3, atol=1e-6)
+    assert torch.allclose(three[0, :2], p[0, :2], atol=1e-6)
