@@ -92,8 +92,9 @@ def test_a_value_yaml_cannot_read_is_refused_with_what_is_wrong(value, problem):
         ),
         (
             ["method.name=rkd", "method.ee_weight=1"],
-            "unknown config key 'method.ee_weight' in the overrides (did you mean method.ce_weight, method.feat_weight, "
-            "method.angle_weight?); method 'rkd' takes: ce_weight, feat_weight, distance_weight, angle_weight",
+            "unknown config key 'method.ee_weight' in the overrides (did you mean method.ce_weight, "
+            "method.feat_weight, method.angle_weight?); method 'rkd' takes: ce_weight, feat_weight, distance_weight, "
+            "angle_weight",
         ),
         (  # four names are close: the three closest are offered
             ["method.name=rc", "method.e_weight=1"],
