@@ -287,6 +287,33 @@ def rld_processes(root: Path, jobs: dict[str, tuple[list[str], str | None]]):
             log.close()
 
 
+# resnet8 on 16x16 inputs with no logger: a fraction of a second per run (image-folder tests)
+TINY_RUN = [
+    "model.student=resnet8",
+    "model.dataset=cifar100",
+    "model.student_weights=null",
+    "data.image_size=16",
+    "data.num_workers=0",
+    "train.batch_size=4",
+    "train.epochs=1",
+    "train.warmup_epochs=0",
+    "train.loggers=[]",
+]
+
+
+def write_class_folders(root: Path, classes: tuple[str, ...] = ("a", "b"), size: int = 12) -> Path:
+    """One folder of six size x size PNG images (random pixels, seed 0) per class under ``root``."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name in classes:
+        (root / name).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)).save(root / name / f"{i}.png")
+    return root
+
+
 def save_hf_folder(root: Path, out: Path, classes: tuple[str, ...]) -> Path:
     """The PNG images of ``root/<class>/*.png`` as a Hugging Face ``datasets`` folder with one
     ``train`` split (``image``, ``label``), saved to ``out``; skips the test without ``datasets``."""

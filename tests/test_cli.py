@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import rld
-from conftest import assert_user_error
+from conftest import TINY_RUN, assert_user_error, write_class_folders
 from rld.cli import main
 from rld.config import KEY_HELP, key_help, key_types, list_presets, resolve
 from rld.engine import train
@@ -199,38 +199,13 @@ def test_non_finite_method_weights_and_temperatures_are_refused(capsys, preset, 
 NAMES = ["[x]", "{a}", "*t", "&a", "!x", "%s", "@x", "`x`", "|x", ">x", "#x", "a: b", "a #b", "'q'", '"q"', "-x"]
 
 
-def _class_folders(root: Path) -> Path:
-    """Two class folders of six 12x12 PNG images each under ``root``."""
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for name in ("a", "b"):
-        (root / name).mkdir(parents=True)
-        for i in range(6):
-            Image.fromarray(rng.integers(0, 256, size=(12, 12, 3), dtype=np.uint8)).save(root / name / f"{i}.png")
-    return root
-
-
 def _two_class_teacher(path: Path) -> Path:
     torch.manual_seed(0)
     torch.save({"model": create_model("resnet8", num_classes=2).state_dict()}, path)
     return path
 
 
-IMAGES = [
-    "data.val_fraction=0.5",
-    "model.teacher=resnet8",
-    "model.student=resnet8",
-    "model.dataset=cifar100",
-    "model.student_weights=null",
-    "data.image_size=16",
-    "data.num_workers=0",
-    "train.batch_size=4",
-    "train.epochs=1",
-    "train.warmup_epochs=0",
-    "train.loggers=[]",
-]
+IMAGES = ["data.val_fraction=0.5", "model.teacher=resnet8", *TINY_RUN]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -240,7 +215,7 @@ def test_a_flag_value_is_a_path_never_yaml(capsys, tmp_path, name):
     and tune, while the same text in an override keeps its YAML meaning."""
     import yaml
 
-    data, ckpt = _class_folders(tmp_path / name), _two_class_teacher(tmp_path / f"{name}.pt")
+    data, ckpt = write_class_folders(tmp_path / name), _two_class_teacher(tmp_path / f"{name}.pt")
     flags = ["--data", str(data), "--teacher", str(ckpt), "--device", "cpu"]
     assert main(["train", "custom/kd", *IMAGES, *flags, "--dry-run"]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
@@ -255,7 +230,7 @@ def test_a_flag_value_is_a_path_never_yaml(capsys, tmp_path, name):
 def test_runs_on_a_folder_and_a_teacher_named_like_yaml(capsys, tmp_path):
     """A run trains on the folder [x] with the teacher *t.pt, and rld cache fills a cache in the folder
     {c}; an override data.path=[x keeps its YAML meaning (and is refused as such)."""
-    data, ckpt = _class_folders(tmp_path / "[x]"), _two_class_teacher(tmp_path / "*t.pt")
+    data, ckpt = write_class_folders(tmp_path / "[x]"), _two_class_teacher(tmp_path / "*t.pt")
     out = tmp_path / "run"
     argv = ["train", "custom/kd", *IMAGES, "--data", str(data), "--teacher", str(ckpt), "--device", "cpu"]
     assert main([*argv, "--out", str(out)]) == 0, capsys.readouterr().err

@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import assert_user_error, save_hf_folder
+from conftest import TINY_RUN, assert_user_error, save_hf_folder
 from rld.cli import main
 from rld.config import resolve
 from rld.data import build_data
@@ -171,19 +171,6 @@ def test_a_csv_manifest_and_a_corrupt_image(tmp_path, capsys):
     assert main([*argv, str(tmp_path / "skipping"), "data.skip_bad_images=true"]) == 0
 
 
-TINY = [  # resnet8 on 16x16 inputs: a fraction of a second per run
-    "model.student=resnet8",
-    "model.dataset=cifar100",
-    "model.student_weights=null",
-    "data.image_size=16",
-    "data.num_workers=0",
-    "train.batch_size=4",
-    "train.epochs=1",
-    "train.warmup_epochs=0",
-    "train.loggers=[]",
-]
-
-
 @pytest.mark.parametrize("layout", ["folder", "csv", "trainval"])
 @pytest.mark.parametrize("damage", ["truncated", "random", "huge"])
 def test_an_image_that_cannot_be_decoded_is_one_line_or_left_out(tmp_path, capsys, layout, damage):
@@ -212,7 +199,7 @@ def test_an_image_that_cannot_be_decoded_is_one_line_or_left_out(tmp_path, capsy
         rows = [f"{p},{p.parent.name},{'val' if p.name == '0.png' else 'train'}" for p in files]
         (root / "labels.csv").write_text("path,label,split\n" + "\n".join(rows) + "\n")
         data = [f"data.path={root / 'labels.csv'}"]
-    argv = ["train", "custom/teacher", *data, *TINY, "--device", "cpu", "--out", str(tmp_path / "run")]
+    argv = ["train", "custom/teacher", *data, *TINY_RUN, "--device", "cpu", "--out", str(tmp_path / "run")]
     code = main(argv)
     assert_user_error(code, capsys.readouterr().err, f"cannot read image {bad}")
     assert not (tmp_path / "run").exists()  # stopped before its first checkpoint: nothing left behind

@@ -24,6 +24,7 @@ from conftest import (
     load_last,
     metric_rows,
     rld_processes,
+    write_class_folders,
     write_tiny_cifar,
     write_two_image_cifar,
 )
@@ -514,14 +515,7 @@ def test_the_lock_dies_with_its_holder_not_with_the_children_it_forked(tmp_path)
 
 def _image_folder(root: Path) -> Path:
     """Two classes of six 16x16 PNG images (random pixels)."""
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for name in ("cat", "dog"):
-        (root / name).mkdir(parents=True)
-        for i in range(6):
-            Image.fromarray(rng.integers(0, 256, size=(16, 16, 3), dtype=np.uint8)).save(root / name / f"{i}.png")
-    return root
+    return write_class_folders(root, ("cat", "dog"), 16)
 
 
 def _processes_with(text: str) -> list[int]:
