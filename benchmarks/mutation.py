@@ -12,6 +12,11 @@ the mutants that survived the last run). The script prints one line per package 
 killed, survived, equivalent, ...) and writes, in ``.mutation/<package>/``, ``summary.json``,
 ``statuses.json`` (every mutant's result) and ``survivors.txt`` (``mutmut show NAME`` in that
 folder prints a mutant's change).
+
+Functions that run when their package is imported (a method's registration) run in mutmut's
+server, before any mutant is chosen, so mutmut can only see them survive: the mutants of the
+functions listed under ``[fresh_process]`` that survive it are run again, each in a new Python
+process that imports the mutated package with the mutant already chosen.
 """
 
 from __future__ import annotations
@@ -69,6 +74,11 @@ def write_workdir(name: str, pkg: dict, common: dict, fresh: bool) -> Path:
     return work
 
 
+def mutmut_section(work: Path) -> dict:
+    """The ``[tool.mutmut]`` section ``write_workdir`` wrote for the package."""
+    return tomllib.loads((work / "pyproject.toml").read_text())["tool"]["mutmut"]
+
+
 def mutant_statuses(mutmut: str, work: Path) -> dict[str, str]:
     out = subprocess.run([mutmut, "results", "--all", "true"], cwd=work, capture_output=True, text=True, check=True)
     statuses = {}
@@ -77,6 +87,44 @@ def mutant_statuses(mutmut: str, work: Path) -> dict[str, str]:
         if sep and "__mutmut_" in name:
             statuses[name] = status
     return statuses
+
+
+def fresh_process_status(returncode: int | None) -> str:
+    """A mutant's status from the exit status of pytest run in a fresh process (None: timed out)."""
+    if returncode is None:
+        return "timeout"
+    if returncode == 4:  # pytest's usage error: the command is wrong, not the mutant caught
+        raise RuntimeError("pytest refused the command line of a fresh-process run")
+    # 0: every test passed; 5: none was collected; any other: a test failed, or importing the mutated
+    # package or collecting the tests failed, which the mutant caused (the unmutated code imports)
+    return {0: "survived", 5: "no tests"}.get(returncode, "killed")
+
+
+def run_fresh(python: str, work: Path, mutant: str, section: dict, env: dict, timeout: float) -> str:
+    """Run the package's tests against ``mutant`` in a new process that imports the mutated copy
+    with the mutant chosen (from ``mutants/``, as mutmut runs them; fastest tests first)."""
+    mutants = work / "mutants"
+    cmd = [python, "-m", "pytest", "--rootdir=.", "--tb=native", "-x", "-q", "-p", "no:randomly"]
+    cmd += [*section["pytest_add_cli_args_test_selection"], *section["pytest_add_cli_args"]]
+    env = {**env, "MUTANT_UNDER_TEST": mutant, "PYTHONPATH": str(mutants / "src")}
+    try:
+        done = subprocess.run(
+            cmd, cwd=mutants, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=timeout
+        )
+    except subprocess.TimeoutExpired:
+        return fresh_process_status(None)
+    return fresh_process_status(done.returncode)
+
+
+def fresh_candidates(statuses: dict[str, str], config: dict) -> list[str]:
+    """The surviving mutants (or those without a test) of the functions listed under
+    ``[fresh_process]`` that are not listed as equivalent."""
+    patterns, equivalent = config.get("fresh_process", {}), config.get("equivalent", {})
+    return sorted(
+        m
+        for m, s in statuses.items()
+        if s in SURVIVED | {"no tests"} and m not in equivalent and any(fnmatch.fnmatchcase(m, p) for p in patterns)
+    )
 
 
 def summarise(name: str, statuses: dict[str, str], config: dict, seconds: float) -> tuple[dict, list[str]]:
@@ -131,6 +179,12 @@ def main(argv: list[str] | None = None) -> int:
         "tests as they are now; the others keep their last result (a killed mutant stays killed while tests are "
         "only added)",
     )
+    parser.add_argument(
+        "--fresh-timeout",
+        type=float,
+        default=900.0,
+        help="seconds a fresh-process mutant's tests may take before it counts as a timeout (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
     # mutmut runs in the package's folder: a relative path to it must not be read from there
     args.mutmut = str(Path(args.mutmut).resolve()) if os.sep in args.mutmut else args.mutmut
@@ -152,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
                 if s in SURVIVED | {"no tests"}
                 and m not in equivalent
                 and not any(fnmatch.fnmatchcase(m, p) for p in untestable)
+                # those mutmut cannot catch run only in fresh processes (below)
+                and not any(fnmatch.fnmatchcase(m, p) for p in config.get("fresh_process", {}))
             ]
         work = write_workdir(
             name, config["packages"][name], config["mutmut"], fresh=not (args.resume or args.survivors)
@@ -170,6 +226,14 @@ def main(argv: list[str] | None = None) -> int:
             statuses = {m: (statuses.get(m, "not checked") if m in again else s) for m, s in before.items()}
         else:
             statuses = mutant_statuses(args.mutmut, work)
+        fresh = fresh_candidates(statuses, config)
+        if fresh:
+            python = str(Path(args.mutmut).with_name("python")) if os.sep in args.mutmut else sys.executable
+            print(f"{name}: {len(fresh)} mutants of import-time functions, each in a fresh process", flush=True)
+            start_fresh, section = time.monotonic(), mutmut_section(work)
+            for m in fresh:
+                statuses[m] = run_fresh(python, work, m, section, env, timeout=args.fresh_timeout)
+            seconds += time.monotonic() - start_fresh
         (work / "statuses.json").write_text(json.dumps(statuses, indent=0) + "\n")
         row, survivors = summarise(name, statuses, config, seconds)
         row["mutmut_exit_code"] = rc

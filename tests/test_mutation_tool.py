@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,3 +74,50 @@ def test_every_listed_test_file_exists_and_every_equivalent_names_a_listed_packa
     prefixes = tuple(f"rld.{p}." for p in config["packages"]) + ("rld.config.",)
     for mutant, reason in config["equivalent"].items():
         assert mutant.startswith(prefixes) and "__mutmut_" in mutant and reason, mutant
+
+
+def test_a_fresh_process_result_reads_pytest_exit_statuses():
+    tool = load_tool()
+    got = {rc: tool.fresh_process_status(rc) for rc in (0, 1, 2, 3, 5, None)}
+    assert got == {0: "survived", 1: "killed", 2: "killed", 3: "killed", 5: "no tests", None: "timeout"}
+    with pytest.raises(RuntimeError, match="pytest refused the command line"):
+        tool.fresh_process_status(4)
+
+
+def test_fresh_process_candidates_are_the_listed_functions_alive_and_not_equivalent():
+    tool = load_tool()
+    statuses = {
+        "p.x_spec__mutmut_1": "survived",
+        "p.x_spec__mutmut_2": "killed",
+        "p.x_spec__mutmut_3": "no tests",
+        "p.x_spec__mutmut_4": "survived",  # equivalent
+        "p.x_other__mutmut_1": "survived",
+    }
+    config = {"fresh_process": {"p.x_spec__mutmut_*": "why"}, "equivalent": {"p.x_spec__mutmut_4": "why"}}
+    assert tool.fresh_candidates(statuses, config) == ["p.x_spec__mutmut_1", "p.x_spec__mutmut_3"]
+
+
+def test_a_fresh_process_imports_the_mutated_copy_with_the_mutant_chosen(tmp_path):
+    """The module reads the chosen mutant when it is imported, as a registration would: only a
+    process that starts with the mutant chosen can see the change."""
+    import sys
+
+    tool = load_tool()
+    mutants = tmp_path / "mutants"
+    (mutants / "src").mkdir(parents=True)
+    (mutants / "tests").mkdir()
+    (mutants / "src" / "registry.py").write_text(
+        "import os\nNAMES = ['a'] if os.environ['MUTANT_UNDER_TEST'].endswith('_2') else ['a', 'b']\n"
+    )
+    (mutants / "tests" / "test_registry.py").write_text(
+        "import registry\n\ndef test_b():\n    assert 'b' in registry.NAMES\n"
+    )
+    section = {
+        "pytest_add_cli_args_test_selection": ["tests/test_registry.py"],
+        "pytest_add_cli_args": ["-p", "no:cacheprovider"],
+    }
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    run = [tool.run_fresh(sys.executable, tmp_path, f"registry.x_f__mutmut_{i}", section, env, 60) for i in (1, 2)]
+    assert run == ["survived", "killed"]
+    section["pytest_add_cli_args_test_selection"] = ["tests/test_registry.py", "-k", "nothing"]
+    assert tool.run_fresh(sys.executable, tmp_path, "registry.x_f__mutmut_1", section, env, 60) == "no tests"
