@@ -10,8 +10,8 @@ only that package and collects which test covers which function from that packag
 Every run starts afresh (``--resume`` continues an interrupted one; ``--survivors`` runs again only
 the mutants that survived the last run). The script prints one line per package (generated,
 killed, survived, equivalent, ...) and writes, in ``.mutation/<package>/``, ``summary.json``,
-``statuses.json`` (every mutant's result) and ``survivors.txt`` (``mutmut show NAME`` in that
-folder prints a mutant's change).
+``statuses.json`` (every mutant's result), ``survivors.txt`` and ``survivors.diff`` (the change of
+every survivor and of every mutant without a test; ``mutmut show NAME`` in that folder prints one).
 
 Functions that run when their package is imported (a method's registration) run in mutmut's
 server, before any mutant is chosen, so mutmut can only see them survive: the mutants of the
@@ -127,6 +127,25 @@ def fresh_candidates(statuses: dict[str, str], config: dict) -> list[str]:
     )
 
 
+# run by mutmut's Python in the package folder: the diffs of the mutants named on stdin, in one process
+# (``mutmut show`` starts a process per mutant)
+_DIFFS = """
+import sys
+from mutmut.__main__ import find_mutant
+from mutmut.mutation.diff_apply import get_diff_for_mutant
+for name in sys.stdin.read().split():
+    print(f"# {name}\\n" + get_diff_for_mutant(name, path=find_mutant(name).path) + "\\n")
+"""
+
+
+def write_diffs(python: str, work: Path, names: list[str]) -> None:
+    """Write ``survivors.diff`` in ``work``: the change of each mutant in ``names``."""
+    done = subprocess.run(
+        [python, "-c", _DIFFS], cwd=work, input="\n".join(names), capture_output=True, text=True, check=False
+    )
+    (work / "survivors.diff").write_text(done.stdout if done.returncode == 0 else f"# no diffs: {done.stderr}")
+
+
 def summarise(name: str, statuses: dict[str, str], config: dict, seconds: float) -> tuple[dict, list[str]]:
     counts = Counter(statuses.values())
     equivalent, untestable = config.get("equivalent", {}), config.get("untestable", {})
@@ -226,9 +245,9 @@ def main(argv: list[str] | None = None) -> int:
             statuses = {m: (statuses.get(m, "not checked") if m in again else s) for m, s in before.items()}
         else:
             statuses = mutant_statuses(args.mutmut, work)
+        python = str(Path(args.mutmut).with_name("python")) if os.sep in args.mutmut else sys.executable
         fresh = fresh_candidates(statuses, config)
         if fresh:
-            python = str(Path(args.mutmut).with_name("python")) if os.sep in args.mutmut else sys.executable
             print(f"{name}: {len(fresh)} mutants of import-time functions, each in a fresh process", flush=True)
             start_fresh, section = time.monotonic(), mutmut_section(work)
             for m in fresh:
@@ -239,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
         row["mutmut_exit_code"] = rc
         (work / "summary.json").write_text(json.dumps(row, indent=2) + "\n")
         (work / "survivors.txt").write_text("".join(f"{m}\n" for m in survivors))
+        untested = sorted(m for m, st in statuses.items() if st == "no tests" and m not in config.get("equivalent", {}))
+        write_diffs(python, work, survivors + untested)
         rows.append(row)
         print(
             f"{name}: {row['generated']} generated, {row['killed']} killed, {row['survived']} survived, "
