@@ -584,3 +584,28 @@ def test_upsample_saturates_to_0_255():
     assert got.shape == (3, 16, 16, 3) and got.dtype == np.uint8
     assert (got[0] == 0).all() and (got[1] == 255).all()
     assert (got[2, :, :7] == 0).all() and (got[2, :, 9:] == 255).all()
+
+
+@pytest.mark.parametrize("shape", [(2, 1), (1, 5), (2, 2), (3, 3)])
+def test_every_operation_takes_an_image_under_3_pixels_as_pil_does(shape):
+    """The sharpness operation of an image that is all border (under 3 pixels high or wide) is the
+    image itself in PIL; every other operation is computed as for a larger image."""
+    rng = np.random.default_rng(7)
+    images = rng.integers(0, 256, size=(len(SLOT_CASES), *shape, 3), dtype=np.uint8)
+    ops = torch.tensor([OP_INDEX[n] for n, _ in SLOT_CASES])
+    values = torch.tensor([v for _, v in SLOT_CASES])
+    got = _nhwc(_apply_op(_nchw(images), ops, values))
+    for k, (name, v) in enumerate(SLOT_CASES):
+        expected = np.asarray(_published(Image.fromarray(images[k]), name, float(values[k])))
+        np.testing.assert_array_equal(got[k], expected, err_msg=f"{name} {v}")
+
+
+def test_auto_contrast_is_pils_on_every_level_range():
+    """PIL stretches in double precision: in single precision some levels of these images (a
+    channel's brightest among them) came out one below PIL's."""
+    rng = np.random.default_rng(11)
+    lo, hi = rng.integers(0, 128, size=64), rng.integers(128, 256, size=64)
+    images = np.stack([rng.integers(a, b + 1, size=(6, 7, 3)) for a, b in zip(lo, hi)]).astype(np.uint8)
+    got = _nhwc(_apply_op(_nchw(images), torch.full((64,), OP_INDEX["auto_contrast"]), torch.zeros(64)))
+    expected = np.stack([np.asarray(ImageOps.autocontrast(Image.fromarray(a))) for a in images])
+    np.testing.assert_array_equal(got, expected)

@@ -150,7 +150,10 @@ def _blend(x: torch.Tensor, degenerate: torch.Tensor, factor: torch.Tensor) -> t
 
 
 def _smooth(x: torch.Tensor) -> torch.Tensor:
-    """PIL's SMOOTH filter (3x3, centre 5, the others 1, /13), the one-pixel border kept."""
+    """PIL's SMOOTH filter (3x3, centre 5, the others 1, /13), the one-pixel border kept (an image
+    under 3 pixels high or wide is all border: kept whole, as PIL keeps it)."""
+    if x.shape[-2] < 3 or x.shape[-1] < 3:
+        return x.clone()
     kernel = torch.ones(3, 3, dtype=x.dtype, device=x.device)
     kernel[1, 1] = 5.0
     kernel = (kernel / 13.0).expand(3, 1, 3, 3)
@@ -161,10 +164,15 @@ def _smooth(x: torch.Tensor) -> torch.Tensor:
 
 
 def _auto_contrast(x: torch.Tensor) -> torch.Tensor:
-    lo = x.amin(dim=(2, 3), keepdim=True)
-    hi = x.amax(dim=(2, 3), keepdim=True)
-    scale = 255.0 / (hi - lo).clamp_min(1.0)
-    return torch.where(hi > lo, ((x - lo) * scale).clamp(0, 255).floor(), x)
+    """PIL's ImageOps.autocontrast per channel: int(i * scale + offset) in double precision, with
+    scale = 255 / (hi - lo) a true division (``255.0 / tensor`` multiplies by a reciprocal; either
+    that or single precision puts some levels one below PIL's, e.g. the brightest at 254)."""
+    x64 = x.double()
+    lo = x64.amin(dim=(2, 3), keepdim=True)
+    hi = x64.amax(dim=(2, 3), keepdim=True)
+    scale = torch.full_like(hi, 255.0) / (hi - lo).clamp_min(1.0)
+    stretched = (x64 * scale + (-lo * scale)).trunc().clamp(0, 255)
+    return torch.where(hi > lo, stretched, x64).to(x.dtype)
 
 
 def _equalize(x: torch.Tensor) -> torch.Tensor:
