@@ -714,3 +714,33 @@ def test_in_order_and_views_of_deliver_on_the_loaders_device(tmp_path):
     for batch in (*loader.in_order(0), loader.views_of([2, 1], 0)):
         assert (batch.images.device, batch.targets.device, batch.indices.device) == (meta, meta, meta)
         assert batch.images.shape == (len(batch.indices), 3, 16, 16)
+
+
+def test_a_bare_npy_array_under_an_npz_name_is_one_line(tmp_path):
+    path = tmp_path / "d.npz"
+    with open(path, "wb") as f:
+        np.save(f, np.zeros((2, 3), dtype=np.uint8))
+    _raises(
+        lambda: load_cifar100(path),
+        f"{path} holds one bare array (a .npy file), not an .npz data set of the arrays train_x, train_y, test_x, "
+        "test_y: save them with numpy.savez",
+    )
+
+
+def test_the_pieces_of_a_name_holding_part_are_joined_under_that_name(tmp_path):
+    for i in range(2):
+        (tmp_path / f"cifar.partial.npz.part{i}").write_bytes(b"x")
+    _raises(
+        lambda: load_cifar100(tmp_path),
+        f"{tmp_path} holds only the pieces of cifar.partial.npz: join them first, e.g. `cd {tmp_path} && "
+        f"cat cifar.partial.npz.part[0-1] > cifar.partial.npz`, then pass {tmp_path / 'cifar.partial.npz'}",
+    )
+
+
+def test_no_readable_view_is_an_empty_batch_on_the_loaders_device(tmp_path):
+    files, labels = _files(tmp_path, n=3, bad=(1,))
+    loader = _folder_loader(files, labels, device="meta", skip_bad=True)
+    none = loader.views_of([1], 0)
+    meta = torch.device("meta")
+    assert (none.images.device, none.targets.device, none.indices.device) == (meta, meta, meta)
+    assert none.images.shape == (0, 3, 16, 16) and none.images.dtype == torch.float32

@@ -211,7 +211,13 @@ def _npz_classes(z: Any, path: Path) -> list[str]:
 
 def _from_npz(path: Path) -> tuple[ArraySplit, ArraySplit, list[str]]:
     try:
-        with np.load(path, allow_pickle=False) as z:
+        z = np.load(path, allow_pickle=False)
+        if not isinstance(z, np.lib.npyio.NpzFile):  # a .npy (one bare array) under an .npz name
+            raise UserError(
+                f"{path} holds one bare array (a .npy file), not an .npz data set of the arrays train_x, "
+                "train_y, test_x, test_y: save them with numpy.savez"
+            )
+        with z:
             missing = [k for k in ("train_x", "train_y", "test_x", "test_y") if k not in z.files]
             if missing:
                 raise UserError(
@@ -245,7 +251,7 @@ def _parts_hint(folder: Path) -> str | None:
     parts = sorted(p.name for p in folder.glob("*.npz.part*") if re.fullmatch(r".+\.npz\.part\d+", p.name))
     if not parts:
         return None
-    stem = parts[0].split(".part")[0]
+    stem = parts[0].rsplit(".part", 1)[0]  # the name may hold ".part" itself
     count = len([p for p in parts if p.startswith(stem + ".part")])
     pieces = f"{stem}.part[0-{count - 1}]" if count <= 10 else f"{stem}.part*"
     return (

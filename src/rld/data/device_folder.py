@@ -246,7 +246,8 @@ class DeviceFolderLoader:
         flat, offsets, targets, idx, errors = collate_bytes([self._dataset[int(i)] for i in indices])
         images, rows = self._decode(flat, offsets, idx, errors)
         targets, idx = targets[rows], idx[rows]
-        pixels = self.render(images, idx, epoch) if images else torch.empty(0, 3, self.image_size, self.image_size)
+        size = self.image_size
+        pixels = self.render(images, idx, epoch) if images else torch.empty(0, 3, size, size, device=self.device)
         return Batch(pixels, targets.to(self.device), idx.to(self.device), None)
 
     def _decode(self, flat, offsets, indices, errors) -> tuple[list[torch.Tensor], torch.Tensor]:
