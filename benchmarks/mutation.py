@@ -31,6 +31,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from pathlib import Path
 
@@ -250,8 +251,12 @@ def main(argv: list[str] | None = None) -> int:
         if fresh:
             print(f"{name}: {len(fresh)} mutants of import-time functions, each in a fresh process", flush=True)
             start_fresh, section = time.monotonic(), mutmut_section(work)
-            for m in fresh:
-                statuses[m] = run_fresh(python, work, m, section, env, timeout=args.fresh_timeout)
+            with ThreadPoolExecutor(args.max_children) as pool:  # one process per core, as mutmut runs them
+                n = len(fresh)
+                done = pool.map(
+                    run_fresh, [python] * n, [work] * n, fresh, [section] * n, [env] * n, [args.fresh_timeout] * n
+                )
+                statuses.update(zip(fresh, done))
             seconds += time.monotonic() - start_fresh
         (work / "statuses.json").write_text(json.dumps(statuses, indent=0) + "\n")
         row, survivors = summarise(name, statuses, config, seconds)
