@@ -8,7 +8,8 @@ package runs in ``.mutation/<package>/``: ``src``, ``tests`` and ``benchmarks`` 
 ``pyproject.toml`` adds the package's ``[tool.mutmut]`` section to the project's, so mutmut mutates
 only that package and collects which test covers which function from that package's tests alone.
 Every run starts afresh (``--resume`` continues an interrupted one; ``--survivors`` runs again only
-the mutants that survived the last run). The script prints one line per package (generated,
+the mutants that survived the last run or were not reached, and all those of a function whose code
+changed since). The script prints one line per package (generated,
 killed, survived, equivalent, ...) and writes, in ``.mutation/<package>/``, ``summary.json``,
 ``statuses.json`` (every mutant's result), ``survivors.txt`` and ``survivors.diff`` (the change of
 every survivor and of every mutant without a test; ``mutmut show NAME`` in that folder prints one).
@@ -139,6 +140,38 @@ for name in sys.stdin.read().split():
 """
 
 
+# run by mutmut's Python in the package folder: the mutants, as mutmut would now generate them, of
+# the functions of the source files named on the command line whose code differs from (or is not
+# in) mutmut's record of its last generation (the files' ``.meta``, hashed as mutmut hashes them)
+_CHANGED = """
+import json, sys
+from pathlib import Path
+from mutmut.mutation.file_mutation import mutate_file_contents
+from mutmut.utils.format_utils import get_mutant_name, mangled_name_from_mutant_name
+names = []
+for path in sys.argv[1:]:
+    meta = Path("mutants") / (path + ".meta")
+    old = json.loads(meta.read_text()).get("hash_by_function_name", {}) if meta.exists() else {}
+    mutated = mutate_file_contents(path, Path(path).read_text())
+    changed = {f for f, h in mutated.hash_by_function_name.items() if old.get(f) != h}
+    for name in mutated.mutant_names:
+        key = get_mutant_name(Path(path), name)
+        if mangled_name_from_mutant_name(key).rpartition(".")[2] in changed:
+            names.append(key)
+print(json.dumps(names))
+"""
+
+
+def changed_mutants(python: str, work: Path, pkg: dict) -> list[str]:
+    """The mutants of the package's functions changed since mutmut last generated them in ``work``
+    (their names now may mean other changes than the last run's, so their results do not carry over)."""
+    files = sorted(
+        {str(p.relative_to(ROOT)) for pattern in pkg["mutate"] for p in ROOT.glob(pattern) if p.suffix == ".py"}
+    )
+    done = subprocess.run([python, "-c", _CHANGED, *files], cwd=work, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout)
+
+
 def write_diffs(python: str, work: Path, names: list[str]) -> None:
     """Write ``survivors.diff`` in ``work``: the change of each mutant in ``names``."""
     done = subprocess.run(
@@ -194,10 +227,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--survivors",
         action="store_true",
-        help="run again only the mutants that survived (or had no test) in the package's last run and are not "
-        "listed as equivalent or untestable, against the "
-        "tests as they are now; the others keep their last result (a killed mutant stays killed while tests are "
-        "only added)",
+        help="run again only the mutants that survived, had no test or were not reached in the package's last "
+        "run and are not listed as equivalent or untestable, and every mutant of a function whose code changed "
+        "since, against the tests as they are now; the others keep their last result (a killed mutant stays "
+        "killed while tests are only added)",
     )
     parser.add_argument(
         "--fresh-timeout",
@@ -214,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown package(s) {', '.join(unknown)}; known: {', '.join(config['packages'])}")
     env = {**os.environ, "RLD_MUTATION": "1", "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
     env.pop("PYTHONPATH", None)  # mutmut puts its mutated copy first; the project's src must not shadow it
+    python = str(Path(args.mutmut).with_name("python")) if os.sep in args.mutmut else sys.executable
     rows = []
     for name in names:
         again, before = [], {}
@@ -223,12 +257,15 @@ def main(argv: list[str] | None = None) -> int:
             again = [
                 m
                 for m, s in before.items()
-                if s in SURVIVED | {"no tests"}
+                if s in SURVIVED | {"no tests", "not checked"}  # not checked: an interrupted run had not reached it
                 and m not in equivalent
                 and not any(fnmatch.fnmatchcase(m, p) for p in untestable)
                 # those mutmut cannot catch run only in fresh processes (below)
                 and not any(fnmatch.fnmatchcase(m, p) for p in config.get("fresh_process", {}))
             ]
+            # every mutant of a function changed since the last run runs again, whatever its last result
+            changed = changed_mutants(python, WORK / name, config["packages"][name])
+            again += [m for m in changed if m not in again]
         work = write_workdir(
             name, config["packages"][name], config["mutmut"], fresh=not (args.resume or args.survivors)
         )
@@ -242,11 +279,10 @@ def main(argv: list[str] | None = None) -> int:
                 rc = subprocess.run(cmd, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
         seconds = time.monotonic() - start
         if args.survivors:  # a changed test selection resets mutmut's results: the mutants not run again keep theirs
-            statuses = mutant_statuses(args.mutmut, work) if again else {}
-            statuses = {m: (statuses.get(m, "not checked") if m in again else s) for m, s in before.items()}
+            now = mutant_statuses(args.mutmut, work) if again else dict(before)
+            statuses = {m: (s if m in again else before.get(m, s)) for m, s in now.items()}
         else:
             statuses = mutant_statuses(args.mutmut, work)
-        python = str(Path(args.mutmut).with_name("python")) if os.sep in args.mutmut else sys.executable
         fresh = fresh_candidates(statuses, config)
         if fresh:
             print(f"{name}: {len(fresh)} mutants of import-time functions, each in a fresh process", flush=True)

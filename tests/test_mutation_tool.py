@@ -121,3 +121,44 @@ def test_a_fresh_process_imports_the_mutated_copy_with_the_mutant_chosen(tmp_pat
     assert run == ["survived", "killed"]
     section["pytest_add_cli_args_test_selection"] = ["tests/test_registry.py", "-k", "nothing"]
     assert tool.run_fresh(sys.executable, tmp_path, "registry.x_f__mutmut_1", section, env, 60) == "no tests"
+
+
+MUTMUT_PYTHON = ROOT / ".mutation" / "venv" / "bin" / "python"
+
+
+@pytest.mark.skipif(not MUTMUT_PYTHON.exists(), reason="needs mutmut (make mutation installs it in .mutation/venv)")
+def test_the_mutants_of_functions_changed_since_the_last_generation_run_again(tmp_path, monkeypatch):
+    """``--survivors`` reruns every mutant of a function whose code changed since mutmut's last
+    generation (its numbering then names other changes), and only those."""
+    import json
+    import subprocess
+
+    tool = load_tool()
+    monkeypatch.setattr(tool, "ROOT", tmp_path)
+    (tmp_path / "src" / "pkg").mkdir(parents=True)
+    source = tmp_path / "src" / "pkg" / "mod.py"
+    source.write_text("def f(x):\n    return x + 1\n\n\ndef g(x):\n    return x * 2\n")
+    pkg = {"mutate": ["src/pkg/*"]}
+    python = str(MUTMUT_PYTHON)
+    first = tool.changed_mutants(python, tmp_path, pkg)  # no record yet: every function is new
+    assert sorted({m.split("__mutmut_")[0] for m in first}) == ["pkg.mod.x_f", "pkg.mod.x_g"]
+    hashes = subprocess.run(
+        [
+            python,
+            "-c",
+            "import json, sys; from mutmut.mutation.file_mutation import mutate_file_contents as m; "
+            "print(json.dumps(m(sys.argv[1], open(sys.argv[1]).read()).hash_by_function_name))",
+            "src/pkg/mod.py",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    meta = tmp_path / "mutants" / "src" / "pkg" / "mod.py.meta"
+    meta.parent.mkdir(parents=True)
+    meta.write_text(json.dumps({"hash_by_function_name": json.loads(hashes)}))
+    assert tool.changed_mutants(python, tmp_path, pkg) == []
+    source.write_text("def f(x):\n    return x + 1\n\n\ndef g(x):\n    return x * 3 - 1\n")
+    again = tool.changed_mutants(python, tmp_path, pkg)
+    assert again and {m.split("__mutmut_")[0] for m in again} == {"pkg.mod.x_g"}
