@@ -107,6 +107,14 @@ def test_smooth_is_pils_smooth_filter_with_the_border_kept():
     np.testing.assert_array_equal(_nhwc(double), expected)
 
 
+@pytest.mark.parametrize("height,width", [(2, 5), (5, 2), (1, 1)])
+def test_smooth_keeps_an_image_under_3_pixels_on_either_side_whole_as_pil_does(height, width):
+    images = _rgb(2, height, width, seed=5)
+    expected = _pil_each(images, lambda im: im.filter(ImageFilter.SMOOTH))
+    np.testing.assert_array_equal(expected, images)
+    np.testing.assert_array_equal(_nhwc(_smooth(_nchw(images))), expected)
+
+
 def test_auto_contrast_stretches_each_channel_of_each_image_to_0_255():
     images = _rgb(3, 6, 8, seed=3)
     images[0, ..., 0] = images[0, ..., 0] // 4 + 60  # 60 .. 123
