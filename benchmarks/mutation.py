@@ -1,7 +1,7 @@
 """Mutation testing of the core packages with mutmut 3 (``make mutation``; see docs/testing.md).
 
     python benchmarks/mutation.py [--config TOML] [--mutmut PATH] [--max-children N]
-                                  [--resume | --survivors] [PACKAGE ...]
+                                  [--resume | --survivors | --sample N [--seed S]] [PACKAGE ...]
 
 PACKAGE: names from benchmarks/mutation.toml (default: all of them, in the file's order). Each
 package runs in ``.mutation/<package>/``: ``src``, ``tests`` and ``benchmarks`` link to the project's, and a
@@ -25,8 +25,10 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import json
+import math
 import os
 import platform
+import random
 import shutil
 import subprocess
 import sys
@@ -141,19 +143,20 @@ for name in sys.stdin.read().split():
 
 
 # run by mutmut's Python in the package folder: the mutants, as mutmut would now generate them, of
-# the functions of the source files named on the command line whose code differs from (or is not
-# in) mutmut's record of its last generation (the files' ``.meta``, hashed as mutmut hashes them)
-_CHANGED = """
+# the source files named after the first argument; with "changed" only those of the functions whose
+# code differs from (or is not in) mutmut's record of its last generation (the files' ``.meta``,
+# hashed as mutmut hashes them), with "all" every one
+_MUTANTS = """
 import json, sys
 from pathlib import Path
 from mutmut.mutation.file_mutation import mutate_file_contents
 from mutmut.utils.format_utils import get_mutant_name, mangled_name_from_mutant_name
 names = []
-for path in sys.argv[1:]:
+for path in sys.argv[2:]:
     meta = Path("mutants") / (path + ".meta")
     old = json.loads(meta.read_text()).get("hash_by_function_name", {}) if meta.exists() else {}
     mutated = mutate_file_contents(path, Path(path).read_text())
-    changed = {f for f, h in mutated.hash_by_function_name.items() if old.get(f) != h}
+    changed = {f for f, h in mutated.hash_by_function_name.items() if sys.argv[1] == "all" or old.get(f) != h}
     for name in mutated.mutant_names:
         key = get_mutant_name(Path(path), name)
         if mangled_name_from_mutant_name(key).rpartition(".")[2] in changed:
@@ -162,14 +165,32 @@ print(json.dumps(names))
 """
 
 
-def changed_mutants(python: str, work: Path, pkg: dict) -> list[str]:
-    """The mutants of the package's functions changed since mutmut last generated them in ``work``
-    (their names now may mean other changes than the last run's, so their results do not carry over)."""
+def package_mutants(python: str, work: Path, pkg: dict, which: str = "changed") -> list[str]:
+    """The package's mutants as mutmut now generates them: ``"all"``, or ``"changed"``, those of the
+    functions changed since mutmut last generated them in ``work`` (their names now may mean other
+    changes than the last run's, so their results do not carry over)."""
     files = sorted(
         {str(p.relative_to(ROOT)) for pattern in pkg["mutate"] for p in ROOT.glob(pattern) if p.suffix == ".py"}
     )
-    done = subprocess.run([python, "-c", _CHANGED, *files], cwd=work, capture_output=True, text=True, check=True)
-    return json.loads(done.stdout)
+    cmd = [python, "-c", _MUTANTS, which, *files]
+    return json.loads(subprocess.run(cmd, cwd=work, capture_output=True, text=True, check=True).stdout)
+
+
+def draw_sample(names: list[str], size: int, seed: int) -> list[str]:
+    """``size`` of ``names`` drawn uniformly without replacement (all of them if fewer), in name order;
+    the same for the same names and seed."""
+    return sorted(random.Random(seed).sample(sorted(names), min(size, len(names))))
+
+
+def wilson_interval(killed: int, scored: int, z: float = 1.96) -> tuple[float, float] | None:
+    """The 95 % Wilson score interval (in %) of the share killed when ``scored`` mutants of many
+    were drawn at random: how far a sample's score may be from the package's."""
+    if not scored:
+        return None
+    p = killed / scored
+    centre = (p + z * z / (2 * scored)) / (1 + z * z / scored)
+    half = z * math.sqrt(p * (1 - p) / scored + z * z / (4 * scored * scored)) / (1 + z * z / scored)
+    return round(100 * (centre - half), 1), round(100 * (centre + half), 1)
 
 
 def write_diffs(python: str, work: Path, names: list[str]) -> None:
@@ -180,7 +201,11 @@ def write_diffs(python: str, work: Path, names: list[str]) -> None:
     (work / "survivors.diff").write_text(done.stdout if done.returncode == 0 else f"# no diffs: {done.stderr}")
 
 
-def summarise(name: str, statuses: dict[str, str], config: dict, seconds: float) -> tuple[dict, list[str]]:
+def summarise(
+    name: str, statuses: dict[str, str], config: dict, seconds: float, sample: list[str] | None = None
+) -> tuple[dict, list[str]]:
+    """The package's row (counts, the share killed; for a sample its size and 95 % interval) and its
+    survivors."""
     counts = Counter(statuses.values())
     equivalent, untestable = config.get("equivalent", {}), config.get("untestable", {})
     alive = sorted(m for m, s in statuses.items() if s in SURVIVED | {"no tests"})
@@ -191,6 +216,7 @@ def summarise(name: str, statuses: dict[str, str], config: dict, seconds: float)
     survived = len(survivors)
     no_tests = sum(1 for m in alive if statuses[m] == "no tests" and m not in equiv and m not in apart)
     scored = killed + survived + no_tests  # a mutant no test runs is a mutant no test catches
+    extra = {} if sample is None else {"sample": len(sample), "interval_95": wilson_interval(killed, scored)}
     return {
         "package": name,
         "date": date.today().isoformat(),
@@ -205,6 +231,7 @@ def summarise(name: str, statuses: dict[str, str], config: dict, seconds: float)
         "not_run": sum(counts[s] for s in NOT_RUN if s != "no tests"),
         "killed_pct": round(100 * killed / scored, 1) if scored else None,
         "statuses": dict(counts),
+        **extra,
     }, survivors
 
 
@@ -238,7 +265,19 @@ def main(argv: list[str] | None = None) -> int:
         default=900.0,
         help="seconds a fresh-process mutant's tests may take before it counts as a timeout (default: %(default)s)",
     )
+    parser.add_argument(
+        "--sample",
+        type=int,
+        metavar="N",
+        help="run only N of the package's mutants, drawn at random (the score then comes with its 95 %% interval); "
+        "--survivors continues a sample within it",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="the seed of --sample's draw (default: %(default)s)")
     args = parser.parse_args(argv)
+    if args.sample is not None and (args.resume or args.survivors):
+        parser.error("--sample starts a new run; --survivors continues one")
+    if args.sample is not None and args.sample < 1:
+        parser.error(f"--sample must be at least 1, got {args.sample}")
     # mutmut runs in the package's folder: a relative path to it must not be read from there
     args.mutmut = str(Path(args.mutmut).resolve()) if os.sep in args.mutmut else args.mutmut
     names = args.packages or list(config["packages"])
@@ -250,9 +289,14 @@ def main(argv: list[str] | None = None) -> int:
     python = str(Path(args.mutmut).with_name("python")) if os.sep in args.mutmut else sys.executable
     rows = []
     for name in names:
-        again, before = [], {}
+        again, before, sample = [], {}, None
+        if args.resume and (WORK / name / "sample.json").exists():
+            parser.error(f"the last run of {name} was a sample: continue it with --survivors")
         if args.survivors:
             before = json.loads((WORK / name / "statuses.json").read_text())
+            if (WORK / name / "sample.json").exists():  # a sample is continued within itself
+                sample = json.loads((WORK / name / "sample.json").read_text())["mutants"]
+                before = {m: s for m, s in before.items() if m in set(sample)}
             equivalent, untestable = config.get("equivalent", {}), config.get("untestable", {})
             again = [
                 m
@@ -264,11 +308,15 @@ def main(argv: list[str] | None = None) -> int:
                 and not any(fnmatch.fnmatchcase(m, p) for p in config.get("fresh_process", {}))
             ]
             # every mutant of a function changed since the last run runs again, whatever its last result
-            changed = changed_mutants(python, WORK / name, config["packages"][name])
-            again += [m for m in changed if m not in again]
+            changed = package_mutants(python, WORK / name, config["packages"][name])
+            again += [m for m in changed if m not in again and (sample is None or m in set(sample))]
         work = write_workdir(
             name, config["packages"][name], config["mutmut"], fresh=not (args.resume or args.survivors)
         )
+        if args.sample is not None:
+            sample = draw_sample(package_mutants(python, work, config["packages"][name], "all"), args.sample, args.seed)
+            (work / "sample.json").write_text(json.dumps({"seed": args.seed, "mutants": sample}, indent=0) + "\n")
+            again = sample
         print(f"{name}: mutmut in {work.relative_to(ROOT)} (log: run.log)", flush=True)
         start, rc = time.monotonic(), 0
         if again:  # record anew which test calls which function: mutmut misses new cases of a known test
@@ -295,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
                 statuses.update(zip(fresh, done))
             seconds += time.monotonic() - start_fresh
         (work / "statuses.json").write_text(json.dumps(statuses, indent=0) + "\n")
-        row, survivors = summarise(name, statuses, config, seconds)
+        row, survivors = summarise(name, statuses, config, seconds, sample)
         row["mutmut_exit_code"] = rc
         (work / "summary.json").write_text(json.dumps(row, indent=2) + "\n")
         (work / "survivors.txt").write_text("".join(f"{m}\n" for m in survivors))
@@ -306,7 +354,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{name}: {row['generated']} generated, {row['killed']} killed, {row['survived']} survived, "
             f"{row['no_tests']} without a test, {row['equivalent']} equivalent, {row['untestable']} untestable, "
             f"{row['not_run']} not run; "
-            f"{row['killed_pct']} % killed ({row['seconds']} s, mutmut exit {rc})",
+            f"{row['killed_pct']} % killed"
+            + (f" (a sample of {row['sample']}: 95 % interval {row['interval_95']})" if sample is not None else "")
+            + f" ({row['seconds']} s, mutmut exit {rc})",
             flush=True,
         )
     print("\n| package | generated | killed | survived | no test | equivalent | untestable | killed % |")

@@ -140,7 +140,7 @@ def test_the_mutants_of_functions_changed_since_the_last_generation_run_again(tm
     source.write_text("def f(x):\n    return x + 1\n\n\ndef g(x):\n    return x * 2\n")
     pkg = {"mutate": ["src/pkg/*"]}
     python = str(MUTMUT_PYTHON)
-    first = tool.changed_mutants(python, tmp_path, pkg)  # no record yet: every function is new
+    first = tool.package_mutants(python, tmp_path, pkg)  # no record yet: every function is new
     assert sorted({m.split("__mutmut_")[0] for m in first}) == ["pkg.mod.x_f", "pkg.mod.x_g"]
     hashes = subprocess.run(
         [
@@ -158,7 +158,63 @@ def test_the_mutants_of_functions_changed_since_the_last_generation_run_again(tm
     meta = tmp_path / "mutants" / "src" / "pkg" / "mod.py.meta"
     meta.parent.mkdir(parents=True)
     meta.write_text(json.dumps({"hash_by_function_name": json.loads(hashes)}))
-    assert tool.changed_mutants(python, tmp_path, pkg) == []
+    assert tool.package_mutants(python, tmp_path, pkg) == []
     source.write_text("def f(x):\n    return x + 1\n\n\ndef g(x):\n    return x * 3 - 1\n")
-    again = tool.changed_mutants(python, tmp_path, pkg)
+    again = tool.package_mutants(python, tmp_path, pkg)
     assert again and {m.split("__mutmut_")[0] for m in again} == {"pkg.mod.x_g"}
+
+
+def test_a_sample_is_a_uniform_draw_fixed_by_its_seed_whatever_the_order_of_the_names():
+    tool = load_tool()
+    names = [f"p.x_f__mutmut_{i}" for i in range(1, 201)]
+    sample = tool.draw_sample(names, 20, seed=3)
+    assert len(sample) == len(set(sample)) == 20 and set(sample) <= set(names) and sample == sorted(sample)
+    assert tool.draw_sample(list(reversed(names)), 20, seed=3) == sample
+    assert tool.draw_sample(names, 20, seed=4) != sample
+    assert tool.draw_sample(names[:5], 20, seed=3) == sorted(names[:5])
+    # uniform: over many seeds every name is drawn about 20/200 of the time
+    counts = {n: 0 for n in names}
+    for seed in range(400):
+        for n in tool.draw_sample(names, 20, seed):
+            counts[n] += 1
+    assert 15 <= min(counts.values()) and max(counts.values()) <= 70
+
+
+@pytest.mark.parametrize("killed,scored", [(90, 100), (190, 200), (1, 7), (0, 12), (12, 12)])
+def test_the_interval_of_a_sample_is_wilsons(killed, scored):
+    """Its ends are the shares p whose normal test at 95 % just admits the sample's share:
+    (k/n − p)² = 1.96² p (1 − p) / n, solved here as a quadratic in p."""
+    import math
+
+    z2, share = 1.96**2, killed / scored
+    a, b, c = 1 + z2 / scored, -(2 * share + z2 / scored), share * share
+    root = math.sqrt(b * b - 4 * a * c)
+    low, high = (-b - root) / (2 * a), (-b + root) / (2 * a)
+    assert load_tool().wilson_interval(killed, scored) == (round(100 * low, 1), round(100 * high, 1))
+    assert load_tool().wilson_interval(0, 0) is None
+
+
+def test_a_sample_neither_resumes_nor_reruns_survivors(capsys):
+    tool = load_tool()
+    for argv in (["--sample", "10", "--survivors", "engine"], ["--sample", "0", "engine"]):
+        with pytest.raises(SystemExit) as stopped:
+            tool.main(argv)
+        assert stopped.value.code == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1].endswith("error: --sample must be at least 1, got 0")
+    assert any(line.endswith("error: --sample starts a new run; --survivors continues one") for line in err)
+
+
+def test_a_sample_s_row_gives_its_size_and_interval_and_a_full_run_s_neither():
+    tool = load_tool()
+    statuses = {"p.x_f__mutmut_1": "killed", "p.x_f__mutmut_2": "survived", "p.x_f__mutmut_3": "not checked"}
+    row, survivors = tool.summarise("p", statuses, {}, 1.0, sample=["p.x_f__mutmut_1", "p.x_f__mutmut_2"])
+    assert (row["sample"], row["interval_95"], row["killed_pct"], row["not_run"]) == (
+        2,
+        tool.wilson_interval(1, 2),
+        50.0,
+        1,
+    )
+    assert survivors == ["p.x_f__mutmut_2"]
+    row, _ = tool.summarise("p", statuses, {}, 1.0)
+    assert "sample" not in row and "interval_95" not in row
