@@ -265,3 +265,121 @@ def test_crd_gathers_and_averages_over_the_processes_in_rank_order(monkeypatch):
     assert crd._all_gather(x.t()).tolist() == [[1.0, 3.0], [2.0, 4.0], [101.0, 103.0], [102.0, 104.0]]
     assert crd._mean_over_processes(x).tolist() == [[51.0, 52.0], [53.0, 54.0]]
     assert x.tolist() == [[1.0, 2.0], [3.0, 4.0]]  # the caller's tensor is left as it was
+
+
+# ----------------------------------------------------------------------------- the registry's checks
+
+
+@pytest.mark.parametrize(
+    "params,message",
+    [
+        ({"name": "crd", "feat_dim": True}, "method 'crd': feat_dim must be an integer >= 1, got True"),
+        ({"name": "crd", "nce_k": 2.5}, "method 'crd': nce_k must be an integer >= 1, got 2.5"),
+        (
+            {"name": "sd_nkd", "nkd_exclude_target": "yes"},
+            "method 'sd_nkd': nkd_exclude_target must be true or false, got 'yes'",
+        ),
+        ({"name": "sd_rld", "mask": "gt"}, "method 'sd_rld': mask must be one of 'ge', 'g', got 'gt'"),
+        (
+            {"name": "kd", "ls_temperature": 2.0},
+            "method.ls_temperature applies only with method.logit_standardization=true (it is ignored otherwise)",
+        ),
+        (
+            {"name": "kd", "ls_weight": 9.0, "ls_temperature": 2.0},
+            "method.ls_temperature applies only with method.logit_standardization=true (it is ignored otherwise)",
+        ),
+        (
+            {"name": "kd", "ls_weight": 9.0},
+            "method.ls_weight applies only with method.logit_standardization=true (it is ignored otherwise)",
+        ),
+        (
+            {"name": "vanilla", "logit_standardization": True},
+            "method 'vanilla' has no distillation term: method.logit_standardization does not apply",
+        ),
+        (
+            {"name": "kd", "alpha": 1.0, "beta": None},
+            "method 'kd' does not take alpha (it takes: temperature, ce_weight, kd_weight, logit_standardization, "
+            "ls_temperature, ls_weight)",
+        ),
+    ],
+)
+def test_registry_refusals_are_one_whole_line(params, message):
+    assert _refusal(params) == message
+
+
+def test_a_key_of_another_method_set_to_none_is_ignored():
+    assert "beta" not in method_params({"name": "kd", "beta": None})
+
+
+def test_the_standardization_refusal_lists_the_methods_that_take_it():
+    message = _refusal({"name": "lr", "logit_standardization": True})
+    assert message.startswith(
+        "method 'lr' with method.logit_standardization=true is not defined by the published code of logit "
+        "standardization; switch it off (methods that take it: kd, dkd, "
+    )
+    assert ", lr," not in message and message.endswith(")")
+
+
+@pytest.mark.parametrize("ctx", [None, "no teacher"])
+def test_a_feature_method_without_its_models_is_refused_in_one_line(ctx):
+    if ctx is not None:
+        ctx = _ctx(Net("s"), None)
+    with pytest.raises(UserError) as caught:
+        build_method({"name": "fitnet"}, ctx)
+    assert str(caught.value) == "method 'fitnet' reads features: it is built with the student and teacher models"
+
+
+def test_building_a_method_leaves_every_random_generator_as_it_was(monkeypatch):
+    # on a GPU, torch.manual_seed would reseed every device's generator, which the build does not restore
+    seeded = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: seeded.append(seed))
+    ctx = _ctx(Net("s"), Net("t"))
+    state = torch.random.get_rng_state()
+    first = build_method({"name": "fitnet"}, ctx)
+    assert seeded == [] and torch.equal(torch.random.get_rng_state(), state)
+    torch.manual_seed(123)  # the modules' draws are the context seed's, whatever the global state
+    again = build_method({"name": "fitnet"}, ctx)
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), again.state_dict().values()))
+
+
+class Nameless(Net):
+    """A model that does not say its name (no ``model_name``, or an empty one)."""
+
+
+@pytest.mark.parametrize("name", [None, ""])
+def test_a_model_without_a_name_is_called_by_its_class(name):
+    model = Nameless("x", reads=5)
+    if name is None:
+        del model.model_name
+    else:
+        model.model_name = name
+    message = _refusal({"name": "catkd"}, _ctx(Net("s"), model))
+    assert message == "method 'catkd': the teacher 'Nameless': its classifier does not read its 4-channel final map"
+
+
+def test_ofd_names_the_preactivation_maps_a_model_lacks():
+    teacher = Net("t")
+    teacher.forward_features = lambda x, f=teacher.forward_features: Features(
+        logits=f(x).logits, feats=f(x).feats, preact_feats=[], pooled=f(x).pooled, pre_pool=f(x).pre_pool
+    )
+    message = _refusal({"name": "ofd"}, _ctx(Net("s"), teacher))
+    assert message.startswith(
+        "method 'ofd': OFD reads the teacher's stage features (Features.preact_feats), and the teacher 't' has none"
+    )
+
+
+def test_cross_entropy_of_half_precision_logits_is_computed_in_float32():
+    from rld.methods._stages import ce_term
+
+    logits = torch.tensor([[1.0, 2.5, -0.75], [0.1, 0.2, 3.0]], dtype=torch.float16)
+    target = torch.tensor([1, 2])
+    got = ce_term(logits, target, 2.0)
+    assert got.dtype == torch.float32
+    assert got == 2.0 * F.cross_entropy(logits.float(), target)
+
+
+def test_a_logits_only_pass_has_empty_feature_lists():
+    from rld.methods.base import logits_only
+
+    f = logits_only(torch.zeros(2, 3))
+    assert (f.feats, f.preact_feats, f.pooled, f.pre_pool) == ([], [], None, None)

@@ -256,8 +256,10 @@ def build_method(cfg, ctx: MethodContext | None = None) -> Method:
         return spec.build(params, ctx)
     if ctx is None or (ctx.teacher is None and spec.needs_teacher):
         raise UserError(f"method {spec.name!r} reads features: it is built with the student and teacher models")
+    # the CPU generator only (modules are made on the host): torch.manual_seed would also reseed
+    # every GPU's generator, which fork_rng(devices=[]) does not put back
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(ctx.seed)
+        torch.random.default_generator.manual_seed(ctx.seed)
         try:
             return spec.build(params, ctx)
         except ValueError as err:
