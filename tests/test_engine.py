@@ -382,8 +382,17 @@ def test_two_process_torchrun_on_cpu(tmp_path, teacher_ckpt):
     out = tmp_path / "ddp"
     script = tmp_path / "worker.py"
     script.write_text(RANK_DUMP)
-    torchrun = Path(sys.executable).with_name("torchrun")
-    cmd = [str(torchrun), "--standalone", "--nproc_per_node", "2", str(script), str(tmp_path)]
+    # torchrun's module: the torchrun script sits beside only the Python of the environment torch is installed in
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(script),
+        str(tmp_path),
+    ]
     args = ["train", "demo/vanilla", *CTKD, "--teacher", str(teacher_ckpt), "--epochs", "1", "--resume"]
     proc = subprocess.run([*cmd, *args, "--out", str(out), "train.batch_size=256"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
