@@ -71,7 +71,7 @@ from typing import Any
 import torch
 
 from rld import executor as ex
-from rld.config import FOLDER_DATA, RunConfig, resolve
+from rld.config import FOLDER_DATA, RunConfig, override_key, resolve, schedule_overrides
 from rld.engine import checkpoint as ckpt
 from rld.engine import guard, lock
 from rld.engine.batched import batch_students_wanted
@@ -157,11 +157,17 @@ def plan_sweep(
     seeds: list[int] | None,
     out: str | Path,
     extra: list[str] | tuple[str, ...] = (),
+    epochs: int | None = None,
 ) -> list[SweepRun]:
     """The runs of a sweep, seed-major, each with its resolved (and validated) configuration.
 
-    ``extra`` overrides (e.g. from ``--epochs``) apply to every run after the grid's.
+    ``extra`` overrides (the command's flags) apply to every run after the grid's. ``epochs``
+    (``--epochs N``) scales each run's own schedule as ``rld train --epochs`` does
+    (:func:`rld.config.schedule_overrides`), keeping the values the overrides set.
     """
+    explicit = {override_key(o) for o in [*overrides, *extra]}
+    if epochs is not None and "train.epochs" in explicit:
+        raise UserError("--epochs and train.epochs=… both set train.epochs; give one of them")
     fixed, axes = parse_grid(list(overrides))
     seed_axis = [k for k, _ in axes if k == "seed"]
     if seed_axis and seeds:
@@ -178,7 +184,10 @@ def plan_sweep(
     for seed in seeds or [None]:
         for combo in itertools.product(*(vs for _, vs in axes)):
             chosen = [f"{k}={v}" for k, v in zip(keys, combo)]
-            cfg = resolve(source, [*fixed, *chosen, *extra, *([f"seed={seed}"] if seed is not None else [])])
+            over = [*fixed, *chosen, *extra, *([f"seed={seed}"] if seed is not None else [])]
+            cfg = resolve(source, over)
+            if epochs is not None:  # the run's own schedule: its method's warm-up, its learning-rate steps
+                cfg = resolve(source, [*over, *schedule_overrides(cfg, epochs, keep=explicit)])
             name = ",".join([*(f"{k}={_folder_part(v)}" for k, v in zip(keys, combo)), f"seed={cfg.seed}"])
             runs.append(SweepRun(name, dict(zip(keys, combo)), cfg, Path(out) / name, tracking))
     names = [r.name for r in runs]
@@ -342,13 +351,15 @@ def sweep(
     resume: bool = False,
     extra: list[str] | tuple[str, ...] = (),
     executor: ex.ExecutorOptions | None = None,
+    epochs: int | None = None,
 ) -> list[dict[str, Any]]:
     """Plan and train a lockstep sweep (see the module docstring); returns one summary per run.
-    ``executor``: where the groups train (default: in this process, one after another)."""
+    ``executor``: where the groups train (default: in this process, one after another); ``epochs``:
+    see :func:`plan_sweep`."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UserError("rld sweep runs in one process: start it without torchrun")
     out = Path(out)
-    runs = plan_sweep(source, overrides, seeds=seeds, out=out, extra=extra)
+    runs = plan_sweep(source, overrides, seeds=seeds, out=out, extra=extra, epochs=epochs)
     return train_runs(runs, summary=out / "sweep.csv", resume=resume, executor=executor)
 
 

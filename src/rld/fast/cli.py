@@ -77,7 +77,7 @@ def _cmd_cache(args: argparse.Namespace) -> None:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from rld.config import override_key, resolve, schedule_overrides, with_flags
+    from rld.config import with_flags
     from rld.engine.sweep import sweep
     from rld.executor import exit_status, failure_summary, import_ray, options_from_args
 
@@ -87,18 +87,14 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     seeds = _ints(args.seeds, "--seeds") if args.seeds else None
     name = Path(args.preset).stem if args.preset.endswith((".yaml", ".yml")) else args.preset
     out = args.out or Path("runs") / "sweeps" / name
-    grid_keys = {override_key(o) for o in args.overrides}
     extra = with_flags([], _flags(args))
-    if args.epochs is not None:  # the same meaning as in `rld train`: the schedule scales with the count
-        if "train.epochs" in grid_keys:
-            raise UserError("--epochs and train.epochs=… both set train.epochs; give one of them")
-        extra += schedule_overrides(resolve(args.preset, extra), args.epochs, keep=grid_keys)
     args.resume_hint = "the same rld sweep command with --resume"
     if args.dry_run:
         from rld.config import to_yaml
         from rld.engine.sweep import describe_group, group_runs, plan_sweep
 
-        runs = plan_sweep(args.preset, args.overrides, seeds=seeds, out=out, extra=extra)
+        # --epochs: the same meaning as in `rld train`, each run's schedule scaled with the count
+        runs = plan_sweep(args.preset, args.overrides, seeds=seeds, out=out, extra=extra, epochs=args.epochs)
         groups = group_runs(runs, share_seeds=executor.kind == "local")
         which = "; ".join(map(describe_group, groups))
         print(f"sweep: {len(runs)} runs in {len(groups)} lockstep group(s) ({which}) -> {out}")
@@ -109,7 +105,16 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         if len(runs) == 1:
             print(to_yaml(runs[0].cfg), end="")
         return 0
-    rows = sweep(args.preset, args.overrides, out=out, seeds=seeds, resume=args.resume, extra=extra, executor=executor)
+    rows = sweep(
+        args.preset,
+        args.overrides,
+        out=out,
+        seeds=seeds,
+        resume=args.resume,
+        extra=extra,
+        executor=executor,
+        epochs=args.epochs,
+    )
     diverged = [r for r in rows if r.get("status") == "diverged"]
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
