@@ -1,0 +1,150 @@
+"""Edges of the engine's parts, each on its own: the stop signal's log line, the running loss of
+progress lines, the refusals of a stack of students, what a discarded run folder leaves, the sweep
+command's executor, the predictor of a method that predicts with more than the student, the count of
+device-to-host copies, the fault point a test waits for."""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from rld.engine import faults
+from rld.engine.guard import StopSignals
+from rld.engine.metrics import EpochMetrics
+from rld.engine.syncs import HostSyncCounter
+
+# ----------------------------------------------------------------------------- signals, metrics
+
+
+def test_the_first_stop_signal_is_logged_by_name(caplog):
+    stop = StopSignals()
+    with caplog.at_level(logging.INFO, logger="rld"), stop:
+        stop._handle(signal.SIGTERM, None)
+    assert stop.signum == signal.SIGTERM
+    assert [r.getMessage() for r in caplog.records] == [
+        "SIGTERM: stopping at the next step boundary after saving the run's position (a second signal stops at once)"
+    ]
+
+
+def test_the_running_loss_is_the_mean_over_the_samples_seen_so_far():
+    metrics = EpochMetrics(torch.device("cpu"))
+    assert math.isnan(metrics.running_loss())
+    targets, logits = torch.tensor([0, 1, 1]), torch.eye(3)[:, :2]
+    metrics.record(targets, logits, torch.tensor(2.0), {})
+    metrics.record(torch.tensor([1]), torch.tensor([[0.0, 1.0]]), torch.tensor(6.0), {})
+    assert metrics.running_loss() == (2.0 * 3 + 6.0 * 1) / 4
+
+
+# ----------------------------------------------------------------------------- device-to-host copies
+
+
+def test_device_to_host_copies_are_counted_and_host_to_device_ones_are_not():
+    # the meta device stands in for a GPU: its tensors have no data, so a copy to the host raises
+    # after the counter has seen it
+    counter = HostSyncCounter(fail=False)
+    with counter:
+        torch.zeros(2, device="meta").copy_(torch.zeros(2))  # host to device: no sync
+        torch.zeros(2).copy_(torch.ones(2))  # host to host
+        with pytest.raises(NotImplementedError):
+            torch.zeros(2).copy_(torch.zeros(2, device="meta"))
+        with pytest.raises(NotImplementedError):
+            torch.zeros(2, device="meta").to("cpu")
+    assert counter.events == ["device-to-host copy (copy_)", "device-to-host copy (.cpu() / .to('cpu'))"]
+
+
+# ----------------------------------------------------------------------------- the fault point
+
+
+def test_the_wait_fault_says_it_waits_then_pauses_under_an_alarm(monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(faults.signal, "alarm", lambda s: calls.append(("alarm", s)))
+    monkeypatch.setattr(faults.signal, "pause", lambda: calls.append(("pause",)))
+    faults._act("wait", None)
+    assert capsys.readouterr().err == "RLD_FAULT: waiting for a signal\n"
+    assert calls == [("alarm", faults.WAIT_LIMIT_S), ("pause",), ("alarm", 0)]
+
+
+# ----------------------------------------------------------------------------- stacks, folders, sweeps
+
+
+def test_a_stack_of_students_refuses_streams_that_do_not_match_its_runs(monkeypatch):
+    from rld.engine import batched
+
+    monkeypatch.setattr(batched, "stack_key", lambda run: "one key")  # two runs that stack
+    with pytest.raises(ValueError) as caught:
+        batched.StudentStack([object(), object()], streams=[0])
+    assert str(caught.value) == "a StudentStack takes one stream per run"
+
+
+def test_a_discarded_run_folder_whose_removal_fails_is_left_without_an_error(tmp_path, monkeypatch):
+    from rld.engine import folder as folder_module
+    from rld.engine.distributed import World
+
+    out = tmp_path / "run"
+    (out / "tb").mkdir(parents=True)
+    (out / "tb" / "events").write_text("x")
+    (out / "config.yaml").write_text("x")
+    removed = []
+
+    def rmtree(path, ignore_errors=False):  # a folder the user may not remove (another owner)
+        if not ignore_errors:
+            raise PermissionError(13, "Permission denied", str(path))
+        removed.append(Path(path).name)
+
+    monkeypatch.setattr(folder_module.shutil, "rmtree", rmtree)
+    run = folder_module.RunFolder(out, World())
+    run.fresh = True
+    run.discard()  # the command's own error is what the user sees, not this one
+    assert removed == ["tb"] and not (out / "config.yaml").exists()
+
+
+def test_sweep_plans_then_trains_its_runs_where_the_executor_says(tmp_path, monkeypatch):
+    from rld.engine import sweep as sweep_module
+    from rld.executor import ExecutorOptions
+
+    seen = {}
+
+    def train_runs(runs, **kw):
+        seen.update(kw, runs=[r.out.name for r in runs])
+        return ["done"]
+
+    monkeypatch.setattr(sweep_module, "train_runs", train_runs)
+    options = ExecutorOptions(kind="local", cpus_per_run=2.0)
+    got = sweep_module.sweep("demo/kd", ["method.temperature=2,4"], out=tmp_path, resume=True, executor=options)
+    assert got == ["done"] and seen["executor"] is options and seen["resume"] is True
+    assert seen["summary"] == tmp_path / "sweep.csv" and len(seen["runs"]) == 2
+
+
+# ----------------------------------------------------------------------------- a method's own prediction
+
+
+def test_the_predictor_of_a_method_with_its_own_prediction_loads_the_method_state():
+    from rld.config import resolve
+    from rld.engine.predictor import predictor
+    from rld.methods import MethodContext, build_method
+    from rld.models import create_model
+
+    cfg = resolve("demo/simkd", [])
+    torch.manual_seed(3)
+    student = create_model(cfg.model.student, num_classes=10, dataset=cfg.model.dataset)
+    teacher = create_model(cfg.model.teacher, num_classes=10, dataset=cfg.model.dataset)
+    method = build_method(cfg.method, MethodContext(student, teacher, 10, (3, 32, 32), seed=cfg.seed))
+    with torch.no_grad():
+        for p in method.parameters():
+            p.normal_()  # trained values: not those a fresh build starts from
+    state = {
+        "num_classes": 10,
+        "model": student.state_dict(),
+        "method": method.state_dict(),
+        "input_shape": [3, 32, 32],
+    }
+    module = predictor(cfg, state)
+    assert not module.training
+    loaded = module.method.state_dict()
+    assert loaded.keys() == state["method"].keys()
+    assert all(torch.equal(loaded[k], v) for k, v in state["method"].items())
