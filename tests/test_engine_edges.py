@@ -148,3 +148,25 @@ def test_the_predictor_of_a_method_with_its_own_prediction_loads_the_method_stat
     loaded = module.method.state_dict()
     assert loaded.keys() == state["method"].keys()
     assert all(torch.equal(loaded[k], v) for k, v in state["method"].items())
+
+
+def test_a_group_is_described_by_its_seeds_and_its_number_of_runs(tmp_path):
+    from rld.engine.sweep import describe_group, plan_sweep
+
+    one = plan_sweep("demo/kd", [], seeds=None, out=tmp_path)
+    assert describe_group(one) == "seed 0: 1 run"
+    two = plan_sweep("demo/kd", ["method.temperature=2,4"], seeds=[3], out=tmp_path)
+    assert describe_group(two) == "seed 3: 2 runs"
+    seeds = plan_sweep("demo/kd", [], seeds=[0, 1], out=tmp_path)
+    assert describe_group(seeds) == "seeds 0, 1: 2 runs"
+
+
+def test_checking_runs_groups_the_seeds_of_one_stream_together_unless_told(tmp_path):
+    from rld.engine.sweep import check_runs, plan_sweep
+
+    runs = plan_sweep("demo/kd", ["train.batch_students=true"], seeds=[0, 1], out=tmp_path)  # students batched
+    groups, resume_from = check_runs(runs, resume=False, build=False)
+    assert [[r.name for r in g] for g in groups] == [["seed=0", "seed=1"]]
+    assert resume_from == {r.out: None for r in runs} and not any(tmp_path.iterdir())
+    groups, _ = check_runs(runs, resume=False, build=False, share_seeds=False)
+    assert [[r.name for r in g] for g in groups] == [["seed=0"], ["seed=1"]]
