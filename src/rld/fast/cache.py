@@ -342,11 +342,6 @@ class LogitStore:
     def filled_count(self) -> int:
         return int(self._filled.sum())
 
-    def complete(self, views: torch.Tensor | None = None) -> bool:
-        """Whether every entry (of every image, for ``views`` or all views) is filled."""
-        filled = self._filled if views is None else self._filled[:, views]
-        return bool(filled.all())
-
     def verify(self, indices: torch.Tensor | None = None) -> None:
         """Check the checksums of the chunks holding ``indices`` (None: every chunk) not checked yet;
         UserError naming the damaged images when one does not match."""
