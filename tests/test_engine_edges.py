@@ -170,3 +170,35 @@ def test_checking_runs_groups_the_seeds_of_one_stream_together_unless_told(tmp_p
     assert resume_from == {r.out: None for r in runs} and not any(tmp_path.iterdir())
     groups, _ = check_runs(runs, resume=False, build=False, share_seeds=False)
     assert [[r.name for r in g] for g in groups] == [["seed=0"], ["seed=1"]]
+
+
+# ----------------------------------------------------------------------------- resuming
+
+
+def test_a_resume_that_would_undo_trained_epochs_is_refused_and_a_new_schedule_is_named(tmp_path):
+    from rld.config import resolve
+    from rld.engine.trainer import _check_same_config
+    from rld.errors import UserError
+
+    saved = resolve("demo/kd", ["train.epochs=4"])
+    with pytest.raises(UserError) as caught:
+        _check_same_config(saved, resolve("demo/kd", ["train.epochs=2"]), tmp_path / "run", 3)
+    assert str(caught.value) == (
+        f"--resume: {tmp_path / 'run'} has trained 3 epochs already; train.epochs=2 would undo them "
+        "(choose a larger train.epochs or another --out)"
+    )
+    longer = resolve("demo/kd", ["train.epochs=8", "train.lr_milestones=[5,7]"])
+    assert _check_same_config(saved, longer, tmp_path / "run", 3) == ["train.epochs", "train.lr_milestones"]
+
+
+def test_resuming_with_a_new_schedule_logs_every_key_it_changes(tmp_path, caplog):
+    from rld.config import resolve
+    from rld.engine import train
+
+    over = ["train.batch_size=256", "data.eval_batch_size=512", "data.train_per_class=8"]
+    train(resolve("demo/vanilla", [*over, "train.epochs=1"]), tmp_path)
+    with caplog.at_level(logging.INFO, logger="rld"):
+        train(resolve("demo/vanilla", [*over, "train.epochs=2", "train.lr_milestones=[2]"]), tmp_path, resume=True)
+    assert "resuming with a new schedule (train.epochs, train.lr_milestones) from epoch 2" in [
+        r.getMessage() for r in caplog.records
+    ]
