@@ -202,3 +202,22 @@ def test_resuming_with_a_new_schedule_logs_every_key_it_changes(tmp_path, caplog
     assert "resuming with a new schedule (train.epochs, train.lr_milestones) from epoch 2" in [
         r.getMessage() for r in caplog.records
     ]
+
+
+def test_a_resumed_method_state_that_does_not_fit_is_named_as_such(tmp_path, teacher_ckpt):
+    from rld.config import resolve
+    from rld.engine import train
+    from rld.errors import UserError
+
+    # CTKD: a method with state of its own (its learned temperature)
+    over = ["method.name=ctkd", "model.teacher=resnet20", f"model.teacher_checkpoint={teacher_ckpt}"]
+    over += ["train.batch_size=256", "data.eval_batch_size=512"]
+    over += ["data.train_per_class=8", "train.epochs=1"]
+    train(resolve("demo/vanilla", over), tmp_path)
+    last = tmp_path / "checkpoints" / "last.pt"
+    state = torch.load(last, weights_only=False)
+    state["method"] = {"bogus": torch.zeros(1)}
+    torch.save(state, last)
+    with pytest.raises(UserError) as caught:
+        train(resolve("demo/vanilla", [*over[:-1], "train.epochs=2"]), tmp_path, resume=True)
+    assert str(caught.value).startswith(f"checkpoint {last}: its method state do not fit ")
