@@ -221,3 +221,22 @@ def test_a_resumed_method_state_that_does_not_fit_is_named_as_such(tmp_path, tea
     with pytest.raises(UserError) as caught:
         train(resolve("demo/vanilla", [*over[:-1], "train.epochs=2"]), tmp_path, resume=True)
     assert str(caught.value).startswith(f"checkpoint {last}: its method state do not fit ")
+
+
+def test_checking_runs_builds_each_group_whose_stream_differs_in_more_than_its_seed(tmp_path, monkeypatch):
+    """The first group is built when it trains; each other group is built once by the check, groups
+    that differ only in the views their method trains on (MLKD's strong view) each once too."""
+    from rld.engine import sweep as sweep_module
+
+    built = []
+    monkeypatch.setattr(sweep_module, "_build_group", lambda group, *a, **kw: built.append([r.name for r in group]))
+    grid = ["data.train_per_class=8,16", "method.name=kd,mlkd"]
+    runs = sweep_module.plan_sweep("demo/kd", grid, seeds=[0, 1], out=tmp_path)
+    groups, _ = sweep_module.check_runs(runs, resume=False, share_seeds=False)
+    assert len(groups) == 8 and all(len(g) == 1 for g in groups)
+    # the seed-1 groups differ from the seed-0 ones only in their seed
+    assert built == [
+        ["data.train_per_class=8,method.name=mlkd,seed=0"],
+        ["data.train_per_class=16,method.name=kd,seed=0"],
+        ["data.train_per_class=16,method.name=mlkd,seed=0"],
+    ]
