@@ -240,3 +240,15 @@ def test_checking_runs_builds_each_group_whose_stream_differs_in_more_than_its_s
         ["data.train_per_class=16,method.name=kd,seed=0"],
         ["data.train_per_class=16,method.name=mlkd,seed=0"],
     ]
+
+
+@pytest.mark.parametrize("state", [{"model": {}}, {"format": "other"}, [1, 2]])
+def test_a_file_that_is_no_run_checkpoint_is_refused_naming_the_marker(tmp_path, state):
+    from rld.engine import checkpoint as ckpt
+    from rld.errors import UserError
+
+    path = tmp_path / "weights.pt"
+    torch.save(state, path)
+    with pytest.raises(UserError) as caught:
+        ckpt.load_run(path)
+    assert str(caught.value) == f"{path} is not an rld run checkpoint (no '{ckpt.FORMAT}' format marker)"
