@@ -252,3 +252,25 @@ def test_a_file_that_is_no_run_checkpoint_is_refused_naming_the_marker(tmp_path,
     with pytest.raises(UserError) as caught:
         ckpt.load_run(path)
     assert str(caught.value) == f"{path} is not an rld run checkpoint (no '{ckpt.FORMAT}' format marker)"
+
+
+@pytest.mark.parametrize("check,opened", [(True, "off"), (False, "full")])
+def test_a_check_builds_the_teacher_without_opening_its_logit_cache(tmp_path, monkeypatch, check, opened):
+    """Opening the teacher-logit cache fills it (a pass of the teacher over the data): the check that
+    a group can be built must not, while training opens it."""
+    from rld.engine import sweep as sweep_module
+
+    class Built(Exception):
+        pass
+
+    seen = []
+
+    def build_teacher_fn(cfg, num_classes, device, loader):
+        seen.append(cfg.train.teacher_cache)
+        raise Built
+
+    monkeypatch.setattr(sweep_module, "build_teacher_fn", build_teacher_fn)
+    runs = sweep_module.plan_sweep("demo/kd", ["train.teacher_cache=full"], seeds=None, out=tmp_path)
+    with pytest.raises(Built):
+        sweep_module._build_group(runs, {runs[0].out: None}, False, check=check)
+    assert seen == [opened]
