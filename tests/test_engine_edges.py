@@ -274,3 +274,34 @@ def test_a_check_builds_the_teacher_without_opening_its_logit_cache(tmp_path, mo
     with pytest.raises(Built):
         sweep_module._build_group(runs, {runs[0].out: None}, False, check=check)
     assert seen == [opened]
+
+
+def test_each_run_of_a_sweep_over_an_image_folder_is_given_the_folder_s_split(tmp_path, monkeypatch):
+    """A folder split by data.val_fraction: every run records the split (split.json), as rld train does."""
+    import numpy as np
+    from PIL import Image
+
+    from rld.engine import sweep as sweep_module
+
+    root = tmp_path / "pets"
+    rng = np.random.default_rng(0)
+    for name in ("cat", "dog"):
+        (root / name).mkdir(parents=True)
+        for i in range(5):
+            Image.fromarray(rng.integers(0, 256, size=(12, 12, 3), dtype=np.uint8)).save(root / name / f"{i}.png")
+
+    class Built(Exception):
+        pass
+
+    splits = []
+
+    def run(*args, split=None, **kwargs):
+        splits.append(split)
+        raise Built
+
+    monkeypatch.setattr(sweep_module, "Run", run)
+    over = [f"data.path={root}", "data.val_fraction=0.4", "data.num_workers=0", "model.student_weights=null"]
+    runs = sweep_module.plan_sweep("custom/kd", over, seeds=None, out=tmp_path / "sweep")
+    with pytest.raises(Built):
+        sweep_module._build_group(runs, {runs[0].out: None}, False, check=True, teacher=False)
+    assert len(splits) == 1 and splits[0].classes == ["cat", "dog"] and len(splits[0].val) == 4
