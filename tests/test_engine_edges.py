@@ -305,3 +305,23 @@ def test_each_run_of_a_sweep_over_an_image_folder_is_given_the_folder_s_split(tm
     with pytest.raises(Built):
         sweep_module._build_group(runs, {runs[0].out: None}, False, check=True, teacher=False)
     assert len(splits) == 1 and splits[0].classes == ["cat", "dog"] and len(splits[0].val) == 4
+
+
+# ----------------------------------------------------------------------------- the process group
+
+
+@pytest.mark.parametrize("kind,backend", [("cuda", "nccl"), ("cpu", "gloo")])
+def test_a_torchrun_process_joins_its_group_with_the_device_s_backend(monkeypatch, kind, backend):
+    from rld.engine import distributed
+
+    joined = []
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: bool(joined))
+    monkeypatch.setattr(distributed.dist, "init_process_group", lambda backend: joined.append(backend))
+    monkeypatch.setattr(distributed.dist, "get_rank", lambda: 3)
+    world = distributed.init_world(kind)
+    assert joined == [backend] and (world.rank, world.local_rank, world.size) == (3, 1, 4)
+    assert distributed.init_world(kind) == world and joined == [backend]  # joined once
+    monkeypatch.delenv("LOCAL_RANK")
+    assert distributed.init_world(kind).local_rank == 0
