@@ -165,10 +165,10 @@ def plan_sweep(
     (``--epochs N``) scales each run's own schedule as ``rld train --epochs`` does
     (:func:`rld.config.schedule_overrides`), keeping the values the overrides set.
     """
-    explicit = {override_key(o) for o in [*overrides, *extra]}
-    if epochs is not None and "train.epochs" in explicit:
-        raise UserError("--epochs and train.epochs=… both set train.epochs; give one of them")
     fixed, axes = parse_grid(list(overrides))
+    explicit = {override_key(o) for o in [*overrides, *extra]} if epochs is not None else set()
+    if "train.epochs" in explicit:
+        raise UserError("--epochs and train.epochs=… both set train.epochs; give one of them")
     seed_axis = [k for k, _ in axes if k == "seed"]
     if seed_axis and seeds:
         raise UserError("give the seeds either as --seeds or as seed=V1,V2, not both")
