@@ -325,3 +325,38 @@ def test_a_torchrun_process_joins_its_group_with_the_device_s_backend(monkeypatc
     assert distributed.init_world(kind) == world and joined == [backend]  # joined once
     monkeypatch.delenv("LOCAL_RANK")
     assert distributed.init_world(kind).local_rank == 0
+
+
+# ----------------------------------------------------------------------------- progress lines
+
+
+def test_progress_lines_come_at_most_every_period_and_never_after_the_last_step(monkeypatch, caplog):
+    from rld.engine import loop
+
+    clock = iter([0.0, 10.0, 70.0, 80.0, 200.0])  # start, then after steps 1..4
+    monkeypatch.setattr(loop.time, "perf_counter", lambda: next(clock))
+    with caplog.at_level(logging.INFO, logger="rld"):
+        items = list(loop._progress_lines(range(4), 4, "epoch 1/2", lambda: 1.23456))
+    assert items == [0, 1, 2, 3]
+    # at step 2 (70 s, ETA 70 / 2 · 2 = 70 s); step 3 comes 10 s later; step 4 is the last
+    assert [r.getMessage() for r in caplog.records] == ["epoch 1/2: step 2/4  loss 1.2346  ETA 1:10"]
+
+
+@pytest.mark.parametrize("device,kind", [("cpu", "cpu"), ("cuda:1", "cuda"), ("cuda", "cuda")])
+def test_training_joins_the_process_group_of_its_device_kind(tmp_path, monkeypatch, device, kind):
+    from rld.config import resolve
+    from rld.engine import loop
+
+    class Joined(Exception):
+        pass
+
+    kinds = []
+
+    def init_world(device_kind):
+        kinds.append(device_kind)
+        raise Joined
+
+    monkeypatch.setattr(loop, "init_world", init_world)
+    with pytest.raises(Joined):
+        loop.train(resolve("demo/vanilla", [f"train.device={device}"]), tmp_path)
+    assert kinds == [kind] and not any(tmp_path.iterdir())
