@@ -360,3 +360,21 @@ def test_training_joins_the_process_group_of_its_device_kind(tmp_path, monkeypat
     with pytest.raises(Joined):
         loop.train(resolve("demo/vanilla", [f"train.device={device}"]), tmp_path)
     assert kinds == [kind] and not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("data", ["imagefolder", "cifar100"])
+def test_the_teacher_s_stored_outputs_are_opened_for_the_run_s_classes(monkeypatch, data):
+    """With train.teacher_cache an image folder reads the store `rld cache` filled, other data the
+    teacher-logit cache; both are opened for the run's number of classes."""
+    import rld.fast.store
+    from rld.config import resolve
+    from rld.engine import teacher as teacher_module
+
+    opened = []
+    monkeypatch.setattr(teacher_module, "_build_teacher", lambda cfg, n, device: torch.nn.Linear(2, n))
+    monkeypatch.setattr(rld.fast.store, "open_teacher_store", lambda *a: opened.append(("store", a[-1])))
+    monkeypatch.setattr(teacher_module, "open_teacher_cache", lambda *a: opened.append(("cache", a[-1])))
+    cfg = resolve("demo/kd", ["train.teacher_cache=full", "train.channels_last=false"])
+    cfg.data.name = data
+    teacher_module.build_teacher_fn(cfg, 7, torch.device("cpu"), train_loader=None)
+    assert opened == [("store" if data == "imagefolder" else "cache", 7)]
