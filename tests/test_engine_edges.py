@@ -378,3 +378,29 @@ def test_the_teacher_s_stored_outputs_are_opened_for_the_run_s_classes(monkeypat
     cfg.data.name = data
     teacher_module.build_teacher_fn(cfg, 7, torch.device("cpu"), train_loader=None)
     assert opened == [("store" if data == "imagefolder" else "cache", 7)]
+
+
+# ----------------------------------------------------------------------------- the static step
+
+
+@pytest.mark.parametrize("teacher_fn", [None, "forward", "lazy", "full"])
+def test_auto_takes_the_static_step_on_a_gpu_unless_the_teacher_s_lookups_read_the_host(teacher_fn):
+    """train.static_step=auto on a (simulated) CUDA device-resident loader: captured with no teacher,
+    a teacher forward or a full cache; not with a lazy cache, whose lookups read the host."""
+    from types import SimpleNamespace
+
+    from rld.data.device_loader import DeviceLoader
+    from rld.engine.static import static_step_wanted
+
+    loader = object.__new__(DeviceLoader)  # its settings only: nothing is loaded
+    loader.__dict__.update(device=torch.device("cuda", 0), strong=None)
+    provider = {
+        None: None,
+        "forward": object(),  # a forward pass: no lazy attribute
+        "lazy": SimpleNamespace(lazy=True),
+        "full": SimpleNamespace(lazy=False),
+    }[teacher_fn]
+    assert static_step_wanted("auto", loader, provider, distributed=False) is (teacher_fn != "lazy")
+    assert static_step_wanted("auto", loader, provider, distributed=True) is False
+    loader.device = torch.device("cpu")
+    assert static_step_wanted("auto", loader, provider, distributed=False) is False
