@@ -404,3 +404,18 @@ def test_auto_takes_the_static_step_on_a_gpu_unless_the_teacher_s_lookups_read_t
     assert static_step_wanted("auto", loader, provider, distributed=True) is False
     loader.device = torch.device("cpu")
     assert static_step_wanted("auto", loader, provider, distributed=False) is False
+
+
+def test_an_output_folder_whose_checkpoints_folder_is_a_file_is_refused(tmp_path):
+    from rld.engine.trainer import _check_writable
+    from rld.errors import UserError
+
+    out = tmp_path / "run"
+    out.mkdir()
+    _check_writable(out)  # both can be made
+    (out / "checkpoints").write_text("not a folder")
+    with pytest.raises(UserError) as caught:
+        _check_writable(out)
+    assert str(caught.value) == (
+        f"cannot write to the output folder {out}: {out / 'checkpoints'} is not a folder; choose another --out"
+    )
