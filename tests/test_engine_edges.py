@@ -419,3 +419,19 @@ def test_an_output_folder_whose_checkpoints_folder_is_a_file_is_refused(tmp_path
     assert str(caught.value) == (
         f"cannot write to the output folder {out}: {out / 'checkpoints'} is not a folder; choose another --out"
     )
+
+
+def test_a_run_folder_s_lock_file_is_readable_by_all_and_writable_by_its_owner(tmp_path):
+    import os
+
+    from rld.engine import lock
+
+    umask = os.umask(0o022)
+    try:
+        held = lock.hold(tmp_path / "run")
+        try:
+            assert (tmp_path / "run" / lock.LOCK_FILE).stat().st_mode & 0o777 == 0o644
+        finally:
+            held.release()
+    finally:
+        os.umask(umask)
