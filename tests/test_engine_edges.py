@@ -435,3 +435,26 @@ def test_a_run_folder_s_lock_file_is_readable_by_all_and_writable_by_its_owner(t
             held.release()
     finally:
         os.umask(umask)
+
+
+def test_the_data_options_of_a_run_are_every_data_setting_it_makes(tmp_path):
+    from rld.config import resolve
+    from rld.engine.trainer import data_options
+
+    over = ["data.num_workers=3", "data.val_fraction=0.25", "data.skip_bad_images=true", "data.image_column=img"]
+    over += ["data.label_column=fine", "data.image_size=24", "data.holdout=0.1", "data.holdout_seed=7", "seed=5"]
+    cfg = resolve("demo/kd", over)
+    assert data_options(cfg, tmp_path) == {
+        "seed": 5,
+        "num_workers": 3,
+        "pipeline": cfg.data.pipeline,
+        "decoder": cfg.data.decoder,
+        "val_fraction": 0.25,
+        "skip_bad_images": True,
+        "split": None,
+        "image_column": "img",
+        "label_column": "fine",
+        "image_size": 24,
+        "holdout": 0.1,
+        "holdout_seed": 7,
+    }
