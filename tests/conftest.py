@@ -325,3 +325,32 @@ def save_hf_folder(root: Path, out: Path, classes: tuple[str, ...]) -> Path:
     rows = {"image": [Image.open(f).copy() for f in files], "label": [classes.index(f.parent.name) for f in files]}
     datasets.DatasetDict({"train": datasets.Dataset.from_dict(rows, features=features)}).save_to_disk(str(out))
     return out
+
+
+def method_context(student, teacher, labels=None, num_classes: int = 3, input_shape=(3, 8, 8)):
+    """A :class:`rld.methods.MethodContext` of two models for 8×8 inputs, with training ``labels``
+    (CRD's) or none."""
+    from rld.methods import MethodContext
+
+    return MethodContext(
+        student=student,
+        teacher=teacher,
+        num_classes=num_classes,
+        input_shape=input_shape,
+        num_samples=0 if labels is None else len(labels),
+        train_targets=labels,
+        seed=0,
+    )
+
+
+def method_refusal(params: dict, ctx=None) -> str:
+    """The UserError message of checking a method's ``params`` (building it, given ``ctx``)."""
+    from rld.errors import UserError
+    from rld.methods import build_method, method_params
+
+    with pytest.raises(UserError) as caught:
+        if ctx is None:
+            method_params(params)
+        else:
+            build_method(params, ctx)
+    return str(caught.value)

@@ -11,20 +11,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from conftest import method_context, method_refusal
 from rld.errors import UserError
-from rld.methods import MethodContext, build_method, method_params
+from rld.methods import build_method, method_params
 from rld.methods.fitnet import HintRegressor
 from rld.models.features import Features
-
-
-def _refusal(params: dict, ctx: MethodContext | None = None) -> str:
-    with pytest.raises(UserError) as caught:
-        if ctx is None:
-            method_params(params)
-        else:
-            build_method(params, ctx)
-    return str(caught.value)
-
 
 # ----------------------------------------------------------------------------- parameter checks
 
@@ -55,7 +46,7 @@ WEIGHTS = [
 
 @pytest.mark.parametrize("method,key", WEIGHTS)
 def test_each_weight_is_refused_below_zero_and_accepted_at_zero(method, key):
-    assert _refusal({"name": method, key: -0.5}) == f"method {method!r}: {key} must be a number >= 0, got -0.5"
+    assert method_refusal({"name": method, key: -0.5}) == f"method {method!r}: {key} must be a number >= 0, got -0.5"
     assert method_params({"name": method, key: 0})[key] == 0
 
 
@@ -64,7 +55,7 @@ def test_each_weight_is_refused_below_zero_and_accepted_at_zero(method, key):
     [("crd", "feat_dim", 1), ("crd", "nce_k", 1), ("fitnet", "hint_layer", 0), ("simkd", "factor", 1)],
 )
 def test_each_integer_is_refused_below_its_least_value_and_accepted_at_it(method, key, low):
-    assert _refusal({"name": method, key: low - 1}) == (
+    assert method_refusal({"name": method, key: low - 1}) == (
         f"method {method!r}: {key} must be an integer >= {low}, got {low - 1}"
     )
     assert method_params({"name": method, key: low})[key] == low
@@ -72,7 +63,7 @@ def test_each_integer_is_refused_below_its_least_value_and_accepted_at_it(method
 
 @pytest.mark.parametrize("method,key", [("crd", "nce_t"), ("sd_kd", "temperature"), ("sd_rld", "scd_temperature")])
 def test_each_temperature_is_refused_at_zero_and_accepted_above(method, key):
-    assert _refusal({"name": method, key: 0}) == f"method {method!r}: {key} must be > 0, got 0"
+    assert method_refusal({"name": method, key: 0}) == f"method {method!r}: {key} must be > 0, got 0"
     assert method_params({"name": method, key: 0.07})[key] == 0.07
 
 
@@ -82,7 +73,7 @@ def test_sd_rld_takes_its_scd_temperature_unset():
 
 @pytest.mark.parametrize("value", [-0.1, 1, 1.0, False, True, "0.5"])
 def test_crd_momentum_outside_the_unit_interval_or_not_a_number_is_refused(value):
-    assert _refusal({"name": "crd", "nce_momentum": value}) == (
+    assert method_refusal({"name": "crd", "nce_momentum": value}) == (
         f"method 'crd': nce_momentum must be in [0, 1), got {value!r}"
     )
 
@@ -157,24 +148,12 @@ class Net(nn.Module):
         return self.fc
 
 
-def _ctx(student: nn.Module, teacher: nn.Module, labels=None, num_classes: int = 3) -> MethodContext:
-    return MethodContext(
-        student=student,
-        teacher=teacher,
-        num_classes=num_classes,
-        input_shape=(3, 8, 8),
-        num_samples=0 if labels is None else len(labels),
-        train_targets=labels,
-        seed=0,
-    )
-
-
 @pytest.mark.parametrize("method,label", [("catkd", "CAT-KD"), ("sd_kd", "SD-KD")])
 @pytest.mark.parametrize("role", ["student", "teacher"])
 def test_a_model_with_stage_maps_but_no_final_map_is_refused(method, label, role):
     models = {"student": Net("s"), "teacher": Net("t")}
     models[role] = Net("no_final", pre_pool=False)
-    message = _refusal({"name": method}, _ctx(models["student"], models["teacher"]))
+    message = method_refusal({"name": method}, method_context(models["student"], models["teacher"]))
     assert message == (
         f"method {method!r}: {label} reads the {role}'s final feature map, which model 'no_final' does not provide "
         "(torchvision: and timm: models give logits and the pooled feature only); use a model of the rld zoo"
@@ -186,33 +165,37 @@ def test_a_model_with_stage_maps_but_no_final_map_is_refused(method, label, role
 def test_a_linear_classifier_of_another_width_than_the_final_map_is_refused(method, role):
     models = {"student": Net("s"), "teacher": Net("t")}
     models[role] = Net("wide", reads=5)
-    message = _refusal({"name": method}, _ctx(models["student"], models["teacher"]))
+    message = method_refusal({"name": method}, method_context(models["student"], models["teacher"]))
     assert message == f"method {method!r}: the {role} 'wide': its classifier does not read its 4-channel final map"
 
 
 def test_crd_embeds_each_model_at_its_own_width():
     labels = torch.tensor([0, 1, 2, 1])
-    crd = build_method({"name": "crd", "feat_dim": 3, "nce_k": 2}, _ctx(Net("s", 4), Net("t", 6), labels))
+    crd = build_method({"name": "crd", "feat_dim": 3, "nce_k": 2}, method_context(Net("s", 4), Net("t", 6), labels))
     assert (crd.embed_s.linear.in_features, crd.embed_t.linear.in_features) == (4, 6)
     assert (crd.embed_s.linear.out_features, crd.embed_t.linear.out_features) == (3, 3)
 
 
 def test_crd_starts_with_z_unset_at_minus_one_as_published():
     # RepDistiller crd/memory.py: ContrastMemory's params buffer holds Z_v1 = Z_v2 = -1 until the first step
-    crd = build_method({"name": "crd", "feat_dim": 3, "nce_k": 2}, _ctx(Net("s"), Net("t"), torch.tensor([0, 1])))
+    crd = build_method(
+        {"name": "crd", "feat_dim": 3, "nce_k": 2}, method_context(Net("s"), Net("t"), torch.tensor([0, 1]))
+    )
     assert crd.z.tolist() == [-1.0, -1.0]
     assert "z" in crd.state_dict()
 
 
 def test_crd_refuses_labels_of_a_single_class_in_one_line():
-    message = _refusal({"name": "crd"}, _ctx(Net("s"), Net("t"), torch.tensor([1, 1, 1])))
+    message = method_refusal({"name": "crd"}, method_context(Net("s"), Net("t"), torch.tensor([1, 1, 1])))
     assert message == (
         "method 'crd': crd draws negatives from other classes, but every training sample has the same label"
     )
 
 
 def test_crd_tables_cover_every_class_even_those_without_samples():
-    crd = build_method({"name": "crd", "nce_k": 2}, _ctx(Net("s"), Net("t"), torch.tensor([1, 0, 1]), num_classes=4))
+    crd = build_method(
+        {"name": "crd", "nce_k": 2}, method_context(Net("s"), Net("t"), torch.tensor([1, 0, 1]), num_classes=4)
+    )
     assert crd.class_count.tolist() == [1, 2, 0, 0] and crd.class_start.tolist() == [0, 1, 3, 3]
     assert crd.class_order.tolist() == [1, 0, 2]
     assert set(crd.state_dict()) >= {"memory_s", "memory_t", "z"}
@@ -223,7 +206,7 @@ def test_crd_lists_each_class_s_samples_in_the_order_of_the_data_set():
     # the published sampler reads the samples of a class in data-set order; an unstable sort of
     # tied labels would permute them (it does at this size on the CPU)
     labels = torch.tensor([i * 7 % 3 for i in range(37)])
-    crd = build_method({"name": "crd", "nce_k": 2}, _ctx(Net("s"), Net("t"), labels))
+    crd = build_method({"name": "crd", "nce_k": 2}, method_context(Net("s"), Net("t"), labels))
     expected = [i for c in range(3) for i in range(37) if int(labels[i]) == c]
     assert crd.class_order.tolist() == expected
 
@@ -304,7 +287,7 @@ def test_crd_gathers_and_averages_over_the_processes_in_rank_order(monkeypatch):
     ],
 )
 def test_registry_refusals_are_one_whole_line(params, message):
-    assert _refusal(params) == message
+    assert method_refusal(params) == message
 
 
 def test_a_key_of_another_method_set_to_none_is_ignored():
@@ -312,7 +295,7 @@ def test_a_key_of_another_method_set_to_none_is_ignored():
 
 
 def test_the_standardization_refusal_lists_the_methods_that_take_it():
-    message = _refusal({"name": "lr", "logit_standardization": True})
+    message = method_refusal({"name": "lr", "logit_standardization": True})
     assert message.startswith(
         "method 'lr' with method.logit_standardization=true is not defined by the published code of logit "
         "standardization; switch it off (methods that take it: kd, dkd, "
@@ -323,7 +306,7 @@ def test_the_standardization_refusal_lists_the_methods_that_take_it():
 @pytest.mark.parametrize("ctx", [None, "no teacher"])
 def test_a_feature_method_without_its_models_is_refused_in_one_line(ctx):
     if ctx is not None:
-        ctx = _ctx(Net("s"), None)
+        ctx = method_context(Net("s"), None)
     with pytest.raises(UserError) as caught:
         build_method({"name": "fitnet"}, ctx)
     assert str(caught.value) == "method 'fitnet' reads features: it is built with the student and teacher models"
@@ -333,7 +316,7 @@ def test_building_a_method_leaves_every_random_generator_as_it_was(monkeypatch):
     # on a GPU, torch.manual_seed would reseed every device's generator, which the build does not restore
     seeded = []
     monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: seeded.append(seed))
-    ctx = _ctx(Net("s"), Net("t"))
+    ctx = method_context(Net("s"), Net("t"))
     state = torch.random.get_rng_state()
     first = build_method({"name": "fitnet"}, ctx)
     assert seeded == [] and torch.equal(torch.random.get_rng_state(), state)
@@ -353,7 +336,7 @@ def test_a_model_without_a_name_is_called_by_its_class(name):
         del model.model_name
     else:
         model.model_name = name
-    message = _refusal({"name": "catkd"}, _ctx(Net("s"), model))
+    message = method_refusal({"name": "catkd"}, method_context(Net("s"), model))
     assert message == "method 'catkd': the teacher 'Nameless': its classifier does not read its 4-channel final map"
 
 
@@ -362,7 +345,7 @@ def test_ofd_names_the_preactivation_maps_a_model_lacks():
     teacher.forward_features = lambda x, f=teacher.forward_features: Features(
         logits=f(x).logits, feats=f(x).feats, preact_feats=[], pooled=f(x).pooled, pre_pool=f(x).pre_pool
     )
-    message = _refusal({"name": "ofd"}, _ctx(Net("s"), teacher))
+    message = method_refusal({"name": "ofd"}, method_context(Net("s"), teacher))
     assert message.startswith(
         "method 'ofd': OFD reads the teacher's stage features (Features.preact_feats), and the teacher 't' has none"
     )

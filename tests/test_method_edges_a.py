@@ -17,9 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from conftest import method_context, method_refusal
 from rld.errors import UserError
 from rld.losses import cat_loss, class_activation_maps
-from rld.methods import MethodContext, build_method, list_methods, ls_adjustments, method_params
+from rld.methods import build_method, list_methods, ls_adjustments
 from rld.methods._stages import no_stage_features
 from rld.methods.base import logits_only
 from rld.models.features import Features
@@ -50,27 +51,6 @@ class Stub(nn.Module):
 
     def get_classifier(self) -> nn.Linear:
         return self.fc
-
-
-def _ctx(student: nn.Module, teacher: nn.Module, labels=None, num_classes: int = 3) -> MethodContext:
-    return MethodContext(
-        student=student,
-        teacher=teacher,
-        num_classes=num_classes,
-        input_shape=(3, 8, 8),
-        num_samples=0 if labels is None else len(labels),
-        train_targets=labels,
-        seed=0,
-    )
-
-
-def _refusal(params: dict, ctx: MethodContext | None = None) -> str:
-    with pytest.raises(UserError) as caught:
-        if ctx is None:
-            method_params(params)
-        else:
-            build_method(params, ctx)
-    return str(caught.value)
 
 
 def _pooled(batch: int, dim: int = 4, classes: int = 3, pooled: bool = True) -> Features:
@@ -156,7 +136,7 @@ def test_vanilla_is_the_weighted_cross_entropy_and_reads_no_teacher():
     ],
 )
 def test_parameter_refusals(params, message):
-    assert _refusal(params) == message
+    assert method_refusal(params) == message
 
 
 # ----------------------------------------------------------------------------- stage features, AT
@@ -172,7 +152,7 @@ def test_no_stage_features_reads_feats_unless_told():
 def test_at_refuses_a_model_without_stage_features_naming_its_role(role):
     models = {"student": Stub("s_net"), "teacher": Stub("t_net")}
     models[role] = Stub("plain", maps=0)
-    message = _refusal({"name": "at"}, _ctx(models["student"], models["teacher"]))
+    message = method_refusal({"name": "at"}, method_context(models["student"], models["teacher"]))
     assert message == "method 'at': " + NO_STAGES.format(method="AT", role=role, kind="feats", model="plain")
 
 
@@ -180,7 +160,7 @@ def test_at_refuses_a_model_without_stage_features_naming_its_role(role):
 def test_at_refuses_a_model_with_only_its_stem(role):
     models = {"student": Stub("s_net"), "teacher": Stub("t_net")}
     models[role] = Stub("stem_only", maps=1)
-    message = _refusal({"name": "at"}, _ctx(models["student"], models["teacher"]))
+    message = method_refusal({"name": "at"}, method_context(models["student"], models["teacher"]))
     assert message == (
         f"method 'at': AT compares the stages after the stem (Features.feats[1:]), and the {role} "
         "stem_only lists only one feature map"
@@ -188,9 +168,9 @@ def test_at_refuses_a_model_with_only_its_stem(role):
 
 
 def test_at_pairs_the_stages_after_the_stem_of_the_shorter_list():
-    method = build_method({"name": "at"}, _ctx(Stub("s", maps=2), Stub("t", maps=4)))
+    method = build_method({"name": "at"}, method_context(Stub("s", maps=2), Stub("t", maps=4)))
     assert method.stages == 1
-    method = build_method({"name": "at"}, _ctx(Stub("s", maps=4), Stub("t", maps=3)))
+    method = build_method({"name": "at"}, method_context(Stub("s", maps=4), Stub("t", maps=3)))
     assert method.stages == 2
 
 
@@ -200,7 +180,7 @@ def test_at_pairs_the_stages_after_the_stem_of_the_shorter_list():
 def test_rkd_relates_a_batch_of_two():
     method = build_method(
         {"name": "rkd", "ce_weight": 0.5, "feat_weight": 2.0, "distance_weight": 3.0, "angle_weight": 5.0},
-        _ctx(Stub("s"), Stub("t")),
+        method_context(Stub("s"), Stub("t")),
     )
     s, t, y = _pooled(2), _pooled(2), torch.tensor([0, 2])
     # the student's two samples coincide: its two non-degenerate triplet cosines are 0 (a zero vector),
@@ -219,7 +199,7 @@ def test_rkd_relates_a_batch_of_two():
 def test_catkd_refuses_a_model_without_its_final_map_naming_its_role(role):
     models = {"student": Stub("s_net"), "teacher": Stub("t_net")}
     models[role] = Stub("logits_only", maps=0)
-    message = _refusal({"name": "catkd"}, _ctx(models["student"], models["teacher"]))
+    message = method_refusal({"name": "catkd"}, method_context(models["student"], models["teacher"]))
     assert message == (
         f"method 'catkd': CAT-KD reads the {role}'s final feature map, which model 'logits_only' does not provide "
         "(torchvision: and timm: models give logits and the pooled feature only); use a model of the rld zoo"
@@ -227,7 +207,7 @@ def test_catkd_refuses_a_model_without_its_final_map_naming_its_role(role):
 
 
 def test_catkd_refuses_a_pair_that_classifies_different_classes():
-    message = _refusal({"name": "catkd"}, _ctx(Stub("s", classes=5), Stub("t", classes=3)))
+    message = method_refusal({"name": "catkd"}, method_context(Stub("s", classes=5), Stub("t", classes=3)))
     assert message == "method 'catkd': the student classifies 5 classes and the teacher 3: their CAMs cannot be matched"
 
 
@@ -236,7 +216,7 @@ def test_catkd_loss_follows_its_flags(normalize, binarize):
     torch.manual_seed(0)
     student, teacher = Stub("s", maps=2), Stub("t", maps=2)
     params = {"name": "catkd", "feat_weight": 3.0, "normalize": normalize, "binarize_teacher": binarize}
-    method = build_method(params, _ctx(student, teacher))
+    method = build_method(params, method_context(student, teacher))
     x = torch.randn(2, 3, 8, 8)
     fs, ft = student.forward_features(x), teacher.forward_features(x)
     _, parts = method(fs, ft, torch.tensor([0, 2]), 1)
@@ -256,7 +236,7 @@ CRD_INDEX = torch.tensor([0, 3, 5, 8])
 
 def _crd(labels: torch.Tensor, num_classes: int = 3, **params):
     params = {"name": "crd", "feat_dim": 4, "nce_k": 5, **params}
-    return build_method(params, _ctx(Stub("s"), Stub("t"), labels, num_classes))
+    return build_method(params, method_context(Stub("s"), Stub("t"), labels, num_classes))
 
 
 def _published_negatives(labels: torch.Tensor, index: torch.Tensor, u: torch.Tensor) -> list[list[int]]:
@@ -283,12 +263,12 @@ def _nce(scores: torch.Tensor, n: int) -> torch.Tensor:
 def test_crd_refuses_a_model_without_the_pooled_feature(role):
     models = {"student": Stub("s_net"), "teacher": Stub("t_net")}
     models[role] = Stub("no_pool", pooled=False)
-    message = _refusal({"name": "crd"}, _ctx(models["student"], models["teacher"], LABELS))
+    message = method_refusal({"name": "crd"}, method_context(models["student"], models["teacher"], LABELS))
     assert message == f"method 'crd': crd embeds the {role}'s pooled feature, which model 'no_pool' lacks"
 
 
 def test_crd_refuses_a_data_set_without_labels():
-    assert _refusal({"name": "crd"}, _ctx(Stub("s"), Stub("t"))) == (
+    assert method_refusal({"name": "crd"}, method_context(Stub("s"), Stub("t"))) == (
         "method 'crd': crd keeps a memory entry per training sample and draws negatives from the other classes: "
         "it needs the training labels, which this data set's loader does not expose"
     )
@@ -296,7 +276,7 @@ def test_crd_refuses_a_data_set_without_labels():
 
 @pytest.mark.parametrize("labels", [[0], [0, 3], [-1, 1], [2, 1, 0, 5]])
 def test_crd_refuses_labels_out_of_range_or_a_single_sample(labels):
-    message = _refusal({"name": "crd"}, _ctx(Stub("s"), Stub("t"), torch.tensor(labels)))
+    message = method_refusal({"name": "crd"}, method_context(Stub("s"), Stub("t"), torch.tensor(labels)))
     assert message == "method 'crd': crd needs training labels in 0..2 for at least 2 samples"
 
 

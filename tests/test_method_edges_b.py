@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rld.errors import UserError
+from conftest import method_refusal
 from rld.losses import dkd_terms, nkd_terms, rld_terms, sdd_loss, sdd_weights
 from rld.methods import MethodContext, build_method
 from rld.methods import ofd as ofd_module
@@ -70,12 +70,6 @@ class _Logits(nn.Module):
         return self.fc
 
 
-def _refusal(cfg: dict, ctx: MethodContext) -> str:
-    with pytest.raises(UserError) as err:
-        build_method(cfg, ctx)
-    return str(err.value)
-
-
 def _ctx(student: nn.Module, teacher: nn.Module) -> MethodContext:
     return MethodContext(student=student, teacher=teacher, num_classes=10)
 
@@ -107,7 +101,7 @@ def test_simkd_projector_halves_the_teacher_channels_by_default():
 
 
 def test_simkd_refuses_a_student_without_stage_features_by_its_class_name():
-    message = _refusal({"name": "simkd"}, _ctx(_Logits(), _zoo()))
+    message = method_refusal({"name": "simkd"}, _ctx(_Logits(), _zoo()))
     assert message == (
         "method 'simkd': SimKD reads the student's stage features, which model '_Logits' does not provide "
         + NO_FEATURES
@@ -117,7 +111,7 @@ def test_simkd_refuses_a_student_without_stage_features_by_its_class_name():
 def test_simkd_refuses_a_teacher_without_stage_features_by_its_name():
     teacher = _Logits()
     teacher.model_name = "torchvision:tiny"
-    message = _refusal({"name": "simkd"}, _ctx(_zoo(), teacher))
+    message = method_refusal({"name": "simkd"}, _ctx(_zoo(), teacher))
     assert message == (
         "method 'simkd': SimKD reads the teacher's stage features, which model 'torchvision:tiny' does not provide "
         + NO_FEATURES
@@ -126,7 +120,7 @@ def test_simkd_refuses_a_teacher_without_stage_features_by_its_name():
 
 def test_simkd_refuses_a_teacher_without_a_final_map():
     teacher = _Toy([(8, 4, 4), (8, 2, 2)], pre_pool=None)
-    assert _refusal({"name": "simkd"}, _ctx(_zoo(), teacher)) == (
+    assert method_refusal({"name": "simkd"}, _ctx(_zoo(), teacher)) == (
         "method 'simkd': the teacher's classifier reads 8 features, but its final feature map has None channels: "
         "SimKD cannot reuse it"
     )
@@ -134,7 +128,7 @@ def test_simkd_refuses_a_teacher_without_a_final_map():
 
 def test_simkd_refuses_a_teacher_whose_classifier_does_not_read_its_final_map():
     teacher = _Toy([(8, 4, 4), (6, 3, 5)], pre_pool=(6, 3, 5))
-    assert _refusal({"name": "simkd"}, _ctx(_zoo(), teacher)) == (
+    assert method_refusal({"name": "simkd"}, _ctx(_zoo(), teacher)) == (
         "method 'simkd': the teacher's classifier reads 8 features, but its final feature map has 6 channels: "
         "SimKD cannot reuse it"
     )
@@ -145,7 +139,7 @@ def test_simkd_factor_may_leave_one_middle_channel_but_not_none():
     assert [m.out_channels for m in method.projector if isinstance(m, nn.Conv2d)] == [1, 1, 64]
     method = build_method({"name": "simkd", "factor": 4}, _ctx(_zoo(), _zoo(seed=1)))
     assert [m.out_channels for m in method.projector if isinstance(m, nn.Conv2d)] == [16, 16, 64]
-    assert _refusal({"name": "simkd", "factor": 65}, _ctx(_zoo(), _zoo(seed=1))) == (
+    assert method_refusal({"name": "simkd", "factor": 65}, _ctx(_zoo(), _zoo(seed=1))) == (
         "method 'simkd': factor 65 leaves no middle channels for a teacher feature of 64 channels"
     )
 
@@ -287,13 +281,13 @@ def _toy_reviewkd_ctx(student: nn.Module) -> MethodContext:
 
 def test_reviewkd_asks_the_student_for_the_maps_it_fuses():
     student = _Toy([(3, 32, 32), (4, 16, 16), (5, 8, 8)], preact=[], name="toy")
-    assert _refusal({"name": "reviewkd", "stu_preact": True}, _toy_reviewkd_ctx(student)) == (
+    assert method_refusal({"name": "reviewkd", "stu_preact": True}, _toy_reviewkd_ctx(student)) == (
         "method 'reviewkd': ReviewKD reads the student's stage features (Features.preact_feats), and the student "
         "'toy' has none: torchvision: models, and timm: models without forward_intermediates, give only logits and "
         "the pooled feature. Use a model of the zoo (resnet8, wrn_16_2, MobileNetV2, ...) or a timm: model with "
         "forward_intermediates"
     )
-    assert _refusal({"name": "reviewkd"}, _toy_reviewkd_ctx(student)) == (
+    assert method_refusal({"name": "reviewkd"}, _toy_reviewkd_ctx(student)) == (
         "method 'reviewkd': ReviewKD needs stage features after the stem and the pooled feature of the student"
     )
 
@@ -395,7 +389,7 @@ def test_ofd_teacher_batchnorm_refusals(channels, message):
 
 
 def test_ofd_refuses_a_teacher_without_bn_before_relu_whole():
-    message = _refusal({"name": "ofd"}, _ctx(_zoo(), create_model("ShuffleV2", num_classes=10)))
+    message = method_refusal({"name": "ofd"}, _ctx(_zoo(), create_model("ShuffleV2", num_classes=10)))
     assert message == (
         "method 'ofd': OFD takes its margins from the teacher's BatchNorm before each stage's ReLU, and the teacher "
         "'ShuffleV2' does not name them (no bn_before_relu(); the published code refuses ShuffleNet teachers too). "
@@ -405,7 +399,7 @@ def test_ofd_refuses_a_teacher_without_bn_before_relu_whole():
 
 def test_ofd_refuses_a_model_of_one_feature_map():
     student = _Toy([(8, 32, 32)], name="stem_only")
-    assert _refusal({"name": "ofd"}, _ctx(student, _zoo(seed=1))) == (
+    assert method_refusal({"name": "ofd"}, _ctx(student, _zoo(seed=1))) == (
         "method 'ofd': OFD distils the stages after the stem (Features.preact_feats[1:]), and the student "
         "stem_only lists only one feature map"
     )
@@ -414,7 +408,7 @@ def test_ofd_refuses_a_model_of_one_feature_map():
 def test_ofd_stages_up_to_the_paired_count():
     method = build_method({"name": "ofd", "stages": 3}, _ctx(_zoo(), _zoo("resnet20", seed=1)))
     assert [c[0].out_channels for c in method.connectors] == [16, 32, 64]
-    assert _refusal({"name": "ofd", "stages": 4}, _ctx(_zoo(), _zoo("resnet20", seed=1))) == (
+    assert method_refusal({"name": "ofd", "stages": 4}, _ctx(_zoo(), _zoo("resnet20", seed=1))) == (
         "method 'ofd': stages=4, but the teacher resnet20 and the student resnet8 pair 3 stages; use stages <= 3"
     )
 
