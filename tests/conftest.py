@@ -354,3 +354,20 @@ def method_refusal(params: dict, ctx=None) -> str:
         else:
             build_method(params, ctx)
     return str(caught.value)
+
+
+def random_rgb(n: int, h: int, w: int, seed: int, low: int = 0, high: int = 256):
+    """``n`` random ``h``×``w`` RGB images, (N, H, W, 3) uint8 (numpy)."""
+    import numpy as np
+
+    return np.random.default_rng(seed).integers(low, high, (n, h, w, 3), dtype=np.uint8)
+
+
+def to_nchw(images) -> torch.Tensor:
+    """(N, H, W, 3) uint8 images → (N, 3, H, W) float32 pixel values."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float()
+
+
+def to_nhwc(x: torch.Tensor):
+    """(N, 3, H, W) → (N, H, W, 3) numpy, for comparing with PIL's images."""
+    return x.permute(0, 2, 3, 1).numpy()

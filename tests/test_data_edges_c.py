@@ -17,6 +17,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils.data import Subset
 from torchvision import transforms as T
 
+from conftest import random_rgb, to_nchw, to_nhwc
 from rld.data.device_loader import DeviceLoader
 from rld.data.pil import ArrayImageDataset, array_transform
 from rld.data.strong import (
@@ -43,18 +44,6 @@ MEAN = (0.5, 0.4, 0.3)
 STD = (0.25, 0.2, 0.3)
 
 
-def _rgb(n: int, h: int, w: int, seed: int, low: int = 0, high: int = 256) -> np.ndarray:
-    return np.random.default_rng(seed).integers(low, high, (n, h, w, 3), dtype=np.uint8)
-
-
-def _nchw(images: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float()
-
-
-def _nhwc(x: torch.Tensor) -> np.ndarray:
-    return x.permute(0, 2, 3, 1).numpy()
-
-
 def _pil_each(images: np.ndarray, op) -> np.ndarray:
     return np.stack([np.asarray(op(Image.fromarray(a))) for a in images])
 
@@ -69,11 +58,11 @@ def _identity_plan(views: torch.Tensor) -> StrongPlan:
 
 
 def test_gray_is_the_rounded_luma_of_itu_r_601():
-    images = _rgb(3, 5, 7, seed=0)
+    images = random_rgb(3, 5, 7, seed=0)
     wide = images.astype(np.int64)
     thousandths = 299 * wide[..., 0] + 587 * wide[..., 1] + 114 * wide[..., 2]
     assert not (thousandths % 1000 == 500).any()  # no ties: the rounding direction is not in question
-    got = _gray(_nchw(images))
+    got = _gray(to_nchw(images))
     assert got.shape == (3, 1, 5, 7)
     np.testing.assert_array_equal(got[:, 0].numpy(), (thousandths + 500) // 1000)
     np.testing.assert_array_equal(got[:, 0].numpy(), _pil_each(images, lambda im: im.convert("L")))
@@ -81,47 +70,47 @@ def test_gray_is_the_rounded_luma_of_itu_r_601():
 
 @pytest.mark.parametrize("enhancer", [ImageEnhance.Brightness, ImageEnhance.Color])
 def test_blend_interpolates_extrapolates_and_clips_like_pil_image_enhance(enhancer):
-    images = _rgb(6, 6, 9, seed=1)
+    images = random_rgb(6, 6, 9, seed=1)
     images[:, 0, 0] = 255
     factors = (-0.5, 0.0, 0.35, 1.0, 1.7, 2.3)
-    x = _nchw(images)
+    x = to_nchw(images)
     degenerate = torch.zeros_like(x) if enhancer is ImageEnhance.Brightness else _gray(x).expand_as(x)
-    got = _nhwc(_blend(x, degenerate, torch.tensor(factors)))
+    got = to_nhwc(_blend(x, degenerate, torch.tensor(factors)))
     expected = np.stack([np.asarray(enhancer(Image.fromarray(a)).enhance(f)) for a, f in zip(images, factors)])
     np.testing.assert_array_equal(got, expected)
     assert got.min() == 0 and got[4:].max() == 255  # both clips reached
 
 
 def test_smooth_is_pils_smooth_filter_with_the_border_kept():
-    images = _rgb(2, 9, 11, seed=2)
+    images = random_rgb(2, 9, 11, seed=2)
     expected = _pil_each(images, lambda im: im.filter(ImageFilter.SMOOTH))
-    np.testing.assert_array_equal(_nhwc(_smooth(_nchw(images))), expected)
+    np.testing.assert_array_equal(to_nhwc(_smooth(to_nchw(images))), expected)
     wide = images.astype(np.int64)
     kernel = np.ones((3, 3), dtype=np.int64)
     kernel[1, 1] = 5
     inner = sum(kernel[i, j] * wide[:, i : i + 7, j : j + 9] for i in range(3) for j in range(3))
     np.testing.assert_array_equal(expected[:, 1:-1, 1:-1], (2 * inner + 13) // 26)  # round(inner / 13)
     np.testing.assert_array_equal(expected[:, 0], images[:, 0])
-    double = _smooth(_nchw(images).double())
+    double = _smooth(to_nchw(images).double())
     assert double.dtype == torch.float64
-    np.testing.assert_array_equal(_nhwc(double), expected)
+    np.testing.assert_array_equal(to_nhwc(double), expected)
 
 
 @pytest.mark.parametrize("height,width", [(2, 5), (5, 2), (1, 1)])
 def test_smooth_keeps_an_image_under_3_pixels_on_either_side_whole_as_pil_does(height, width):
-    images = _rgb(2, height, width, seed=5)
+    images = random_rgb(2, height, width, seed=5)
     expected = _pil_each(images, lambda im: im.filter(ImageFilter.SMOOTH))
     np.testing.assert_array_equal(expected, images)
-    np.testing.assert_array_equal(_nhwc(_smooth(_nchw(images))), expected)
+    np.testing.assert_array_equal(to_nhwc(_smooth(to_nchw(images))), expected)
 
 
 def test_auto_contrast_stretches_each_channel_of_each_image_to_0_255():
-    images = _rgb(3, 6, 8, seed=3)
+    images = random_rgb(3, 6, 8, seed=3)
     images[0, ..., 0] = images[0, ..., 0] // 4 + 60  # 60 .. 123
     images[0, ..., 1] = 100 + (images[0, ..., 1] % 2)  # two levels one apart
     images[1, ..., 2] = 77  # one level: unchanged
     images[2] = images[2] // 2 + 40
-    got = _nhwc(_auto_contrast(_nchw(images)))
+    got = to_nhwc(_auto_contrast(to_nchw(images)))
     wide = images.astype(np.int64)
     lo, hi = wide.min(axis=(1, 2), keepdims=True), wide.max(axis=(1, 2), keepdims=True)
     stretched = np.where(hi > lo, (wide - lo) * 255 // np.maximum(hi - lo, 1), wide)
@@ -135,7 +124,7 @@ def test_auto_contrast_stretches_each_channel_of_each_image_to_0_255():
 
 
 def _equalize_cases(size: int, seed: int) -> np.ndarray:
-    images = _rgb(3, size, size, seed=seed)
+    images = random_rgb(3, size, size, seed=seed)
     images[1] = images[1] // 2 + 20  # top level below 255
     images[1, ..., 0] = np.minimum(images[1, ..., 0], 180)
     images[1, 0, 0, 0] = 230  # the top level present once
@@ -147,20 +136,20 @@ def _equalize_cases(size: int, seed: int) -> np.ndarray:
 @pytest.mark.parametrize("size", [8, 20, 32])
 def test_equalize_is_pils_equalize_per_channel(size):
     images = _equalize_cases(size, seed=size)
-    got = _equalize(_nchw(images))
+    got = _equalize(to_nchw(images))
     assert got.dtype == torch.float32
-    np.testing.assert_array_equal(_nhwc(got), _pil_each(images, ImageOps.equalize))
+    np.testing.assert_array_equal(to_nhwc(got), _pil_each(images, ImageOps.equalize))
 
 
 def test_equalize_ignores_too_few_pixels_and_clamps_the_top_of_its_table():
     # 8x8: fewer than 255 pixels below the top level, so PIL keeps the channel (step 0); 20x20: step 1;
     # 32x32 with its top level present once: (step // 2 + 1023) // 4 = 256 there, clamped to 255
     small = _equalize_cases(8, seed=8)
-    np.testing.assert_array_equal(_nhwc(_equalize(_nchw(small))), small)
+    np.testing.assert_array_equal(to_nhwc(_equalize(to_nchw(small))), small)
     mid = _equalize_cases(20, seed=20)
-    assert not np.array_equal(_nhwc(_equalize(_nchw(mid)))[0], mid[0])
+    assert not np.array_equal(to_nhwc(_equalize(to_nchw(mid)))[0], mid[0])
     big = _equalize_cases(32, seed=32)
-    channel = _equalize(_nchw(big))[1, 0]
+    channel = _equalize(to_nchw(big))[1, 0]
     assert channel[0, 0] == 255 and (channel[1:] < 255).all()
 
 
@@ -223,10 +212,10 @@ def _pil_affine(image: Image.Image, name: str, v: float) -> Image.Image:
 
 
 def test_warp_samples_the_nearest_pixel_with_fill_0_like_pil():
-    images = _rgb(len(AFFINE_CASES), 12, 10, seed=4, low=1)  # no zero pixel: the fill shows
+    images = random_rgb(len(AFFINE_CASES), 12, 10, seed=4, low=1)  # no zero pixel: the fill shows
     ops = torch.tensor([OP_INDEX[n] for n, _ in AFFINE_CASES])
     values = torch.tensor([v for _, v in AFFINE_CASES])
-    got = _nhwc(_warp(_nchw(images), _affine_matrices(ops, values, 12, 10)))
+    got = to_nhwc(_warp(to_nchw(images), _affine_matrices(ops, values, 12, 10)))
     expected = np.stack([np.asarray(_pil_affine(Image.fromarray(a), n, v)) for a, (n, v) in zip(images, AFFINE_CASES)])
     np.testing.assert_array_equal(got, expected)
     filled = (got == 0).all(axis=-1)
@@ -351,7 +340,7 @@ def test_strong_plan_shards_the_padded_positions_across_ranks():
 
 
 def _split(n: int = 10, h: int = 8, w: int = 12) -> ArraySplit:
-    return ArraySplit(_rgb(n, h, w, seed=5), np.arange(n) % 3)
+    return ArraySplit(random_rgb(n, h, w, seed=5), np.arange(n) % 3)
 
 
 def _loader(**kw) -> DeviceLoader:
@@ -388,11 +377,11 @@ def test_render_strong_crops_at_the_plans_views_then_augments(channels_last):
         memory_format=torch.contiguous_format if channels_last else torch.channels_last
     )
     mean, std = np.array(MEAN, dtype=np.float32), np.array(STD, dtype=np.float32)
-    np.testing.assert_allclose(_nhwc(got), (crops / np.float32(255.0) - mean) / std, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(to_nhwc(got), (crops / np.float32(255.0) - mean) / std, rtol=0, atol=1e-6)
     ops = torch.tensor([[OP_INDEX["rotate"], OP_INDEX["solarize"]]] * 4)
     values = torch.tensor([[17.0, 128.0], [-9.0, 40.0], [3.0, 200.0], [29.0, 0.0]])
     plan = StrongPlan(views, ops, values, torch.tensor([[0.3, 0.2, 0.7]] * 4))
-    augmented = StrongAugment(MEAN, STD, torch.device("cpu")).from_pixels(_nchw(crops.copy()), plan)
+    augmented = StrongAugment(MEAN, STD, torch.device("cpu")).from_pixels(to_nchw(crops.copy()), plan)
     assert torch.equal(loader.render_strong(indices, plan), augmented)
 
 
@@ -421,7 +410,7 @@ def test_strong_batches_render_the_epochs_plan_from_the_resumed_position():
         assert torch.equal(batch.indices, order[rows]) and torch.equal(batch.views, views[rows])
         assert torch.equal(batch.strong, loader.render_strong(order[rows], plan[rows]))
         crops = _crops(_split(), order[rows].tolist(), *[[int(v) for v in t] for t in _decode(plan.views[rows])])
-        augmented = StrongAugment(MEAN, STD, torch.device("cpu")).from_pixels(_nchw(crops.copy()), plan[rows])
+        augmented = StrongAugment(MEAN, STD, torch.device("cpu")).from_pixels(to_nchw(crops.copy()), plan[rows])
         assert torch.equal(batch.strong, augmented)
 
 

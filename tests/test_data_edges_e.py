@@ -17,6 +17,7 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 from sklearn.datasets import load_digits as sklearn_digits
 from sklearn.model_selection import train_test_split
 
+from conftest import random_rgb, to_nchw, to_nhwc
 from rld.data.crop_views import (
     ATTEMPTS,
     DRAWS,
@@ -38,18 +39,6 @@ STD = (0.2673, 0.2564, 0.2762)
 MASK64 = 2**64 - 1
 GAMMA = 0x9E3779B97F4A7C15
 META = torch.device("meta")
-
-
-def _rgb(n: int, h: int, w: int, seed: int, low: int = 0, high: int = 256) -> np.ndarray:
-    return np.random.default_rng(seed).integers(low, high, (n, h, w, 3), dtype=np.uint8)
-
-
-def _nchw(images: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float()
-
-
-def _nhwc(x: torch.Tensor) -> np.ndarray:
-    return x.permute(0, 2, 3, 1).numpy()
 
 
 def _raises(call, message: str) -> None:
@@ -116,7 +105,7 @@ SLOT_CASES = [
 
 
 def _slot_images() -> np.ndarray:
-    images = _rgb(len(SLOT_CASES), 18, 20, seed=11)
+    images = random_rgb(len(SLOT_CASES), 18, 20, seed=11)
     images[0] = images[0] // 3 + 10  # 10 .. 94: auto contrast multiplies by exactly 3
     images[0, 0, 0], images[0, 0, 1] = 10, 95
     images[3] = images[3] // 2 + 90  # the two contrast images: other means
@@ -128,14 +117,14 @@ def test_one_slot_applies_each_images_published_operation():
     images = _slot_images()
     ops = torch.tensor([OP_INDEX[n] for n, _ in SLOT_CASES])
     values = torch.tensor([v for _, v in SLOT_CASES])
-    got = _apply_op(_nchw(images), ops, values)
+    got = _apply_op(to_nchw(images), ops, values)
     assert got.dtype == torch.float32 and got.shape == (len(SLOT_CASES), 3, 18, 20)
     magnitudes = [float(v) for v in values]  # the float32 magnitudes, exactly
     expected = np.stack(
         [np.asarray(_published(Image.fromarray(a), name, v)) for a, (name, _), v in zip(images, SLOT_CASES, magnitudes)]
     )
     for k, (name, v) in enumerate(SLOT_CASES):
-        np.testing.assert_array_equal(_nhwc(got)[k], expected[k], err_msg=f"{name} {v}")
+        np.testing.assert_array_equal(to_nhwc(got)[k], expected[k], err_msg=f"{name} {v}")
 
 
 def _levels(rows: list[list[float]]) -> torch.Tensor:
@@ -173,7 +162,7 @@ def test_contrast_blends_with_each_images_own_mean_grey_rounded_half_up():
 
 
 def test_a_slot_keeps_the_images_dtype_whatever_the_magnitudes_dtype():
-    x = _nchw(_rgb(3, 4, 5, seed=12))
+    x = to_nchw(random_rgb(3, 4, 5, seed=12))
     ops = torch.tensor([OP_INDEX["brightness"], OP_INDEX["posterize"], OP_INDEX["identity"]])
     got = _apply_op(x, ops, torch.tensor([0.3, 5.5, 0.0], dtype=torch.float64))
     assert got.dtype == torch.float32
@@ -212,15 +201,15 @@ CUTOUT_CASES = [
 
 
 def test_cutout_fills_the_published_rectangle_with_the_published_grey():
-    images = _rgb(len(CUTOUT_CASES), 11, 17, seed=13)
+    images = random_rgb(len(CUTOUT_CASES), 11, 17, seed=13)
     cutout = torch.tensor(CUTOUT_CASES)
-    got = _cutout(_nchw(images), cutout)
+    got = _cutout(to_nchw(images), cutout)
     assert got.dtype == torch.float32 and got.shape == (len(CUTOUT_CASES), 3, 11, 17)
     draws = [[float(v) for v in row] for row in cutout]  # the float32 draws, exactly
     expected = np.stack([_published_cutout(a, *d) for a, d in zip(images, draws)])
     for k in range(len(CUTOUT_CASES)):
-        np.testing.assert_array_equal(_nhwc(got)[k], expected[k], err_msg=str(CUTOUT_CASES[k]))
-    filled = (_nhwc(got) == (125, 123, 114)).all(axis=-1) & ~(images == (125, 123, 114)).all(axis=-1)
+        np.testing.assert_array_equal(to_nhwc(got)[k], expected[k], err_msg=str(CUTOUT_CASES[k]))
+    filled = (to_nhwc(got) == (125, 123, 114)).all(axis=-1) & ~(images == (125, 123, 114)).all(axis=-1)
     assert filled.sum(axis=(1, 2)).tolist()[:4] == [0, 1, 5 * 5, 9 * 9]
 
 
@@ -273,8 +262,8 @@ WARPS = [
 
 
 def test_warp_reads_the_floor_of_the_mapped_centre_and_fills_0_outside():
-    images = _rgb(len(WARPS), 5, 7, seed=14, low=1)
-    got = _nhwc(_warp(_nchw(images), torch.tensor(WARPS, dtype=torch.float64)))
+    images = random_rgb(len(WARPS), 5, 7, seed=14, low=1)
+    got = to_nhwc(_warp(to_nchw(images), torch.tensor(WARPS, dtype=torch.float64)))
     for k, m in enumerate(WARPS):
         np.testing.assert_array_equal(got[k], _brute_warp(images[k], m), err_msg=str(m))
     np.testing.assert_array_equal(got[0], images[0])
@@ -300,7 +289,7 @@ def test_strong_augment_keeps_float32_statistics_on_its_device():
 
 
 def test_from_pixels_normalises_the_augmented_pixels():
-    pixels = _nchw(_rgb(2, 3, 4, seed=15))
+    pixels = to_nchw(random_rgb(2, 3, 4, seed=15))
     augment = StrongAugment(np.array(MEAN), np.array(STD), torch.device("cpu"))
     got = augment.from_pixels(pixels, _plain_plan(2))
     assert got.dtype == torch.float32
@@ -450,7 +439,7 @@ def test_resized_crop_params_take_scalar_and_uint8_sizes():
 
 
 def _split(n: int = 4, h: int = 5, w: int = 6) -> ArraySplit:
-    return ArraySplit(_rgb(n, h, w, seed=18), np.arange(n) % 3)
+    return ArraySplit(random_rgb(n, h, w, seed=18), np.arange(n) % 3)
 
 
 def _loader(split: ArraySplit | None = None, batch_size: int = 2, **kw) -> DeviceLoader:
@@ -513,7 +502,7 @@ def test_render_views_reads_only_the_splits_images():
         loader.render_views(torch.tensor([4]), torch.tensor([80]))
     got = loader.render_views(torch.tensor([3]), torch.tensor([80]))
     mean, std = np.array(MEAN, np.float32).reshape(1, 3, 1, 1), np.array(STD, np.float32).reshape(1, 3, 1, 1)
-    expected = (_nchw(_split().x[3:]).numpy() / np.float32(255) - mean) / std
+    expected = (to_nchw(_split().x[3:]).numpy() / np.float32(255) - mean) / std
     np.testing.assert_allclose(got.numpy(), expected, rtol=0, atol=1e-6)
 
 
@@ -594,7 +583,7 @@ def test_every_operation_takes_an_image_under_3_pixels_as_pil_does(shape):
     images = rng.integers(0, 256, size=(len(SLOT_CASES), *shape, 3), dtype=np.uint8)
     ops = torch.tensor([OP_INDEX[n] for n, _ in SLOT_CASES])
     values = torch.tensor([v for _, v in SLOT_CASES])
-    got = _nhwc(_apply_op(_nchw(images), ops, values))
+    got = to_nhwc(_apply_op(to_nchw(images), ops, values))
     for k, (name, v) in enumerate(SLOT_CASES):
         expected = np.asarray(_published(Image.fromarray(images[k]), name, float(values[k])))
         np.testing.assert_array_equal(got[k], expected, err_msg=f"{name} {v}")
@@ -606,6 +595,6 @@ def test_auto_contrast_is_pils_on_every_level_range():
     rng = np.random.default_rng(11)
     lo, hi = rng.integers(0, 128, size=64), rng.integers(128, 256, size=64)
     images = np.stack([rng.integers(a, b + 1, size=(6, 7, 3)) for a, b in zip(lo, hi)]).astype(np.uint8)
-    got = _nhwc(_apply_op(_nchw(images), torch.full((64,), OP_INDEX["auto_contrast"]), torch.zeros(64)))
+    got = to_nhwc(_apply_op(to_nchw(images), torch.full((64,), OP_INDEX["auto_contrast"]), torch.zeros(64)))
     expected = np.stack([np.asarray(ImageOps.autocontrast(Image.fromarray(a))) for a in images])
     np.testing.assert_array_equal(got, expected)
