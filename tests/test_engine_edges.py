@@ -327,6 +327,25 @@ def test_a_torchrun_process_joins_its_group_with_the_device_s_backend(monkeypatc
     assert distributed.init_world(kind).local_rank == 0
 
 
+@pytest.mark.parametrize("sync_bn", [True, False])
+def test_a_torchrun_process_on_the_cpu_keeps_its_batchnorm_per_process(tmp_path, monkeypatch, sync_bn):
+    """SyncBatchNorm is CUDA-only: a CPU (gloo) process of a group of two keeps plain BatchNorm
+    whatever train.sync_bn says, and its student and method are wrapped for the group."""
+    from rld.config import resolve
+    from rld.engine import trainer
+    from rld.engine.distributed import World
+
+    wrapped = []
+    monkeypatch.setattr(trainer, "DistributedDataParallel", lambda m, device_ids: wrapped.append(device_ids) or m)
+    cfg = resolve("demo/vanilla", ["model.student=resnet8", f"train.sync_bn={str(sync_bn).lower()}"])
+    run = trainer.Run(
+        cfg, tmp_path, world=World(size=2), device=torch.device("cpu"), num_classes=10, resume_from=None, resume=False
+    )
+    kinds = {type(m) for m in run.student.modules()}
+    assert torch.nn.BatchNorm2d in kinds and torch.nn.SyncBatchNorm not in kinds
+    assert wrapped == [None] and run.model.student is run.student
+
+
 # ----------------------------------------------------------------------------- progress lines
 
 

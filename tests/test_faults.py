@@ -112,6 +112,28 @@ def test_divergence_stops_with_status_3_and_keeps_the_last_finite_checkpoint(tmp
     assert RunRecord.load(out).epochs_done == 1  # the tables read the finished epochs only
 
 
+def test_a_signal_after_a_divergence_saves_no_position_and_says_so(tmp_path, tiny_cifar, fault, monkeypatch, capsys):
+    """A weight set to NaN in step 1 of epoch 2, and SIGTERM at the same step: the position is not
+    saved (a non-finite state), the stop line says so, and last.pt keeps epoch 1."""
+    act = faults._act
+
+    def nan_then_sigterm(action, run):
+        act(action, run)
+        act("sigterm", run)
+
+    monkeypatch.setattr(faults, "_act", nan_then_sigterm)
+    out = tmp_path / "run"
+    fault("nan_after_step:4")
+    code, err = _cli(capsys, "train", "demo/vanilla", *_tiny(tiny_cifar), "train.epochs=3", "--out", str(out))
+    assert code == 143, err
+    assert err == (
+        "rld: stopped by SIGTERM in epoch 2 after step 1 of 3; a non-finite state was not saved (resumed, such a "
+        f"run starts again from its last checkpoint); continue with: rld train --resume --out {out}"
+    )
+    assert not (out / "checkpoints" / "step.pt").exists()
+    assert load_last(out)["epoch"] == 1
+
+
 def test_a_diverging_setting_stops_the_run_unless_told_to_train_on(tmp_path, tiny_cifar, capsys):
     """train.lr=1000: the weights overflow in epoch 2 (the loss stays finite but huge)."""
     over = ["train", "demo/vanilla", *_tiny(tiny_cifar), "train.epochs=2", "train.lr=1000"]
