@@ -1,7 +1,8 @@
 """Mutation testing of the core packages with mutmut 3 (``make mutation``; see docs/testing.md).
 
     python benchmarks/mutation.py [--config TOML] [--mutmut PATH] [--max-children N]
-                                  [--resume | --survivors | --sample N [--seed S]] [PACKAGE ...]
+                                  [--resume | --survivors | --unreached | --sample N [--seed S]]
+                                  [PACKAGE ...]
 
 PACKAGE: names from benchmarks/mutation.toml (default: all of them, in the file's order). Each
 package runs in ``.mutation/<package>/``: ``src``, ``tests`` and ``benchmarks`` link to the project's, and a
@@ -9,10 +10,12 @@ package runs in ``.mutation/<package>/``: ``src``, ``tests`` and ``benchmarks`` 
 only that package and collects which test covers which function from that package's tests alone.
 Every run starts afresh (``--resume`` continues an interrupted one; ``--survivors`` runs again only
 the mutants that survived the last run or were not reached, and all those of a function whose code
-changed since). The script prints one line per package (generated,
-killed, survived, equivalent, ...) and writes, in ``.mutation/<package>/``, ``summary.json``,
-``statuses.json`` (every mutant's result), ``survivors.txt`` and ``survivors.diff`` (the change of
-every survivor and of every mutant without a test; ``mutmut show NAME`` in that folder prints one).
+changed since; ``--unreached`` only those not reached and those changed, against the tests as they
+are now: mutmut's own resume starts again from scratch once the tests differ). The script prints
+one line per package (generated, killed, survived, equivalent, ...) and writes, in
+``.mutation/<package>/``, ``summary.json``, ``statuses.json`` (every mutant's result),
+``survivors.txt`` and ``survivors.diff`` (the change of every survivor and of every mutant without a
+test; ``mutmut show NAME`` in that folder prints one).
 
 Functions that run when their package is imported (a method's registration) run in mutmut's
 server, before any mutant is chosen, so mutmut can only see them survive: the mutants of the
@@ -235,6 +238,23 @@ def summarise(
     }, survivors
 
 
+def rerun_set(before: dict[str, str], config: dict, *, unreached_only: bool = False) -> list[str]:
+    """The mutants of the last run's ``before`` (name: status) that ``--survivors`` runs again: those
+    that survived, had no test or were not reached (``unreached_only``: only the last), less those
+    listed as equivalent or untestable, and those only a fresh process can catch (run apart)."""
+    wanted = {"not checked"} if unreached_only else SURVIVED | {"no tests", "not checked"}
+    equivalent, untestable = config.get("equivalent", {}), config.get("untestable", {})
+    fresh_only = config.get("fresh_process", {})
+    return [
+        m
+        for m, s in before.items()
+        if s in wanted
+        and m not in equivalent
+        and not any(fnmatch.fnmatchcase(m, p) for p in untestable)
+        and not any(fnmatch.fnmatchcase(m, p) for p in fresh_only)
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", type=Path, default=CONFIG)
@@ -260,6 +280,12 @@ def main(argv: list[str] | None = None) -> int:
         "killed while tests are only added)",
     )
     parser.add_argument(
+        "--unreached",
+        action="store_true",
+        help="as --survivors, but only the mutants the package's last run did not reach (an interrupted run, "
+        "continued after tests were added) and those of changed functions; the survivors keep their result",
+    )
+    parser.add_argument(
         "--fresh-timeout",
         type=float,
         default=900.0,
@@ -274,8 +300,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=int, default=0, help="the seed of --sample's draw (default: %(default)s)")
     args = parser.parse_args(argv)
-    if args.sample is not None and (args.resume or args.survivors):
+    if args.sample is not None and (args.resume or args.survivors or args.unreached):
         parser.error("--sample starts a new run; --survivors continues one")
+    if sum([args.resume, args.survivors, args.unreached]) > 1:
+        parser.error("--resume, --survivors and --unreached are different ways to continue: choose one")
+    continuing = args.survivors or args.unreached
     if args.sample is not None and args.sample < 1:
         parser.error(f"--sample must be at least 1, got {args.sample}")
     # mutmut runs in the package's folder: a relative path to it must not be read from there
@@ -292,27 +321,16 @@ def main(argv: list[str] | None = None) -> int:
         again, before, sample = [], {}, None
         if args.resume and (WORK / name / "sample.json").exists():
             parser.error(f"the last run of {name} was a sample: continue it with --survivors")
-        if args.survivors:
+        if continuing:
             before = json.loads((WORK / name / "statuses.json").read_text())
             if (WORK / name / "sample.json").exists():  # a sample is continued within itself
                 sample = json.loads((WORK / name / "sample.json").read_text())["mutants"]
                 before = {m: s for m, s in before.items() if m in set(sample)}
-            equivalent, untestable = config.get("equivalent", {}), config.get("untestable", {})
-            again = [
-                m
-                for m, s in before.items()
-                if s in SURVIVED | {"no tests", "not checked"}  # not checked: an interrupted run had not reached it
-                and m not in equivalent
-                and not any(fnmatch.fnmatchcase(m, p) for p in untestable)
-                # those mutmut cannot catch run only in fresh processes (below)
-                and not any(fnmatch.fnmatchcase(m, p) for p in config.get("fresh_process", {}))
-            ]
+            again = rerun_set(before, config, unreached_only=args.unreached)
             # every mutant of a function changed since the last run runs again, whatever its last result
             changed = package_mutants(python, WORK / name, config["packages"][name])
             again += [m for m in changed if m not in again and (sample is None or m in set(sample))]
-        work = write_workdir(
-            name, config["packages"][name], config["mutmut"], fresh=not (args.resume or args.survivors)
-        )
+        work = write_workdir(name, config["packages"][name], config["mutmut"], fresh=not (args.resume or continuing))
         if args.sample is not None:
             sample = draw_sample(package_mutants(python, work, config["packages"][name], "all"), args.sample, args.seed)
             (work / "sample.json").write_text(json.dumps({"seed": args.seed, "mutants": sample}, indent=0) + "\n")
@@ -321,12 +339,12 @@ def main(argv: list[str] | None = None) -> int:
         start, rc = time.monotonic(), 0
         if again:  # record anew which test calls which function: mutmut misses new cases of a known test
             (work / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
-        if again or not args.survivors:
+        if again or not continuing:
             with open(work / "run.log", "a" if again else "w") as log:
                 cmd = [args.mutmut, "run", "--max-children", str(args.max_children), *again]
                 rc = subprocess.run(cmd, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
         seconds = time.monotonic() - start
-        if args.survivors:  # a changed test selection resets mutmut's results: the mutants not run again keep theirs
+        if continuing:  # a changed test selection resets mutmut's results: the mutants not run again keep theirs
             now = mutant_statuses(args.mutmut, work) if again else dict(before)
             statuses = {m: (s if m in again else before.get(m, s)) for m, s in now.items()}
         else:

@@ -205,6 +205,42 @@ def test_a_sample_neither_resumes_nor_reruns_survivors(capsys):
     assert any(line.endswith("error: --sample starts a new run; --survivors continues one") for line in err)
 
 
+def test_survivors_reruns_what_did_not_die_and_unreached_only_what_was_not_run():
+    """``--survivors``: survived, suspicious, without a test or not reached; ``--unreached``: not
+    reached only (an interrupted run continued after tests were added). Listed equivalents,
+    untestable globs and fresh-process functions are left out of both."""
+    before = {
+        "p.x_f__mutmut_1": "killed",
+        "p.x_f__mutmut_2": "survived",
+        "p.x_f__mutmut_3": "suspicious",
+        "p.x_f__mutmut_4": "no tests",
+        "p.x_f__mutmut_5": "not checked",
+        "p.x_f__mutmut_6": "timeout",
+        "p.x_f__mutmut_7": "survived",  # equivalent
+        "p.x_g__mutmut_1": "not checked",  # untestable
+        "p.x_h__mutmut_1": "survived",  # fresh process
+        "p.x_h__mutmut_2": "not checked",  # fresh process
+    }
+    config = {
+        "equivalent": {"p.x_f__mutmut_7": "why"},
+        "untestable": {"p.x_g__*": "why"},
+        "fresh_process": {"p.x_h__*": "why"},
+    }
+    tool = load_tool()
+    assert tool.rerun_set(before, config) == [f"p.x_f__mutmut_{i}" for i in (2, 3, 4, 5)]
+    assert tool.rerun_set(before, config, unreached_only=True) == ["p.x_f__mutmut_5"]
+
+
+def test_only_one_way_to_continue_a_run_is_taken(capsys):
+    for argv in (["--resume", "--unreached", "fast"], ["--survivors", "--unreached", "fast"]):
+        with pytest.raises(SystemExit) as stopped:
+            load_tool().main(argv)
+        assert stopped.value.code == 2
+        assert capsys.readouterr().err.splitlines()[-1].endswith(
+            "error: --resume, --survivors and --unreached are different ways to continue: choose one"
+        )
+
+
 def test_a_sample_s_row_gives_its_size_and_interval_and_a_full_run_s_neither():
     tool = load_tool()
     statuses = {"p.x_f__mutmut_1": "killed", "p.x_f__mutmut_2": "survived", "p.x_f__mutmut_3": "not checked"}
