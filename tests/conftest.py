@@ -371,3 +371,15 @@ def to_nchw(images) -> torch.Tensor:
 def to_nhwc(x: torch.Tensor):
     """(N, 3, H, W) → (N, H, W, 3) numpy, for comparing with PIL's images."""
     return x.permute(0, 2, 3, 1).numpy()
+
+
+class TickingClock:
+    """A stand-in for the ``time`` module of rld.fast.bench: ``perf_counter`` advances by exactly one
+    second at every reading, so each timed step lasts 1000 ms; ``readings`` counts them."""
+
+    def __init__(self):
+        self.readings = 0
+
+    def perf_counter(self) -> float:
+        self.readings += 1
+        return float(self.readings)

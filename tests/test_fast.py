@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from conftest import (
+    TickingClock,
     assert_same_run_state,
     assert_user_error,
     load_last,
@@ -334,24 +335,13 @@ def test_sweep_crashed_while_checkpointing_resumes_exactly_with_the_cache(tmp_pa
 # ----------------------------------------------------------------------------- bench
 
 
-class _Ticks:
-    """A clock for rld.fast.bench that advances by exactly one second at every reading."""
-
-    def __init__(self):
-        self.readings = 0
-
-    def perf_counter(self) -> float:
-        self.readings += 1
-        return float(self.readings)
-
-
 def test_bench_reports_every_path(tmp_path, monkeypatch):
     """With a clock that ticks one second per reading every step lasts exactly 1000 ms, so each
     number of the report is known: medians, speed-ups, per-student time, cache timings, and the
     count of clock readings says how many steps were timed."""
     from rld.fast import bench
 
-    clock = _Ticks()
+    clock = TickingClock()
     monkeypatch.setattr(bench, "time", clock)
     path = tmp_path / "bench.json"
     argv = ["bench", "--pair", "resnet8:resnet8", "--steps", "3", "--warmup", "1", "--rounds", "2"]

@@ -236,8 +236,10 @@ def test_only_one_way_to_continue_a_run_is_taken(capsys):
         with pytest.raises(SystemExit) as stopped:
             load_tool().main(argv)
         assert stopped.value.code == 2
-        assert capsys.readouterr().err.splitlines()[-1].endswith(
-            "error: --resume, --survivors and --unreached are different ways to continue: choose one"
+        assert (
+            capsys.readouterr()
+            .err.splitlines()[-1]
+            .endswith("error: --resume, --survivors and --unreached are different ways to continue: choose one")
         )
 
 
