@@ -383,3 +383,19 @@ class TickingClock:
     def perf_counter(self) -> float:
         self.readings += 1
         return float(self.readings)
+
+
+class GpuIndices:
+    """Sample indices of a batch on a (simulated) GPU: ``device`` says cuda:0, ``cpu()`` gives the
+    values, indexing keeps the kind."""
+
+    device = torch.device("cuda", 0)
+
+    def __init__(self, values: torch.Tensor):
+        self.values = values
+
+    def cpu(self) -> torch.Tensor:
+        return self.values
+
+    def __getitem__(self, at) -> GpuIndices:
+        return GpuIndices(self.values[at])

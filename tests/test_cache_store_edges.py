@@ -53,7 +53,7 @@ import rld.fast.build as build_module
 import rld.fast.cache as cache_module
 import rld.fast.cli as fast_cli
 import rld.fast.store as store_module
-from conftest import folder_snapshot, write_class_folders, write_two_image_cifar
+from conftest import GpuIndices, folder_snapshot, write_class_folders, write_two_image_cifar
 from rld.cli import main
 from rld.config import resolve
 from rld.data import ArraySplit, DeviceLoader
@@ -941,7 +941,7 @@ class _DeviceTable:
     def __getitem__(self, key):
         if isinstance(key, slice):
             return _Block(self, key)
-        return self.data[tuple(k.values if isinstance(k, _GpuIndices) else k for k in key)]
+        return self.data[tuple(k.values if isinstance(k, GpuIndices) else k for k in key)]
 
 
 class _Block:
@@ -1097,21 +1097,6 @@ def test_each_chunk_is_checked_once_before_its_first_lookup(chunked, tmp_path, m
     assert str(err.value) == _corrupt_message(tmp_path / "t", 2, 3)
 
 
-class _GpuIndices:
-    """Indices of a batch on a (simulated) GPU."""
-
-    device = torch.device("cuda", 0)
-
-    def __init__(self, values: torch.Tensor):
-        self.values = values
-
-    def cpu(self) -> torch.Tensor:
-        return self.values
-
-    def __getitem__(self, at) -> _GpuIndices:
-        return _GpuIndices(self.values[at])
-
-
 @pytest.fixture
 def moves(monkeypatch) -> list:
     """Every ``Tensor.to`` call (its arguments); a move to a CUDA device stays on the CPU (a copy)."""
@@ -1143,7 +1128,7 @@ def test_a_lazy_lookup_from_a_gpu_computes_the_missing_entries_and_moves_the_bat
 
     provider = CachedTeacher(chunked, forward, SimpleNamespace(channels_last=True), lazy=True)
     moves.clear()
-    batch = Batch(images, None, _GpuIndices(torch.tensor([2, 3, 0])), _GpuIndices(torch.tensor([5, 9, 4])))
+    batch = Batch(images, None, GpuIndices(torch.tensor([2, 3, 0])), GpuIndices(torch.tensor([5, 9, 4])))
     got = provider(batch)
     cuda = torch.device("cuda", 0)
     assert moves == [((cuda,), {}), (("cpu", torch.float16), {}), ((cuda,), {"non_blocking": True})]
@@ -1160,7 +1145,7 @@ def test_a_logit_table_on_the_gpu_serves_its_device_there_and_refuses_writes(tmp
     monkeypatch.setattr(cache_module, "torch", fake)
     store.to_device(torch.device("cuda", 0))
     moves.clear()
-    got = store.get(_GpuIndices(torch.tensor([2, 0])), _GpuIndices(torch.tensor([1, 161])))
+    got = store.get(GpuIndices(torch.tensor([2, 0])), GpuIndices(torch.tensor([1, 161])))
     assert moves == [] and torch.equal(got, values[[2, 0], [1, 161]].float())
     with pytest.raises(RuntimeError) as err:
         store.put(torch.tensor([0]), torch.tensor([0]), torch.zeros(1, 3))

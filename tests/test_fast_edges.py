@@ -34,6 +34,7 @@ import rld.engine.sweep as engine_sweep
 import rld.executor as executor_module
 import rld.fast.bench as bench
 import rld.fast.store as store_module
+from conftest import GpuIndices
 from rld.cli import main
 from rld.config import resolve
 from rld.data import CIFAR100_MEAN, CIFAR100_STD
@@ -649,23 +650,11 @@ def test_records_larger_than_a_copy_block_are_copied_whole(tmp_path, gpu):
     assert got["lo"].tolist() == [2.0, 1.0] and got["step"].tolist() == [0.25, 0.5]
 
 
-class _GpuIndices:
-    """The sample indices of a batch on a (simulated) GPU."""
-
-    device = torch.device("cuda", 0)
-
-    def __init__(self, values: torch.Tensor):
-        self.values = values
-
-    def cpu(self) -> torch.Tensor:
-        return self.values
-
-
 def test_an_epoch_too_large_for_the_gpu_is_gathered_on_the_host_and_the_batch_moved(store, gpu):
     expected = store.lookup(1, torch.tensor([5, 1]))
     store.release()
     gpu["free"] = 4 * store.epoch_bytes - 1
-    got = store.lookup(1, _GpuIndices(torch.tensor([5, 1])))
+    got = store.lookup(1, GpuIndices(torch.tensor([5, 1])))
     assert gpu["asked"] == [torch.device("cuda:0")] and gpu["made"] == []  # kept on the host
     # the batch's records only, without waiting for the GPU
     assert gpu["moved"] == [(torch.device("cuda:0"), (2, 4 * C), True)]
