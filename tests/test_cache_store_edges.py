@@ -38,6 +38,7 @@ import json
 import logging
 import os
 import sys
+import zipfile
 import zlib
 from dataclasses import replace
 from pathlib import Path
@@ -1517,6 +1518,7 @@ INDEX_CASES = {
     "empty": "index.npz is unreadable: No data left in file",
     "not a zip": "index.npz is unreadable: File is not a zip file",
     "no message": "index.npz is unreadable: EOFError",
+    "members that are not arrays": "index.npz holds no arrays",
     "mask of bytes": "index.npz does not describe a table of 5 images",
     "mask of 4 images": "index.npz does not describe a table of 5 images",
     "2 checksums": "index.npz does not describe a table of 5 images",
@@ -1548,6 +1550,10 @@ def test_an_index_npz_missing_unreadable_or_of_another_table_is_refused(chunked,
             return real_load(file, *args, **kwargs)
 
         monkeypatch.setattr(np, "load", load)
+    elif case == "members that are not arrays":  # a valid zip whose members np.load returns as bytes
+        with zipfile.ZipFile(index, "w") as z:
+            z.writestr("filled", b"")
+            z.writestr("crc32", b"")
     else:
         crcs = {
             "mask of bytes": np.zeros(3, np.uint32),

@@ -162,6 +162,8 @@ def _read_index(folder: Path, shape: tuple[int, int, int], chunks: int) -> tuple
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise corrupt(folder, f"{INDEX} is unreadable: {reason}") from err
+    if not (isinstance(filled, np.ndarray) and isinstance(crcs, np.ndarray)):  # members not .npy: raw bytes
+        raise corrupt(folder, f"{INDEX} holds no arrays")
     if filled.shape != tuple(shape[:2]) or filled.dtype != bool or crcs.shape != (chunks,):
         raise corrupt(folder, f"{INDEX} does not describe a table of {shape[0]} images")
     if crcs.dtype.kind not in "iu" or crcs.size and (crcs.min() < 0 or crcs.max() > 0xFFFFFFFF):
