@@ -796,13 +796,17 @@ def test_a_stale_temporary_file_removed_meanwhile_is_no_error(small_chunks, monk
 
 def test_crc32_continues_a_checksum_and_reads_any_array_as_its_bytes():
     """A CRC continued over pieces is the whole's; an array's is that of its C-order bytes (a transposed
-    view, a 0-d array)."""
+    view, a 0-d array, a 2-d array of records: value then class, little-endian)."""
     assert crc32(b"b", crc32(b"a")) == zlib.crc32(b"ab") == crc32(b"ab")
     a = np.arange(6, dtype=np.float32).reshape(2, 3)
     assert crc32(a.T) == zlib.crc32(np.ascontiguousarray(a.T).tobytes())
     assert crc32(a[1], crc32(a[0])) == zlib.crc32(a.tobytes())
     scalar = np.array(1.5, dtype=np.float32)
     assert crc32(scalar) == zlib.crc32(scalar.tobytes())
+    records = np.zeros((2, 3), dtype=[("v", "<f2"), ("c", "<i2")])
+    records["c"] = np.arange(6).reshape(2, 3)
+    written = b"".join(b"\0\0" + bytes([c, 0]) for c in range(6))
+    assert crc32(records) == zlib.crc32(records.tobytes()) == zlib.crc32(written)
 
 
 def test_top_k_records_store_classes_as_int16_up_to_32767_classes():
@@ -1096,6 +1100,22 @@ def test_each_chunk_is_checked_once_before_its_first_lookup(chunked, tmp_path, m
     with pytest.raises(UserError) as err:
         damaged.get(torch.tensor([3]), torch.tensor([0]))
     assert str(err.value) == _corrupt_message(tmp_path / "t", 2, 3)
+
+
+def test_entries_put_after_a_flush_stay_this_process_s_own_until_the_next(chunked, tmp_path):
+    """After a flush the process's mask and the mask it last wrote are two arrays: an entry put afterwards into a
+    chunk not checked yet (image 4, empty on disk) is not taken for a disk entry, so that chunk still matches its
+    checksum when first read; the mask tensor handed out before the flush follows the new entries."""
+    mask = chunked._filled
+    _fill_some(chunked)
+    logits = torch.tensor([[1.5, -2.0, 0.25]])
+    chunked.put(torch.tensor([4]), torch.tensor([9]), logits)
+    assert torch.equal(chunked.get(torch.tensor([4]), torch.tensor([9])), logits)
+    assert int(mask.sum()) == 2 * 162 + 2 + 1 and bool(mask[4, 9])
+    chunked.flush()
+    reopened = LogitStore.open(tmp_path, "t", key="k", shape=(5, 162, 3), precision="float16", meta={})
+    assert torch.equal(reopened.get(torch.tensor([4]), torch.tensor([9])), logits)
+    assert reopened.filled_count() == 2 * 162 + 3
 
 
 @pytest.fixture

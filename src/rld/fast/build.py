@@ -81,7 +81,7 @@ def build_store(
     world = World()
     device = setup(cfg, world)
     data = build_run_data(cfg, device, world)
-    forward = build_teacher_fn(cfg, data.num_classes, device, data.train)
+    forward = build_teacher_fn(cfg, data.num_classes, device)  # teacher_cache off: the plain forward
     store, _ = open_run_store(cfg, forward.teacher, forward.precision, data.train, data.num_classes, create=True)
     wanted = range(1, epochs + 1)
     present = [e for e in wanted if e not in store.missing(wanted)]

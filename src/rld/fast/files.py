@@ -122,7 +122,7 @@ def free_bytes(folder: Path) -> int:
 def crc32(data, crc: int = 0) -> int:
     """CRC-32 of a bytes-like object or a C-contiguous numpy array, continuing ``crc``."""
     if isinstance(data, np.ndarray):
-        data = np.ascontiguousarray(data).reshape(-1).view(np.uint8).data
+        data = np.ascontiguousarray(data).view(np.uint8).data  # C order, any shape (zlib reads the whole buffer)
     return zlib.crc32(data, crc)
 
 

@@ -351,7 +351,7 @@ class OutputStore:
             raise
         self.reload()
         self.meta["epochs"][str(epoch)] = "".join(f"{c:08x}" for c in crcs)
-        _write_meta(self.folder, {k: v for k, v in self.meta.items() if k != "checksum"})
+        _write_meta(self.folder, self.meta)  # meta.json's body: _read_meta leaves its checksum out
 
     def filling(self):
         """The fill lock of this folder (``with store.filling(): …``): fills take turns epoch by epoch.
