@@ -490,7 +490,7 @@ def test_sync_waits_for_the_given_gpu_only(monkeypatch):
     assert synced == [torch.device("cuda", 1)]
 
 
-def test_losses_compiled_follows_the_kernel_setting_for_the_device(monkeypatch):
+def test_the_bench_reports_the_loss_kernel_setting_for_the_device(monkeypatch):
     """settings.compiled_losses: on when compiling is enabled and has not failed on the device type."""
     from rld.losses import _fused
 

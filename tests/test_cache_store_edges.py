@@ -369,14 +369,16 @@ def test_fill_store_runs_the_teacher_in_batches_of_its_batch_size_and_reports_sa
     assert recorder.calls == [(12, False)]
 
 
-def test_fill_store_runs_a_single_image_twice_in_the_loaders_memory_format(data, teacher_ckpt, tmp_path):
-    """A channels_last loader's last batch of one image reaches the teacher as two channels_last images."""
-    loader, recorder = _loader(data, channels_last=True), _Recorder(_forward(teacher_ckpt))
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_fill_store_runs_a_single_image_twice_in_the_loaders_memory_format(data, teacher_ckpt, tmp_path, channels_last):
+    """A loader's last batch of one image reaches the teacher as two images in the loader's memory format
+    (channels_last or the default)."""
+    loader, recorder = _loader(data, channels_last=channels_last), _Recorder(_forward(teacher_ckpt))
     store, _ = open_run_store(
         _cfg(tmp_path, data, teacher_ckpt), recorder.forward.teacher, "float32", loader, 2, create=True
     )
     assert fill_store(store, loader, recorder, [1], batch_size=11) == [1]
-    assert recorder.calls == [(11, True), (2, True)]
+    assert recorder.calls == [(11, channels_last), (2, channels_last)]
 
 
 def test_a_student_run_needs_the_device_pipelines_loader():
@@ -1428,6 +1430,37 @@ def test_the_cache_key_is_the_sha256_of_its_documented_lines():
     assert key == hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
+class _OnGpu(torch.Tensor):
+    """A tensor as a GPU holds it, simulated: numpy cannot read it; ``.to("cpu")`` gives the plain tensor."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.Tensor.numpy:
+            raise TypeError("can't convert cuda:0 device type tensor to numpy")
+        if func is torch.Tensor.to and ("cpu" in args[1:] or kwargs.get("device") == "cpu"):
+            with torch._C.DisableTorchFunctionSubclass():
+                return args[0].clone()
+        return super().__torch_function__(func, types, args, kwargs)
+
+
+def test_the_weights_key_hashes_names_dtypes_shapes_and_bytes_wherever_the_weights_are():
+    """hash_module: SHA-256 over each state-dict entry in name order (name, dtype and shape, then its bytes;
+    an empty tensor adds no bytes); a teacher whose weights are on a GPU has the key of the same teacher on
+    the CPU."""
+    weights = {"b_w": torch.arange(6.0).reshape(2, 3), "a_n": torch.tensor(7), "c_e": torch.zeros(0, 2)}
+    on_cpu, on_gpu = torch.nn.Module(), torch.nn.Module()
+    for name, t in weights.items():
+        on_cpu.register_buffer(name, t)
+        on_gpu.register_buffer(name, t.as_subclass(_OnGpu))
+    expected = hashlib.sha256()
+    for name in ("a_n", "b_w", "c_e"):
+        t = weights[name]
+        expected.update(name.encode() + f"{t.dtype}{tuple(t.shape)}".encode() + t.numpy().tobytes())
+    assert hash_module(on_cpu) == expected.hexdigest()
+    assert hash_module(on_gpu) == expected.hexdigest()
+
+
 def test_a_flush_takes_in_the_entries_another_process_flushed_and_checks_them_before_use(
     chunked, tmp_path, monkeypatch
 ):
@@ -1539,6 +1572,8 @@ INDEX_CASES = {
     "not a zip": "index.npz is unreadable: File is not a zip file",
     "no message": "index.npz is unreadable: EOFError",
     "members that are not arrays": "index.npz holds no arrays",
+    "a mask that is not an array": "index.npz holds no arrays",
+    "checksums that are not an array": "index.npz holds no arrays",
     "mask of bytes": "index.npz does not describe a table of 5 images",
     "mask of 4 images": "index.npz does not describe a table of 5 images",
     "2 checksums": "index.npz does not describe a table of 5 images",
@@ -1574,6 +1609,14 @@ def test_an_index_npz_missing_unreadable_or_of_another_table_is_refused(chunked,
         with zipfile.ZipFile(index, "w") as z:
             z.writestr("filled", b"")
             z.writestr("crc32", b"")
+    elif case in ("a mask that is not an array", "checksums that are not an array"):  # the other one is
+        raw = "filled" if case.startswith("a mask") else "crc32"
+        np.savez(index, **{"filled": mask, "crc32": np.zeros(3, np.uint32)})
+        with zipfile.ZipFile(index) as z:
+            members = {name: z.read(name) for name in z.namelist()}
+        with zipfile.ZipFile(index, "w") as z:
+            for name, data in members.items():
+                z.writestr(name if not name.startswith(raw) else raw, b"" if name.startswith(raw) else data)
     else:
         crcs = {
             "mask of bytes": np.zeros(3, np.uint32),

@@ -3,6 +3,8 @@ folder's default, sizes and names, and a sweep row read as a run's outcome."""
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 
 import pytest
@@ -32,6 +34,7 @@ def test_the_cache_folder_follows_xdg_cache_home_or_the_home_folder(monkeypatch,
         (1024, "1 KiB"),
         (1000 * 1024, "1000 KiB"),
         (26010, "25.4 KiB"),
+        (1.5 * 2**20, "1.5 MiB"),
         (1.51 * 2**30, "1.51 GiB"),
         (3 * 2**40, "3 TiB"),
         (5 * 2**50, "5120 TiB"),
@@ -49,7 +52,8 @@ def test_names_keep_letters_digits_dashes_underscores_and_dots():
 def test_temporary_names_are_hidden_beside_the_file_and_unique():
     path = Path("/data/cache/logits.npy")
     first, second = temporary_name(path), temporary_name(path)
-    assert first.parent == path.parent and first.name.startswith(".logits.npy.tmp-") and first != second
+    assert first.parent == path.parent and first != second
+    assert re.fullmatch(rf"\.logits\.npy\.tmp-{os.getpid()}-[0-9a-f]{{8}}", first.name)
 
 
 def test_a_sweep_row_becomes_the_runs_outcome():
