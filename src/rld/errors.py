@@ -56,3 +56,11 @@ class Interrupted(KeyboardInterrupt):
     @property
     def exit_status(self) -> int:
         return 128 + self.signum
+
+
+def first_line(err: BaseException, limit: int = 160) -> str:
+    """Why ``err`` was raised, in one line for a message: the first line of its text (at most ``limit``
+    characters), or the name of its type when it has no text (``SyntaxError()`` reads "None", which is
+    no reason)."""
+    text = str(err).strip() if err.args else ""
+    return text.splitlines()[0][:limit] if text else type(err).__name__

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from rld.errors import UserError
+from rld.errors import UserError, first_line
 
 FORMATS = ("safetensors", "onnx", "torchscript")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -274,7 +274,7 @@ def _reading(path: Path, fmt: str, read, what: str = "cannot be read"):
     except UserError:
         raise
     except Exception as err:  # noqa: BLE001 - a damaged file makes each reader raise its own kinds
-        reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        reason = first_line(err)
         raise UserError(
             f"{path} {what} as a {fmt} export ({reason}); it is damaged or not an rld export: export the run "
             "again (rld export)"

@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 from torchvision import transforms as T
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from rld.errors import UserError
+from rld.errors import UserError, first_line
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -158,8 +158,7 @@ def read_image(path: str | Path, hint: str = SKIP_HINT) -> Image.Image:
     except UnidentifiedImageError:
         raise UserError(f"cannot read image {path}: not an image file PIL knows; {hint}") from None
     except Exception as err:  # noqa: BLE001 - truncated or damaged data: OSError, SyntaxError, ValueError, …
-        reason = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
-        raise UserError(f"cannot read image {path} ({reason}); {hint}") from err
+        raise UserError(f"cannot read image {path} ({first_line(err, 120)}); {hint}") from err
     for w in caught:
         log.warning("image %s: %s", path, str(w.message).splitlines()[0] if str(w.message) else "a warning")
     return rgb

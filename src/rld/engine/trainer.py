@@ -34,7 +34,7 @@ from rld.engine.folder import RunFolder
 from rld.engine.metrics import EpochMetrics
 from rld.engine.step import Outcome, train_step
 from rld.engine.teacher import TeacherViews
-from rld.errors import UserError
+from rld.errors import UserError, first_line
 from rld.methods import MethodContext, StrongView, build_method, get_spec, logits_only
 from rld.models.checkpoint import load_state
 from rld.models.features import Features
@@ -357,7 +357,7 @@ class Run:
         try:
             self.optimizer.load_state_dict(state["optimizer"])
         except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as err:
-            reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+            reason = first_line(err)
             raise UserError(f"checkpoint {path}: its optimizer state does not fit ({reason}); it is damaged") from err
         _match_buffer_layouts(self.optimizer)
         self.history, self.best, self.start_epoch = state["history"], state["best"], state["epoch"] + 1

@@ -21,6 +21,8 @@ from typing import BinaryIO
 
 import numpy as np
 
+from rld.errors import first_line
+
 CHUNK_BYTES = 1 << 22
 """Bytes per checksummed chunk (4 MiB)."""
 
@@ -140,8 +142,7 @@ def npy_problem(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> str | No
     except FileNotFoundError:
         return f"{path.name} is missing"
     except Exception as err:  # noqa: BLE001 - numpy's header parser raises many kinds for damaged bytes
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:120]
-        return f"{path.name} has no readable header: {reason}"
+        return f"{path.name} has no readable header: {first_line(err, 120)}"
     if tuple(header[0]) != tuple(shape) or np.dtype(header[2]) != np.dtype(dtype) or header[1]:
         return f"{path.name} holds another array"
     need = offset + int(np.prod(shape)) * np.dtype(dtype).itemsize

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from rld.errors import UserError
+from rld.errors import UserError, first_line
 
 # Entries of a checkpoint dict that may hold the state dict, in order of preference.
 STATE_DICT_ENTRIES: tuple[str, ...] = ("model", "state_dict", "student")
@@ -54,7 +54,7 @@ def load_failure(err: BaseException) -> str:
         lines = text.split("WeightsUnpickler error:", 1)[1].splitlines()
         detail = next((line.strip() for line in lines if line.strip()), "")
         return f"its pickle is damaged or holds more than tensors, numbers and dicts: {detail}"[:200]
-    return (text.splitlines() or [type(err).__name__])[0][:160]
+    return first_line(err)
 
 
 def _is_state_dict(obj: object) -> bool:
@@ -203,7 +203,7 @@ def load_state(module: nn.Module, state_dict: Any, path: str | os.PathLike[str],
         if not problems:
             module.load_state_dict(state_dict, strict=True)
     except (RuntimeError, TypeError, ValueError, KeyError) as err:
-        problems = [(str(err).strip().splitlines() or [type(err).__name__])[0][:160]]
+        problems = [first_line(err)]
     if problems:
         name = getattr(module, "model_name", "") or type(module).__name__
         raise UserError(
