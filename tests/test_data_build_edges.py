@@ -1,0 +1,169 @@
+"""How rld.data.build finds a run's images and describes their evaluation preprocessing: the process
+group's rank, the image sources (Hugging Face, a manifest, one folder of classes, train/ and val/ or test/
+folders) with every setting handed on, and the preprocessing an export records."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision import transforms as T
+
+from rld.data import ArraySplit, DeviceLoader, sources
+from rld.data.build import _image_datasets, _world, eval_preprocess
+from rld.errors import UserError
+
+
+def _png(path: Path, seed: int = 0) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (6, 5, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def _classes(folder: Path, per_class: int = 2) -> None:
+    for c in ("cat", "dog"):
+        for i in range(per_class):
+            _png(folder / c / f"{i}.png", seed=i)
+
+
+def _datasets(path, *, split=None, val_fraction=None, seed=0, skip_bad=False, held_out=True, key="folder", size=8):
+    return _image_datasets(key, str(path), size, split, val_fraction, seed, skip_bad, "img", "lbl", held_out)
+
+
+# ----------------------------------------------------------------------------- the process group
+
+
+def test_the_rank_is_the_process_groups_only_when_distributed_and_initialised(monkeypatch):
+    dist = torch.distributed
+    monkeypatch.setattr(dist, "is_available", lambda: True)
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_rank", lambda: 3)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 4)
+    assert _world(True) == (3, 4)
+    assert _world(False) == (0, 1)  # a group initialised by the caller does not make a plain run distributed
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    assert _world(True) == (0, 1)
+
+
+# ----------------------------------------------------------------------------- image sources
+
+
+def test_a_hugging_face_source_gets_every_setting(monkeypatch):
+    seen = {}
+
+    def hf_datasets(path, **kwargs):
+        seen.update(path=path, **kwargs)
+        return "train", "test", ["a", "b"]
+
+    monkeypatch.setattr(sources, "hf_datasets", hf_datasets)
+    out = _datasets("user/set", key="hf", val_fraction=0.2, seed=7, held_out=False, size=12)
+    assert out == ("train", "test", ["a", "b"], None)
+    assert seen == {
+        "path": "user/set",
+        "image_column": "img",
+        "label_column": "lbl",
+        "val_fraction": 0.2,
+        "seed": 7,
+        "image_size": 12,
+        "held_out": False,
+    }
+
+
+def test_a_manifest_is_split_with_the_runs_fraction_and_seed(tmp_path, monkeypatch):
+    manifest = tmp_path / "list.csv"
+    seen = []
+    real = sources.manifest_split
+    monkeypatch.setattr(sources, "manifest_split", lambda *args: seen.append(args) or real(*args))
+    _classes(tmp_path / "img")
+    manifest.write_text("path,label\n" + "".join(f"img/{c}/{i}.png,{c}\n" for c in ("cat", "dog") for i in range(2)))
+    train, test, classes, split = _datasets(manifest, val_fraction=0.5, seed=5)
+    assert seen == [(manifest, 0.5, 5)]
+    assert classes == ["cat", "dog"] and (len(train), len(test)) == (2, 2) and split.val == sorted(split.val)
+
+
+def test_one_folder_of_classes_needs_a_fraction_to_be_split(tmp_path):
+    _classes(tmp_path / "pets")
+    with pytest.raises(UserError) as err:
+        _datasets(tmp_path / "pets")
+    assert str(err.value) == (
+        f"{tmp_path / 'pets'} has no train/ and val/ folders: set data.val_fraction (e.g. 0.1) to split its "
+        "<class>/ folders into training and validation images"
+    )
+    train, test, classes, split = _datasets(tmp_path / "pets", val_fraction=0.5)
+    assert classes == ["cat", "dog"] and (len(train), len(test)) == (2, 2)
+
+
+def test_a_saved_split_builds_only_the_training_part_without_held_out_images(tmp_path):
+    _classes(tmp_path / "pets")
+    split = sources.folder_split(tmp_path / "pets", 0.5, 0)
+    train, test, classes, same = _datasets(tmp_path / "pets", split=split, held_out=False)
+    assert test is None and same is split and len(train) == 2 and classes == ["cat", "dog"]
+
+
+def test_a_root_with_only_a_train_folder_trains_from_it_when_nothing_is_held_out(tmp_path):
+    """train/ alone is the train/-and-val/ layout, not a folder whose classes are train: its images, its
+    size and the skipping of unreadable files are handed on."""
+    _classes(tmp_path / "train")
+    (tmp_path / "train" / "dog" / "bad.png").write_bytes(b"not an image")
+    train, test, classes, split = _datasets(tmp_path, held_out=False, skip_bad=True, size=12)
+    assert test is None and split is None and classes == ["cat", "dog"]
+    assert len(train) == 4 and train.skipped == [str(Path("dog") / "bad.png")]
+    assert train[0][0].shape == (3, 12, 12)
+
+
+def test_a_root_with_only_a_test_folder_is_the_train_and_val_layout_missing_train(tmp_path):
+    _classes(tmp_path / "test")
+    with pytest.raises(UserError) as err:
+        _datasets(tmp_path)
+    assert str(err.value) == (
+        f"{tmp_path} has no train/ folder: expected the layout ROOT/train/<class>/<image> and ROOT/val/<class>/<image>"
+    )
+
+
+# ----------------------------------------------------------------------------- evaluation preprocessing
+
+
+def test_array_data_is_described_by_its_size_and_statistics():
+    split = ArraySplit(np.zeros((2, 6, 4, 3), np.uint8), np.arange(2))
+    loader = DeviceLoader(split, 2, device="cpu", mean=(0.5, 0.25, 0.125), std=(0.2, 0.3, 0.4), train=False, flip=False)
+    assert eval_preprocess(loader) == {"size": [6, 4], "mean": [0.5, 0.25, 0.125], "std": [0.2, 0.3, 0.4]}
+
+
+def _torch_loader(transform, wrapped: bool = False):
+    dataset = SimpleNamespace(transform=transform)
+    return SimpleNamespace(loader=SimpleNamespace(dataset=SimpleNamespace(base=dataset) if wrapped else dataset))
+
+
+@pytest.mark.parametrize("wrapped", [False, True], ids=["data set", "subset of it"])
+def test_a_torchvision_pipeline_is_read_step_by_step(wrapped):
+    normalize = T.Normalize((0.5, 0.25, 0.125), (0.2, 0.3, 0.4))
+    plain = T.Compose([T.Resize(14), T.CenterCrop(12), T.ToTensor(), normalize])
+    assert eval_preprocess(_torch_loader(plain, wrapped)) == {
+        "resize": 14,
+        "crop": [12, 12],
+        "mean": [0.5, 0.25, 0.125],
+        "std": [0.2, 0.3, 0.4],
+    }
+    rectangle = T.Compose([T.Resize((14, 16)), T.ToTensor(), normalize])
+    assert eval_preprocess(_torch_loader(rectangle, wrapped))["resize"] == [14, 16]
+
+
+@pytest.mark.parametrize(
+    "test_loader",
+    [
+        SimpleNamespace(),  # no loader
+        SimpleNamespace(loader=SimpleNamespace()),  # a loader without a data set
+        SimpleNamespace(loader=SimpleNamespace(dataset=SimpleNamespace())),  # a data set without a transform
+        _torch_loader(lambda image: image),  # a transform that is not a pipeline
+        _torch_loader(T.Compose([T.Resize(14), T.ToTensor()])),  # no Normalize step
+    ],
+    ids=["no loader", "no data set", "no transform", "a function", "no Normalize"],
+)
+def test_a_pipeline_without_a_normalize_step_cannot_be_described(test_loader):
+    with pytest.raises(UserError) as err:
+        eval_preprocess(test_loader)
+    assert str(err.value) == "cannot tell the evaluation preprocessing of this data set (no Normalize step)"
