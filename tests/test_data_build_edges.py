@@ -14,7 +14,8 @@ from PIL import Image
 from torchvision import transforms as T
 
 from rld.data import ArraySplit, DeviceLoader, sources
-from rld.data.build import _image_datasets, _world, eval_preprocess
+from rld.data import build as build_module
+from rld.data.build import _image_datasets, _world, build_data, eval_preprocess
 from rld.errors import UserError
 
 
@@ -167,3 +168,139 @@ def test_a_pipeline_without_a_normalize_step_cannot_be_described(test_loader):
     with pytest.raises(UserError) as err:
         eval_preprocess(test_loader)
     assert str(err.value) == "cannot tell the evaluation preprocessing of this data set (no Normalize step)"
+
+
+# ----------------------------------------------------------------------------- build_data's settings
+
+
+class _Recorded:
+    """Stands in for a loader class: keeps its arguments."""
+
+    calls: list = []
+
+    def __init__(self, *args, **kwargs):
+        self.args, self.kwargs = args, kwargs
+        type(self).calls.append(self)
+
+
+@pytest.fixture
+def loaders(monkeypatch):
+    """The loaders build_data makes, recorded instead of built (device, device-folder, torch)."""
+    made = {}
+    for name in ("DeviceLoader", "DeviceFolderLoader", "TorchLoader"):
+        made[name] = type(name, (_Recorded,), {"calls": []})
+        monkeypatch.setattr(build_module, name, made[name])
+    return made
+
+
+@pytest.fixture
+def group_of_two(monkeypatch):
+    """An initialised process group in which this process is rank 1 of 2."""
+    dist = torch.distributed
+    monkeypatch.setattr(dist, "is_available", lambda: True)
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_rank", lambda: 1)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+
+
+def test_array_data_by_default_one_process_plain_memory_format_no_strong_view(loaders, group_of_two):
+    """Defaults of build_data for digits: not distributed (even inside a process group), contiguous
+    images, no strong view, the evaluation batch the training one, the seed to both loaders."""
+    bundle = build_data("digits", None, batch_size=4, device="cpu", seed=9)
+    train, test = bundle.train, bundle.test
+    common = {"device": "cpu", "seed": 9, "channels_last": False, "rank": 0, "world_size": 1}
+    assert train.args[1:] == (4,) and test.args[1:] == (4,)
+    assert {k: train.kwargs[k] for k in common} == common == {k: test.kwargs[k] for k in common}
+    assert train.kwargs["train"] is True and train.kwargs["strong"] is False and test.kwargs["train"] is False
+    assert len(train.args[0]) == 1347 and bundle.holdout is None  # the whole training split
+
+
+def test_the_pil_pipeline_of_array_data_uses_four_workers_by_default(loaders):
+    bundle = build_data("digits", None, batch_size=4, eval_batch_size=1, device="cpu", seed=0, pipeline="pil")
+    assert bundle.train.kwargs["num_workers"] == bundle.test.kwargs["num_workers"] == 4
+    assert bundle.train.kwargs["strong"] is None and bundle.test.args[1] == 1
+
+
+def test_image_folders_on_the_device_pipeline_get_every_default(tmp_path, loaders):
+    for part in ("train", "val"):
+        _classes(tmp_path / part)
+    bundle = build_data("imagefolder", str(tmp_path), batch_size=2, device="cpu", seed=4, pipeline="device")
+    train, test = bundle.train, bundle.test
+    options = {
+        "image_size": 224,
+        "decoder": "auto",
+        "skip_bad": False,
+        "num_workers": 4,
+        "device": "cpu",
+        "seed": 4,
+        "channels_last": False,
+        "rank": 0,
+        "world_size": 1,
+    }
+    assert {k: train.kwargs[k] for k in options} == options == {k: test.kwargs[k] for k in options}
+    assert train.kwargs["strong"] is False and len(train.args[0]) == len(test.args[0]) == 4
+
+
+def test_an_image_source_gets_the_default_columns_and_keeps_unreadable_files(monkeypatch):
+    seen = []
+
+    def image_datasets(*args):
+        seen.append(args)
+        raise KeyboardInterrupt  # stop there: only the arguments are wanted
+
+    monkeypatch.setattr(build_module, "_image_datasets", image_datasets)
+    with pytest.raises(KeyboardInterrupt):
+        build_data("hf", "user/set", batch_size=2, device="cpu", seed=0)
+    assert seen == [("hf", "user/set", 224, None, None, 0, False, "image", "label", True)]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"pipeline": "gpu"}, "unknown data pipeline 'gpu': choose one of auto, device, pil"),
+        ({"decoder": "pil"}, "unknown data.decoder 'pil': choose one of auto, torchvision, torchcodec"),
+        ({"batch_size": 0}, "batch_size must be a positive integer, got 0"),
+        ({"batch_size": True}, "batch_size must be a positive integer, got True"),
+        ({"eval_batch_size": 0}, "eval_batch_size must be a positive integer, got 0"),
+        ({"eval_batch_size": 2.0}, "eval_batch_size must be a positive integer, got 2.0"),
+        ({"eval_batch_size": False}, "eval_batch_size must be a positive integer, got False"),
+    ],
+)
+def test_build_data_refuses_unknown_choices_and_batch_sizes_that_are_not_positive_integers(kwargs, message):
+    with pytest.raises(UserError) as err:
+        build_data("digits", None, **{"batch_size": 4, "device": "cpu", "seed": 0, **kwargs})
+    assert str(err.value) == message
+
+
+def test_batches_of_one_are_allowed(loaders):
+    bundle = build_data("digits", None, batch_size=1, eval_batch_size=1, device="cpu", seed=0)
+    assert bundle.train.args[1] == bundle.test.args[1] == 1
+
+
+def test_cifar100_refuses_an_image_size_and_needs_a_path():
+    with pytest.raises(UserError) as err:
+        build_data("cifar100", "x.npz", batch_size=4, device="cpu", seed=0, image_size=64)
+    assert str(err.value) == "data.image_size does not apply to cifar100 (its images are 32x32)"
+    with pytest.raises(UserError) as err:
+        build_data("CIFAR100", None, batch_size=4, device="cpu", seed=0)
+    assert str(err.value) == (
+        "cifar100 needs a data path: the 'cifar-100-python' folder, 'cifar-100-python.tar.gz', or an .npz with "
+        "train_x, train_y, test_x, test_y"
+    )
+
+
+def test_digits_at_an_image_size_few_per_class_and_a_seeded_holdout(loaders, monkeypatch):
+    """digits at 16 pixels; the first 3 images of each class; 20 % of those held out by holdout_seed."""
+    bundle = build_data("digits", None, batch_size=4, device="cpu", seed=0, image_size=16)
+    assert bundle.train.args[0].x.shape[1:] == (16, 16, 3)
+    few = build_data("digits", None, batch_size=4, device="cpu", seed=0, train_per_class=3).train.args[0]
+    assert len(few) == 30 and np.bincount(few.y).tolist() == [3] * 10
+    seen = []
+    real = build_module.carve_arrays
+    monkeypatch.setattr(build_module, "carve_arrays", lambda *args: seen.append(args[1:]) or real(*args))
+    held = build_data("digits", None, batch_size=4, device="cpu", seed=0, train_per_class=5, holdout=0.2)
+    assert seen == [(0.2, 0)] and held.holdout is not None
+    assert (len(held.train.args[0]), len(held.test.args[0])) == (40, 10)
+    assert np.bincount(held.test.args[0].y).tolist() == [1] * 10
+    build_data("digits", None, batch_size=4, device="cpu", seed=0, holdout=0.2, holdout_seed=5)
+    assert seen[-1] == (0.2, 5)
