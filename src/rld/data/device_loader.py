@@ -24,7 +24,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from rld.data.sampling import check_rank, check_seed, epoch_generator, pad_to, padded_length
+from rld.data.sampling import check_rank, check_seed, epoch_generator, eval_shard, pad_to, padded_length
 from rld.data.strong import StrongAugment, StrongPlan, strong_plan
 from rld.data.types import ArraySplit, Batch
 from rld.data.views import CENTER_VIEW, OFFSETS, PAD, decode_views, encode_views
@@ -163,7 +163,7 @@ class DeviceLoader:
         Evaluation: ``0 .. N-1`` (sharded) with ``CENTER_VIEW``. Does not change the loader's state.
         """
         if not self.train:
-            idx = torch.arange(self.rank, self.n, self.world_size, dtype=torch.int64)
+            idx = eval_shard(self.n, self.rank, self.world_size)
             return idx, torch.full_like(idx, CENTER_VIEW)
         g = epoch_generator(self.seed, epoch)
         perm = torch.randperm(self.n, generator=g)

@@ -45,6 +45,12 @@ def padded_length(n: int, world_size: int) -> int:
     return -(-n // world_size) * world_size
 
 
+def eval_shard(n: int, rank: int, world_size: int) -> torch.Tensor:
+    """This rank's evaluation indices: ``rank::world_size`` of ``0 .. n-1``, unpadded, (M,) int64 (none when
+    there are fewer samples than ranks before it)."""
+    return torch.arange(n, dtype=torch.int64)[rank::world_size].contiguous()
+
+
 def pad_to(order: torch.Tensor, length: int) -> torch.Tensor:
     """Repeat ``order`` from its start until it has ``length`` entries (DistributedSampler style)."""
     if length <= order.numel():
@@ -87,7 +93,7 @@ class EpochSampler(Sampler[int]):
     def order(self, epoch: int) -> torch.Tensor:
         """This rank's indices for ``epoch``: (M,) int64 on the CPU; does not change the state."""
         if not self.shuffle:
-            return torch.arange(self.rank, self.n, self.world_size, dtype=torch.int64)
+            return eval_shard(self.n, self.rank, self.world_size)
         perm = torch.randperm(self.n, generator=epoch_generator(self.seed, epoch))
         perm = pad_to(perm, padded_length(self.n, self.world_size))
         return perm[self.rank :: self.world_size]
