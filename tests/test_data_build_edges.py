@@ -304,3 +304,152 @@ def test_digits_at_an_image_size_few_per_class_and_a_seeded_holdout(loaders, mon
     assert np.bincount(held.test.args[0].y).tolist() == [1] * 10
     build_data("digits", None, batch_size=4, device="cpu", seed=0, holdout=0.2, holdout_seed=5)
     assert seen[-1] == (0.2, 5)
+
+
+def test_array_data_hands_on_the_strong_view_and_its_holdout(loaders):
+    bundle = build_data("digits", None, batch_size=4, device="cpu", seed=0, strong_view=True, holdout=0.1)
+    assert bundle.train.kwargs["strong"] is True and "strong" not in bundle.test.kwargs
+    assert bundle.holdout is not None and len(bundle.test.args[0]) == len(bundle.holdout.val_indices)
+
+
+def _folder_message(key: str) -> str:
+    return (
+        f"{key} needs a data path: a folder with train/<class>/ and val/<class>/ image folders, a single folder "
+        "of <class>/ folders (with data.val_fraction), or a CSV manifest (path,label)"
+    )
+
+
+def test_image_data_needs_a_path_and_takes_no_per_class_subset(tmp_path):
+    for name in ("imagefolder", "ImageNet"):
+        with pytest.raises(UserError) as err:
+            build_data(name, "", batch_size=2, device="cpu", seed=0)
+        assert str(err.value) == _folder_message(name.lower())
+    with pytest.raises(UserError) as err:
+        build_data("imagefolder", str(tmp_path), batch_size=2, device="cpu", seed=0, train_per_class=2)
+    assert str(err.value) == (
+        "data.train_per_class applies to the array data sets (digits, cifar100), not image folders"
+    )
+
+
+def test_a_saved_split_is_used_as_it_is_and_handed_back(tmp_path, loaders):
+    _classes(tmp_path / "pets", per_class=4)
+    saved = sources.folder_split(tmp_path / "pets", 0.5, 0)
+    bundle = build_data(
+        "imagefolder", str(tmp_path / "pets"), batch_size=2, device="cpu", seed=99, val_fraction=0.5, split=saved
+    )
+    assert bundle.split is saved and bundle.name == "imagefolder" and bundle.classes == ["cat", "dog"]
+    assert bundle.train.args[0].base.items == saved.train and bundle.holdout is None
+
+
+def test_image_folders_hold_out_training_images_with_the_evaluation_transform(tmp_path):
+    """holdout on image folders: the held-out images get the evaluation transform at the run's size
+    (resize to size·256/224, centre crop), recorded in the bundle."""
+    _classes(tmp_path / "train", per_class=4)
+    bundle = build_data(
+        "imagefolder", str(tmp_path), batch_size=2, device="cpu", seed=0, holdout=0.5, image_size=12, num_workers=0
+    )
+    assert bundle.holdout is not None and len(bundle.holdout.val_indices) == 4
+    preprocess = eval_preprocess(bundle.test)
+    assert (preprocess["resize"], preprocess["crop"]) == (14, [12, 12])
+    assert next(iter(bundle.test)).images.shape == (2, 3, 12, 12)
+
+
+def test_image_folders_on_the_device_pipeline_hand_on_the_runs_settings(tmp_path, loaders):
+    _classes(tmp_path / "pets", per_class=4)
+    bundle = build_data(
+        "ImageFolder",
+        str(tmp_path / "pets"),
+        batch_size=2,
+        eval_batch_size=3,
+        device="cpu",
+        seed=1,
+        pipeline="device",
+        val_fraction=0.5,
+        skip_bad_images=True,
+        decoder="torchvision",
+        num_workers=2,
+        channels_last=True,
+        image_size=16,
+        strong_view=True,
+    )
+    train, test = bundle.train, bundle.test
+    options = {"image_size": 16, "decoder": "torchvision", "skip_bad": True, "num_workers": 2, "channels_last": True}
+    assert {k: train.kwargs[k] for k in options} == options == {k: test.kwargs[k] for k in options}
+    assert (train.kwargs["train"], train.kwargs["strong"], test.kwargs["train"]) == (True, True, False)
+    assert "strong" not in test.kwargs and (train.args[2], test.args[2]) == (2, 3)
+    assert (bundle.num_classes, bundle.classes, bundle.name) == (2, ["cat", "dog"], "imagefolder")
+    assert bundle.split is not None and bundle.split.train == sorted(bundle.split.train) and bundle.holdout is None
+
+
+class _Images:
+    """A data set of two classes with a torchvision transform (or none)."""
+
+    def __init__(self, n: int, transform=None):
+        self.n, self.transform = n, transform
+
+    def __len__(self) -> int:
+        return self.n
+
+
+NORMALIZE = T.Normalize((0.5, 0.25, 0.125), (0.2, 0.3, 0.4))
+
+
+@pytest.fixture
+def hf_source(monkeypatch):
+    """A Hugging Face source of 6 training and 2 evaluation images (no download)."""
+    made = {}
+
+    def image_datasets(key, *args):
+        made["train"] = _Images(6, T.Compose([T.ToTensor(), NORMALIZE]))
+        made["test"] = _Images(2, T.Compose([T.ToTensor(), NORMALIZE]))
+        return made["train"], made["test"], ["a", "b"], None
+
+    monkeypatch.setattr(build_module, "_image_datasets", image_datasets)
+    return made
+
+
+@pytest.mark.parametrize("pipeline, device, logged", [("device", "cpu", True), ("auto", "cpu", False)])
+def test_a_hugging_face_source_loads_through_the_torch_pipeline_even_on_the_device_one(
+    hf_source, loaders, caplog, pipeline, device, logged
+):
+    caplog.set_level("INFO", logger="rld")
+    bundle = build_data("HF", "user/set", batch_size=2, device=device, seed=3, pipeline=pipeline, num_workers=1)
+    assert caplog.messages == (
+        ["data.pipeline=device: a Hugging Face data set loads through the pil pipeline"] if logged else []
+    )
+    train, test = bundle.train, bundle.test
+    assert train.args[0].base is hf_source["train"] and test.args[0].base is hf_source["test"]
+    assert (train.kwargs["train"], test.kwargs["train"]) == (True, False)
+    assert train.kwargs["num_workers"] == test.kwargs["num_workers"] == 1
+    assert train.kwargs["strong"] is None and "strong" not in test.kwargs
+    assert (bundle.name, bundle.classes, bundle.split, bundle.holdout) == ("hf", ["a", "b"], None, None)
+    assert not loaders["DeviceFolderLoader"].calls
+
+
+def test_a_strong_view_of_a_torch_pipeline_crops_twice_and_normalises_as_the_transform(hf_source, loaders):
+    bundle = build_data("hf", "user/set", batch_size=2, device="cpu", seed=0, strong_view=True)
+    assert bundle.train.kwargs["strong"] == ((0.5, 0.25, 0.125), (0.2, 0.3, 0.4))
+    assert type(hf_source["train"].transform).__name__ == "TwoCrops"
+    assert isinstance(hf_source["test"].transform, T.Compose)  # evaluation keeps one crop
+
+
+def test_a_strong_view_needs_a_torchvision_transform(monkeypatch, loaders):
+    monkeypatch.setattr(build_module, "_image_datasets", lambda *args: (_Images(4), _Images(2), ["a"], None))
+    with pytest.raises(UserError) as err:
+        build_data("hf", "user/set", batch_size=2, device="cpu", seed=0, strong_view=True)
+    assert str(err.value) == (
+        "the strong view of data set hf: this data set's training images have no torchvision transform to crop "
+        "them twice"
+    )
+
+
+def test_image_folders_on_the_device_pipeline_hand_back_their_holdout(tmp_path, loaders):
+    _classes(tmp_path / "train", per_class=4)
+    bundle = build_data(
+        "imagefolder", str(tmp_path), batch_size=2, device="cpu", seed=0, pipeline="device", holdout=0.5
+    )
+    held = bundle.holdout
+    assert held is not None and (held.train_size, held.val_per_class) == (8, (2, 2))
+    files = sorted(str(p) for p in (tmp_path / "train").rglob("*.png"))
+    assert bundle.test.args[0] == [files[i] for i in held.val_indices]
+    assert bundle.train.args[0] == [files[i] for i in held.train_indices] and bundle.split is None
