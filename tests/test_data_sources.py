@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from torchvision import transforms as T
 
-from rld.data.sources import ImageListDataset, Split, _stratified, read_image, split_datasets
+from rld.data.sources import ImageListDataset, Split, _stratified, image_transform, read_image, split_datasets
 from rld.errors import UserError
 
 
@@ -185,3 +185,31 @@ def test_skipping_applies_to_both_parts_and_the_held_out_part_is_built_unless_de
     assert train.skip_bad and val.skip_bad and len(train) == len(val) == 2
     only, none = split_datasets(Split(str(tmp_path), ["a", "b"], items[:2], [("missing.png", 0)]), 8, held_out=False)
     assert none is None and len(only) == 2
+
+
+def test_a_warning_the_callers_filters_ignore_is_not_logged(tmp_path, monkeypatch, caplog):
+    """Only the decompression-bomb warning is always logged: any other warning of the decoder follows the
+    warning filters in force (here: UserWarning ignored)."""
+    path = _png(tmp_path / "a.png")
+    real_open = Image.open
+
+    def open_warning(*args, **kw):
+        warnings.warn("a warning of the decoder", UserWarning, stacklevel=2)
+        return real_open(*args, **kw)
+
+    monkeypatch.setattr(Image, "open", open_warning)
+    caplog.set_level(logging.WARNING, logger="rld")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        assert read_image(path).mode == "RGB"
+    assert caplog.messages == []
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", UserWarning)
+        read_image(path)
+    assert caplog.messages == [f"image {path}: a warning of the decoder"]
+
+
+def test_the_evaluation_transform_is_224_pixels_by_default():
+    resize, crop = image_transform(train=False).transforms[:2]
+    assert (resize.size, crop.size) == (256, (224, 224))
+    assert image_transform(train=True).transforms[0].size == (224, 224)
