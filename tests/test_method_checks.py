@@ -366,3 +366,37 @@ def test_a_logits_only_pass_has_empty_feature_lists():
 
     f = logits_only(torch.zeros(2, 3))
     assert (f.feats, f.preact_feats, f.pooled, f.pre_pool) == ([], [], None, None)
+
+
+def test_an_unknown_method_is_refused_listing_every_method_in_registration_order():
+    from rld.methods import get_spec
+
+    with pytest.raises(UserError) as err:
+        get_spec("nope")
+    assert str(err.value) == (
+        "unknown method 'nope'; available: vanilla, kd, dkd, rld, la, rc, lr, ctkd, fitnet, at, rkd, crd, ofd, "
+        "reviewkd, simkd, catkd, dist, nkd, wttm, mlkd, crld, abkd, sd_kd, sd_dkd, sd_nkd, sd_rld"
+    )
+
+
+@pytest.mark.parametrize(
+    "method, message",
+    [
+        (
+            {"name": "at", "zzz": 1, "aaa": 2},
+            "method 'at' does not take aaa, zzz (it takes: ce_weight, feat_weight, p)",
+        ),
+        (
+            {"name": "kd", "xyz": 1},
+            "method 'kd' does not take xyz (it takes: temperature, ce_weight, kd_weight, logit_standardization, "
+            "ls_temperature, ls_weight)",
+        ),
+    ],
+    ids=["no standardized variant", "a standardized variant"],
+)
+def test_parameters_a_method_does_not_take_are_refused_with_what_it_takes(method, message):
+    """The keys it does not take, sorted; what it takes, the standardization keys only for a method that has
+    a standardized variant."""
+    with pytest.raises(UserError) as err:
+        method_params(method)
+    assert str(err.value) == message
