@@ -38,15 +38,20 @@ def _datasets(path, *, split=None, val_fraction=None, seed=0, skip_bad=False, he
 # ----------------------------------------------------------------------------- the process group
 
 
-def test_the_rank_is_the_process_groups_only_when_distributed_and_initialised(monkeypatch):
+@pytest.fixture
+def group_of_two(monkeypatch):
+    """An initialised process group in which this process is rank 1 of 2."""
     dist = torch.distributed
     monkeypatch.setattr(dist, "is_available", lambda: True)
     monkeypatch.setattr(dist, "is_initialized", lambda: True)
-    monkeypatch.setattr(dist, "get_rank", lambda: 3)
-    monkeypatch.setattr(dist, "get_world_size", lambda: 4)
-    assert _world(True) == (3, 4)
+    monkeypatch.setattr(dist, "get_rank", lambda: 1)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+
+
+def test_the_rank_is_the_process_groups_only_when_distributed_and_initialised(group_of_two, monkeypatch):
+    assert _world(True) == (1, 2)
     assert _world(False) == (0, 1)  # a group initialised by the caller does not make a plain run distributed
-    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)
     assert _world(True) == (0, 1)
 
 
@@ -191,16 +196,6 @@ def loaders(monkeypatch):
         made[name] = type(name, (_Recorded,), {"calls": []})
         monkeypatch.setattr(build_module, name, made[name])
     return made
-
-
-@pytest.fixture
-def group_of_two(monkeypatch):
-    """An initialised process group in which this process is rank 1 of 2."""
-    dist = torch.distributed
-    monkeypatch.setattr(dist, "is_available", lambda: True)
-    monkeypatch.setattr(dist, "is_initialized", lambda: True)
-    monkeypatch.setattr(dist, "get_rank", lambda: 1)
-    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
 
 
 def test_array_data_by_default_one_process_plain_memory_format_no_strong_view(loaders, group_of_two):
